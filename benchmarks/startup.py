@@ -1,0 +1,40 @@
+"""Start-up time of `cnn shape` against `python -c pass` and `python -c "import torch"`.
+
+Usage: python benchmarks/startup.py [RUNS]
+Prints the median wall time of each and the ratios. Target: `cnn shape` under 0.15 s median.
+"""
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 15
+cnn = shutil.which("cnn", path=os.path.dirname(sys.executable)) or shutil.which("cnn")
+cases = {
+    "python -c pass": [sys.executable, "-c", "pass"],
+    "cnn shape": [cnn, "shape", "--in", "3x32x32", "--k", "5", "--p", "2", "--out-channels", "10"],
+    "cnn --help": [cnn, "--help"],
+    "python -m cnncli shape": [sys.executable, "-m", "cnncli", "shape", "--in", "3x32x32", "--k", "5"],
+    'python -c "import torch"': [sys.executable, "-c", "import torch"],
+}
+
+
+def median_time(cmd: list[str]) -> float:
+    times = []
+    subprocess.run(cmd, capture_output=True, check=True)  # warm the page cache
+    for _ in range(RUNS):
+        t = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, check=True)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+results = {name: median_time(cmd) for name, cmd in cases.items()}
+base, torch_t = results["python -c pass"], results['python -c "import torch"']
+for name, t in results.items():
+    print(f"{name:<28} median {t * 1000:7.1f} ms   x{t / base:5.2f} of python -c pass   {t / torch_t:5.2f} of import torch")
+verdict = "OK" if results["cnn shape"] < 0.15 else "OVER TARGET"
+print(f"cnn shape median {results['cnn shape']:.3f} s (target < 0.15 s): {verdict}")

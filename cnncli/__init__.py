@@ -1,0 +1,3 @@
+"""cnncli: the `cnn` command for convolutional neural networks."""
+
+__version__ = "0.1.0"

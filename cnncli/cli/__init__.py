@@ -1,0 +1,96 @@
+"""The `cnn` command: a Typer app, one module per command, errors mapped to exit codes in one place."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from cnncli import __version__
+from cnncli.errors import CnnError
+
+app = typer.Typer(
+    name="cnn",
+    help="Calculate, inspect, train, evaluate, convert and export convolutional neural networks.\n\n"
+    "Start with `cnn shape --in 3x32x32 --k 5 --p 2 --out-channels 10`, `cnn models` or "
+    "`cnn train lenet --data digits`. Every command has --help.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"cnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", "-V", help="Print the version and exit.", callback=_version,
+                                 is_eager=True),
+) -> None:
+    """Calculate, inspect, train, evaluate, convert and export CNNs."""
+
+
+def _register() -> None:
+    # Each module defines one command; none imports torch at module level (ruff TID253 checks that).
+    from cnncli.cli import (  # noqa: F401
+        eval as _eval,
+        export as _export,
+        fcn as _fcn,
+        models as _models,
+        scoremap as _scoremap,
+        shape as _shape,
+        summary as _summary,
+        train as _train,
+    )
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app, turn errors into `error: ...` lines and exit codes."""
+    try:  # typer >= 0.20 vendors click as typer._click; older typer uses click itself
+        from typer._click import exceptions as cx
+    except ImportError:  # pragma: no cover
+        from click import exceptions as cx
+
+    debug = os.environ.get("CNN_DEBUG", "") not in ("", "0")
+    try:
+        rc = app(args=argv, standalone_mode=False, prog_name="cnn")
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except CnnError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except cx.NoArgsIsHelpError as e:  # `cnn` alone: show help, exit 0 like --help would
+        print(e.ctx.get_help())
+        sys.exit(0)
+    except cx.UsageError as e:
+        if debug:
+            raise
+        cmd = e.ctx.command_path if e.ctx else "cnn"
+        print(f"error: {e.format_message()} (see '{cmd} --help')", file=sys.stderr)
+        sys.exit(2)
+    except (typer.Exit, getattr(cx, "Exit", typer.Exit)) as e:
+        sys.exit(e.exit_code)
+    except (typer.Abort, getattr(cx, "Abort", typer.Abort), KeyboardInterrupt):
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception as e:  # an unexpected failure still gets one line; CNN_DEBUG=1 shows the traceback
+        if debug:
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {type(e).__name__}: {msg} (run with CNN_DEBUG=1 for the traceback)", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(0)

@@ -1,0 +1,123 @@
+"""`cnn shape` and the CLI conventions, through real subprocesses (exit codes, JSON, no torch at start-up)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, run_cnn
+
+LENET = "conv(6,k=5) relu maxpool(2) conv(16,k=5) maxpool(2) flatten fc(120) fc(84) fc(10)"
+
+
+def test_single_conv_text():
+    p = run_cnn("shape", "--in", "3x32x32", "--k", "5", "--s", "1", "--p", "2", "--out-channels", "10", check=0)
+    assert "3x32x32 -> 10x32x32" in p.stdout
+    assert "floor((32 + 2*2 - 1*(5-1) - 1) / 1) + 1 = 32" in p.stdout
+    assert "= 760" in p.stdout
+
+
+def test_single_conv_json():
+    p = run_cnn("shape", "--in", "3x32x32", "--k", "5", "--p", "2", "--out-channels", "10", "--json", check=0)
+    out = json.loads(p.stdout)
+    assert out["input"] == [3, 32, 32] and out["output"] == [10, 32, 32]
+    assert out["params"] == 760 and out["macs"] == 768000
+
+
+def test_layers_json_lenet():
+    p = run_cnn("shape", "--in", "1x32x32", "--layers", LENET, "--json", check=0)
+    out = json.loads(p.stdout)
+    assert out["params"] == 61706
+    assert out["output"] == [10]
+    assert [layer["output"] for layer in out["layers"]][:5] == [[6, 28, 28], [6, 28, 28], [6, 14, 14], [16, 10, 10], [16, 5, 5]]
+    assert set(out["layers"][0]) >= {"name", "output", "params", "macs", "receptive_field", "jump"}
+    assert out["layers"][-1]["receptive_field"] == [32, 32]
+
+
+def test_layers_table_has_totals():
+    p = run_cnn("shape", "--in", "3x32x32", "--layers", LENET, check=0)
+    assert "62,006" in p.stdout and "total" in p.stdout
+
+
+def test_pool_ceil_and_convT():
+    p = run_cnn("shape", "--in", "64x56x56", "--k", "3", "--s", "2", "--p", "1", "--op", "maxpool", "--ceil-mode",
+                "--json", check=0)
+    assert json.loads(p.stdout)["output"] == [64, 29, 29]
+    p = run_cnn("shape", "--in", "16x8x8", "--k", "4", "--s", "2", "--p", "1", "--op", "convT", "--out-channels", "8",
+                "--json", check=0)
+    assert json.loads(p.stdout)["output"] == [8, 16, 16]
+    assert json.loads(p.stdout)["params"] == 16 * 8 * 16 + 8
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--in", "3x32"], "malformed size"),
+    (["--in", "axb"], "malformed size"),
+    (["--in", "-1"], "malformed size"),
+    (["--in", "3x4x4", "--k", "7"], "larger than the padded input"),
+    (["--in", "3x8x8", "--groups", "2", "--out-channels", "4"], "does not divide"),
+    (["--in", "3x8x8", "--s", "0"], "stride must be at least 1"),
+    (["--in", "3x8x8", "--k", "x"], "malformed kernel"),
+    (["--in", "3x8x8", "--op", "bogus"], "unknown --op"),
+    (["--in", "3x8x8", "--layers", "conv(4) wobble"], "unknown layer"),
+    (["--no-such-option"], "No such option"),
+])
+def test_bad_input_is_one_line_exit_2(args, needle):
+    p = run_cnn("shape", *args)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], p.stderr
+    assert "Traceback" not in p.stderr and p.stdout == ""
+
+
+def test_debug_shows_traceback():
+    p = run_cnn("shape", "--in", "axb", env={"CNN_DEBUG": "1"})
+    assert p.returncode != 0 and "Traceback" in p.stderr
+
+
+def test_version_and_help():
+    from cnncli import __version__
+
+    assert run_cnn("--version", check=0).stdout.strip() == f"cnn {__version__}"
+    help_text = run_cnn("--help", check=0).stdout
+    for cmd in ("shape", "models", "summary", "train", "eval", "fcn", "scoremap", "export"):
+        assert cmd in help_text
+    assert "--out-channels" in run_cnn("shape", "--help", check=0).stdout
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["shape", "--in", "3x32x32", "--k", "3"], ["models", "--help"],
+                                  ["shape", "--in", "3x32x32", "--layers", LENET, "--json"], ["train", "--help"]])
+def test_startup_never_imports_torch(argv):
+    code = (
+        "import sys\n"
+        "from cnncli.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision', 'onnx', 'onnxruntime', 'numpy', 'matplotlib') if m in sys.modules)\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "CI": "1"})
+    assert "HEAVY []" in p.stderr, p.stderr
+
+
+def test_console_script_and_module_agree():
+    exe = os.path.join(os.path.dirname(sys.executable), "cnn")
+    a = subprocess.run([exe, "shape", "--in", "3x32x32", "--k", "5", "--json"], capture_output=True, text=True)
+    b = run_cnn("shape", "--in", "3x32x32", "--k", "5", "--json")
+    assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
+
+
+def test_ruff_bans_heavy_imports_in_cli(tmp_path):
+    """The TID253 rule in pyproject.toml really fires for a module-level torch import under cnncli/cli/."""
+    ruff = os.path.join(os.path.dirname(sys.executable), "ruff")
+    bad = os.path.join(ROOT, "cnncli", "cli", "_tmp_banned_probe.py")
+    with open(bad, "w") as f:
+        f.write("import torch  # noqa: F401\n")
+    try:
+        p = subprocess.run([ruff, "check", "--no-cache", "--select", "TID253", bad], capture_output=True, text=True, cwd=ROOT)
+    finally:
+        os.remove(bad)
+    assert p.returncode != 0 and "TID253" in p.stdout
+    clean = subprocess.run([ruff, "check", "--no-cache", "cnncli"], capture_output=True, text=True, cwd=ROOT)
+    assert clean.returncode == 0, clean.stdout
