@@ -2,8 +2,8 @@
 
 import os
 import re
-import tomllib
 
+import tomllib
 from conftest import ROOT
 
 

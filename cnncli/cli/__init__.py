@@ -37,18 +37,15 @@ def _root(
     """Calculate, inspect, train, evaluate, convert and export CNNs."""
 
 
+COMMANDS = ("shape", "models", "summary", "train", "eval", "fcn", "scoremap", "export")
+
+
 def _register() -> None:
     # Each module defines one command; none imports torch at module level (ruff TID253 checks that).
-    from cnncli.cli import (  # noqa: F401
-        eval as _eval,
-        export as _export,
-        fcn as _fcn,
-        models as _models,
-        scoremap as _scoremap,
-        shape as _shape,
-        summary as _summary,
-        train as _train,
-    )
+    import importlib
+
+    for name in COMMANDS:
+        importlib.import_module(f"cnncli.cli.{name}")
 
 
 _register()
