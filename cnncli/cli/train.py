@@ -1,1 +1,205 @@
-"""placeholder"""
+"""`cnn train`: the main job."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from cnncli.cli import app
+from cnncli.cli._common import DeviceOpt, JsonOpt, emit_json, log, plain_mode
+
+EPILOG = (
+    "Examples:\n\n"
+    "  cnn train linenet --data lines                 # embedded data, no network, under a minute on a CPU\n\n"
+    "  cnn train lenet --data digits --epochs 40\n\n"
+    "  cnn train resnet --data cifar10 --epochs 30     # downloads CIFAR-10 into --data-dir on first use\n\n"
+    "  cnn train resnet18 --data folder:~/pets --img-size 128\n\n"
+    "  cnn train --resume runs/train                   # continue an interrupted run\n\n"
+    "  torchrun --nproc-per-node 4 -m cnncli train resnet --data cifar10   # DDP (see docs/distributed.md)\n\n"
+    "Datasets: cifar10 cifar100 mnist fashion-mnist svhn (torchvision), folder:PATH, and the embedded "
+    "lines, digits, fake."
+)
+
+
+@app.command("train", epilog=EPILOG)
+def train_cmd(
+    model: Annotated[Optional[str], typer.Argument(help="Model: registry name, family (resnet), file.py:Class.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset: cifar10, mnist, lines, digits, fake, folder:PATH ...")] = None,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where datasets live (default $CNN_DATA_DIR or ~/.cache/cnncli/data).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (default: per dataset).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Global batch size (default: per dataset).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default 0.1 SGD, 2e-3 AdamW).")] = None,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (Nesterov) | adamw.")] = "sgd",
+    schedule: Annotated[str, typer.Option("--schedule", help="onecycle | cosine | none.")] = "onecycle",
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="Default 5e-4 (SGD), 0.05 (AdamW).")] = None,
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Cross-entropy label smoothing.")] = 0.1,
+    precision: Annotated[str, typer.Option("--precision", help="auto | 32 | bf16 | 16. auto: bf16 where supported.")] = "auto",
+    channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format for conv nets.")] = True,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic algorithms (repeatable on CPU).")] = False,
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader workers for folder datasets.")] = 2,
+    patience: Annotated[Optional[int], typer.Option("--patience", help="Stop after N epochs without a better val accuracy.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps.")] = None,
+    project: Annotated[str, typer.Option("--project", help="Folder of runs.")] = "runs",
+    name: Annotated[str, typer.Option("--name", help="Run name; an existing one gets a numbered sibling.")] = "train",
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue a run: its folder or its last.pt.")] = None,
+    img_size: Annotated[Optional[str], typer.Option("--img-size", help="Folder datasets: resize images to HxW or N.")] = None,
+    num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Override the number of classes.")] = None,
+    nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", help="Launch N DDP processes with torchrun.")] = None,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a model on a dataset; writes PROJECT/NAME with checkpoints, metrics and curves."""
+    from cnncli.errors import UsageError
+
+    if nproc_per_node:
+        _launch_torchrun(nproc_per_node)
+        return
+    if resume is None and (model is None or data is None):
+        raise UsageError("give a MODEL and --data", "e.g. cnn train linenet --data lines, or --resume runs/train")
+    from cnncli.arith import parse_size
+    from cnncli.engine.trainer import Interrupted, TrainConfig, train
+
+    size = None
+    if img_size:
+        _, h, w = parse_size(img_size)
+        size = [h, w]
+    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--max-steps", max_steps),
+                        ("--patience", patience)):
+        if value is not None and value < (0 if flag == "--patience" else 1):
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    cfg = TrainConfig(model=model or "", data=data or "", data_dir=data_dir, epochs=epochs, batch_size=batch_size,
+                      lr=lr, optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
+                      label_smoothing=label_smoothing, precision=precision, channels_last=channels_last,
+                      compile=compile_, seed=seed, deterministic=deterministic, workers=workers, patience=patience,
+                      max_steps=max_steps, project=project, name=name, device=device, img_size=size,
+                      num_classes=num_classes)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    reporter = _Reporter(enabled=is_main)
+    try:
+        result = train(cfg, reporter, resume=resume)
+    except Interrupted as e:
+        reporter.close()
+        log(f"interrupted: last.pt written; resume with: cnn train --resume {e.run_dir}")
+        raise typer.Exit(130)
+    finally:
+        reporter.close()
+    if not is_main:
+        return
+    if json_out:
+        emit_json(result.as_json())
+    else:
+        test = f", test {result.test_accuracy:.2%}" if result.test_accuracy is not None else ""
+        print(f"done: {result.epochs} epochs, best val accuracy {result.best_accuracy:.2%}{test}, "
+              f"{result.images_per_second:,.0f} images/s on {result.device} ({_prec(result.precision)})")
+        print(f"run folder: {result.run_dir}")
+    d = result.run_dir
+    log("next:")
+    log(f"  cnn eval {d}/best.pt --data {cfg.data if not resume else _data_of(d)}")
+    log(f"  cnn export {d}/best.pt --onnx")
+    log(f"  cnn fcn {d}/best.pt")
+
+
+def _prec(p: str) -> str:
+    return {"32": "fp32", "bf16": "bf16 autocast", "16": "fp16 autocast"}.get(p, p)
+
+
+def _data_of(run_dir: str) -> str:
+    import json
+
+    try:
+        with open(os.path.join(run_dir, "args.json")) as f:
+            return json.load(f)["data"]
+    except (OSError, KeyError, ValueError):
+        return "DATASET"
+
+
+def _launch_torchrun(n: int) -> None:
+    """`cnn train --nproc-per-node N ...` = `torchrun --nproc-per-node N -m cnncli train ...`."""
+    import subprocess
+
+    from cnncli.errors import UsageError
+
+    if n < 1:
+        raise UsageError("--nproc-per-node must be at least 1")
+    argv = list(sys.argv[1:])
+    out, skip = [], False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc-per-node":
+            skip = True
+            continue
+        if a.startswith("--nproc-per-node="):
+            continue
+        out.append(a)
+    if out and out[0] == "train":
+        out = out[1:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+           "-m", "cnncli", "train", *out]
+    log("launching: " + " ".join(cmd[2:]))
+    rc = subprocess.call(cmd)
+    if rc:
+        raise typer.Exit(rc)
+
+
+class _Reporter:
+    """Progress: a rich bar on a TTY, plain per-epoch lines otherwise (CI, NO_COLOR, pipes)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.plain = plain_mode()
+        self.progress = None
+        self.task = None
+
+    def __call__(self, kind: str, info: dict) -> None:
+        if not self.enabled:
+            return
+        if kind == "note":
+            log(info["message"])
+        elif kind == "start":
+            resumed = f", resumed at epoch {info['resumed_at'][0] + 1} step {info['resumed_at'][1]}" if info["resumed_at"] else ""
+            log(f"train {info['model']} on {info['data']}: {info['train_samples']:,} images, {info['epochs']} epochs x "
+                f"{info['steps_per_epoch']} steps, batch {info['batch_size']}, device {info['device']}, "
+                f"{_prec(info['precision'])}{resumed}")
+            log(f"run folder: {info['run_dir']}")
+            if not self.plain:
+                from rich.progress import (
+                    BarColumn,
+                    MofNCompleteColumn,
+                    Progress,
+                    TextColumn,
+                    TimeRemainingColumn,
+                )
+
+                from cnncli.cli._common import console
+
+                self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                         TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
+                                         console=console(stderr=True), transient=False)
+                self.progress.start()
+        elif kind == "step" and self.progress is not None:
+            desc = f"epoch {info['epoch'] + 1}"
+            if self.task is None or self.progress.tasks[self.task].description != desc:
+                self.task = self.progress.add_task(desc, total=info["steps"], completed=info["step"] - 1, stats="")
+            self.progress.update(self.task, completed=info["step"],
+                                 stats=f"loss {info['loss']:.4f} acc {info['accuracy']:.2%} {info['images_per_second']:,.0f} img/s")
+        elif kind == "epoch":
+            star = " *" if info["best"] else ""
+            line = (f"epoch {info['epoch']}/{info['epochs']}  loss {info['train_loss']:.4f}  acc {info['train_accuracy']:.2%}"
+                    f"  val_loss {info['val_loss']:.4f}  val_acc {info['val_accuracy']:.2%}{star}  lr {info['lr']:.3g}"
+                    f"  {info['images_per_second']:,.0f} img/s  {info['seconds']:.1f}s")
+            if self.progress is not None:
+                self.progress.console.print(line, markup=False, highlight=False)
+            else:
+                log(line)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

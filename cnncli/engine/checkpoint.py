@@ -41,7 +41,7 @@ def atomic_write(path: str, write) -> None:
 
 def save_checkpoint(obj: dict, path: str) -> None:
     """Atomically save a checkpoint dict."""
-    obj = {"format": FORMAT, "versions": {"cnncli": __version__, "torch": torch.__version__}, **obj}
+    obj = {"format": FORMAT, "versions": {"cnncli": __version__, "torch": str(torch.__version__)}, **obj}
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -53,7 +53,11 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()
-        detail = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln), "")
+        detail = next((ln.strip() for ln in first if "GLOBAL" in ln), "")
+        if not detail:
+            raise UsageError(f"unreadable checkpoint {path}: not a torch checkpoint file",
+                             "is it a file written by cnn train?") from None
+        detail = detail.split(" was not")[0].replace("WeightsUnpickler error: ", "")
         raise UsageError(f"refusing to load {path}: it contains pickled Python objects, which could run code",
                          f"cnncli checkpoints hold only tensors and plain values; {detail}".rstrip("; ")) from None
     except Exception as e:

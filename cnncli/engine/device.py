@@ -37,7 +37,12 @@ def pick_device(name: str = "auto", quiet: bool = False) -> torch.device:
 
 
 def cpu_has_bf16() -> bool:
-    """True on CPUs with native bf16 support (AVX-512 BF16 or AMX)."""
+    """True on CPUs with native bf16 support (AVX-512 BF16 or AMX), as oneDNN sees them."""
+    try:
+        if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return True
+    except (AttributeError, RuntimeError):
+        pass
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()

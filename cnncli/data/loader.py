@@ -1,0 +1,177 @@
+"""Batch loaders with one interface: iterate (x float normalized, y long) on the device; `set_epoch`; `len`.
+
+`TensorLoader` keeps a uint8 dataset on the training device and augments whole batches with tensor ops
+(random crop with zero padding per sample, horizontal flip), like airbench's CifarLoader: no PIL, no worker
+processes. Its randomness is a pure function of (seed, epoch, batch index), so a run resumed mid-epoch sees
+exactly the batches an uninterrupted run would. Under DDP each rank takes its own shard of every epoch.
+`FolderLoader` streams image files through a DataLoader with workers and PIL transforms.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _gen(seed: int, *parts: int) -> torch.Generator:
+    s = seed
+    for p in parts:
+        s = (s * 1_000_003 + p + 1) % (2**62)
+    return torch.Generator().manual_seed(s)
+
+
+class TensorLoader:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, mean, std, train: bool,
+                 crop_padding: int = 0, flip: bool = False, seed: int = 0, device="cpu", channels_last: bool = False,
+                 rank: int = 0, world_size: int = 1, drop_last: bool | None = None):
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.batch_size = batch_size
+        self.train = train
+        self.crop_padding = crop_padding if train else 0
+        self.flip = flip and train
+        self.seed = seed
+        self.epoch = 0
+        self.channels_last = channels_last
+        self.rank, self.world_size = rank, world_size
+        self.drop_last = train if drop_last is None else drop_last
+        c = images.shape[1]
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.images)
+        if self.train:
+            idx = torch.randperm(n, generator=_gen(self.seed, self.epoch))
+        else:
+            idx = torch.arange(n)
+        if self.world_size > 1:  # every rank gets an equal shard (padded by wrapping, like DistributedSampler)
+            per = math.ceil(n / self.world_size)
+            idx = torch.cat([idx, idx[: per * self.world_size - n]])
+            idx = idx[self.rank::self.world_size]
+        return idx
+
+    def __len__(self) -> int:
+        n = len(self._indices()) if self.world_size > 1 else len(self.images)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self._indices())
+
+    def __iter__(self):
+        return self.batches(start=0)
+
+    def batches(self, start: int = 0):
+        """Yield batches from batch index `start` on (a resumed epoch skips the ones already done)."""
+        idx = self._indices().to(self.device)
+        for b in range(start, len(self)):
+            sel = idx[b * self.batch_size:(b + 1) * self.batch_size]
+            x = self.images[sel]
+            if self.train and (self.crop_padding or self.flip):
+                x = self._augment(x, _gen(self.seed, self.epoch, b + 1))
+            x = (x.float() - self.mean) / self.std
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[sel]
+
+    def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n, c, h, w = x.shape
+        if self.crop_padding:
+            p = self.crop_padding
+            dy = torch.randint(0, 2 * p + 1, (n,), generator=g).to(self.device)
+            dx = torch.randint(0, 2 * p + 1, (n,), generator=g).to(self.device)
+            xp = F.pad(x, (p, p, p, p))
+            rows = (dy[:, None] + torch.arange(h, device=self.device))[:, None, :, None].expand(n, c, h, w + 2 * p)
+            x = xp.gather(2, rows)
+            cols = (dx[:, None] + torch.arange(w, device=self.device))[:, None, None, :].expand(n, c, h, w)
+            x = x.gather(3, cols)
+        if self.flip:
+            mask = (torch.rand(n, generator=g) < 0.5).to(self.device)
+            x = torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
+        return x
+
+
+class _FileDataset(torch.utils.data.Dataset):
+    def __init__(self, samples, transform, channels: int):
+        self.samples, self.transform, self.mode = samples, transform, "L" if channels == 1 else "RGB"
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        path, label = self.samples[i]
+        with Image.open(path) as im:
+            return self.transform(im.convert(self.mode)), label
+
+
+def folder_transform(image_size, mean, std, train: bool, flip: bool = True):
+    import torchvision.transforms as T
+
+    ops = [T.Resize(tuple(image_size))]
+    if train:
+        ops += [T.RandomResizedCrop(tuple(image_size), scale=(0.7, 1.0), antialias=True)] + ([T.RandomHorizontalFlip()] if flip else [])
+    return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
+
+
+class FolderLoader:
+    """Image files through a DataLoader with workers (for datasets too large to hold as one tensor)."""
+
+    def __init__(self, samples, *, image_size, channels, batch_size: int, mean, std, train: bool, flip: bool = True,
+                 workers: int = 2, seed: int = 0, device="cpu", channels_last: bool = False, rank: int = 0,
+                 world_size: int = 1):
+        self.device = torch.device(device)
+        self.channels_last = channels_last
+        ds = _FileDataset(samples, folder_transform(image_size, mean, std, train, flip), channels)
+        self.sampler = None
+        if world_size > 1:
+            self.sampler = torch.utils.data.distributed.DistributedSampler(ds, world_size, rank, shuffle=train, seed=seed)
+        g = torch.Generator().manual_seed(seed)
+        self.loader = torch.utils.data.DataLoader(
+            ds, batch_size=batch_size, shuffle=train and self.sampler is None, sampler=self.sampler,
+            num_workers=workers, drop_last=train and len(ds) >= batch_size, generator=g,
+            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
+        self.num_samples = len(self.sampler) if self.sampler is not None else len(ds)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        self.loader.generator.manual_seed(epoch * 7919 + 17)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        return self.batches(0)
+
+    def batches(self, start: int = 0):
+        for b, (x, y) in enumerate(self.loader):
+            if b < start:
+                continue
+            x = x.to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y.to(self.device, non_blocking=True)
+
+
+def make_loader(data, split: str, *, batch_size: int, train: bool, seed: int = 0, device="cpu",
+                channels_last: bool = False, workers: int = 2, rank: int = 0, world_size: int = 1):
+    """The right loader for a TensorData or FolderData split."""
+    from cnncli.data.datasets import TensorData
+
+    if isinstance(data, TensorData):
+        x, y = data.split(split)
+        return TensorLoader(x, y, batch_size=batch_size, mean=data.mean, std=data.std, train=train,
+                            crop_padding=data.crop_padding, flip=data.flip, seed=seed, device=device,
+                            channels_last=channels_last, rank=rank, world_size=world_size)
+    return FolderLoader(data.split(split), image_size=data.image_size, channels=data.channels, batch_size=batch_size,
+                        mean=data.mean, std=data.std, train=train, flip=data.flip, workers=workers, seed=seed,
+                        device=device, channels_last=channels_last, rank=rank, world_size=world_size)

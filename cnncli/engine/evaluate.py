@@ -1,0 +1,133 @@
+"""Evaluation of a checkpoint (PyTorch) or an exported model (ONNX Runtime) on a dataset split.
+
+The checkpoint's own preprocessing is used (its mean/std and input size), and BatchNorm is in eval mode.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from cnncli.errors import UsageError
+
+
+def _split_tensors(data, split: str):
+    from cnncli.data.datasets import TensorData
+
+    if isinstance(data, TensorData):
+        return data.split(split)
+    return None
+
+
+def batches_for(data, split: str, *, input_size, mean, std, batch_size: int, device="cpu", workers: int = 2):
+    """(x, y) batches of a split, preprocessed the way the model expects (its input size, its mean/std)."""
+    from cnncli.data.loader import FolderLoader, TensorLoader
+
+    c, h, w = input_size
+    if data.input_size[0] != c:
+        raise UsageError(f"the model takes {c}-channel images but {data.name} has {data.input_size[0]}",
+                         "evaluate on the dataset the model was trained for")
+    xy = _split_tensors(data, split)
+    if xy is not None:
+        x, y = xy
+        if tuple(x.shape[2:]) != (h, w):  # resize once, in memory, to the model's input size
+            x = F.interpolate(x.float(), size=(h, w), mode="bilinear", align_corners=False).round().clamp(0, 255).to(torch.uint8)
+        return TensorLoader(x, y, batch_size=batch_size, mean=mean, std=std, train=False, device=device)
+    return FolderLoader(data.split(split), image_size=(h, w), channels=c, batch_size=batch_size, mean=mean, std=std,
+                        train=False, workers=workers, device=device)
+
+
+def metrics_from_logits(all_logits: torch.Tensor, labels: torch.Tensor, classes: list[str], seconds: float) -> dict:
+    """accuracy, top5, loss, per-class accuracy, confusion matrix from stacked logits."""
+    n, k = all_logits.shape
+    pred = all_logits.argmax(1)
+    acc = (pred == labels).float().mean().item() if n else 0.0
+    top5 = None
+    if k > 5:
+        top5 = (all_logits.topk(5, 1).indices == labels[:, None]).any(1).float().mean().item()
+    loss = F.cross_entropy(all_logits.float(), labels).item() if n else float("nan")
+    conf = torch.zeros(k, k, dtype=torch.long)
+    conf.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+    names = classes if len(classes) == k else [str(i) for i in range(k)]
+    per_class = {}
+    for i, name in enumerate(names):
+        total = int(conf[i].sum())
+        per_class[name] = (int(conf[i, i]) / total) if total else None
+    return {"accuracy": acc, "top5": top5, "loss": loss, "per_class": per_class, "confusion": conf.tolist(),
+            "classes": names, "samples": int(n), "images_per_second": n / max(seconds, 1e-9)}
+
+
+@torch.no_grad()
+def evaluate_model(model: torch.nn.Module, loader, classes: list[str], device) -> dict:
+    model = model.to(device).eval()  # BatchNorm uses its running statistics, not the batch's
+    logits, labels = [], []
+    t0 = time.perf_counter()
+    for x, y in loader:
+        logits.append(model(x.to(device)).float().cpu())
+        labels.append(y.cpu())
+    seconds = time.perf_counter() - t0
+    if not logits:
+        raise UsageError("the split is empty")
+    out = torch.cat(logits)
+    if out.dim() == 4:  # a fully-convolutional model at the training size: one cell
+        out = out.flatten(2).mean(2)
+    return metrics_from_logits(out, torch.cat(labels), classes, seconds)
+
+
+def evaluate_onnx(path: str, loader, classes: list[str]) -> dict:
+    """Run an exported model in ONNX Runtime over a loader."""
+    import numpy as np
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    static_batch = sess.get_inputs()[0].shape[0]
+    logits, labels = [], []
+    t0 = time.perf_counter()
+    for x, y in loader:
+        arr = x.contiguous().cpu().numpy().astype(np.float32)
+        if isinstance(static_batch, int) and static_batch != len(arr):  # a static-batch export: one at a time
+            outs = [sess.run(None, {name: arr[i:i + static_batch]})[0] for i in range(0, len(arr), static_batch)]
+            out = np.concatenate(outs)
+        else:
+            out = sess.run(None, {name: arr})[0]
+        logits.append(torch.from_numpy(out).float())
+        labels.append(y.cpu())
+    seconds = time.perf_counter() - t0
+    out = torch.cat(logits)
+    if out.dim() == 4:
+        out = out.flatten(2).mean(2)
+    return metrics_from_logits(out, torch.cat(labels), classes, seconds)
+
+
+def plot_confusion(result: dict, path: str, title: str = "") -> None:
+    """Write the confusion matrix as a PNG (row-normalized colours, counts in cells)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    conf = np.array(result["confusion"])
+    k = len(conf)
+    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    size = max(4.0, min(0.45 * k + 2, 20))
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    names = result["classes"]
+    ax.set_xticks(range(k), names, rotation=90 if k > 10 else 45, ha="right" if k <= 10 else "center")
+    ax.set_yticks(range(k), names)
+    ax.set(xlabel="predicted", ylabel="true", title=title or f"accuracy {result['accuracy']:.2%}")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(conf[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    from cnncli.engine.checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
