@@ -1,1 +1,59 @@
-"""placeholder"""
+"""`cnn fcn`: a classifier rewritten as a fully-convolutional network (a sliding classifier)."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Optional
+
+import typer
+
+from cnncli.cli import app
+from cnncli.cli._common import JsonOpt, emit_json, log
+
+EPILOG = ("Examples:\n\n  cnn fcn runs/train/best.pt                  # writes runs/train/best-fcn.pt\n\n"
+          "  cnn fcn runs/train/best.pt -o lenet-fcn.pt --json\n\n"
+          "Then: cnn scoremap best-fcn.pt big.png, cnn export best-fcn.pt --onnx (dynamic H/W), cnn summary best-fcn.pt.")
+
+
+@app.command("fcn", epilog=EPILOG)
+def fcn_cmd(
+    checkpoint: Annotated[str, typer.Argument(help="A classifier checkpoint .pt from cnn train.")],
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Where to write (default: CHECKPOINT-fcn.pt).")] = None,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="Largest allowed logit difference at the training size (relative to the logit scale).")] = 1e-4,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Rewrite the classifier head as convolutions, verify identical logits, record stride and receptive field."""
+    from cnncli.cli._common import check_file
+    from cnncli.errors import UsageError
+
+    check_file(checkpoint, "checkpoint")
+    out = output or os.path.splitext(checkpoint)[0] + "-fcn.pt"
+    if os.path.exists(out) and not force:
+        raise UsageError(f"{out} exists", "give another -o or --force to overwrite")
+    from cnncli.engine.checkpoint import load_checkpoint, save_checkpoint
+    from cnncli.fcn import fcn_checkpoint, to_fully_convolutional
+
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt.get("fcn"):
+        raise UsageError(f"{checkpoint} is already fully convolutional")
+    from cnncli.engine.checkpoint import build_from_checkpoint
+
+    model = build_from_checkpoint(ckpt)
+    spec = ckpt["model"]
+    size = (spec["in_channels"], *spec["image_size"])
+    conv = to_fully_convolutional(model, size, verify=True, tolerance=tolerance)
+    save_checkpoint(fcn_checkpoint(ckpt, conv), out)
+    result = {"path": out, "source": checkpoint, **conv.as_dict()}
+    if json_out:
+        emit_json(result)
+        return
+    for step in conv.steps:
+        log(f"  {step}")
+    s, rf, off = conv.stride, conv.receptive_field, conv.offset
+    print(f"wrote {out}: fully convolutional, logits equal at {'x'.join(map(str, size))} "
+          f"(max |diff| {conv.max_abs_diff:.2e})")
+    th, tw = size[1:]
+    print(f"output stride {s[0]}x{s[1]}, receptive field {rf[0]}x{rf[1]}, offset {off[0]},{off[1]}: an HxW image gives "
+          f"a score map of floor((H-{th})/{s[0]})+1 x floor((W-{tw})/{s[1]})+1 cells")
+    log(f"next: cnn scoremap {out} IMAGE.png")

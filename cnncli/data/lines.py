@@ -66,7 +66,7 @@ def scene(height: int = 256, width: int = 256, regions: tuple[int, int] = (2, 2)
     img = 0.15 * torch.rand(height, width, generator=gen)
     for vertical in (0, 1):
         # long lines across the whole image, kept only inside this class's regions
-        n_lines = (width if vertical else height) // 12
+        n_lines = (width if vertical else height) // 8
         canvas = torch.zeros(height, width)
         for _ in range(n_lines):
             p = int(torch.randint(0, width if vertical else height, (1,), generator=gen))

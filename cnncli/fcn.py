@@ -1,0 +1,361 @@
+"""Classifier -> fully-convolutional network, and spatial class score maps.
+
+A classifier's head is rewritten as convolutions: the first Linear after a flatten becomes a convolution whose
+kernel covers the whole last feature map, each later Linear a 1x1 convolution; a global (adaptive) pooling becomes
+a fixed pooling window the size of the training-size feature map, with stride 1. At the training size the new
+network computes the same logits (one output cell); on a larger image it computes the classifier at every window
+of the image at once, spaced by the network's output stride: a map of class scores.
+
+The model is traced with torch.fx, so heads written with modules (nn.Flatten, nn.Linear) or with functions
+(torch.flatten, F.adaptive_avg_pool2d, x.mean((2, 3))) are both found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnncli.errors import UsageError, WorkFailed
+from cnncli.receptive import module_fields, trace
+
+_ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.Tanh, nn.Sigmoid,
+                        nn.ELU, nn.Mish, nn.Dropout, nn.Dropout2d, nn.Identity)
+_ELEMENTWISE_FUNCS = {F.relu, torch.relu, F.dropout, F.gelu, F.silu, torch.sigmoid, torch.tanh, F.relu6, F.hardswish}
+
+
+class FullyConvolutional(nn.Module):
+    """`body` (the classifier's feature extractor, unchanged) followed by `head` (its classifier as convolutions)."""
+
+    def __init__(self, body: nn.Module, head: nn.Sequential):
+        super().__init__()
+        self.body = body
+        self.head = head
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+@dataclass
+class Conversion:
+    model: FullyConvolutional
+    training_size: tuple[int, int, int]
+    stride: tuple
+    receptive_field: tuple
+    offset: tuple
+    max_abs_diff: float | None
+    steps: list[str]
+
+    def as_dict(self) -> dict:
+        return {"training_size": list(self.training_size), "stride": list(self.stride),
+                "receptive_field": list(self.receptive_field), "offset": list(self.offset),
+                "max_abs_diff": self.max_abs_diff, "steps": self.steps}
+
+
+def _describe(node, modules) -> str:
+    if node.op == "call_module":
+        return f"{node.target} ({type(modules[node.target]).__name__})"
+    name = getattr(node.target, "__name__", str(node.target))
+    return f"{node.name} ({name})"
+
+
+def _is_head_op(node, modules) -> str | None:
+    """The kind of head operation a node is, or None."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        if isinstance(m, nn.Linear):
+            return "linear"
+        if isinstance(m, nn.Flatten):
+            return "flatten"
+        if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            return "adaptive"
+        if isinstance(m, _ELEMENTWISE_MODULES):
+            return "elementwise"
+        return None
+    if node.op == "call_function":
+        if node.target is torch.flatten:
+            return "flatten"
+        if node.target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
+            return "adaptive"
+        if node.target in _ELEMENTWISE_FUNCS:
+            return "elementwise"
+        if node.target is F.linear:
+            return None
+        return None
+    if node.op == "call_method":
+        if node.target in ("flatten", "view", "reshape"):
+            return "flatten"
+        if node.target == "mean":
+            return "mean"
+        if node.target in ("relu", "sigmoid", "tanh"):
+            return "elementwise"
+    return None
+
+
+def _shape(node) -> tuple | None:
+    meta = node.meta.get("tensor_meta")
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _find_head(gm: torch.fx.GraphModule):
+    """(feature node, head nodes in forward order); raises UsageError naming what it cannot convert."""
+    modules = dict(gm.named_modules())
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    node = out.args[0]
+    if not isinstance(node, torch.fx.Node):
+        raise UsageError("cannot convert: the model does not return a single tensor of logits")
+    chain = []
+    while True:
+        kind = _is_head_op(node, modules)
+        shape = _shape(node)
+        if kind is None:
+            # reached the feature map: it must be 4-D; otherwise something unknown sits in the head
+            if shape is not None and len(shape) == 4 and chain:
+                break
+            raise UsageError(f"cannot convert layer {_describe(node, modules)}: not a recognised classifier head op",
+                             "cnn fcn converts flatten + Linear and global pooling + Linear heads")
+        chain.append((node, kind))
+        inputs = [a for a in node.all_input_nodes]
+        if len(inputs) != 1:
+            raise UsageError(f"cannot convert layer {_describe(node, modules)}: it has {len(inputs)} inputs")
+        node = inputs[0]
+    chain.reverse()
+    if not any(kind == "linear" for _, kind in chain):
+        raise UsageError("cannot convert: the head has no Linear layer", "the model is already fully convolutional?")
+    return node, chain
+
+
+def _head_modules(gm, feature, chain) -> tuple[list[nn.Module], list[str]]:
+    modules = dict(gm.named_modules())
+    fshape = _shape(feature)
+    c, h, w = fshape[1:]
+    state = {"c": c, "map": (h, w), "flat_from": None}
+    layers: list[nn.Module] = []
+    steps: list[str] = []
+    for node, kind in chain:
+        desc = _describe(node, modules)
+        in_shape = _shape(node.all_input_nodes[0])
+        if kind == "adaptive" or kind == "mean":
+            if kind == "mean":
+                dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+                dims = tuple(sorted(d % 4 for d in (dims if isinstance(dims, (tuple, list)) else (dims,))))
+                if dims != (2, 3) or in_shape is None or len(in_shape) != 4:
+                    raise UsageError(f"cannot convert layer {desc}: only a mean over H and W is a global pool")
+                out_hw = (1, 1)
+                is_max = False
+            else:
+                m = modules.get(node.target) if node.op == "call_module" else None
+                is_max = isinstance(m, nn.AdaptiveMaxPool2d) or node.target is F.adaptive_max_pool2d
+                out_hw = tuple(_shape(node)[2:])
+            ih, iw = in_shape[2:]
+            if out_hw == (ih, iw):
+                steps.append(f"{desc}: identity at the training size, removed")
+                continue
+            if ih % out_hw[0] or iw % out_hw[1]:
+                raise UsageError(f"cannot convert layer {desc}: adaptive pooling {ih}x{iw} -> {out_hw[0]}x{out_hw[1]} "
+                                 "does not divide evenly")
+            if out_hw == (1, 1):
+                pool = (nn.MaxPool2d if is_max else nn.AvgPool2d)((ih, iw), stride=1)
+                steps.append(f"{desc}: global pool -> {type(pool).__name__} {ih}x{iw}, stride 1")
+            else:
+                k = (ih // out_hw[0], iw // out_hw[1])
+                pool = (nn.MaxPool2d if is_max else nn.AvgPool2d)(k, stride=k)
+                steps.append(f"{desc}: adaptive pool -> {type(pool).__name__} {k[0]}x{k[1]}, stride {k[0]}x{k[1]}")
+            layers.append(pool)
+            state["map"] = out_hw
+            if kind == "mean":
+                state["flat_from"] = (state["c"], 1, 1)
+        elif kind == "flatten":
+            if in_shape is not None and len(in_shape) == 4:
+                state["flat_from"] = (in_shape[1], *in_shape[2:])
+            steps.append(f"{desc}: flatten removed (the next Linear becomes a convolution)")
+        elif kind == "linear":
+            lin = modules[node.target]
+            if state["flat_from"] is not None:
+                fc, fh, fw = state["flat_from"]
+                if fc * fh * fw != lin.in_features:
+                    raise UsageError(f"cannot convert layer {desc}: {lin.in_features} inputs but the map is {fc}x{fh}x{fw}")
+                kernel = (fh, fw)
+                state["flat_from"] = None
+            else:
+                fc, kernel = lin.in_features, (1, 1)
+                if state["c"] != fc:
+                    raise UsageError(f"cannot convert layer {desc}: expects {fc} features, the map has {state['c']} channels")
+            conv = nn.Conv2d(fc, lin.out_features, kernel, bias=lin.bias is not None)
+            with torch.no_grad():
+                conv.weight.copy_(lin.weight.view(lin.out_features, fc, *kernel))
+                if lin.bias is not None:
+                    conv.bias.copy_(lin.bias)
+            layers.append(conv)
+            steps.append(f"{desc}: Linear({lin.in_features}, {lin.out_features}) -> Conv2d({fc}, {lin.out_features}, "
+                         f"kernel {kernel[0]}x{kernel[1]})")
+            state["c"] = lin.out_features
+        else:  # elementwise: same operation on the map
+            if node.op == "call_module":
+                layers.append(modules[node.target])
+            else:
+                layers.append(_FunctionModule(node.target, node.args[1:], dict(node.kwargs)))
+    return layers, steps
+
+
+class _FunctionModule(nn.Module):
+    def __init__(self, fn, args, kwargs):
+        super().__init__()
+        self.fn, self.args, self.kwargs = fn, tuple(args), {k: v for k, v in kwargs.items() if k != "inplace"}
+
+    def forward(self, x):
+        return self.fn(x, *self.args, **self.kwargs)
+
+
+def _body(gm: torch.fx.GraphModule, feature: torch.fx.Node) -> torch.fx.GraphModule:
+    """The traced graph cut at the feature map."""
+    g = torch.fx.Graph()
+    env: dict = {}
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            break
+        env[node] = g.node_copy(node, lambda n: env[n])
+        if node is feature:
+            break
+    g.output(env[feature])
+    body = torch.fx.GraphModule(gm, g)
+    body.graph.eliminate_dead_code()
+    body.delete_all_unused_submodules()
+    body.recompile()
+    return body
+
+
+def to_fully_convolutional(model: nn.Module, input_size: tuple[int, int, int], *, verify: bool = True,
+                           tolerance: float = 1e-4) -> Conversion:
+    """Rewrite a classifier's head as convolutions; with `verify`, check identical logits at the training size."""
+    if isinstance(model, FullyConvolutional):
+        raise UsageError("the model is already fully convolutional", "give the classifier checkpoint")
+    model = model.eval()
+    example = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+    try:
+        gm = trace(model, example)
+    except Exception as e:
+        raise UsageError(f"cannot trace the model with torch.fx: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                         "data-dependent control flow in forward() cannot be converted") from None
+    feature, chain = _find_head(gm)
+    layers, steps = _head_modules(gm, feature, chain)
+    fcn = FullyConvolutional(_body(gm, feature), nn.Sequential(*layers)).eval()
+
+    diff = None
+    if verify:
+        with torch.no_grad():
+            ref = model(example)
+            got = fcn(example)
+        if got.dim() != 4 or got.shape[2:] != (1, 1):
+            raise WorkFailed(f"conversion check failed: output is {tuple(got.shape)}, expected one cell at the training size")
+        got = got.flatten(1)
+        diff = float((ref - got).abs().max())
+        scale = max(1.0, float(ref.abs().max()))
+        if not diff <= tolerance * scale:
+            raise WorkFailed(f"conversion check failed: logits differ by {diff:.3g} (tolerance {tolerance * scale:.3g})",
+                             "nothing was written")
+    traced = module_fields(fcn, input_size)
+    if traced is None:
+        raise UsageError("cannot compute the receptive field of the converted model")
+    out_field = traced[1]
+    return Conversion(fcn, tuple(input_size), out_field.jump_value, out_field.receptive_field, out_field.offset,
+                      diff, steps)
+
+
+def fcn_checkpoint(ckpt: dict, conversion: Conversion) -> dict:
+    """A checkpoint for the converted model: same model spec, the FCN's state dict, the conversion facts."""
+    keep = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "scaler", "rng", "history", "running",
+                                                       "state_dict", "format", "versions")}
+    keep["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in conversion.model.state_dict().items()}
+    keep["fcn"] = conversion.as_dict()
+    return keep
+
+
+# ------------------------------------------------------------------------------------------- score maps
+
+
+def window_origin(conversion_facts: dict, i: int, j: int) -> tuple:
+    """Top-left input pixel of the window that output cell (i, j) sees."""
+    s, o = conversion_facts["stride"], conversion_facts["offset"]
+    return (o[0] + i * s[0], o[1] + j * s[1])
+
+
+@torch.no_grad()
+def score_map(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """Class probabilities [classes, H', W'] of a fully-convolutional model on one preprocessed image [C, H, W]."""
+    logits = model.eval()(image[None])
+    return torch.softmax(logits[0].float(), dim=0)
+
+
+def load_image(path: str, channels: int) -> torch.Tensor:
+    """An image file as uint8 [C, H, W] with the model's channel count."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+    except FileNotFoundError:
+        raise UsageError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise UsageError(f"cannot read image {path}: {e}") from None
+    t = torch.from_numpy(arr.copy())
+    return t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
+
+
+def normalize(img: torch.Tensor, mean, std) -> torch.Tensor:
+    c = img.shape[0]
+    m = torch.tensor(mean, dtype=torch.float32).view(c, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(c, 1, 1)
+    return (img.float() / 255 - m) / s
+
+
+def render_overlay(img: torch.Tensor, scores: torch.Tensor, facts: dict, classes: list[str], path: str,
+                   only_class: int | None = None, title: str = "") -> None:
+    """The image with the winning class per cell (colour) and its confidence (opacity), or one class's heat map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.patches import Patch
+
+    from cnncli.engine.checkpoint import atomic_write
+
+    k, hp, wp = scores.shape
+    s, o, rf = facts["stride"], facts["offset"], facts["receptive_field"]
+    # each cell is drawn as a stride x stride square centred on its window's centre
+    cy, cx = o[0] + (rf[0] - 1) / 2, o[1] + (rf[1] - 1) / 2
+    extent = (cx - s[1] / 2 - 0.5, cx + (wp - 1) * s[1] + s[1] / 2 - 0.5,
+              cy + (hp - 1) * s[0] + s[0] / 2 - 0.5, cy - s[0] / 2 - 0.5)
+    base = img.permute(1, 2, 0).numpy()
+    h, w = base.shape[:2]
+    fig_w = 7 if only_class is not None else 8.5
+    fig, ax = plt.subplots(figsize=(fig_w, fig_w * h / w * 0.9 + 0.6))
+    ax.imshow(base[..., 0] if base.shape[2] == 1 else base, cmap="gray", vmin=0, vmax=255, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    probs = scores.numpy()
+    if only_class is None:
+        cmap = plt.get_cmap("tab10" if k <= 10 else "tab20")
+        colours = np.array([cmap(i % cmap.N) for i in range(k)])
+        win = probs.argmax(0)
+        conf = probs.max(0)
+        rgba = colours[win].copy()
+        rgba[..., 3] = 0.15 + 0.5 * (conf - 1 / k) / (1 - 1 / k + 1e-9)
+        ax.imshow(rgba, extent=extent, interpolation="nearest")
+        present = sorted(set(win.flatten().tolist()))
+        handles = [Patch(color=colours[i], label=f"{classes[i]} ({(win == i).mean():.0%})") for i in present]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), title="winning class", fontsize=9)
+        ax.set_title(title or f"winning class per cell (opacity = confidence), stride {s[0]}, RF {rf[0]}")
+    else:
+        im = ax.imshow(probs[only_class], extent=extent, cmap="inferno", alpha=0.55, vmin=0, vmax=1,
+                       interpolation="nearest")
+        fig.colorbar(im, ax=ax, fraction=0.046, label=f"P({classes[only_class]})")
+        ax.set_title(title or f"score map of class '{classes[only_class]}', stride {s[0]}, RF {rf[0]}")
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
