@@ -122,7 +122,7 @@ def write_metadata(path: str, meta: dict) -> None:
     for k, v in meta.items():
         entry = m.metadata_props.add()
         entry.key = k
-        entry.value = v if isinstance(v, str) else json.dumps(v)
+        entry.value = json.dumps(v)  # every value is JSON, strings included: one rule for consumers
     m.producer_name = "cnncli"
     m.producer_version = __version__
     onnx.save(m, path)

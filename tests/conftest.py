@@ -40,3 +40,45 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "cuda" in item.keywords:
                 item.add_marker(skip)
+
+
+def make_checkpoint(path, name, size=(3, 32, 32), num_classes=10, seed=0, dataset=""):
+    """A checkpoint in the real format for an untrained registry model, with non-trivial BatchNorm statistics."""
+    import torch
+
+    from cnncli.engine.checkpoint import model_spec, save_checkpoint
+    from cnncli.models import get_model
+
+    torch.manual_seed(seed)
+    model = get_model(name, num_classes=num_classes, in_channels=size[0], image_size=size[1:])
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    save_checkpoint({"model": model_spec(name, num_classes, size[0], size[1:]), "state_dict": model.state_dict(),
+                     "classes": [f"c{i}" for i in range(num_classes)], "input_size": list(size),
+                     "normalization": {"mean": [0.5] * size[0], "std": [0.25] * size[0]}, "dataset": dataset,
+                     "args": {}, "metrics": {}, "fcn": None}, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def lines_run(tmp_path_factory):
+    """A linenet trained on `lines` the default way (about 10 s): best.pt for fcn/scoremap/export tests."""
+    tmp = tmp_path_factory.mktemp("lines")
+    p = run_cnn("train", "linenet", "--data", "lines", "--project", tmp, "--name", "lines", "--json", check=0)
+    import json
+
+    return json.loads(p.stdout)
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("digits")
+    p = run_cnn("train", "lenet", "--data", "digits", "--epochs", "10", "--project", tmp, "--name", "d", "--json",
+                check=0)
+    import json
+
+    return json.loads(p.stdout)

@@ -43,10 +43,10 @@ def metrics_from_logits(all_logits: torch.Tensor, labels: torch.Tensor, classes:
     """accuracy, top5, loss, per-class accuracy, confusion matrix from stacked logits."""
     n, k = all_logits.shape
     pred = all_logits.argmax(1)
-    acc = (pred == labels).float().mean().item() if n else 0.0
+    acc = int((pred == labels).sum()) / n if n else 0.0
     top5 = None
     if k > 5:
-        top5 = (all_logits.topk(5, 1).indices == labels[:, None]).any(1).float().mean().item()
+        top5 = int((all_logits.topk(5, 1).indices == labels[:, None]).any(1).sum()) / n
     loss = F.cross_entropy(all_logits.float(), labels).item() if n else float("nan")
     conf = torch.zeros(k, k, dtype=torch.long)
     conf.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)

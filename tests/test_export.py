@@ -1,0 +1,114 @@
+"""`cnn export --onnx`: every family exports and matches; metadata lets a plain onnxruntime script reproduce eval."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from conftest import ROOT, make_checkpoint, run_cnn
+
+FAMILIES = [("lenet5", (3, 32, 32)), ("linenet", (1, 32, 32)), ("smallcnn", (3, 32, 32)), ("mlp", (3, 32, 32)),
+            ("vgg11_bn", (3, 32, 32)), ("resnet18", (3, 32, 32)), ("resnet20", (3, 32, 32)),
+            ("mobilenet_v2", (3, 32, 32))]
+
+
+@pytest.mark.parametrize("name,size", FAMILIES)
+def test_every_family_exports_and_passes_the_check(tmp_path, name, size):
+    from cnncli.export import export_onnx
+
+    ck = make_checkpoint(tmp_path / f"{name}.pt", name, size)
+    out = export_onnx(ck).as_dict()  # in-process: the CLI wiring is tested below, imports are paid once
+    assert out["path"] == str(tmp_path / f"{name}.onnx") and os.path.getsize(out["path"]) == out["size_bytes"]
+    assert out["max_abs_diff"] < 1e-4 and out["opset"] == 18
+    assert out["inputs"][0]["shape"] == ["batch", *size] and out["outputs"][0]["shape"] == ["batch", 10]
+    m = onnx.load(out["path"])
+    onnx.checker.check_model(m, full_check=True)
+    ops = {n.op_type for n in m.graph.node}
+    assert "BatchNormalization" not in ops  # folded
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert json.loads(meta["classes"])[:2] == ["c0", "c1"] and json.loads(meta["input_size"]) == list(size)
+    assert json.loads(meta["mean"]) == [0.5] * size[0] and json.loads(meta["model_name"]) == name and meta["cnncli_version"]
+
+
+@pytest.mark.parametrize("name,size", [("lenet5", (3, 32, 32)), ("resnet18", (3, 32, 32)), ("vgg11", (3, 32, 32))])
+def test_fully_convolutional_export_has_dynamic_size(tmp_path, name, size):
+    from cnncli.engine.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
+    from cnncli.export import export_onnx
+    from cnncli.fcn import fcn_checkpoint, to_fully_convolutional
+
+    ck = load_checkpoint(make_checkpoint(tmp_path / f"{name}.pt", name, size))
+    fcn = str(tmp_path / f"{name}-fcn.pt")
+    save_checkpoint(fcn_checkpoint(ck, to_fully_convolutional(build_from_checkpoint(ck), size)), fcn)
+    out = export_onnx(fcn).as_dict()
+    assert out["inputs"][0]["shape"] == ["batch", size[0], "height", "width"]
+    assert out["max_abs_diff"] < 1e-4 and len(out["checked_shapes"]) == 6
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(out["path"], providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"input": np.zeros((1, size[0], 96, 64), np.float32)})[0]
+    s = fcn and json.loads(sess.get_modelmeta().custom_metadata_map["stride"])
+    assert y.shape == (1, 10, (96 - 32) // s[0] + 1, (64 - 32) // s[1] + 1)
+
+
+def test_no_overwrite_and_no_file_on_failed_check(tmp_path):
+    ck = make_checkpoint(tmp_path / "m.pt", "lenet5")
+    run_cnn("export", ck, "--onnx", check=0)
+    p = run_cnn("export", ck, "--onnx")
+    assert p.returncode == 2 and "exists" in p.stderr
+    # an impossible tolerance: the check fails, exit 1, and nothing is left behind
+    p = run_cnn("export", ck, "--onnx", "-o", tmp_path / "strict.onnx", "--tolerance", "0", "--exporter", "torchscript")
+    assert p.returncode == 1 and "differs from PyTorch" in p.stderr and "no file was written" in p.stderr
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m.pt"]
+    p = run_cnn("export", ck, "--onnx", "--dynamic-size", "-o", tmp_path / "dyn.onnx")
+    assert p.returncode == 2 and "fully-convolutional" in p.stderr
+
+
+CONSUMER = r'''
+import json, sys
+import numpy as np
+import onnxruntime as ort
+sess = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+meta = {k: json.loads(v) for k, v in sess.get_modelmeta().custom_metadata_map.items()}  # every value is JSON
+raw = np.load(sys.argv[2])                      # uint8 images [N, C, H, W] as stored
+c = len(meta["mean"])
+x = raw.astype(np.float32) / 255.0
+x = (x - np.array(meta["mean"], np.float32).reshape(1, c, 1, 1)) / np.array(meta["std"], np.float32).reshape(1, c, 1, 1)
+logits = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+np.save(sys.argv[3], logits.argmax(1))
+print(json.dumps({"classes": meta["classes"]}))
+'''
+
+
+def test_plain_onnxruntime_script_reproduces_eval(tmp_path, digits_run):
+    from cnncli.data import load_dataset
+
+    best = digits_run["best_checkpoint"]
+    onnx_path = json.loads(run_cnn("export", best, "--onnx", "-o", tmp_path / "d.onnx", "--json", check=0).stdout)["path"]
+    x, y = load_dataset("digits").split("test")
+    np.save(tmp_path / "x.npy", x.numpy())
+    script = tmp_path / "consumer.py"
+    script.write_text(CONSUMER)
+    p = subprocess.run([sys.executable, str(script), onnx_path, str(tmp_path / "x.npy"), str(tmp_path / "pred.npy")],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    pred = np.load(tmp_path / "pred.npy")
+    ev = json.loads(run_cnn("eval", best, "--data", "digits", "--json", check=0).stdout)
+    ev_onnx = json.loads(run_cnn("eval", onnx_path, "--data", "digits", "--json", check=0).stdout)
+    assert (pred == y.numpy()).mean() == pytest.approx(ev["accuracy"], abs=1e-9)
+    assert ev_onnx["accuracy"] == pytest.approx(ev["accuracy"], abs=1e-9)
+    # the same per-sample predictions as the PyTorch checkpoint
+    import torch
+
+    from cnncli.engine.checkpoint import open_model
+    from cnncli.engine.evaluate import batches_for
+
+    loaded = open_model(best)
+    loader = batches_for(load_dataset("digits"), "test", input_size=loaded.input_size, mean=loaded.mean,
+                         std=loaded.std, batch_size=512)
+    with torch.no_grad():
+        torch_pred = torch.cat([loaded.model.eval()(xb).argmax(1) for xb, _ in loader]).numpy()
+    assert (torch_pred == pred).all()
+    assert "Traceback" not in p.stderr and ROOT
