@@ -7,14 +7,46 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_cnn(*args, env=None, cwd=None, timeout=600, check=None):
-    """Run `python -m cnncli ARGS` in a subprocess, as a user would, and return the CompletedProcess."""
+def run_cnn(*args, env=None, cwd=None, timeout=600, check=None, sub=False):
+    """Run `cnn ARGS` and return a CompletedProcess (returncode, stdout, stderr).
+
+    By default in this process, through the same `main()` the console script calls (torch is imported once for the
+    whole suite); `sub=True` runs `python -m cnncli` in a real subprocess, as a user would.
+    """
+    if not sub:
+        return _run_in_process(args, env, check)
     e = dict(os.environ)
     e.pop("CNN_DEBUG", None)
     e.setdefault("CI", "1")
     e.update(env or {})
     p = subprocess.run([sys.executable, "-m", "cnncli", *map(str, args)], capture_output=True, text=True,
                        env=e, cwd=cwd or ROOT, timeout=timeout)
+    if check is not None and p.returncode != check:
+        raise AssertionError(f"exit {p.returncode} != {check}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}")
+    return p
+
+
+def _run_in_process(args, env, check):
+    import contextlib
+    import io
+
+    from cnncli.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    os.environ.pop("CNN_DEBUG", None)
+    os.environ["CI"] = "1"
+    os.environ.update({k: str(v) for k, v in (env or {}).items()})
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    p = subprocess.CompletedProcess(["cnn", *map(str, args)], code, out.getvalue(), err.getvalue())
     if check is not None and p.returncode != check:
         raise AssertionError(f"exit {p.returncode} != {check}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}")
     return p
@@ -77,7 +109,7 @@ def lines_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("digits")
-    p = run_cnn("train", "lenet", "--data", "digits", "--epochs", "10", "--project", tmp, "--name", "d", "--json",
+    p = run_cnn("train", "lenet", "--data", "digits", "--epochs", "20", "--project", tmp, "--name", "d", "--json",
                 check=0)
     import json
 

@@ -51,7 +51,7 @@ def test_conv2d_matches_torch(c, h, w, k, s, p, d, out_mult, groups, bias):
     assert layer.params == _nparams(m)
 
 
-@SETTINGS
+@settings(max_examples=300, deadline=None)
 @given(c=st.integers(1, 3), h=st.integers(1, 20), w=st.integers(1, 20), k=pair, d=st.tuples(st.integers(1, 3), st.integers(1, 3)),
        out=st.integers(1, 4))
 def test_conv2d_same_and_valid(c, h, w, k, d, out):

@@ -63,7 +63,7 @@ def test_pool_ceil_and_convT():
     (["--no-such-option"], "No such option"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle):
-    p = run_cnn("shape", *args)
+    p = run_cnn("shape", *args, sub=True)
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], p.stderr
@@ -71,7 +71,7 @@ def test_bad_input_is_one_line_exit_2(args, needle):
 
 
 def test_debug_shows_traceback():
-    p = run_cnn("shape", "--in", "axb", env={"CNN_DEBUG": "1"})
+    p = run_cnn("shape", "--in", "axb", env={"CNN_DEBUG": "1"}, sub=True)
     assert p.returncode != 0 and "Traceback" in p.stderr
 
 
@@ -103,7 +103,7 @@ def test_startup_never_imports_torch(argv):
 def test_console_script_and_module_agree():
     exe = os.path.join(os.path.dirname(sys.executable), "cnn")
     a = subprocess.run([exe, "shape", "--in", "3x32x32", "--k", "5", "--json"], capture_output=True, text=True)
-    b = run_cnn("shape", "--in", "3x32x32", "--k", "5", "--json")
+    b = run_cnn("shape", "--in", "3x32x32", "--k", "5", "--json", sub=True)
     assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
 
 

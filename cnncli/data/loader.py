@@ -81,19 +81,26 @@ class TensorLoader:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.labels[sel]
 
+    def _draw(self, g: torch.Generator, n: int, fn) -> torch.Tensor:
+        """Random values for this rank's samples, drawn for the whole global batch: under DDP the union of the
+        ranks' batches is augmented exactly as the single-process batch would be."""
+        if self.world_size == 1:
+            return fn(n)
+        return fn(n * self.world_size)[self.rank::self.world_size][:n]
+
     def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         n, c, h, w = x.shape
         if self.crop_padding:
             p = self.crop_padding
-            dy = torch.randint(0, 2 * p + 1, (n,), generator=g).to(self.device)
-            dx = torch.randint(0, 2 * p + 1, (n,), generator=g).to(self.device)
+            dy = self._draw(g, n, lambda k: torch.randint(0, 2 * p + 1, (k,), generator=g)).to(self.device)
+            dx = self._draw(g, n, lambda k: torch.randint(0, 2 * p + 1, (k,), generator=g)).to(self.device)
             xp = F.pad(x, (p, p, p, p))
             rows = (dy[:, None] + torch.arange(h, device=self.device))[:, None, :, None].expand(n, c, h, w + 2 * p)
             x = xp.gather(2, rows)
             cols = (dx[:, None] + torch.arange(w, device=self.device))[:, None, None, :].expand(n, c, h, w)
             x = x.gather(3, cols)
         if self.flip:
-            mask = (torch.rand(n, generator=g) < 0.5).to(self.device)
+            mask = (self._draw(g, n, lambda k: torch.rand(k, generator=g)) < 0.5).to(self.device)
             x = torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
         return x
 

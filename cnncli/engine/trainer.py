@@ -185,6 +185,8 @@ class Trainer:
                 raise UsageError(f"{ckpt_path} has no training state", "resume from last.pt, not best.pt")
             saved = TrainConfig.from_dict(self.resume_ckpt["args"])
             saved.device = cfg.device if cfg.device != "auto" else saved.device
+            if cfg.epochs:  # --epochs with --resume extends (or shortens) the run
+                saved.epochs = cfg.epochs
             cfg = saved
             self.run_dir = os.path.dirname(os.path.abspath(ckpt_path))
         self.cfg = cfg
@@ -335,6 +337,9 @@ class Trainer:
             self.run_dir = dist_utils.broadcast_str(next_run_dir(cfg.project, cfg.name) if self.is_main else "")
         if self.is_main:
             os.makedirs(self.run_dir, exist_ok=True)
+            for f in os.listdir(self.run_dir):  # temp files of a write that a SIGKILL interrupted
+                if f.startswith(".") and f.endswith(".tmp"):
+                    os.remove(os.path.join(self.run_dir, f))
             with open(os.path.join(self.run_dir, "args.json"), "w") as f:
                 json.dump(asdict(cfg), f, indent=2)
         self.last_path = os.path.join(self.run_dir, "last.pt")

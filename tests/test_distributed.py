@@ -1,0 +1,85 @@
+"""`cnn train` under the real torchrun: a 2-process gloo DDP job on CPU."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT, run_cnn
+
+ARGS = ["linenet", "--data", "lines", "--epochs", "2", "--deterministic", "--device", "cpu", "--precision", "32"]
+
+
+def _torchrun(*args, **kw):
+    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "CNN_DIST_TIMEOUT": "120"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "cnncli", "train", *map(str, args)]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kw)
+
+
+def _rows(run):
+    with open(os.path.join(run, "metrics.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    project = tmp_path_factory.mktemp("ddp")
+    p = _torchrun(*ARGS, "--project", project, "--name", "ddp", "--json")
+    out, err = p.communicate(timeout=400)
+    assert p.returncode == 0, err
+    return json.loads(out), project, err
+
+
+def test_two_rank_job_writes_one_run_and_matches_single_process(ddp_run, tmp_path):
+    res, project, err = ddp_run
+    assert os.listdir(project) == ["ddp"]  # one run folder, written by rank 0 only
+    run = res["run_dir"]
+    assert sorted(f for f in os.listdir(run) if not f.startswith(".")) == \
+        ["args.json", "best.pt", "curves.png", "last.pt", "metrics.csv", "summary.json"]
+    assert len(_rows(run)) == 2
+    assert "global batch 64 split across 2 ranks: 32 per rank" in err
+    assert err.count("epoch 1/2") == 1  # only rank 0 reports
+    assert res["test_accuracy"] >= 0.99
+    # the same global batch in one process: comparable accuracy, (nearly) the same weights
+    single = json.loads(run_cnn("train", *ARGS, "--project", tmp_path, "--name", "single", "--json", check=0).stdout)
+    assert abs(single["test_accuracy"] - res["test_accuracy"]) <= 0.005
+    a = torch.load(os.path.join(run, "last.pt"), weights_only=True)
+    b = torch.load(os.path.join(single["run_dir"], "last.pt"), weights_only=True)
+    assert list(a["state_dict"]) == list(b["state_dict"])  # the plain model, no `module.` prefix
+    for k in a["state_dict"]:  # same batches and gradients; only the float summation order differs
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=0.05, atol=2e-3)
+    # every other command reads the DDP checkpoint unchanged
+    ev = json.loads(run_cnn("eval", res["best_checkpoint"], "--json", check=0).stdout)
+    assert ev["accuracy"] == pytest.approx(res["test_accuracy"], abs=1e-9)
+
+
+def test_resume_under_torchrun(ddp_run, tmp_path):
+    res, _, _ = ddp_run
+    p = _torchrun(*ARGS, "--project", tmp_path, "--name", "r")
+    run = os.path.join(tmp_path, "r")
+    deadline = time.time() + 300
+    while not os.path.exists(os.path.join(run, "metrics.csv")) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert p.poll() is None, "the job finished before it could be stopped"
+    time.sleep(0.5)
+    os.killpg(p.pid, signal.SIGTERM)  # as a scheduler would: every process of the job gets SIGTERM
+    _, err = p.communicate(timeout=200)
+    assert p.returncode != 0
+    ck = torch.load(os.path.join(run, "last.pt"), weights_only=True)
+    assert ck["epoch"] >= 1 or ck["step_in_epoch"] > 0
+    q = _torchrun("--resume", run, "--json")
+    out, err = q.communicate(timeout=400)
+    assert q.returncode == 0, err
+    done = json.loads(out)
+    assert done["run_dir"] == os.path.abspath(run) and len(_rows(run)) == 2
+    a = torch.load(os.path.join(run, "last.pt"), weights_only=True)
+    b = torch.load(os.path.join(res["run_dir"], "last.pt"), weights_only=True)
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-4, atol=1e-5)
