@@ -65,8 +65,9 @@ def test_lenet_on_digits(digits_run):
 
 
 def _metrics_rows(run):
+    """Epochs finished: last.pt is written first, then metrics.csv."""
     path = os.path.join(run, "metrics.csv")
-    if not os.path.exists(path):
+    if not os.path.exists(path) or not os.path.exists(os.path.join(run, "last.pt")):
         return 0
     with open(path) as f:
         return max(0, len(f.read().strip().splitlines()) - 1)

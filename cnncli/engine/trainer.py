@@ -428,12 +428,13 @@ class Trainer:
                 if self.is_main:
                     metrics = {"val_accuracy": val["accuracy"], "val_loss": val["loss"], "train_loss": train_loss,
                                "train_accuracy": train_acc}
-                    self._write_metrics()
+                    # checkpoints first: metrics.csv is rebuilt from last.pt's history on resume
                     save_checkpoint(self._checkpoint(epoch=epoch, step_in_epoch=0, global_step=global_step,
                                                      metrics=metrics, training_state=True), self.last_path)
                     if improved:
                         save_checkpoint(self._checkpoint(epoch=epoch, step_in_epoch=0, global_step=global_step,
                                                          metrics=metrics, training_state=False), self.best_path)
+                    self._write_metrics()
                 self.report("epoch", {**asdict(res), "best": improved, "epochs": cfg.epochs})
                 if stop_flag["signal"] is not None:
                     stopped = "interrupted"
