@@ -39,8 +39,10 @@ class TensorLoader:
         self.rank, self.world_size = rank, world_size
         self.drop_last = train if drop_last is None else drop_last
         c = images.shape[1]
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255
+        mean_ = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255
+        std_ = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255
+        # (x - mean) / std as x * scale + shift, done in place: one pass over the batch, no temporaries
+        self.scale, self.shift = 1.0 / std_, -mean_ / std_
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -73,13 +75,13 @@ class TensorLoader:
         idx = self._indices().to(self.device)
         for b in range(start, len(self)):
             sel = idx[b * self.batch_size:(b + 1) * self.batch_size]
-            x = self.images[sel]
+            x = self.images.index_select(0, sel)  # much faster than advanced indexing for whole rows
             if self.train and (self.crop_padding or self.flip):
                 x = self._augment(x, _gen(self.seed, self.epoch, b + 1))
-            x = (x.float() - self.mean) / self.std
+            x = x.float().mul_(self.scale).add_(self.shift)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.labels[sel]
+            yield x, self.labels.index_select(0, sel)
 
     def _draw(self, g: torch.Generator, n: int, fn) -> torch.Tensor:
         """Random values for this rank's samples, drawn for the whole global batch: under DDP the union of the
