@@ -195,3 +195,12 @@ def test_bad_input_exit_2(tmp_path, args, needle):
     assert p.returncode == 2, p.stderr
     assert needle in p.stderr and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert not os.path.exists(tmp_path / "train")
+
+
+@pytest.mark.cuda
+def test_cuda_training_picks_bf16_or_fp16_and_keeps_data_on_gpu(tmp_path):
+    out = _json(run_cnn("train", "smallcnn", "--data", "fake", "--device", "cuda", "--epochs", "1", "--max-steps", "20",
+                        "--project", tmp_path, "--json"))
+    assert out["device"].startswith("cuda") and out["precision"] in ("bf16", "16")
+    ev = _json(run_cnn("eval", out["best_checkpoint"], "--device", "cuda", "--json"))
+    assert ev["samples"] == 2000

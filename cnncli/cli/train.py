@@ -156,6 +156,7 @@ class _Reporter:
         self.plain = plain_mode()
         self.progress = None
         self.task = None
+        self.task_desc = ""
 
     def __call__(self, kind: str, info: dict) -> None:
         if not self.enabled:
@@ -185,8 +186,11 @@ class _Reporter:
                 self.progress.start()
         elif kind == "step" and self.progress is not None:
             desc = f"epoch {info['epoch'] + 1}"
-            if self.task is None or self.progress.tasks[self.task].description != desc:
+            if self.task is None or self.task_desc != desc:
+                if self.task is not None:
+                    self.progress.remove_task(self.task)
                 self.task = self.progress.add_task(desc, total=info["steps"], completed=info["step"] - 1, stats="")
+                self.task_desc = desc
             self.progress.update(self.task, completed=info["step"],
                                  stats=f"loss {info['loss']:.4f} acc {info['accuracy']:.2%} {info['images_per_second']:,.0f} img/s")
         elif kind == "epoch":
@@ -195,6 +199,9 @@ class _Reporter:
                     f"  val_loss {info['val_loss']:.4f}  val_acc {info['val_accuracy']:.2%}{star}  lr {info['lr']:.3g}"
                     f"  {info['images_per_second']:,.0f} img/s  {info['seconds']:.1f}s")
             if self.progress is not None:
+                if self.task is not None:  # the finished epoch's bar gives way to its summary line
+                    self.progress.remove_task(self.task)
+                    self.task = None
                 self.progress.console.print(line, markup=False, highlight=False)
             else:
                 log(line)
