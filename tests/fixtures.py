@@ -74,3 +74,16 @@ def write_image_folder(root: str, classes=("cats", "dogs"), per_class: int = 12,
                 arr[..., ci % 3] += 150
                 Image.fromarray(arr).save(os.path.join(d, f"{i}.png"))
     return root
+
+
+def write_svhn(root: str, n_train: int = 300, n_test: int = 100, seed: int = 0) -> str:
+    """train_32x32.mat / test_32x32.mat as in the release: X [32, 32, 3, N] uint8, y [N, 1] with 10 meaning digit 0."""
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(root, exist_ok=True)
+    for name, n in (("train", n_train), ("test", n_test)):
+        y = rng.integers(1, 11, (n, 1)).astype(np.uint8)
+        x = rng.integers(0, 255, (32, 32, 3, n), dtype=np.uint8)
+        savemat(os.path.join(root, f"{name}_32x32.mat"), {"X": x, "y": y})
+    return root

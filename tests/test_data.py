@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from fixtures import write_cifar10, write_image_folder, write_mnist
+from fixtures import write_cifar10, write_image_folder, write_mnist, write_svhn
 
 from cnncli.data import load_dataset, make_loader
 from cnncli.data.lines import generate, scene
@@ -25,6 +25,14 @@ def test_mnist_idx_through_torchvision(tmp_path):
     assert d.input_size == (1, 28, 28) and d.num_classes == 10 and not d.flip
     write_mnist(str(tmp_path), folder="FashionMNIST")
     assert load_dataset("fashion-mnist", str(tmp_path)).classes[0] == "T-shirt/top"
+
+
+def test_svhn_mat_files_through_torchvision(tmp_path):
+    write_svhn(str(tmp_path))
+    d = load_dataset("svhn", str(tmp_path))
+    x, y = d.split("test")
+    assert x.shape == (100, 3, 32, 32) and y.min() >= 0 and y.max() <= 9  # torchvision maps label 10 to 0
+    assert not d.flip
 
 
 def test_missing_dataset_offline_says_where_to_put_files(tmp_path, monkeypatch):

@@ -87,6 +87,13 @@ def test_scoremap_finds_the_regions_of_a_lines_scene(lines_run, tmp_path):
     assert set(out["argmax_counts"]) == {"horizontal", "vertical"}
 
 
+def test_converted_checkpoint_evaluates_like_the_classifier(lines_run, tmp_path):
+    fcn = json.loads(run_cnn("fcn", lines_run["best_checkpoint"], "-o", tmp_path / "f.pt", "--json", check=0).stdout)
+    assert fcn["stride"] == [1, 1] and fcn["receptive_field"] == [40, 40]  # 9x9 filters, then the 32x32 pool
+    ev = json.loads(run_cnn("eval", fcn["path"], "--json", check=0).stdout)
+    assert ev["accuracy"] == pytest.approx(lines_run["test_accuracy"], abs=2e-4)
+
+
 def test_scoremap_images_and_class_heatmap(tmp_path):
     from PIL import Image
 
