@@ -73,6 +73,13 @@ def _metrics_rows(run):
         return max(0, len(f.read().strip().splitlines()) - 1)
 
 
+def _wait_for_first_epoch(p, run):
+    deadline = time.time() + 240
+    while _metrics_rows(run) < 1 and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert p.poll() is None, "the run finished before it could be interrupted"
+
+
 def _start(tmp_path, name):
     env = {**os.environ, "CI": "1"}
     args = [sys.executable, "-m", "cnncli", "train", "linenet", "--data", "lines", "--epochs", "3", "--deterministic",
@@ -108,10 +115,7 @@ def _assert_same_run(a, b):
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, uninterrupted):
     p = _start(tmp_path, "killed")
     run = os.path.join(tmp_path, "killed")
-    deadline = time.time() + 240
-    while _metrics_rows(run) < 1 and p.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert p.poll() is None, "the run finished before it could be killed"
+    _wait_for_first_epoch(p, run)
     p.send_signal(signal.SIGKILL)
     p.wait()
     torch.load(os.path.join(run, "last.pt"), weights_only=True)  # never half-written (a kill may leave a .tmp)
@@ -125,9 +129,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, uninterrupted):
 def test_sigterm_mid_epoch_writes_last_and_resumes_exactly(tmp_path, uninterrupted):
     p = _start(tmp_path, "term")
     run = os.path.join(tmp_path, "term")
-    deadline = time.time() + 240
-    while _metrics_rows(run) < 1 and p.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    _wait_for_first_epoch(p, run)
     time.sleep(0.3)  # into the second epoch
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)

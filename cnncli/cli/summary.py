@@ -13,7 +13,6 @@ from cnncli.cli._common import (
     console,
     emit_json,
     human,
-    log,
     parse_input_size,
     plain_mode,
 )
@@ -95,4 +94,3 @@ def _render(res: dict) -> None:
     out = console()
     out.print(t)
     out.print(foot)
-    log_ = log  # noqa: F841
