@@ -40,15 +40,14 @@ def _root(
 COMMANDS = ("shape", "models", "summary", "train", "eval", "fcn", "scoremap", "export")
 
 
-def _register() -> None:
-    # Each module defines one command; none imports torch at module level (ruff TID253 checks that).
+def _register(argv: list[str]) -> None:
+    """Import the command modules (each registers its command). Only the one being run when it is named: building
+    every command's parser costs start-up time that `cnn shape` should not pay; `--help` and the rest get all."""
     import importlib
 
-    for name in COMMANDS:
+    first = next((a for a in argv if not a.startswith("-")), None)
+    for name in ([first] if first in COMMANDS else COMMANDS):
         importlib.import_module(f"cnncli.cli.{name}")
-
-
-_register()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         from click import exceptions as cx
 
     debug = os.environ.get("CNN_DEBUG", "") not in ("", "0")
+    _register(sys.argv[1:] if argv is None else list(argv))
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="cnn")
         if isinstance(rc, int) and rc:
