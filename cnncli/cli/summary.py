@@ -68,8 +68,11 @@ def _jump(r) -> str:
 
 def _render(res: dict) -> None:
     head = f"{res['model']}  input {_dims(res['input'])} -> output {_dims(res['output'])}"
-    foot = (f"total params {res['params']:,} ({human(res['params'])}), trainable {res['trainable_params']:,}; "
-            f"MACs {res['macs']:,} ({human(res['macs'])}); receptive field {_rf(res)}, jump {_jump(res)}")
+    def both(n: int) -> str:
+        return f"{n:,}" + (f" ({human(n)})" if n >= 1000 else "")
+
+    foot = (f"total params {both(res['params'])}, trainable {res['trainable_params']:,}; "
+            f"MACs {both(res['macs'])}; receptive field {_rf(res)}, jump {_jump(res)}")
     if plain_mode():
         w = max([len("  " * (r["depth"]) + r["name"]) for r in res["layers"]] + [20]) + 2
         lines = [head, f"{'layer':<{w}} {'type':<22} {'output':>14} {'params':>13} {'MACs':>15} {'RF':>7} {'jump':>5}"]
