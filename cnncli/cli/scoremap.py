@@ -44,7 +44,7 @@ def scoremap_cmd(
     import torch
 
     from cnncli.arith import parse_size
-    from cnncli.engine.checkpoint import build_from_checkpoint, load_checkpoint
+    from cnncli.engine.checkpoint import atomic_write, build_from_checkpoint, load_checkpoint
     from cnncli.engine.device import pick_device
     from cnncli.fcn import load_image, normalize, render_overlay, score_map, to_fully_convolutional
 
@@ -95,7 +95,13 @@ def scoremap_cmd(
         stem = os.path.splitext(os.path.basename(path))[0]
         npy = os.path.join(output, stem + ".npy")
         png = os.path.join(output, stem + ("-" + class_name if class_name else "") + "-scoremap.png")
-        np.save(npy, scores.numpy().astype(np.float32))
+        arr = scores.numpy().astype(np.float32)
+
+        def write_npy(tmp: str, arr=arr) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a path
+                np.save(f, arr)
+
+        atomic_write(npy, write_npy)
         render_overlay(img, scores, facts, classes, png, only)
         win = scores.argmax(0)
         counts = {classes[i]: int((win == i).sum()) for i in range(len(classes)) if int((win == i).sum())}
