@@ -83,3 +83,35 @@ def test_resume_under_torchrun(ddp_run, tmp_path):
     b = torch.load(os.path.join(res["run_dir"], "last.pt"), weights_only=True)
     for k in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-4, atol=1e-5)
+
+
+FAILING_MODEL = '''
+import os
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes=2, in_channels=1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3)
+        self.fc = nn.Linear(4, num_classes)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if os.environ.get("RANK") == "1" and self.training and self.calls > 5:
+            raise RuntimeError("rank 1 lost its device")
+        return self.fc(self.conv(x).mean((2, 3)))
+'''
+
+
+def test_a_failing_rank_ends_the_job_instead_of_hanging(tmp_path):
+    model = tmp_path / "failing.py"
+    model.write_text(FAILING_MODEL)
+    t = time.time()
+    p = _torchrun(f"{model}:Net", "--data", "lines", "--epochs", "1", "--device", "cpu", "--project", tmp_path)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode != 0
+    assert "rank 1 lost its device" in err
+    assert time.time() - t < 200  # ended by torchrun, well before any collective timeout
+    assert not os.path.exists(os.path.join(tmp_path, "train", "last.pt"))  # nothing half-written
