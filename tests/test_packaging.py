@@ -29,7 +29,8 @@ def test_ci_runs_the_readme_lines():
     setup = re.search(r"pip install -q --upgrade pip && pip install -q -e \"\.\[dev\]\"", ci)
     assert setup, "CI must install like the README"
     assert 'pip install -e ".[dev]"' in readme
-    assert "python -m pytest" in readme and "python -m pytest" in ci
+    assert 'pip install -e ".[dev]" && python -m pytest -q' in readme
+    assert ci.strip().splitlines()[-1] == "python -m pytest -q"  # exactly the README's test command
     assert "python3 -m venv .venv" in ci and "set -euo pipefail" in ci
 
 
