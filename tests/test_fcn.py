@@ -10,7 +10,7 @@ from conftest import make_checkpoint, run_cnn
 
 from cnncli.engine.checkpoint import build_from_checkpoint, load_checkpoint
 from cnncli.errors import UsageError
-from cnncli.fcn import to_fully_convolutional
+from cnncli.fcn import to_fully_convolutional, window_origin
 from cnncli.models import get_model
 
 
@@ -27,7 +27,9 @@ def test_lenet_score_cell_equals_classifier_on_its_window():
             assert maps.shape[2:] == ((h - 32) // 4 + 1, (w - 32) // 4 + 1)
             for i in range(maps.shape[2]):
                 for j in range(maps.shape[3]):
-                    win = x[:, :, 4 * i:4 * i + 32, 4 * j:4 * j + 32]
+                    top, left = window_origin(conv.as_dict(), i, j)  # from the recorded stride and offset
+                    assert (top, left) == (4 * i, 4 * j)
+                    win = x[:, :, top:top + 32, left:left + 32]
                     torch.testing.assert_close(maps[:, :, i, j], clf(win), rtol=1e-4, atol=1e-5)
 
 
