@@ -82,8 +82,6 @@ def _is_head_op(node, modules) -> str | None:
             return "adaptive"
         if node.target in _ELEMENTWISE_FUNCS:
             return "elementwise"
-        if node.target is F.linear:
-            return None
         return None
     if node.op == "call_method":
         if node.target in ("flatten", "view", "reshape"):

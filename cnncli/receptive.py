@@ -118,9 +118,6 @@ def _linear(base: _State) -> _State:
     return _State(base.field)
 
 
-_ELEMENTWISE_MERGE = {torch.add, torch.cat, torch.mul, torch.stack, "add", "mul", "__add__", "__iadd__", "cat"}
-
-
 def _function_state(node, base: _State, ins: list[_State], in_shape, out_shape) -> _State:
     t = node.target
     if t in (torch.flatten,) or t in ("flatten", "view", "reshape"):

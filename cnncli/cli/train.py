@@ -83,7 +83,7 @@ def train_cmd(
     try:
         result = train(cfg, reporter, resume=resume)
     except Interrupted as e:
-        reporter.close()
+        reporter.close()  # stop the live bar before the message
         log(f"interrupted: last.pt written; resume with: cnn train --resume {e.run_dir}")
         raise typer.Exit(130)
     finally:
@@ -128,7 +128,7 @@ def _launch_torchrun(n: int) -> None:
         raise UsageError("--nproc-per-node must be at least 1")
     argv = list(sys.argv[1:])
     out, skip = [], False
-    for i, a in enumerate(argv):
+    for a in argv:
         if skip:
             skip = False
             continue
