@@ -1,7 +1,7 @@
 """The in-memory tensor loader of `cnn train` against a DataLoader + PIL pipeline, on CIFAR-shaped data.
 
 Usage: python benchmarks/data_pipeline.py [N] [WORKERS]
-A is the baseline of ../shared/reference/data_pipeline.py (torchvision Dataset + PIL RandomCrop(32, pad 4), flip,
+A is a DataLoader baseline like ../shared/reference/data_pipeline.py, written out here (torchvision Dataset + PIL RandomCrop(32, pad 4), flip,
 ToTensor, Normalize through DataLoader(num_workers=W)); B is cnncli.data.TensorLoader with the same augmentation.
 Prints images/s of each over one pass and the ratio B/A (target >= 5x).
 """

@@ -15,9 +15,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from cnncli.engine.checkpoint import build_from_checkpoint, load_checkpoint, model_spec, save_checkpoint
+from cnncli.checkpoint import Checkpoint, ModelSpec
 from cnncli.export import export_onnx
-from cnncli.models import get_model
+from cnncli.models import get_model, model_from_checkpoint
+from cnncli.preprocess import Preprocess
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 
@@ -37,11 +38,11 @@ if __name__ == "__main__":
     torch.manual_seed(0)
     m = get_model("resnet18")
     ck = os.path.join(tmp, "r18.pt")
-    save_checkpoint({"model": model_spec("resnet18", 1000, 3, (224, 224)), "state_dict": m.state_dict(), "classes": [],
-                     "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}, "fcn": None}, ck)
+    pre = Preprocess((3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    Checkpoint(ModelSpec("resnet18", 1000, 3, (224, 224)), m.state_dict(), pre).save(ck)
     res = export_onnx(ck)
     print(f"exported with {res.exporter}, max |diff| {res.max_abs_diff:.2e}")
-    model = build_from_checkpoint(load_checkpoint(ck)).eval()
+    model = model_from_checkpoint(Checkpoint.load(ck)).eval()
     sess = ort.InferenceSession(res.path, providers=["CPUExecutionProvider"])
     for batch in (1, 32):
         x = torch.randn(batch, 3, 224, 224)

@@ -1,4 +1,4 @@
-"""The trainer behind `cnn train` against the hand-written reference loop (../shared/reference/train_loop.py).
+"""The trainer behind `cnn train` against the hand-written reference loop (benchmarks/reference_train_loop.py).
 
 Usage: python benchmarks/train_throughput.py [lenet|resnet18c] [STEPS] [BATCH] [RUNS]
 Same model, batch, precision and memory format; synthetic 3x32x32 data (the `fake` dataset for the trainer).
@@ -12,7 +12,7 @@ import statistics
 import subprocess
 import sys
 
-from _reference import reference_dir
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 MODEL = sys.argv[1] if len(sys.argv) > 1 else "lenet"
 STEPS = int(sys.argv[2]) if len(sys.argv) > 2 else (300 if MODEL == "lenet" else 15)
@@ -22,7 +22,8 @@ OURS = {"lenet": "lenet5", "resnet18c": "resnet18"}[MODEL]
 
 TRAINER = r'''
 import json, sys, time
-from cnncli.engine.trainer import TrainConfig, train
+from cnncli.config import TrainConfig
+from cnncli.engine.trainer import train
 steps, batch, cl, prec = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
 stamps = []
 def rep(kind, info):
@@ -37,7 +38,7 @@ print(json.dumps({"images_per_second": steps * batch / (stamps[steps + 2] - stam
 
 
 def reference(opts):
-    out = subprocess.run([sys.executable, os.path.join(reference_dir(), "train_loop.py"), MODEL, str(STEPS), str(BATCH), *opts],
+    out = subprocess.run([sys.executable, os.path.join(HERE, "reference_train_loop.py"), MODEL, str(STEPS), str(BATCH), *opts],
                          capture_output=True, text=True, check=True).stdout
     return float(out.strip().split("images/s=")[1])
 

@@ -1,42 +1,74 @@
-"""ONNX export with a parity check: the file computes what the PyTorch model computes, or it is not written.
+"""Export formats as a table, and one path for all of them: open, prepare, write a temp file, verify, rename.
 
-BatchNorm is folded into the preceding convolutions (eval mode) before export. The dynamo exporter is tried
-first; if it fails or its graph disagrees with PyTorch (it has produced wrong CNN graphs in some torch releases),
-the TorchScript exporter is used, and the result says which one. Preprocessing facts go into the file's
-`metadata_props`, so a consumer can prepare inputs without cnncli.
+`export_formats()` lists what `cnn export --format NAME` can write (Ultralytics' `export_formats()` idea). Each
+format has one or more writers tried in order (ONNX: the dynamo exporter, then TorchScript-based
+`torch.onnx.export`, since the dynamo exporter has produced wrong CNN graphs in some torch releases) and a
+check that runs the written file against PyTorch on several input shapes. The file appears under its name only
+once a writer's output passed the check; otherwise nothing is left behind. Preprocessing facts go into the file,
+so a consumer can prepare inputs without cnncli.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from cnncli import __version__
 from cnncli.errors import UsageError, WorkFailed
+from cnncli.fileio import atomic_write
+
+
+@dataclass
+class ExportJob:
+    """What every writer and check gets: the model, its folded copy, an example input, the shapes to check."""
+
+    model: nn.Module                  # the reference: the model as trained, in eval mode
+    prepared: nn.Module               # what is written: BatchNorm folded into the convolutions
+    example: torch.Tensor
+    shapes: list[tuple[int, ...]]     # input shapes the check runs
+    metadata: dict                    # preprocessing and provenance, written into the file
+    opset: int = 18
+    dynamic_batch: bool = True
+    dynamic_size: bool = False
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str                                                 # --format NAME
+    suffix: str                                               # default output: MODEL with this suffix
+    description: str
+    writers: dict[str, Callable[[ExportJob, str], None]]      # name -> write(job, path), tried in order
+    check: Callable[[str, ExportJob], float]                  # max |file - PyTorch| over job.shapes
+    describe: Callable[[str], tuple[list[dict], list[dict]]]  # (inputs, outputs) with names and shapes
+    flag: str = ""                                            # a short alias flag, e.g. --onnx
 
 
 @dataclass
 class ExportResult:
     path: str
-    opset: int
+    format: str
+    opset: int | None
     exporter: str
     max_abs_diff: float | None
     inputs: list[dict]
     outputs: list[dict]
     size_bytes: int
     checked: list[list[int]]
-    metadata: dict
+    metadata: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"path": self.path, "opset": self.opset, "exporter": self.exporter, "max_abs_diff": self.max_abs_diff,
-                "inputs": self.inputs, "outputs": self.outputs, "size_bytes": self.size_bytes,
-                "checked_shapes": self.checked, "metadata": self.metadata}
+        return {"path": self.path, "format": self.format, "opset": self.opset, "exporter": self.exporter,
+                "max_abs_diff": self.max_abs_diff, "inputs": self.inputs, "outputs": self.outputs,
+                "size_bytes": self.size_bytes, "checked_shapes": self.checked, "metadata": self.metadata}
+
+
+# ------------------------------------------------------------------------------------------------ shared steps
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -49,60 +81,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         return model.eval()
 
 
-def _io_info(model) -> tuple[list[dict], list[dict]]:
-    def desc(v):
-        dims = [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-        return {"name": v.name, "shape": dims}
-
-    return [desc(i) for i in model.graph.input], [desc(o) for o in model.graph.output]
-
-
-def _export(model, example, path, opset, dynamo: bool, dynamic_batch: bool, dynamic_size: bool) -> None:
-    axes = {}
-    if dynamic_batch:
-        axes[0] = "batch"
-    if dynamic_size:
-        axes.update({2: "height", 3: "width"})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            from torch.export import Dim
-
-            shapes = {}
-            if dynamic_batch:
-                shapes[0] = Dim("batch", min=1, max=65536)
-            if dynamic_size:
-                shapes[2] = Dim.DYNAMIC
-                shapes[3] = Dim.DYNAMIC
-            prog = torch.onnx.export(model, (example,), None, dynamo=True, opset_version=opset,
-                                     input_names=["input"], output_names=["logits"],
-                                     dynamic_shapes=(shapes,) if shapes else None, verbose=False)
-            prog.save(path)
-        else:
-            torch.onnx.export(model, (example,), path, dynamo=False, opset_version=opset, input_names=["input"],
-                              output_names=["logits"], do_constant_folding=True,
-                              dynamic_axes={"input": axes, "logits": dict(axes)} if axes else None)
-
-
-def parity(path: str, reference: nn.Module, shapes: list[tuple[int, ...]]) -> float:
-    """Max |ONNX Runtime - PyTorch| over seeded inputs of the given shapes."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    g = torch.Generator().manual_seed(0)
-    worst = 0.0
-    for shape in shapes:
-        x = torch.randn(*shape, generator=g)
-        with torch.no_grad():
-            ref = reference(x).float()
-        got = torch.from_numpy(sess.run(None, {name: x.numpy()})[0])
-        if tuple(got.shape) != tuple(ref.shape):
-            return float("inf")
-        worst = max(worst, float((got - ref).abs().max()))
-    return worst
-
-
 def check_shapes(input_size, dynamic_batch: bool, dynamic_size: bool, stride=(1, 1)) -> list[tuple[int, ...]]:
     c, h, w = input_size
     batches = [1, 2, 5] if dynamic_batch else [1]
@@ -113,7 +91,54 @@ def check_shapes(input_size, dynamic_batch: bool, dynamic_size: bool, stride=(1,
     return shapes
 
 
-def write_metadata(path: str, meta: dict) -> None:
+def _max_diff(run: Callable[[torch.Tensor], torch.Tensor], reference: nn.Module, shapes) -> float:
+    """Max |run(x) - reference(x)| over seeded inputs of the given shapes (inf on a shape mismatch)."""
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for shape in shapes:
+        x = torch.randn(*shape, generator=g)
+        with torch.no_grad():
+            ref = reference(x).float()
+            got = run(x).float()
+        if tuple(got.shape) != tuple(ref.shape):
+            return float("inf")
+        worst = max(worst, float((got - ref).abs().max()))
+    return worst
+
+
+# -------------------------------------------------------------------------------------------------------- ONNX
+
+
+def _onnx_dynamo(job: ExportJob, path: str) -> None:
+    from torch.export import Dim
+
+    shapes = {}
+    if job.dynamic_batch:
+        shapes[0] = Dim("batch", min=1, max=65536)
+    if job.dynamic_size:
+        shapes[2] = Dim.DYNAMIC
+        shapes[3] = Dim.DYNAMIC
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(job.prepared, (job.example,), None, dynamo=True, opset_version=job.opset,
+                                 input_names=["input"], output_names=["logits"],
+                                 dynamic_shapes=(shapes,) if shapes else None, verbose=False)
+    prog.save(path)
+    _onnx_metadata(path, {**job.metadata, "exporter": "dynamo"})
+
+
+def _onnx_torchscript(job: ExportJob, path: str) -> None:
+    axes = ({0: "batch"} if job.dynamic_batch else {}) | ({2: "height", 3: "width"} if job.dynamic_size else {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(job.prepared, (job.example,), path, dynamo=False, opset_version=job.opset,
+                          input_names=["input"], output_names=["logits"], do_constant_folding=True,
+                          dynamic_axes={"input": axes, "logits": dict(axes)} if axes else None)
+    _onnx_metadata(path, {**job.metadata, "exporter": "torchscript"})
+
+
+def _onnx_metadata(path: str, meta: dict) -> None:
+    """Readable dynamic dims, and the metadata: every value is JSON, strings included (one rule for consumers)."""
     import onnx
 
     m = onnx.load(path)
@@ -122,7 +147,7 @@ def write_metadata(path: str, meta: dict) -> None:
     for k, v in meta.items():
         entry = m.metadata_props.add()
         entry.key = k
-        entry.value = json.dumps(v)  # every value is JSON, strings included: one rule for consumers
+        entry.value = json.dumps(v)
     m.producer_name = "cnncli"
     m.producer_version = __version__
     onnx.save(m, path)
@@ -146,8 +171,30 @@ def _name_dynamic_dims(m) -> None:
                 d.dim_param = pattern.sub(lambda mt: names[mt.group(1)], d.dim_param)
 
 
-def read_metadata(path: str) -> dict:
-    """The preprocessing facts of an ONNX file written by `cnn export` (JSON values decoded)."""
+def _onnx_check(path: str, job: ExportJob) -> float:
+    """onnx's full checker, then ONNX Runtime against PyTorch."""
+    import onnx
+    import onnxruntime as ort
+
+    onnx.checker.check_model(path, full_check=True)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return _max_diff(lambda x: torch.from_numpy(sess.run(None, {name: x.numpy()})[0]), job.model, job.shapes)
+
+
+def _onnx_describe(path: str) -> tuple[list[dict], list[dict]]:
+    import onnx
+
+    m = onnx.load(path, load_external_data=False)
+
+    def desc(v):
+        return {"name": v.name, "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]}
+
+    return [desc(i) for i in m.graph.input], [desc(o) for o in m.graph.output]
+
+
+def read_onnx_metadata(path: str) -> dict:
+    """The metadata of an ONNX file written by `cnn export` (JSON values decoded)."""
     import onnx
 
     if not os.path.exists(path):
@@ -168,75 +215,135 @@ def read_metadata(path: str) -> dict:
     return out
 
 
-def export_onnx(ckpt_path: str, output: str | None = None, *, opset: int = 18, dynamic_batch: bool = True,
-                dynamic_size: bool | None = None, check: bool = True, tolerance: float = 1e-4, force: bool = False,
-                exporter: str = "auto", log=lambda msg: None) -> ExportResult:
-    """Export a checkpoint to ONNX, verify it against PyTorch, and write it atomically."""
-    import onnx
+# ------------------------------------------------------------------------------------------------- TorchScript
 
-    from cnncli.engine.checkpoint import build_from_checkpoint, load_checkpoint
+TORCHSCRIPT_METADATA = "cnncli.json"  # the archive's extra file with the metadata (torch.jit.load(_extra_files=))
 
-    out = output or os.path.splitext(ckpt_path)[0] + ".onnx"
-    if os.path.exists(out) and not force:
-        raise UsageError(f"{out} exists", "give another -o or --force to overwrite")
-    if not 7 <= opset <= 23:
-        raise UsageError(f"unsupported opset {opset}", "use 13..23 (default 18)")
-    ckpt = load_checkpoint(ckpt_path)
-    spec = ckpt["model"]
-    fcn = ckpt.get("fcn")
-    if dynamic_size is None:
-        dynamic_size = bool(fcn)
-    if dynamic_size and not fcn:
-        raise UsageError("--dynamic-size needs a fully-convolutional checkpoint", f"run: cnn fcn {ckpt_path}")
-    input_size = (spec["in_channels"], *spec["image_size"])
-    model = build_from_checkpoint(ckpt).eval()
-    folded = fold_batchnorm(model)
-    example = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(1))
-    stride = tuple(fcn["stride"]) if fcn else (1, 1)
-    shapes = check_shapes(input_size, dynamic_batch, dynamic_size, stride)
-    norm = ckpt.get("normalization") or {}
-    meta = {
-        "model_name": spec["name"], "classes": list(ckpt.get("classes") or []), "input_size": list(input_size),
-        "channel_order": "L" if input_size[0] == 1 else "RGB", "layout": "NCHW, float32, pixels/255 then (x-mean)/std",
-        "mean": norm.get("mean", [0.0] * input_size[0]), "std": norm.get("std", [1.0] * input_size[0]),
-        "dataset": ckpt.get("dataset") or "", "cnncli_version": __version__, "torch_version": str(torch.__version__),
-        "fully_convolutional": bool(fcn),
+
+def _torchscript_trace(job: ExportJob, path: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(job.prepared, job.example, check_trace=False)
+    meta = json.dumps({**job.metadata, "exporter": "trace"})
+    torch.jit.save(traced, path, _extra_files={TORCHSCRIPT_METADATA: meta})
+
+
+def _torchscript_check(path: str, job: ExportJob) -> float:
+    loaded = torch.jit.load(path, map_location="cpu").eval()
+    return _max_diff(loaded, job.model, job.shapes)
+
+
+def _torchscript_describe(path: str) -> tuple[list[dict], list[dict]]:
+    """Shapes as the ONNX files name them: dynamic dims by name, the rest measured by running the archive."""
+    extra = {TORCHSCRIPT_METADATA: ""}
+    module = torch.jit.load(path, map_location="cpu", _extra_files=extra).eval()
+    meta = json.loads(extra[TORCHSCRIPT_METADATA])
+    c, h, w = meta["input_size"]
+    with torch.no_grad():
+        out = list(module(torch.zeros(1, c, h, w)).shape)
+    dyn_size = meta.get("fully_convolutional")
+    names = ["batch" if meta.get("dynamic_batch") else 1, c, *(["height", "width"] if dyn_size else [h, w])]
+    out_names = [names[0], *out[1:2], *(["height'", "width'"] if dyn_size else out[2:])]
+    return [{"name": "input", "shape": names}], [{"name": "logits", "shape": out_names}]
+
+
+# ----------------------------------------------------------------------------------------------------- the table
+
+
+def export_formats() -> dict[str, ExportFormat]:
+    """Every format `cnn export` writes, by `--format` name."""
+    return {
+        "onnx": ExportFormat("onnx", ".onnx", "ONNX for ONNX Runtime, TensorRT, OpenVINO...",
+                             {"dynamo": _onnx_dynamo, "torchscript": _onnx_torchscript}, _onnx_check,
+                             _onnx_describe, flag="--onnx"),
+        "torchscript": ExportFormat("torchscript", ".torchscript", "TorchScript archive for libtorch (C++) and "
+                                    "torch.jit.load", {"trace": _torchscript_trace}, _torchscript_check,
+                                    _torchscript_describe),
     }
+
+
+def _prepare(model_arg: str, fmt: ExportFormat, *, opset, dynamic_batch, dynamic_size) -> ExportJob:
+    """Open the model (a checkpoint), fold BatchNorm, and gather the metadata and the shapes to check."""
+    from cnncli.models.open import is_checkpoint_path, open_checkpoint
+
+    if not is_checkpoint_path(model_arg):
+        raise UsageError(f"checkpoint not found: {model_arg}", "export takes a checkpoint .pt from cnn train or cnn fcn")
+    opened = open_checkpoint(model_arg)
+    fcn = opened.checkpoint.fcn
+    dynamic_size = bool(fcn) if dynamic_size is None else dynamic_size
+    if dynamic_size and not fcn:
+        raise UsageError("--dynamic-size needs a fully-convolutional checkpoint", f"run: cnn fcn {model_arg}")
+    size = opened.input_size
+    model = opened.model.eval()
+    meta = {"model_name": opened.name, **opened.preprocess.to_metadata(),
+            "channel_order": "L" if size[0] == 1 else "RGB", "layout": "NCHW, float32, pixels/255 then (x-mean)/std",
+            "dataset": opened.checkpoint.dataset, "cnncli_version": __version__,
+            "torch_version": str(torch.__version__), "fully_convolutional": bool(fcn), "format": fmt.name,
+            "dynamic_batch": dynamic_batch}
     if fcn:
         meta.update({"stride": fcn["stride"], "receptive_field": fcn["receptive_field"], "offset": fcn["offset"]})
+    # batch 2 for a dynamic batch (exporters specialize a size-1 dimension); a static batch is 1, what the file takes
+    example = torch.randn(2 if dynamic_batch else 1, *size, generator=torch.Generator().manual_seed(1))
+    shapes = check_shapes(size, dynamic_batch, dynamic_size, tuple(fcn["stride"]) if fcn else (1, 1))
+    return ExportJob(model, fold_batchnorm(model), example, shapes, meta, opset, dynamic_batch, dynamic_size)
 
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    order = {"auto": [True, False], "dynamo": [True], "torchscript": [False]}[exporter]
-    failures = []
-    for use_dynamo in order:
-        name = "dynamo" if use_dynamo else "torchscript"
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(out) + ".", suffix=".tmp", dir=folder)
-        os.close(fd)
+
+def _write_verified(job: ExportJob, fmt: ExportFormat, writer: str, out: str, check: bool, tolerance: float):
+    """Write with one writer to a temp file, check it, rename it onto `out`. Returns the diff (None unchecked) or
+    raises _Rejected with the reason; a rejected file never appears."""
+    result = {}
+
+    def write(tmp: str) -> None:
         try:
-            try:
-                _export(folded, example, tmp, opset, use_dynamo, dynamic_batch, dynamic_size)
-            except Exception as e:
-                failures.append(f"{name} exporter failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
-                log(failures[-1] + ("; trying the TorchScript exporter" if use_dynamo and len(order) > 1 else ""))
-                continue
-            write_metadata(tmp, {**meta, "exporter": name})
-            diff = None
-            if check:
-                onnx.checker.check_model(tmp, full_check=True)
-                diff = parity(tmp, model, shapes)
-                scale = 1.0
-                if not diff <= tolerance * scale:
-                    failures.append(f"{name} graph differs from PyTorch by {diff:.3g} (> {tolerance:g})")
-                    log(failures[-1] + ("; trying the TorchScript exporter" if use_dynamo and len(order) > 1 else ""))
-                    continue
-            os.replace(tmp, out)
-            tmp = None
-            m = onnx.load(out, load_external_data=False)
-            inputs, outputs = _io_info(m)
-            return ExportResult(out, opset, name, diff, inputs, outputs, os.path.getsize(out), [list(s) for s in shapes],
-                                {**meta, "exporter": name})
-        finally:
-            if tmp and os.path.exists(tmp):
-                os.remove(tmp)
+            fmt.writers[writer](job, tmp)
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise _Rejected(f"{writer} exporter failed: {type(e).__name__}: {msg}") from None
+        result["diff"] = fmt.check(tmp, job) if check else None
+        if check and not result["diff"] <= tolerance:
+            raise _Rejected(f"{writer} graph differs from PyTorch by {result['diff']:.3g} (> {tolerance:g})")
+
+    atomic_write(out, write)
+    return result["diff"]
+
+
+class _Rejected(Exception):
+    pass
+
+
+def export_model(model_arg: str, fmt: str = "onnx", output: str | None = None, *, opset: int = 18,
+                 dynamic_batch: bool = True, dynamic_size: bool | None = None, check: bool = True,
+                 tolerance: float = 1e-4, force: bool = False, exporter: str = "auto",
+                 log=lambda msg: None) -> ExportResult:
+    """Export a model file to `fmt`, verified against PyTorch, written atomically."""
+    formats = export_formats()
+    if fmt not in formats:
+        raise UsageError(f"unknown format {fmt!r}", "use " + ", ".join(formats))
+    spec = formats[fmt]
+    writers = list(spec.writers) if exporter == "auto" else [exporter]
+    if any(w not in spec.writers for w in writers):
+        raise UsageError(f"format {fmt} has no exporter {exporter!r}", "use auto or " + ", ".join(spec.writers))
+    if fmt == "onnx" and not 7 <= opset <= 23:
+        raise UsageError(f"unsupported opset {opset}", "use 13..23 (default 18)")
+    out = output or os.path.splitext(model_arg)[0] + spec.suffix
+    if os.path.exists(out) and not force:
+        raise UsageError(f"{out} exists", "give another -o or --force to overwrite")
+    job = _prepare(model_arg, spec, opset=opset, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size)
+    failures = []
+    for i, writer in enumerate(writers):
+        try:
+            diff = _write_verified(job, spec, writer, out, check, tolerance)
+        except _Rejected as e:
+            failures.append(str(e))
+            more = f"; trying the {writers[i + 1]} exporter" if i + 1 < len(writers) else ""
+            log(failures[-1] + more)
+            continue
+        inputs, outputs = spec.describe(out)
+        return ExportResult(out, fmt, opset if fmt == "onnx" else None, writer, diff, inputs, outputs,
+                            os.path.getsize(out), [list(s) for s in job.shapes], {**job.metadata, "exporter": writer})
     raise WorkFailed("; ".join(failures), "no file was written")
+
+
+def export_onnx(model_arg: str, output: str | None = None, **kwargs) -> ExportResult:
+    """`export_model(..., fmt="onnx")`."""
+    return export_model(model_arg, "onnx", output, **kwargs)

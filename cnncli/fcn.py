@@ -12,14 +12,16 @@ The model is traced with torch.fx, so heads written with modules (nn.Flatten, nn
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnncli.checkpoint import Checkpoint
 from cnncli.errors import UsageError, WorkFailed
+from cnncli.fileio import atomic_write
 from cnncli.receptive import module_fields, trace
 
 _ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.Tanh, nn.Sigmoid,
@@ -126,76 +128,90 @@ def _find_head(gm: torch.fx.GraphModule):
     return node, chain
 
 
+def _pool_layer(node, kind, modules, state, steps):
+    """A global or adaptive pooling as a fixed window (stride 1 for global: it slides on larger images)."""
+    desc = _describe(node, modules)
+    in_shape = _shape(node.all_input_nodes[0])
+    if kind == "mean":
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = tuple(sorted(d % 4 for d in (dims if isinstance(dims, (tuple, list)) else (dims,))))
+        if dims != (2, 3) or in_shape is None or len(in_shape) != 4:
+            raise UsageError(f"cannot convert layer {desc}: only a mean over H and W is a global pool")
+        out_hw, is_max = (1, 1), False
+    else:
+        m = modules.get(node.target) if node.op == "call_module" else None
+        is_max = isinstance(m, nn.AdaptiveMaxPool2d) or node.target is F.adaptive_max_pool2d
+        out_hw = tuple(_shape(node)[2:])
+    ih, iw = in_shape[2:]
+    if out_hw == (ih, iw):
+        steps.append(f"{desc}: identity at the training size, removed")
+        return None
+    if ih % out_hw[0] or iw % out_hw[1]:
+        raise UsageError(f"cannot convert layer {desc}: adaptive pooling {ih}x{iw} -> {out_hw[0]}x{out_hw[1]} "
+                         "does not divide evenly")
+    cls = nn.MaxPool2d if is_max else nn.AvgPool2d
+    if out_hw == (1, 1):
+        pool = cls((ih, iw), stride=1)
+        steps.append(f"{desc}: global pool -> {cls.__name__} {ih}x{iw}, stride 1")
+    else:
+        k = (ih // out_hw[0], iw // out_hw[1])
+        pool = cls(k, stride=k)
+        steps.append(f"{desc}: adaptive pool -> {cls.__name__} {k[0]}x{k[1]}, stride {k[0]}x{k[1]}")
+    state["map"] = out_hw
+    if kind == "mean":
+        state["flat_from"] = (state["c"], 1, 1)
+    return pool
+
+
+def _linear_as_conv(node, modules, state, steps):
+    """The first Linear after a flatten covers the whole map (kernel = map size); later ones are 1x1."""
+    desc = _describe(node, modules)
+    lin = modules[node.target]
+    if state["flat_from"] is not None:
+        fc, fh, fw = state["flat_from"]
+        if fc * fh * fw != lin.in_features:
+            raise UsageError(f"cannot convert layer {desc}: {lin.in_features} inputs but the map is {fc}x{fh}x{fw}")
+        kernel = (fh, fw)
+        state["flat_from"] = None
+    else:
+        fc, kernel = lin.in_features, (1, 1)
+        if state["c"] != fc:
+            raise UsageError(f"cannot convert layer {desc}: expects {fc} features, the map has {state['c']} channels")
+    conv = nn.Conv2d(fc, lin.out_features, kernel, bias=lin.bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(lin.weight.view(lin.out_features, fc, *kernel))
+        if lin.bias is not None:
+            conv.bias.copy_(lin.bias)
+    steps.append(f"{desc}: Linear({lin.in_features}, {lin.out_features}) -> Conv2d({fc}, {lin.out_features}, "
+                 f"kernel {kernel[0]}x{kernel[1]})")
+    state["c"] = lin.out_features
+    return conv
+
+
 def _head_modules(gm, feature, chain) -> tuple[list[nn.Module], list[str]]:
+    """The head's operations as modules that work on maps of any size, and a description of each step."""
     modules = dict(gm.named_modules())
-    fshape = _shape(feature)
-    c, h, w = fshape[1:]
+    c, h, w = _shape(feature)[1:]
     state = {"c": c, "map": (h, w), "flat_from": None}
     layers: list[nn.Module] = []
     steps: list[str] = []
     for node, kind in chain:
-        desc = _describe(node, modules)
-        in_shape = _shape(node.all_input_nodes[0])
-        if kind == "adaptive" or kind == "mean":
-            if kind == "mean":
-                dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-                dims = tuple(sorted(d % 4 for d in (dims if isinstance(dims, (tuple, list)) else (dims,))))
-                if dims != (2, 3) or in_shape is None or len(in_shape) != 4:
-                    raise UsageError(f"cannot convert layer {desc}: only a mean over H and W is a global pool")
-                out_hw = (1, 1)
-                is_max = False
-            else:
-                m = modules.get(node.target) if node.op == "call_module" else None
-                is_max = isinstance(m, nn.AdaptiveMaxPool2d) or node.target is F.adaptive_max_pool2d
-                out_hw = tuple(_shape(node)[2:])
-            ih, iw = in_shape[2:]
-            if out_hw == (ih, iw):
-                steps.append(f"{desc}: identity at the training size, removed")
-                continue
-            if ih % out_hw[0] or iw % out_hw[1]:
-                raise UsageError(f"cannot convert layer {desc}: adaptive pooling {ih}x{iw} -> {out_hw[0]}x{out_hw[1]} "
-                                 "does not divide evenly")
-            if out_hw == (1, 1):
-                pool = (nn.MaxPool2d if is_max else nn.AvgPool2d)((ih, iw), stride=1)
-                steps.append(f"{desc}: global pool -> {type(pool).__name__} {ih}x{iw}, stride 1")
-            else:
-                k = (ih // out_hw[0], iw // out_hw[1])
-                pool = (nn.MaxPool2d if is_max else nn.AvgPool2d)(k, stride=k)
-                steps.append(f"{desc}: adaptive pool -> {type(pool).__name__} {k[0]}x{k[1]}, stride {k[0]}x{k[1]}")
-            layers.append(pool)
-            state["map"] = out_hw
-            if kind == "mean":
-                state["flat_from"] = (state["c"], 1, 1)
+        if kind in ("adaptive", "mean"):
+            layer = _pool_layer(node, kind, modules, state, steps)
         elif kind == "flatten":
+            in_shape = _shape(node.all_input_nodes[0])
             if in_shape is not None and len(in_shape) == 4:
                 state["flat_from"] = (in_shape[1], *in_shape[2:])
-            steps.append(f"{desc}: flatten removed (the next Linear becomes a convolution)")
+            steps.append(f"{_describe(node, modules)}: flatten removed (the next Linear becomes a convolution)")
+            layer = None
         elif kind == "linear":
-            lin = modules[node.target]
-            if state["flat_from"] is not None:
-                fc, fh, fw = state["flat_from"]
-                if fc * fh * fw != lin.in_features:
-                    raise UsageError(f"cannot convert layer {desc}: {lin.in_features} inputs but the map is {fc}x{fh}x{fw}")
-                kernel = (fh, fw)
-                state["flat_from"] = None
-            else:
-                fc, kernel = lin.in_features, (1, 1)
-                if state["c"] != fc:
-                    raise UsageError(f"cannot convert layer {desc}: expects {fc} features, the map has {state['c']} channels")
-            conv = nn.Conv2d(fc, lin.out_features, kernel, bias=lin.bias is not None)
-            with torch.no_grad():
-                conv.weight.copy_(lin.weight.view(lin.out_features, fc, *kernel))
-                if lin.bias is not None:
-                    conv.bias.copy_(lin.bias)
-            layers.append(conv)
-            steps.append(f"{desc}: Linear({lin.in_features}, {lin.out_features}) -> Conv2d({fc}, {lin.out_features}, "
-                         f"kernel {kernel[0]}x{kernel[1]})")
-            state["c"] = lin.out_features
-        else:  # elementwise: same operation on the map
-            if node.op == "call_module":
-                layers.append(modules[node.target])
-            else:
-                layers.append(_FunctionModule(node.target, node.args[1:], dict(node.kwargs)))
+            layer = _linear_as_conv(node, modules, state, steps)
+        elif node.op == "call_module":  # elementwise: the same operation on the map
+            layer = modules[node.target]
+        else:
+            layer = _FunctionModule(node.target, node.args[1:], dict(node.kwargs))
+        if layer is not None:
+            layers.append(layer)
     return layers, steps
 
 
@@ -263,13 +279,10 @@ def to_fully_convolutional(model: nn.Module, input_size: tuple[int, int, int], *
                       diff, steps)
 
 
-def fcn_checkpoint(ckpt: dict, conversion: Conversion) -> dict:
-    """A checkpoint for the converted model: same model spec, the FCN's state dict, the conversion facts."""
-    keep = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "scaler", "rng", "history", "running",
-                                                       "state_dict", "format", "versions")}
-    keep["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in conversion.model.state_dict().items()}
-    keep["fcn"] = conversion.as_dict()
-    return keep
+def fcn_checkpoint(ckpt: Checkpoint, conversion: Conversion) -> Checkpoint:
+    """A checkpoint for the converted model: same model spec and preprocessing, the FCN's weights, the facts."""
+    return replace(ckpt.without_training(), fcn=conversion.as_dict(),
+                   state_dict={k: v.detach().cpu().contiguous() for k, v in conversion.model.state_dict().items()})
 
 
 # ------------------------------------------------------------------------------------------- score maps
@@ -304,13 +317,6 @@ def load_image(path: str, channels: int) -> torch.Tensor:
     return t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
 
 
-def normalize(img: torch.Tensor, mean, std) -> torch.Tensor:
-    c = img.shape[0]
-    m = torch.tensor(mean, dtype=torch.float32).view(c, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(c, 1, 1)
-    return (img.float() / 255 - m) / s
-
-
 def render_overlay(img: torch.Tensor, scores: torch.Tensor, facts: dict, classes: list[str], path: str,
                    only_class: int | None = None, title: str = "") -> None:
     """The image with the winning class per cell (colour) and its confidence (opacity), or one class's heat map."""
@@ -320,8 +326,6 @@ def render_overlay(img: torch.Tensor, scores: torch.Tensor, facts: dict, classes
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.patches import Patch
-
-    from cnncli.engine.checkpoint import atomic_write
 
     k, hp, wp = scores.shape
     s, o, rf = facts["stride"], facts["offset"], facts["receptive_field"]

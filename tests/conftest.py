@@ -78,8 +78,9 @@ def make_checkpoint(path, name, size=(3, 32, 32), num_classes=10, seed=0, datase
     """A checkpoint in the real format for an untrained registry model, with non-trivial BatchNorm statistics."""
     import torch
 
-    from cnncli.engine.checkpoint import model_spec, save_checkpoint
+    from cnncli.checkpoint import Checkpoint, ModelSpec
     from cnncli.models import get_model
+    from cnncli.preprocess import Preprocess
 
     torch.manual_seed(seed)
     model = get_model(name, num_classes=num_classes, in_channels=size[0], image_size=size[1:])
@@ -89,10 +90,8 @@ def make_checkpoint(path, name, size=(3, 32, 32), num_classes=10, seed=0, datase
             m.running_var.uniform_(0.5, 1.5)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.2, 0.2)
-    save_checkpoint({"model": model_spec(name, num_classes, size[0], size[1:]), "state_dict": model.state_dict(),
-                     "classes": [f"c{i}" for i in range(num_classes)], "input_size": list(size),
-                     "normalization": {"mean": [0.5] * size[0], "std": [0.25] * size[0]}, "dataset": dataset,
-                     "args": {}, "metrics": {}, "fcn": None}, str(path))
+    pre = Preprocess(tuple(size), (0.5,) * size[0], (0.25,) * size[0], tuple(f"c{i}" for i in range(num_classes)))
+    Checkpoint(ModelSpec(name, num_classes, size[0], tuple(size[1:])), model.state_dict(), pre, dataset).save(str(path))
     return str(path)
 
 

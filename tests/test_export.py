@@ -35,13 +35,14 @@ def test_every_family_exports_and_passes_the_check(tmp_path, name, size):
 
 @pytest.mark.parametrize("name,size", [("lenet5", (3, 32, 32)), ("resnet18", (3, 32, 32)), ("vgg11", (3, 32, 32))])
 def test_fully_convolutional_export_has_dynamic_size(tmp_path, name, size):
-    from cnncli.engine.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
+    from cnncli.checkpoint import Checkpoint
     from cnncli.export import export_onnx
     from cnncli.fcn import fcn_checkpoint, to_fully_convolutional
+    from cnncli.models import model_from_checkpoint
 
-    ck = load_checkpoint(make_checkpoint(tmp_path / f"{name}.pt", name, size))
+    ck = Checkpoint.load(make_checkpoint(tmp_path / f"{name}.pt", name, size))
     fcn = str(tmp_path / f"{name}-fcn.pt")
-    save_checkpoint(fcn_checkpoint(ck, to_fully_convolutional(build_from_checkpoint(ck), size)), fcn)
+    fcn_checkpoint(ck, to_fully_convolutional(model_from_checkpoint(ck), size)).save(fcn)
     out = export_onnx(fcn).as_dict()
     assert out["inputs"][0]["shape"] == ["batch", size[0], "height", "width"]
     assert out["max_abs_diff"] < 1e-4 and len(out["checked_shapes"]) == 6
@@ -102,12 +103,11 @@ def test_plain_onnxruntime_script_reproduces_eval(tmp_path, digits_run):
     # the same per-sample predictions as the PyTorch checkpoint
     import torch
 
-    from cnncli.engine.checkpoint import open_model
     from cnncli.engine.evaluate import batches_for
+    from cnncli.models import open_model
 
     loaded = open_model(best)
-    loader = batches_for(load_dataset("digits"), "test", input_size=loaded.input_size, mean=loaded.mean,
-                         std=loaded.std, batch_size=512)
+    loader = batches_for(load_dataset("digits"), "test", loaded.preprocess, batch_size=512)
     with torch.no_grad():
         torch_pred = torch.cat([loaded.model.eval()(xb).argmax(1) for xb, _ in loader]).numpy()
     assert (torch_pred == pred).all()

@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import make_checkpoint, run_cnn
 
-from cnncli.engine.checkpoint import build_from_checkpoint, load_checkpoint
+from cnncli.checkpoint import Checkpoint
 from cnncli.errors import UsageError
 from cnncli.fcn import to_fully_convolutional, window_origin
-from cnncli.models import get_model
+from cnncli.models import get_model, model_from_checkpoint
 
 
 def test_lenet_score_cell_equals_classifier_on_its_window():
@@ -37,7 +37,7 @@ def test_lenet_64x64_gives_10x9x9(tmp_path):
     ck = make_checkpoint(tmp_path / "lenet.pt", "lenet5")
     out = json.loads(run_cnn("fcn", ck, "--json", check=0).stdout)
     assert out["stride"] == [4, 4] and out["receptive_field"] == [32, 32] and out["max_abs_diff"] < 1e-4
-    model = build_from_checkpoint(load_checkpoint(out["path"]))
+    model = model_from_checkpoint(Checkpoint.load(out["path"]))
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10, 9, 9)
     # the converted checkpoint is understood by summary and eval-at-training-size paths

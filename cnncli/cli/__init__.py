@@ -1,14 +1,24 @@
-"""The `cnn` command: a Typer app, one module per command, errors mapped to exit codes in one place."""
+"""The `cnn` command: a Typer app, one module per command, errors mapped to exit codes in one place.
+
+Every module in this folder whose name does not start with `_` is a command of the same name and registers it
+with `@app.command(NAME)`; `main` finds them by listing the folder (a test checks each one registers itself).
+"""
 
 from __future__ import annotations
 
 import os
+import pkgutil
 import sys
 
 import typer
+import typer.core
 
 from cnncli import __version__
 from cnncli.errors import CnnError
+
+# Help text is plain click formatting (rich_markup_mode=None); typer < 0.20 would still escape "[default: ...]"
+# for rich as "\\[default: ...]" whenever rich is installed. typer >= 0.20 costs ~75 ms on every start (pydantic).
+typer.core.HAS_RICH = False
 
 app = typer.Typer(
     name="cnn",
@@ -37,7 +47,14 @@ def _root(
     """Calculate, inspect, train, evaluate, convert and export CNNs."""
 
 
-COMMANDS = ("shape", "models", "summary", "train", "eval", "fcn", "scoremap", "export")
+# the order `cnn --help` lists commands in (a workflow); commands not named here follow, alphabetically
+HELP_ORDER = ("shape", "models", "summary", "train", "eval", "predict", "inspect", "fcn", "scoremap", "export")
+
+
+def commands() -> list[str]:
+    """The command modules in this folder, in help order."""
+    found = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return sorted(found, key=lambda n: HELP_ORDER.index(n) if n in HELP_ORDER else len(HELP_ORDER))
 
 
 def _register(argv: list[str]) -> None:
@@ -45,8 +62,9 @@ def _register(argv: list[str]) -> None:
     every command's parser costs start-up time that `cnn shape` should not pay; `--help` and the rest get all."""
     import importlib
 
+    names = commands()
     first = next((a for a in argv if not a.startswith("-")), None)
-    for name in ([first] if first in COMMANDS else COMMANDS):
+    for name in ([first] if first in names else names):
         importlib.import_module(f"cnncli.cli.{name}")
 
 

@@ -1,6 +1,7 @@
-"""What every command shares: consoles, plain/TTY mode, JSON output, size and device options.
+"""What every command shares: terminal detection, one table renderer, JSON output, options used by several commands.
 
-Nothing heavy is imported here: `cnn --help` and `cnn shape` must start without torch.
+Nothing heavy is imported here: `cnn --help` and `cnn shape` must start without torch (and without rich when
+the output is not a terminal).
 """
 
 from __future__ import annotations
@@ -8,37 +9,36 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Iterable
 
+import click
 import typer
 
 from cnncli.errors import UsageError
 
 
-def plain_mode() -> bool:
-    """Plain log lines instead of rich tables and bars: not a TTY, or CI / NO_COLOR set."""
-    return bool(os.environ.get("CI") or os.environ.get("NO_COLOR")) or not sys.stderr.isatty()
+def is_terminal(stream=None) -> bool:
+    """Rich output (tables, colours, live bars) only on a TTY, and never with CI or NO_COLOR set."""
+    stream = sys.stdout if stream is None else stream
+    if os.environ.get("CI") or os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 _consoles: dict[str, Any] = {}
 
 
 def console(stderr: bool = False):
-    """A rich Console for stdout (results) or stderr (logs, progress)."""
+    """A rich Console for stdout (results) or stderr (logs, progress); used only where `is_terminal`."""
     key = "err" if stderr else "out"
     if key not in _consoles:
         from rich.console import Console
 
-        stream = sys.stderr if stderr else sys.stdout
-        plain = bool(os.environ.get("CI") or os.environ.get("NO_COLOR")) or not stream.isatty()
-        _consoles[key] = Console(
-            stderr=stderr,
-            no_color=plain,
-            highlight=not plain,
-            force_terminal=False if plain else None,
-            width=None if not plain else 120,
-            soft_wrap=plain,
-        )
+        _consoles[key] = Console(stderr=stderr)
     return _consoles[key]
 
 
@@ -48,7 +48,7 @@ def log(message: str) -> None:
 
 
 def say(text: str) -> None:
-    """Plain text on stdout; rich is not imported for it (start-up time matters for `cnn shape`)."""
+    """Plain text on stdout."""
     sys.stdout.write(text + "\n")
 
 
@@ -66,6 +66,49 @@ def _json_default(o: Any):
     return str(o)
 
 
+# --------------------------------------------------------------------------------------------------- tables
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    right: bool = False          # numbers are right-aligned
+    footer: str = ""             # a total under the column (the footer row is shown when any column has one)
+
+
+def render_table(columns: list[Column], rows: Iterable[list[str]], *, title: str = "",
+                 notes: Iterable[str] = ()) -> None:
+    """A table on stdout: rich on a terminal, aligned plain text otherwise; `notes` are lines printed after it."""
+    rows = [[str(c) for c in r] for r in rows]
+    notes = list(notes)
+    if is_terminal(sys.stdout):
+        from rich.table import Table
+
+        t = Table(title=title or None, show_footer=any(c.footer for c in columns))
+        for c in columns:
+            t.add_column(c.name, justify="right" if c.right else "left", footer=c.footer)
+        for r in rows:
+            t.add_row(*r)
+        out = console()
+        out.print(t)
+        for line in notes:
+            out.print(line, markup=False, highlight=False)
+        return
+    body = [[c.name for c in columns], *rows]
+    if any(c.footer for c in columns):
+        body.append([c.footer for c in columns])
+    widths = [max(len(r[i]) for r in body) for i in range(len(columns))]
+
+    def line(cells):
+        return "  ".join(v.rjust(w) if c.right else v.ljust(w) for c, v, w in zip(columns, cells, widths)).rstrip()
+
+    lines = ([title] if title else []) + [line(r) for r in body] + notes
+    say("\n".join(lines))
+
+
+# ------------------------------------------------------------------------------------------- values and files
+
+
 def human(n: float | int | None, unit: str = "") -> str:
     """11689512 -> '11.69 M'."""
     if n is None:
@@ -74,6 +117,11 @@ def human(n: float | int | None, unit: str = "") -> str:
         if abs(n) >= div:
             return f"{n / div:.2f} {suffix}{unit}"
     return f"{n:g} {unit}".strip() if isinstance(n, float) else f"{n} {unit}".strip()
+
+
+def dims(shape) -> str:
+    """[3, 32, 32] -> '3x32x32' (unknown dimensions as '?')."""
+    return "x".join("?" if v is None else str(v) for v in shape) if shape else "-"
 
 
 def parse_input_size(text: str | None, default_channels: int | None = None):
@@ -91,5 +139,39 @@ def check_file(path: str, what: str = "file") -> str:
     return path
 
 
+def pick_device(name: str, *, quiet: bool = False):
+    """The library's device choice; the CLI says what `auto` chose (on stderr, unless --json)."""
+    from cnncli.engine.device import pick_device as pick
+
+    dev = pick(name)
+    if (name or "auto").lower() == "auto" and not quiet:
+        log(f"device: {dev} (auto)")
+    return dev
+
+
+# ----------------------------------------------------------------------------------------------------- options
+
+
+class _Choice(click.Choice):
+    """A fixed set of values, shown as [a|b|c] in --help; anything else is `unknown WHAT 'x' (use a, b, c)`."""
+
+    def __init__(self, what: str, choices: Iterable[str], aliases: dict[str, str] | None = None):
+        super().__init__(list(choices))
+        self.what, self.aliases = what, dict(aliases or {})
+
+    def convert(self, value, param, ctx):
+        value = self.aliases.get(str(value).lower(), value)
+        if value in self.choices:
+            return value
+        self.fail(f"unknown {self.what} {value!r} (use {', '.join(self.choices)})", param, ctx)
+
+
+def choice(what: str, choices: Iterable[str], aliases: dict[str, str] | None = None) -> click.ParamType:
+    """A fixed-choice option type (`aliases` are accepted too and mapped onto a choice, e.g. fp32 -> 32)."""
+    return _Choice(what, choices, aliases)
+
+
+DEVICES_HELP = "auto|cpu|cuda|cuda:N|mps. auto picks CUDA, then MPS, then CPU."
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON result object on stdout (logs go to stderr).")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N|mps. auto picks CUDA, then MPS, then CPU.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help=DEVICES_HELP)]
+DEFAULT_DEVICE = "auto"

@@ -31,19 +31,15 @@ def fcn_cmd(
     out = output or os.path.splitext(checkpoint)[0] + "-fcn.pt"
     if os.path.exists(out) and not force:
         raise UsageError(f"{out} exists", "give another -o or --force to overwrite")
-    from cnncli.engine.checkpoint import load_checkpoint, save_checkpoint
     from cnncli.fcn import fcn_checkpoint, to_fully_convolutional
+    from cnncli.models.open import open_checkpoint
 
-    ckpt = load_checkpoint(checkpoint)
-    if ckpt.get("fcn"):
+    opened = open_checkpoint(checkpoint)
+    if opened.fully_convolutional:
         raise UsageError(f"{checkpoint} is already fully convolutional")
-    from cnncli.engine.checkpoint import build_from_checkpoint
-
-    model = build_from_checkpoint(ckpt)
-    spec = ckpt["model"]
-    size = (spec["in_channels"], *spec["image_size"])
-    conv = to_fully_convolutional(model, size, verify=True, tolerance=tolerance)
-    save_checkpoint(fcn_checkpoint(ckpt, conv), out)
+    size = opened.input_size
+    conv = to_fully_convolutional(opened.model, size, verify=True, tolerance=tolerance)
+    fcn_checkpoint(opened.checkpoint, conv).save(out)
     result = {"path": out, "source": checkpoint, **conv.as_dict()}
     if json_out:
         emit_json(result)

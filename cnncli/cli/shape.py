@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from cnncli.cli import app
-from cnncli.cli._common import JsonOpt, console, emit_json, human, say
+from cnncli.cli._common import Column, JsonOpt, choice, dims, emit_json, human, render_table, say
 
 OPS = ("conv", "maxpool", "avgpool", "convT")
 
@@ -31,7 +31,7 @@ def shape_cmd(
     d: Annotated[str, typer.Option("--d", help="Dilation, N or HxW.")] = "1",
     out_channels: Annotated[Optional[int], typer.Option("--out-channels", help="Output channels (conv/convT); enables params and MACs.")] = None,
     groups: Annotated[int, typer.Option("--groups", help="Groups (= input channels for depthwise).")] = 1,
-    op: Annotated[str, typer.Option("--op", help="conv | maxpool | avgpool | convT.")] = "conv",
+    op: Annotated[str, typer.Option("--op", click_type=choice("--op", OPS), help="Layer kind.")] = "conv",
     output_padding: Annotated[str, typer.Option("--output-padding", help="convT output padding, N or HxW.")] = "0",
     ceil_mode: Annotated[bool, typer.Option("--ceil-mode", help="Pooling: round the output size up.")] = False,
     no_bias: Annotated[bool, typer.Option("--no-bias", help="The layer has no bias term.")] = False,
@@ -55,8 +55,6 @@ def shape_cmd(
         _print_layers(shape, rows, tot)
         return
 
-    if op not in OPS:
-        raise UsageError(f"unknown --op {op!r}", "use one of " + ", ".join(OPS))
     if op == "conv":
         layer = arith.conv2d(shape, out_channels=out_channels, kernel=k, stride=s or 1, padding=p, dilation=d,
                              groups=groups, bias=not no_bias)
@@ -71,45 +69,22 @@ def shape_cmd(
                    "macs": layer.macs, "receptive_field": list(layer.receptive_field), "jump": list(layer.jump),
                    "formulas": layer.formulas})
         return
-    lines = [f"{op}  {_dims(shape)} -> {_dims(layer.output)}", *(f"  {f}" for f in layer.formulas)]
+    lines = [f"{op}  {dims(shape)} -> {dims(layer.output)}", *(f"  {f}" for f in layer.formulas)]
     if layer.params is None and op in ("conv", "convT"):
         lines.append("  params/MACs: give --out-channels")
     lines.append(f"  receptive field {rf}, jump {jump}")
     say("\n".join(lines))
 
 
-def _dims(shape) -> str:
-    return "x".join("?" if v is None else str(v) for v in shape)
-
-
 def _print_layers(shape, rows, tot) -> None:
-    import os
-    import sys
-
-    if os.environ.get("CI") or os.environ.get("NO_COLOR") or not sys.stdout.isatty():
-        head = f"{'#':>3}  {'layer':<22} {'output':>12} {'params':>12} {'MACs':>14} {'RF':>7} {'jump':>5}"
-        lines = [f"input {_dims(shape)}", head, "-" * len(head)]
-        for i, r in enumerate(rows, 1):
-            rf, jump = r.field.describe()
-            lines.append(f"{i:>3}  {r.name:<22} {_dims(r.output):>12} {r.params or 0:>12,} {r.macs or 0:>14,} {rf:>7} {jump:>5}")
-        lines.append("-" * len(head))
-        lines.append(f"     {'total':<22} {_dims(rows[-1].output):>12} {tot['params']:>12,} {tot['macs']:>14,}")
-        lines.append(f"params {human(tot['params'])}, MACs {human(tot['macs'])}")
-        say("\n".join(lines))
-        return
-    from rich.table import Table
-
-    out = console()
-    t = Table(title=f"input {_dims(shape)}", show_footer=True)
-    t.add_column("#", justify="right", footer="")
-    t.add_column("layer", footer="total")
-    t.add_column("output", justify="right", footer=_dims(rows[-1].output))
-    t.add_column("params", justify="right", footer=f"{tot['params']:,}")
-    t.add_column("MACs", justify="right", footer=f"{tot['macs']:,}")
-    t.add_column("RF", justify="right")
-    t.add_column("jump", justify="right")
+    columns = [Column("#", right=True), Column("layer", footer="total"),
+               Column("output", right=True, footer=dims(rows[-1].output)),
+               Column("params", right=True, footer=f"{tot['params']:,}"),
+               Column("MACs", right=True, footer=f"{tot['macs']:,}"), Column("RF", right=True),
+               Column("jump", right=True)]
+    table = []
     for i, r in enumerate(rows, 1):
         rf, jump = r.field.describe()
-        t.add_row(str(i), r.name, _dims(r.output), f"{r.params or 0:,}", f"{r.macs or 0:,}", rf, jump)
-    out.print(t)
-    out.print(f"params {human(tot['params'])}, MACs {human(tot['macs'])}")
+        table.append([str(i), r.name, dims(r.output), f"{r.params or 0:,}", f"{r.macs or 0:,}", rf, jump])
+    render_table(columns, table, title=f"input {dims(shape)}",
+                 notes=[f"params {human(tot['params'])}, MACs {human(tot['macs'])}"])

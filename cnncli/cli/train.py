@@ -9,7 +9,11 @@ from typing import Annotated, Optional
 import typer
 
 from cnncli.cli import app
-from cnncli.cli._common import DeviceOpt, JsonOpt, emit_json, log, plain_mode
+from cnncli.cli._common import DeviceOpt, JsonOpt, choice, emit_json, is_terminal, log
+from cnncli.config import OPTIMIZERS, PRECISION_ALIASES, PRECISIONS, SCHEDULES, TrainConfig
+from cnncli.data import list_datasets
+
+D = TrainConfig()  # every default below is the config's own (a test checks each flag against it)
 
 EPILOG = (
     "Examples:\n\n"
@@ -19,38 +23,38 @@ EPILOG = (
     "  cnn train resnet18 --data folder:~/pets --img-size 128\n\n"
     "  cnn train --resume runs/train                   # continue an interrupted run\n\n"
     "  torchrun --nproc-per-node 4 -m cnncli train resnet --data cifar10   # DDP (see docs/distributed.md)\n\n"
-    "Datasets: cifar10 cifar100 mnist fashion-mnist svhn (torchvision), folder:PATH, and the embedded "
-    "lines, digits, fake."
+    "Datasets (--data):\n\n" + "\n\n".join(f"  {d.usage:<14} {d.description}" for d in list_datasets())
 )
+DATA_HELP = "Dataset: " + ", ".join(d.usage for d in list_datasets()) + " (list below)."
 
 
 @app.command("train", epilog=EPILOG)
 def train_cmd(
-    model: Annotated[Optional[str], typer.Argument(help="Model: registry name, family (resnet), file.py:Class.")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Dataset: cifar10, mnist, lines, digits, fake, folder:PATH ...")] = None,
-    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where datasets live (default $CNN_DATA_DIR or ~/.cache/cnncli/data).")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (default: per dataset).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Global batch size (default: per dataset).")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default 0.1 SGD, 2e-3 AdamW).")] = None,
-    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (Nesterov) | adamw.")] = "sgd",
-    schedule: Annotated[str, typer.Option("--schedule", help="onecycle | cosine | none.")] = "onecycle",
-    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="Default 5e-4 (SGD), 0.05 (AdamW).")] = None,
-    label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Cross-entropy label smoothing.")] = 0.1,
-    precision: Annotated[str, typer.Option("--precision", help="auto | 32 | bf16 | 16. auto: bf16 where supported.")] = "auto",
-    channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format for conv nets.")] = True,
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
-    deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic algorithms (repeatable on CPU).")] = False,
-    workers: Annotated[int, typer.Option("--workers", help="DataLoader workers for folder datasets.")] = 2,
-    patience: Annotated[Optional[int], typer.Option("--patience", help="Stop after N epochs without a better val accuracy.")] = None,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps.")] = None,
-    project: Annotated[str, typer.Option("--project", help="Folder of runs.")] = "runs",
-    name: Annotated[str, typer.Option("--name", help="Run name; an existing one gets a numbered sibling.")] = "train",
+    model: Annotated[Optional[str], typer.Argument(help="Model: registry name, family (resnet), file.py:Class.")] = D.model,
+    data: Annotated[Optional[str], typer.Option("--data", help=DATA_HELP)] = D.data,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where datasets live (default $CNN_DATA_DIR or ~/.cache/cnncli/data).")] = D.data_dir,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (default: per dataset).")] = D.epochs,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Global batch size (default: per dataset).")] = D.batch_size,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default 0.1 SGD, scaled above batch 256; 2e-3 AdamW).")] = D.lr,
+    optimizer: Annotated[str, typer.Option("--optimizer", click_type=choice("optimizer", OPTIMIZERS), help="SGD with Nesterov momentum, or AdamW.")] = D.optimizer,
+    schedule: Annotated[str, typer.Option("--schedule", click_type=choice("schedule", SCHEDULES), help="Learning-rate schedule.")] = D.schedule,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="Default 5e-4 (SGD), 0.05 (AdamW).")] = D.weight_decay,
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Cross-entropy label smoothing.")] = D.label_smoothing,
+    precision: Annotated[str, typer.Option("--precision", click_type=choice("precision", PRECISIONS, PRECISION_ALIASES), help="auto: bf16 where supported, fp16 on older GPUs, else 32.")] = D.precision,
+    channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format for conv nets.")] = D.channels_last,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = D.compile,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = D.seed,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic algorithms (repeatable on CPU).")] = D.deterministic,
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader workers for folder datasets.")] = D.workers,
+    patience: Annotated[Optional[int], typer.Option("--patience", help="Stop after N epochs without a better val accuracy.")] = D.patience,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps.")] = D.max_steps,
+    project: Annotated[str, typer.Option("--project", help="Folder of runs.")] = D.project,
+    name: Annotated[str, typer.Option("--name", help="Run name; an existing one gets a numbered sibling.")] = D.name,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue a run: its folder or its last.pt.")] = None,
     img_size: Annotated[Optional[str], typer.Option("--img-size", help="Folder datasets: resize images to HxW or N.")] = None,
-    num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Override the number of classes.")] = None,
+    num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Override the number of classes.")] = D.num_classes,
     nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", help="Launch N DDP processes with torchrun.")] = None,
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = D.device,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a model on a dataset; writes PROJECT/NAME with checkpoints, metrics and curves."""
@@ -61,34 +65,20 @@ def train_cmd(
         return
     if resume is None and (model is None or data is None):
         raise UsageError("give a MODEL and --data", "e.g. cnn train linenet --data lines, or --resume runs/train")
-    from cnncli.arith import parse_size
-    from cnncli.engine.trainer import Interrupted, TrainConfig, train
-
     size = None
     if img_size:
+        from cnncli.arith import parse_size
+
         _, h, w = parse_size(img_size)
         size = [h, w]
-    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--max-steps", max_steps),
-                        ("--patience", patience)):
-        if value is not None and value < (0 if flag == "--patience" else 1):
-            raise UsageError(f"{flag} must be at least 1, got {value}")
-    cfg = TrainConfig(model=model or "", data=data or "", data_dir=data_dir, epochs=epochs, batch_size=batch_size,
-                      lr=lr, optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
+    cfg = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr,
+                      optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
                       label_smoothing=label_smoothing, precision=precision, channels_last=channels_last,
                       compile=compile_, seed=seed, deterministic=deterministic, workers=workers, patience=patience,
                       max_steps=max_steps, project=project, name=name, device=device, img_size=size,
                       num_classes=num_classes)
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    reporter = _Reporter(enabled=is_main)
-    try:
-        result = train(cfg, reporter, resume=resume)
-    except Interrupted as e:
-        reporter.close()  # stop the live bar before the message
-        log(f"interrupted: last.pt written; resume with: cnn train --resume {e.run_dir}")
-        raise typer.Exit(130)
-    finally:
-        reporter.close()
-    if not is_main:
+    result = _run(cfg, resume)
+    if result is None:  # not rank 0 of a torchrun job: rank 0 reports
         return
     if json_out:
         emit_json(result.as_json())
@@ -102,6 +92,23 @@ def train_cmd(
     log(f"  cnn eval {d}/best.pt --data {cfg.data if not resume else _data_of(d)}")
     log(f"  cnn export {d}/best.pt --onnx")
     log(f"  cnn fcn {d}/best.pt")
+
+
+def _run(cfg, resume):
+    """Train with progress on stderr (rank 0 only); Ctrl-C/SIGTERM exits 130 saying how to resume."""
+    from cnncli.engine.trainer import Interrupted, train
+
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    reporter = _Reporter(enabled=is_main)
+    try:
+        result = train(cfg, reporter, resume=resume)
+    except Interrupted as e:
+        reporter.close()  # stop the live bar before the message
+        log(f"interrupted: last.pt written; resume with: cnn train --resume {e.run_dir}")
+        raise typer.Exit(130)
+    finally:
+        reporter.close()
+    return result if is_main else None
 
 
 def _prec(p: str) -> str:
@@ -153,7 +160,7 @@ class _Reporter:
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
-        self.plain = plain_mode()
+        self.plain = not is_terminal(sys.stderr)
         self.progress = None
         self.task = None
         self.task_desc = ""

@@ -4,7 +4,8 @@
 (random crop with zero padding per sample, horizontal flip), like airbench's CifarLoader: no PIL, no worker
 processes. Its randomness is a pure function of (seed, epoch, batch index), so a run resumed mid-epoch sees
 exactly the batches an uninterrupted run would. Under DDP each rank takes its own shard of every epoch.
-`FolderLoader` streams image files through a DataLoader with workers and PIL transforms.
+`FolderLoader` streams image files through a DataLoader with workers and PIL transforms; workers send uint8
+pixels and the batch is normalized on the device, the same way as the tensor loader's.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from cnncli.preprocess import affine
 
 
 def _gen(seed: int, *parts: int) -> torch.Generator:
@@ -38,11 +41,8 @@ class TensorLoader:
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
         self.drop_last = train if drop_last is None else drop_last
-        c = images.shape[1]
-        mean_ = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255
-        std_ = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255
         # (x - mean) / std as x * scale + shift, done in place: one pass over the batch, no temporaries
-        self.scale, self.shift = 1.0 / std_, -mean_ / std_
+        self.scale, self.shift = affine(mean, std, self.device)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -122,13 +122,14 @@ class _FileDataset(torch.utils.data.Dataset):
             return self.transform(im.convert(self.mode)), label
 
 
-def folder_transform(image_size, mean, std, train: bool, flip: bool = True):
+def folder_transform(image_size, train: bool, flip: bool = True):
+    """PIL image -> uint8 tensor [C, H, W] at `image_size` (random resized crops and flips when training)."""
     import torchvision.transforms as T
 
     ops = [T.Resize(tuple(image_size))]
     if train:
         ops += [T.RandomResizedCrop(tuple(image_size), scale=(0.7, 1.0), antialias=True)] + ([T.RandomHorizontalFlip()] if flip else [])
-    return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
+    return T.Compose(ops + [T.PILToTensor()])
 
 
 class FolderLoader:
@@ -139,7 +140,8 @@ class FolderLoader:
                  world_size: int = 1):
         self.device = torch.device(device)
         self.channels_last = channels_last
-        ds = _FileDataset(samples, folder_transform(image_size, mean, std, train, flip), channels)
+        self.scale, self.shift = affine(mean, std, self.device)
+        ds = _FileDataset(samples, folder_transform(image_size, train, flip), channels)
         self.sampler = None
         if world_size > 1:
             self.sampler = torch.utils.data.distributed.DistributedSampler(ds, world_size, rank, shuffle=train, seed=seed)
@@ -165,7 +167,7 @@ class FolderLoader:
         for b, (x, y) in enumerate(self.loader):
             if b < start:
                 continue
-            x = x.to(self.device, non_blocking=True)
+            x = x.to(self.device, non_blocking=True).float().mul_(self.scale).add_(self.shift)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y.to(self.device, non_blocking=True)

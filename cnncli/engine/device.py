@@ -1,16 +1,14 @@
-"""Device and precision choice."""
+"""Device choice and what the device can do. The library never prints: the CLI says which device `auto` chose."""
 
 from __future__ import annotations
-
-import sys
 
 import torch
 
 from cnncli.errors import UsageError
 
 
-def pick_device(name: str = "auto", quiet: bool = False) -> torch.device:
-    """auto picks CUDA, then MPS, then CPU, and says which; an unavailable device is a UsageError."""
+def pick_device(name: str = "auto") -> torch.device:
+    """auto picks CUDA, then MPS, then CPU; an unavailable device is a UsageError."""
     name = (name or "auto").lower()
     if name == "auto":
         if torch.cuda.is_available():
@@ -19,8 +17,6 @@ def pick_device(name: str = "auto", quiet: bool = False) -> torch.device:
             dev = torch.device("mps")
         else:
             dev = torch.device("cpu")
-        if not quiet:
-            print(f"device: {dev} (auto)", file=sys.stderr)
         return dev
     try:
         dev = torch.device(name)
@@ -51,21 +47,8 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def pick_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 on CUDA with bf16 and on bf16-capable CPUs, fp16 on older GPUs, fp32 otherwise."""
-    precision = str(precision).lower()
-    if precision in ("32", "fp32", "float32"):
-        return "32"
-    if precision in ("bf16", "bfloat16"):
-        return "bf16"
-    if precision in ("16", "fp16", "float16"):
-        if device.type == "cpu":
-            raise UsageError("fp16 training is for GPUs", "use --precision bf16 or 32 on CPU")
-        return "16"
-    if precision != "auto":
-        raise UsageError(f"unknown precision {precision!r}", "use auto, 32, bf16 or 16")
+def bf16_supported(device: torch.device) -> bool:
+    """True where bf16 autocast runs natively: CUDA with bf16, CPUs with AVX-512 BF16 or AMX."""
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "16"
-    if device.type == "cpu" and cpu_has_bf16():
-        return "bf16"
-    return "32"
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16()

@@ -11,32 +11,26 @@ import torch
 import torch.nn.functional as F
 
 from cnncli.errors import UsageError
+from cnncli.preprocess import Preprocess
 
 
-def _split_tensors(data, split: str):
-    from cnncli.data.datasets import TensorData
-
-    if isinstance(data, TensorData):
-        return data.split(split)
-    return None
-
-
-def batches_for(data, split: str, *, input_size, mean, std, batch_size: int, device="cpu", workers: int = 2):
+def batches_for(data, split: str, preprocess: Preprocess, *, batch_size: int, device="cpu", workers: int = 2):
     """(x, y) batches of a split, preprocessed the way the model expects (its input size, its mean/std)."""
+    from cnncli.data.datasets import TensorData
     from cnncli.data.loader import FolderLoader, TensorLoader
 
-    c, h, w = input_size
+    c, h, w = preprocess.input_size
     if data.input_size[0] != c:
         raise UsageError(f"the model takes {c}-channel images but {data.name} has {data.input_size[0]}",
                          "evaluate on the dataset the model was trained for")
-    xy = _split_tensors(data, split)
-    if xy is not None:
-        x, y = xy
+    if isinstance(data, TensorData):
+        x, y = data.split(split)
         if tuple(x.shape[2:]) != (h, w):  # resize once, in memory, to the model's input size
             x = F.interpolate(x.float(), size=(h, w), mode="bilinear", align_corners=False).round().clamp(0, 255).to(torch.uint8)
-        return TensorLoader(x, y, batch_size=batch_size, mean=mean, std=std, train=False, device=device)
-    return FolderLoader(data.split(split), image_size=(h, w), channels=c, batch_size=batch_size, mean=mean, std=std,
-                        train=False, workers=workers, device=device)
+        return TensorLoader(x, y, batch_size=batch_size, mean=preprocess.mean, std=preprocess.std, train=False,
+                            device=device)
+    return FolderLoader(data.split(split), image_size=(h, w), channels=c, batch_size=batch_size, mean=preprocess.mean,
+                        std=preprocess.std, train=False, workers=workers, device=device)
 
 
 def metrics_from_logits(all_logits: torch.Tensor, labels: torch.Tensor, classes: list[str], seconds: float) -> dict:
@@ -102,32 +96,32 @@ def evaluate_onnx(path: str, loader, classes: list[str]) -> dict:
     return metrics_from_logits(out, torch.cat(labels), classes, seconds)
 
 
-def plot_confusion(result: dict, path: str, title: str = "") -> None:
-    """Write the confusion matrix as a PNG (row-normalized colours, counts in cells)."""
-    import matplotlib
+def evaluate_file(path: str, data: str | None, split: str, *, data_dir: str | None = None, batch_size: int = 256,
+                  device=None, workers: int = 2) -> dict:
+    """`cnn eval`: a checkpoint in PyTorch on `device`, or an `.onnx` file in ONNX Runtime, on a dataset split,
+    each with its own recorded preprocessing. `data` defaults to the dataset the model was trained on."""
+    from cnncli.data import load_dataset
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    if path.endswith(".onnx"):
+        from cnncli.export import read_onnx_metadata
 
-    conf = np.array(result["confusion"])
-    k = len(conf)
-    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
-    size = max(4.0, min(0.45 * k + 2, 20))
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    names = result["classes"]
-    ax.set_xticks(range(k), names, rotation=90 if k > 10 else 45, ha="right" if k <= 10 else "center")
-    ax.set_yticks(range(k), names)
-    ax.set(xlabel="predicted", ylabel="true", title=title or f"accuracy {result['accuracy']:.2%}")
-    if k <= 20:
-        for i in range(k):
-            for j in range(k):
-                ax.text(j, i, str(conf[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if norm[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    from cnncli.engine.checkpoint import atomic_write
+        meta = read_onnx_metadata(path)
+        preprocess, name = Preprocess.from_metadata(meta), data or meta.get("dataset")
+    else:
+        from cnncli.models.open import open_checkpoint
 
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
+        opened = open_checkpoint(path)
+        preprocess, name = opened.preprocess, data or opened.checkpoint.dataset
+    if not name:
+        raise UsageError("give --data", f"{path} does not say which dataset it was trained on")
+    ds = load_dataset(name, data_dir)
+    if path.endswith(".onnx"):
+        loader = batches_for(ds, split, preprocess, batch_size=batch_size, workers=workers)
+        res = evaluate_onnx(path, loader, list(preprocess.classes) or ds.classes)
+        res["device"] = "onnxruntime-cpu"
+    else:
+        loader = batches_for(ds, split, preprocess, batch_size=batch_size, device=device or "cpu", workers=workers)
+        res = evaluate_model(opened.model, loader, opened.classes if preprocess.classes else ds.classes, device or "cpu")
+        res["device"] = str(device or "cpu")
+    res.update({"model": path, "data": name, "split": split})
+    return res

@@ -1,64 +1,32 @@
-"""The training loop behind `cnn train`.
+"""The training loop behind `cnn train`, in named phases.
 
-Reads top to bottom: config, data, model, optimizer and schedule, loop, evaluation, checkpoint. It runs the
-same under `torchrun` (DistributedDataParallel: each rank trains on its shard, rank 0 writes everything).
-The library never prints through Rich: progress goes to a `reporter` callback the CLI provides.
+`Trainer.fit` is the table of contents: set up (data, model, optimizer, loaders), start or resume (run folder,
+training state), then per epoch train, evaluate, end the epoch (best tracking, checkpoints, metrics, report) and
+check the stop rules; finish (test split, summary, curves). Each phase is a method that can be run and tested
+alone. It runs the same under `torchrun` (DistributedDataParallel: each rank trains on its shard, rank 0 writes
+every file). The library never prints: progress goes to a `reporter(kind, info)` callback the CLI provides.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import os
 import random
 import signal
 import time
-from dataclasses import asdict, dataclass, field, fields
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnncli import fileio
+from cnncli.checkpoint import Checkpoint, ModelSpec
+from cnncli.config import EVAL_BATCH_MIN, SGD_MOMENTUM, RunFacts, TrainConfig, lr_at, resolve, validate
 from cnncli.engine import distributed as dist_utils
-from cnncli.engine.checkpoint import load_checkpoint, model_spec, save_checkpoint
-from cnncli.engine.device import pick_device, pick_precision
+from cnncli.engine.device import bf16_supported, pick_device
 from cnncli.errors import UsageError, WorkFailed
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run; stored in args.json and every checkpoint so the run can be rebuilt."""
-
-    model: str = "lenet5"
-    data: str = "digits"
-    data_dir: str | None = None          # default: $CNN_DATA_DIR or ~/.cache/cnncli/data
-    epochs: int | None = None            # default: per dataset (lines 4, digits 40, cifar10 30, ...)
-    batch_size: int | None = None        # global batch size (split across ranks under torchrun)
-    lr: float | None = None              # default: 0.1 for SGD (x batch/256 above 256), 2e-3 for AdamW
-    optimizer: str = "sgd"               # sgd (Nesterov momentum 0.9) | adamw
-    schedule: str = "onecycle"           # onecycle | cosine | none
-    weight_decay: float | None = None    # default: 5e-4 for SGD, 0.05 for AdamW
-    label_smoothing: float = 0.1
-    precision: str = "auto"              # auto | 32 | bf16 | 16
-    channels_last: bool = True           # NHWC is faster for convolutions on CPU (oneDNN) and tensor cores
-    compile: bool = False
-    seed: int = 0
-    deterministic: bool = False
-    workers: int = 2                     # DataLoader workers for folder datasets
-    patience: int | None = None          # stop after this many epochs without a better val accuracy
-    max_steps: int | None = None         # stop after this many optimizer steps (quick runs, tests)
-    project: str = "runs"
-    name: str = "train"
-    device: str = "auto"
-    img_size: list[int] | None = None    # folder datasets: resize to HxW (default: the images' own size)
-    num_classes: int | None = None       # default: the dataset's
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass
@@ -84,7 +52,7 @@ class TrainResult:
     device: str
     precision: str
     test_accuracy: float | None = None
-    stopped: str = "completed"           # completed | patience | max_steps | interrupted
+    stopped: str = "completed"           # completed | patience | max_steps
     history: list[EpochResult] = field(default_factory=list)
 
     def as_json(self) -> dict:
@@ -93,12 +61,58 @@ class TrainResult:
         return d
 
 
+@dataclass
+class TrainState:
+    """Everything that changes while a run trains: created in one place, saved in last.pt, restored on resume."""
+
+    epoch: int = 0                       # epochs finished
+    step_in_epoch: int = 0               # batches of the current epoch already trained (a mid-epoch resume)
+    global_step: int = 0                 # optimizer steps
+    best_accuracy: float = -1.0
+    stale: int = 0                       # epochs without a better validation accuracy
+    history: list[EpochResult] = field(default_factory=list)
+    running: dict = field(default_factory=dict)  # the current epoch's sums: loss, correct, n
+    train_images: int = 0                # this process's throughput figures (not saved)
+    train_seconds: float = 0.0
+
+
 class Interrupted(Exception):
     """Ctrl-C or SIGTERM: last.pt has been written and the run can be resumed."""
 
     def __init__(self, run_dir: str):
         super().__init__(run_dir)
         self.run_dir = run_dir
+
+
+class StopRequest:
+    """Set by SIGINT/SIGTERM; the loop checks it after each step."""
+
+    signal: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+
+@contextmanager
+def stop_on_signals():
+    """SIGINT and SIGTERM set a flag instead of killing the process, so the current step finishes and last.pt is
+    written; the previous handlers come back afterwards."""
+    request = StopRequest()
+
+    def on_signal(signum, frame):
+        request.signal = signum
+
+    previous = {}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[s] = signal.signal(s, on_signal)
+        except ValueError:  # not in the main thread: signals stay with their owner
+            pass
+    try:
+        yield request
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def next_run_dir(project: str, name: str) -> str:
@@ -112,20 +126,13 @@ def next_run_dir(project: str, name: str) -> str:
     return f"{base}{i}"
 
 
-def _lr_at(step: int, total: int, base_lr: float, schedule: str) -> float:
-    """Learning rate as a pure function of the step, so resuming needs only the step count."""
-    if schedule == "none" or total <= 0:
-        return base_lr
-    t = min(step / total, 1.0)
-    if schedule == "cosine":
-        warm = min(0.05, 200 / max(total, 1))
-        if t < warm:
-            return base_lr * t / warm
-        return base_lr * 0.5 * (1 + math.cos(math.pi * (t - warm) / (1 - warm)))
-    # one-cycle (Smith): linear warm-up from lr/25 over the first 25%, cosine down to lr/1e4
-    if t < 0.25:
-        return base_lr / 25 + (base_lr - base_lr / 25) * t / 0.25
-    return base_lr / 1e4 + (base_lr - base_lr / 1e4) * 0.5 * (1 + math.cos(math.pi * (t - 0.25) / 0.75))
+def resolve_resume(path: str) -> str:
+    """A run folder or a checkpoint -> the last.pt to resume from."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "last.pt")
+    if not os.path.exists(path):
+        raise UsageError(f"nothing to resume at {path}", "give a run folder with last.pt, e.g. runs/train")
+    return path
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -156,375 +163,302 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
 def _autocast(device: torch.device, precision: str):
     if precision == "32":
         return torch.autocast(device.type, enabled=False)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def _uses_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-def resolve_resume(path: str) -> str:
-    """A run folder or a checkpoint -> the last.pt to resume from."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "last.pt")
-    if not os.path.exists(path):
-        raise UsageError(f"nothing to resume at {path}", "give a run folder with last.pt, e.g. runs/train")
-    return path
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW; no weight decay on biases and normalization scales."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=SGD_MOMENTUM, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, reporter: Callable[[str, dict], None] | None = None,
                  resume: str | None = None):
         self.report = reporter or (lambda kind, info: None)
-        self.resume_ckpt = None
+        self.resume_from: Checkpoint | None = None
+        self.run_dir: str | None = None
         if resume:
-            ckpt_path = resolve_resume(resume)
-            self.resume_ckpt = load_checkpoint(ckpt_path)
-            if "optimizer" not in self.resume_ckpt:
-                raise UsageError(f"{ckpt_path} has no training state", "resume from last.pt, not best.pt")
-            saved = TrainConfig.from_dict(self.resume_ckpt["args"])
-            saved.device = cfg.device if cfg.device != "auto" else saved.device
-            if cfg.epochs:  # --epochs with --resume extends (or shortens) the run
-                saved.epochs = cfg.epochs
-            cfg = saved
-            self.run_dir = os.path.dirname(os.path.abspath(ckpt_path))
-        self.cfg = cfg
-        self._validate()
-        self.dist = dist_utils.setup(cfg.device)
-        self.device = self.dist.device if self.dist.enabled else pick_device(cfg.device, quiet=True)
+            cfg = self._resume_config(cfg, resolve_resume(resume))
+        self.cfg = validate(cfg)  # bad usage fails in a moment, before any data is loaded
+        self.dist = dist_utils.setup(self.cfg.device)
+        self.device = self.dist.device if self.dist.enabled else pick_device(self.cfg.device)
         self.is_main = self.dist.rank == 0
 
-    def _validate(self) -> None:
-        """Cheap checks first, so bad usage fails in a moment, before any data is loaded."""
-        from cnncli.data.datasets import DATASETS
-        from cnncli.models import resolve
+    def _resume_config(self, request: TrainConfig, last_pt: str) -> TrainConfig:
+        """The saved run's config; `--device` and `--epochs` given with `--resume` override it."""
+        ckpt = Checkpoint.load(last_pt)
+        if ckpt.training is None:
+            raise UsageError(f"{last_pt} has no training state", "resume from last.pt, not best.pt")
+        saved = TrainConfig.from_dict(ckpt.args)
+        if request.device != "auto":
+            saved.device = request.device
+        if request.epochs:  # --epochs with --resume extends (or shortens) the run
+            saved.epochs = request.epochs
+        self.resume_from = ckpt
+        self.run_dir = os.path.dirname(os.path.abspath(last_pt))
+        return saved
 
-        cfg = self.cfg
-        if cfg.optimizer not in ("sgd", "adamw"):
-            raise UsageError(f"unknown optimizer {cfg.optimizer!r}", "use sgd or adamw")
-        if cfg.schedule not in ("onecycle", "cosine", "none"):
-            raise UsageError(f"unknown schedule {cfg.schedule!r}", "use onecycle, cosine or none")
-        if cfg.precision not in ("auto", "32", "bf16", "16", "fp32", "fp16"):
-            raise UsageError(f"unknown precision {cfg.precision!r}", "use auto, 32, bf16 or 16")
-        if not cfg.data.startswith("folder:") and cfg.data.lower() not in DATASETS:
-            from cnncli.data import load_dataset
+    # ------------------------------------------------------------------------------------- the table of contents
+    def fit(self) -> TrainResult:
+        self.setup()
+        state = self.start_or_resume()
+        stopped = "completed"
+        with stop_on_signals() as stop:
+            while state.epoch < self.cfg.epochs:
+                train_metrics = self.train_one_epoch(state, stop)
+                val = self.evaluate(self.val_loader)
+                self.end_epoch(state, train_metrics, val)
+                if stop:
+                    raise Interrupted(self.run_dir)
+                stopped = self.stop_reason(state)
+                if stopped != "completed":
+                    break
+        return self.finish(state, stopped)
 
-            load_dataset(cfg.data)  # raises the unknown-dataset error with suggestions
-        resolve(cfg.model)
+    # ------------------------------------------------------------------------------------------------ set up
+    def setup(self) -> None:
+        """Data, the concrete config, model, optimizer and loaders."""
+        from cnncli.data import load_dataset
 
-    # ------------------------------------------------------------------------------------------ setup
-    def _setup(self) -> None:
-        from cnncli.data import load_dataset, make_loader
-        from cnncli.models import get_model, resolve
-
-        cfg = self.cfg
-        _seed_everything(cfg.seed, cfg.deterministic)
-        # data: the whole small-image dataset as one uint8 tensor on the device
-        img = tuple(cfg.img_size) if cfg.img_size else None
-        self.data = load_dataset(cfg.data, cfg.data_dir, image_size=img)
-        c, h, w = self.data.input_size
-        epochs = cfg.epochs or self.data.epochs
-        batch = cfg.batch_size or self.data.batch_size
-        if batch < self.dist.world_size:
-            raise UsageError(f"batch size {batch} is smaller than the {self.dist.world_size} processes")
-        self.local_batch = batch // self.dist.world_size
+        _seed_everything(self.cfg.seed, self.cfg.deterministic)
+        # the whole small-image dataset as one uint8 tensor on the device (folders stream from disk)
+        img = tuple(self.cfg.img_size) if self.cfg.img_size else None
+        self.data = load_dataset(self.cfg.data, self.cfg.data_dir, image_size=img)
+        facts = RunFacts(self.data.epochs, self.data.batch_size, self.data.num_classes, self.device.type,
+                         bf16_supported(self.device), self.dist.world_size)
+        self.cfg = resolve(self.cfg, facts)
+        self.local_batch = self.cfg.batch_size // self.dist.world_size
         if self.dist.enabled and self.is_main:
-            self.report("note", {"message": f"global batch {batch} split across {self.dist.world_size} ranks: "
-                                            f"{self.local_batch} per rank"})
-        cfg.epochs, cfg.batch_size = epochs, batch
-        num_classes = cfg.num_classes or self.data.num_classes
-        info = resolve(cfg.model)
-        self.model_name = info.qualified if info.source != "file" else cfg.model
-        torch.manual_seed(cfg.seed)  # same initial weights on every rank
-        model = get_model(cfg.model, num_classes=num_classes, in_channels=c, image_size=(h, w))
-        self.spec = model_spec(self.model_name, num_classes, c, (h, w))
-        self.channels_last = cfg.channels_last and _uses_conv(model)
+            self.report("note", {"message": f"global batch {self.cfg.batch_size} split across {self.dist.world_size} "
+                                            f"ranks: {self.local_batch} per rank"})
+        self._build_model()
+        self.optimizer = _optimizer(self.model, self.cfg)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.precision == "16")
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
+        self.train_loader = self._loader("train", train=True)
+        self.val_loader = self._loader("val", train=False)
+        if len(self.train_loader) == 0:
+            raise UsageError(f"batch size {self.cfg.batch_size} is larger than the training set",
+                             "use a smaller --batch-size")
+        self.total_steps = self.cfg.epochs * len(self.train_loader)
+        if self.cfg.max_steps:
+            self.total_steps = min(self.total_steps, self.cfg.max_steps)
+
+    def _build_model(self) -> None:
+        from cnncli.models import build_model
+        from cnncli.models import resolve as resolve_model
+
+        info = resolve_model(self.cfg.model)
+        c, h, w = self.data.input_size
+        self.spec = ModelSpec(info.qualified if info.source != "file" else self.cfg.model, self.cfg.num_classes,
+                              c, (h, w))
+        torch.manual_seed(self.cfg.seed)  # the same initial weights on every rank
+        model = build_model(self.spec)
+        self.channels_last = self.cfg.channels_last and _uses_conv(model)
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model  # the plain model: checkpoints always hold its state dict
-        self.precision = pick_precision(cfg.precision, self.device)
-
-        common = dict(seed=cfg.seed, device=self.device, channels_last=self.channels_last, workers=cfg.workers)
-        self.train_loader = make_loader(self.data, "train", batch_size=self.local_batch, train=True,
-                                        rank=self.dist.rank, world_size=self.dist.world_size, **common)
-        self.val_loader = make_loader(self.data, "val", batch_size=max(self.local_batch, 256), train=False,
-                                      rank=self.dist.rank, world_size=self.dist.world_size, **common)
-        if len(self.train_loader) == 0:
-            raise UsageError(f"batch size {batch} is larger than the training set", "use a smaller --batch-size")
-
-        # optimizer and schedule
-        decay, no_decay = [], []
-        for n_, p in model.named_parameters():
-            (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on biases and norm scales
-        if cfg.optimizer == "sgd":
-            lr = cfg.lr or 0.1 * max(1.0, batch / 256)  # linear scaling above batch 256
-            wd = 5e-4 if cfg.weight_decay is None else cfg.weight_decay
-            self.optimizer = torch.optim.SGD([{"params": decay, "weight_decay": wd},
-                                              {"params": no_decay, "weight_decay": 0.0}],
-                                             lr=lr, momentum=0.9, nesterov=True)
-        elif cfg.optimizer == "adamw":
-            lr = cfg.lr or 2e-3
-            wd = 0.05 if cfg.weight_decay is None else cfg.weight_decay
-            self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": wd},
-                                                {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-        else:
-            raise UsageError(f"unknown optimizer {cfg.optimizer!r}", "use sgd or adamw")
-        if cfg.schedule not in ("onecycle", "cosine", "none"):
-            raise UsageError(f"unknown schedule {cfg.schedule!r}", "use onecycle, cosine or none")
-        cfg.lr, cfg.weight_decay = lr, wd
-        self.total_steps = epochs * len(self.train_loader)
-        if cfg.max_steps:
-            self.total_steps = min(self.total_steps, cfg.max_steps)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "16")
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-
         forward_model = model
         if self.dist.enabled:
             forward_model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if cfg.compile:
+        if self.cfg.compile:
             forward_model = torch.compile(forward_model)
         self.forward_model = forward_model
 
-    # ------------------------------------------------------------------------------------ checkpoints
-    def _checkpoint(self, *, epoch: int, step_in_epoch: int, global_step: int, metrics: dict, training_state: bool,
-                    running: dict | None = None) -> dict:
-        ck = {
-            "model": self.spec,
-            "state_dict": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
-            "classes": list(self.data.classes),
-            "input_size": list(self.data.input_size),
-            "normalization": {"mean": list(self.data.mean), "std": list(self.data.std)},
-            "dataset": self.cfg.data,
-            "args": asdict(self.cfg),
-            "metrics": metrics,
-            "epoch": epoch,
-            "step_in_epoch": step_in_epoch,
-            "global_step": global_step,
-            "fcn": None,
-        }
-        if training_state:
-            ck.update({"optimizer": self.optimizer.state_dict(), "scheduler": {"step": global_step},
-                       "scaler": self.scaler.state_dict(), "rng": _rng_state(self.device),
-                       "best_accuracy": self.best_acc, "epochs_without_improvement": self.stale,
-                       "history": [asdict(h) for h in self.history], "running": running or {}})
-        return ck
+    def _loader(self, split: str, *, train: bool):
+        """A split's batches on the device; evaluation batches are at least EVAL_BATCH_MIN."""
+        from cnncli.data import make_loader
 
-    def _restore(self) -> tuple[int, int, int, dict]:
-        ck = self.resume_ckpt
-        if ck["model"] != self.spec:
-            raise UsageError("the checkpoint's model does not match its own arguments", "was the dataset changed?")
-        self.model.load_state_dict(ck["state_dict"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.scaler.load_state_dict(ck["scaler"])
-        self.best_acc = ck.get("best_accuracy", -1.0)
-        self.stale = ck.get("epochs_without_improvement", 0)
-        self.history = [EpochResult(**h) for h in ck.get("history", [])]
-        _set_rng_state(ck["rng"], self.device)
-        return ck["epoch"], ck["step_in_epoch"], ck["global_step"], ck.get("running", {})
+        batch = self.local_batch if train else max(self.local_batch, EVAL_BATCH_MIN)
+        return make_loader(self.data, split, batch_size=batch, train=train, seed=self.cfg.seed, device=self.device,
+                           channels_last=self.channels_last, workers=self.cfg.workers, rank=self.dist.rank,
+                           world_size=self.dist.world_size)
 
-    # ---------------------------------------------------------------------------------------- the loop
-    def fit(self) -> TrainResult:
-        cfg = self.cfg
-        self._setup()
-        self.best_acc, self.stale, self.history = -1.0, 0, []
-        start_epoch, start_step, global_step, running = 0, 0, 0, {}
-        if self.resume_ckpt is not None:
-            start_epoch, start_step, global_step, running = self._restore()
+    # --------------------------------------------------------------------------------------- start or resume
+    def start_or_resume(self) -> TrainState:
+        """A new run folder (never an existing one) with args.json, or the resumed run's state."""
+        if self.resume_from is not None:
+            state = self._restore(self.resume_from)
         else:
-            self.run_dir = dist_utils.broadcast_str(next_run_dir(cfg.project, cfg.name) if self.is_main else "")
-        if self.is_main:
-            os.makedirs(self.run_dir, exist_ok=True)
-            for f in os.listdir(self.run_dir):  # temp files of a write that a SIGKILL interrupted
-                if f.startswith(".") and f.endswith(".tmp"):
-                    os.remove(os.path.join(self.run_dir, f))
-            with open(os.path.join(self.run_dir, "args.json"), "w") as f:
-                json.dump(asdict(cfg), f, indent=2)
+            state = TrainState()
+            self.run_dir = dist_utils.broadcast_str(next_run_dir(self.cfg.project, self.cfg.name) if self.is_main else "")
         self.last_path = os.path.join(self.run_dir, "last.pt")
         self.best_path = os.path.join(self.run_dir, "best.pt")
-        self.report("start", {"run_dir": self.run_dir, "device": str(self.device), "precision": self.precision,
-                              "model": self.model_name, "data": cfg.data, "epochs": cfg.epochs,
-                              "batch_size": cfg.batch_size, "steps_per_epoch": len(self.train_loader),
-                              "resumed_at": (start_epoch, start_step) if self.resume_ckpt else None,
-                              "train_samples": self.train_loader.num_samples * self.dist.world_size})
-
-        stop_flag = {"signal": None}
-
-        def on_signal(signum, frame):
-            stop_flag["signal"] = signum  # finish the current step, then write last.pt and exit resumable
-
-        old_handlers = {}
-        for s in (signal.SIGINT, signal.SIGTERM):
-            try:
-                old_handlers[s] = signal.signal(s, on_signal)
-            except ValueError:  # not in the main thread
-                pass
-        stopped = "completed"
-        train_images, train_seconds = 0, 0.0
-        try:
-            epoch = start_epoch
-            while epoch < cfg.epochs:
-                self.train_loader.set_epoch(epoch)
-                self.model.train()
-                self.forward_model.train()
-                first = start_step if epoch == start_epoch else 0
-                sums = running if (epoch == start_epoch and running) else {"loss": 0.0, "correct": 0.0, "n": 0.0}
-                t0 = time.perf_counter()
-                seen = 0
-                steps = len(self.train_loader)
-                step = first
-                for step, (x, y) in enumerate(self.train_loader.batches(first), start=first):
-                    lr = _lr_at(global_step, self.total_steps, cfg.lr, cfg.schedule)
-                    for g in self.optimizer.param_groups:
-                        g["lr"] = lr
-                    with _autocast(self.device, self.precision):
-                        logits = self.forward_model(x)
-                        loss = self.criterion(logits, y)
-                    if not torch.isfinite(loss):
-                        raise WorkFailed(f"training diverged: loss is {loss.item()} at epoch {epoch + 1} step {step + 1}",
-                                         f"the last good checkpoint stays in {self.run_dir}; try a lower --lr")
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.scaler.scale(loss).backward()
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                    global_step += 1
-                    bs = len(y)
-                    seen += bs
-                    sums["loss"] += loss.item() * bs
-                    sums["correct"] += (logits.argmax(1) == y).sum().item()
-                    sums["n"] += bs
-                    dt = time.perf_counter() - t0
-                    self.report("step", {"epoch": epoch, "step": step + 1, "steps": steps, "loss": sums["loss"] / sums["n"],
-                                         "accuracy": sums["correct"] / sums["n"],
-                                         "images_per_second": seen * self.dist.world_size / max(dt, 1e-9), "lr": lr})
-                    out_of_steps = cfg.max_steps is not None and global_step >= cfg.max_steps
-                    if dist_utils.any_flag(stop_flag["signal"] is not None, self.device) and step + 1 < steps and not out_of_steps:
-                        if self.is_main:
-                            save_checkpoint(self._checkpoint(epoch=epoch, step_in_epoch=step + 1, global_step=global_step,
-                                                             metrics={}, training_state=True, running=sums), self.last_path)
-                        raise Interrupted(self.run_dir)
-                    if out_of_steps:
-                        break
-                seconds = time.perf_counter() - t0
-                train_images += seen * self.dist.world_size
-                train_seconds += seconds
-                totals = dist_utils.all_reduce_sums([sums["loss"], sums["correct"], sums["n"]], self.device)
-                train_loss, train_acc = totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
-
-                # evaluation: BatchNorm in eval mode, or batches would be normalized by their own statistics
-                val = self.evaluate(self.val_loader)
-                res = EpochResult(epoch + 1, train_loss, train_acc, val["loss"], val["accuracy"],
-                                  _lr_at(global_step, self.total_steps, cfg.lr, cfg.schedule),
-                                  seen * self.dist.world_size / max(seconds, 1e-9), seconds)
-                self.history.append(res)
-                improved = val["accuracy"] > self.best_acc
-                if improved:
-                    self.best_acc, self.stale = val["accuracy"], 0
-                else:
-                    self.stale += 1
-                epoch += 1
-                if self.is_main:
-                    metrics = {"val_accuracy": val["accuracy"], "val_loss": val["loss"], "train_loss": train_loss,
-                               "train_accuracy": train_acc}
-                    # checkpoints first: metrics.csv is rebuilt from last.pt's history on resume
-                    save_checkpoint(self._checkpoint(epoch=epoch, step_in_epoch=0, global_step=global_step,
-                                                     metrics=metrics, training_state=True), self.last_path)
-                    if improved:
-                        save_checkpoint(self._checkpoint(epoch=epoch, step_in_epoch=0, global_step=global_step,
-                                                         metrics=metrics, training_state=False), self.best_path)
-                    self._write_metrics()
-                self.report("epoch", {**asdict(res), "best": improved, "epochs": cfg.epochs})
-                if stop_flag["signal"] is not None:
-                    stopped = "interrupted"
-                    raise Interrupted(self.run_dir)
-                if cfg.max_steps is not None and global_step >= cfg.max_steps:
-                    stopped = "max_steps"
-                    break
-                if cfg.patience is not None and self.stale >= cfg.patience:
-                    stopped = "patience"
-                    break
-        finally:
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
-
-        # the test split, evaluated with the best weights
-        test_acc = None
-        if os.path.exists(self.best_path) or not self.is_main:
-            best = load_checkpoint(self.best_path) if self.is_main else None
-            if best is not None:
-                self.model.load_state_dict(best["state_dict"])
-            dist_utils.broadcast_model(self.model)
-            test_loader = _test_loader(self)
-            test_acc = self.evaluate(test_loader)["accuracy"] if test_loader is not None else None
-        result = TrainResult(self.run_dir, self.best_path, len(self.history), max(self.best_acc, 0.0),
-                             self.history[-1].val_accuracy if self.history else 0.0,
-                             train_images / max(train_seconds, 1e-9), str(self.device), self.precision, test_acc, stopped,
-                             list(self.history))
         if self.is_main:
-            with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
-                json.dump({**result.as_json(), "model": self.model_name, "data": cfg.data,
-                           "history": [asdict(h) for h in self.history]}, f, indent=2)
-            self._plot()
-        return result
+            os.makedirs(self.run_dir, exist_ok=True)
+            fileio.remove_stale_temp_files(self.run_dir)  # of a write that a SIGKILL interrupted
+            fileio.write_json(os.path.join(self.run_dir, "args.json"), self.cfg.to_dict())
+        resumed = (state.epoch, state.step_in_epoch) if self.resume_from is not None else None
+        self.report("start", {"run_dir": self.run_dir, "device": str(self.device), "precision": self.cfg.precision,
+                              "model": self.spec.name, "data": self.cfg.data, "epochs": self.cfg.epochs,
+                              "batch_size": self.cfg.batch_size, "steps_per_epoch": len(self.train_loader),
+                              "resumed_at": resumed,
+                              "train_samples": self.train_loader.num_samples * self.dist.world_size})
+        return state
 
+    def _restore(self, ckpt: Checkpoint) -> TrainState:
+        if ckpt.model != self.spec:
+            raise UsageError("the checkpoint's model does not match its own arguments", "was the dataset changed?")
+        t = ckpt.training
+        self.model.load_state_dict(ckpt.state_dict)
+        self.optimizer.load_state_dict(t["optimizer"])
+        self.scaler.load_state_dict(t["scaler"])
+        _set_rng_state(t["rng"], self.device)
+        return TrainState(ckpt.epoch, ckpt.step_in_epoch, ckpt.global_step, t["best_accuracy"],
+                          t["epochs_without_improvement"], [EpochResult(**h) for h in t["history"]], t["running"] or {})
+
+    def checkpoint(self, state: TrainState, metrics: dict, *, training_state: bool) -> Checkpoint:
+        """best.pt (weights, preprocessing, config) or, with the training state, last.pt."""
+        training = None
+        if training_state:
+            training = {"optimizer": self.optimizer.state_dict(), "scheduler": {"step": state.global_step},
+                        "scaler": self.scaler.state_dict(), "rng": _rng_state(self.device),
+                        "best_accuracy": state.best_accuracy, "epochs_without_improvement": state.stale,
+                        "history": [asdict(h) for h in state.history], "running": dict(state.running)}
+        return Checkpoint(self.spec, self.model.state_dict(), self.data.preprocess, self.cfg.data, self.cfg.to_dict(),
+                          metrics, state.epoch, state.step_in_epoch, state.global_step, None, training)
+
+    # ------------------------------------------------------------------------------------------------- train
+    def train_one_epoch(self, state: TrainState, stop: StopRequest) -> dict:
+        """One pass over the training split (from `state.step_in_epoch` on a resume); loss and accuracy reduced
+        across ranks. A stop request between steps writes a mid-epoch last.pt and raises Interrupted."""
+        self.train_loader.set_epoch(state.epoch)
+        self.model.train()
+        self.forward_model.train()
+        sums = state.running or {"loss": 0.0, "correct": 0.0, "n": 0.0}
+        state.running = sums
+        steps, first = len(self.train_loader), state.step_in_epoch
+        seen, t0 = 0, time.perf_counter()
+        for step, (x, y) in enumerate(self.train_loader.batches(first), start=first):
+            lr = self._train_step(x, y, sums, state, step)
+            seen += len(y)
+            state.step_in_epoch = step + 1
+            self.report("step", {"epoch": state.epoch, "step": step + 1, "steps": steps, "lr": lr,
+                                 "loss": sums["loss"] / sums["n"], "accuracy": sums["correct"] / sums["n"],
+                                 "images_per_second": seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)})
+            out_of_steps = self.cfg.max_steps is not None and state.global_step >= self.cfg.max_steps
+            if dist_utils.any_flag(bool(stop), self.device) and step + 1 < steps and not out_of_steps:
+                if self.is_main:
+                    self.checkpoint(state, {}, training_state=True).save(self.last_path)
+                raise Interrupted(self.run_dir)
+            if out_of_steps:
+                break
+        seconds = time.perf_counter() - t0
+        state.train_images += seen * self.dist.world_size
+        state.train_seconds += seconds
+        loss, correct, n = dist_utils.all_reduce_sums([sums["loss"], sums["correct"], sums["n"]], self.device)
+        return {"loss": loss / max(n, 1), "accuracy": correct / max(n, 1), "seconds": seconds,
+                "images_per_second": seen * self.dist.world_size / max(seconds, 1e-9)}
+
+    def _train_step(self, x, y, sums: dict, state: TrainState, step: int) -> float:
+        """One optimizer step at the schedule's learning rate; divergence stops the run (last.pt stays good)."""
+        lr = lr_at(state.global_step, self.total_steps, self.cfg.lr, self.cfg.schedule)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        with _autocast(self.device, self.cfg.precision):
+            logits = self.forward_model(x)
+            loss = self.criterion(logits, y)
+        if not torch.isfinite(loss):
+            raise WorkFailed(f"training diverged: loss is {loss.item()} at epoch {state.epoch + 1} step {step + 1}",
+                             f"the last good checkpoint stays in {self.run_dir}; try a lower --lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        state.global_step += 1
+        sums["loss"] += loss.item() * len(y)
+        sums["correct"] += (logits.argmax(1) == y).sum().item()
+        sums["n"] += len(y)
+        return lr
+
+    # ---------------------------------------------------------------------------------------------- evaluate
     @torch.no_grad()
     def evaluate(self, loader) -> dict:
-        """Loss and top-1 over a loader, reduced across ranks."""
+        """Loss and top-1 over a loader, reduced across ranks. BatchNorm in eval mode (running statistics), and
+        fp32 like `cnn eval`, so the figures a run reports are the ones `cnn eval` reproduces."""
         self.model.eval()
         loss_sum = correct = n = 0.0
         for x, y in loader:
-            with _autocast(self.device, self.precision):
-                logits = self.model(x)
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+            logits = self.model(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
             n += len(y)
         loss_sum, correct, n = dist_utils.all_reduce_sums([loss_sum, correct, n], self.device)
         return {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1)}
 
-    def _write_metrics(self) -> None:
-        path = os.path.join(self.run_dir, "metrics.csv")
-        tmp = path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(list(asdict(self.history[0]).keys()))
-            for h in self.history:
-                w.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in asdict(h).values()])
-        os.replace(tmp, path)
+    # --------------------------------------------------------------------------------------------- end epoch
+    def end_epoch(self, state: TrainState, train: dict, val: dict) -> bool:
+        """Best tracking, last.pt (and best.pt when better), metrics.csv, the epoch's report. True if improved."""
+        state.epoch, state.step_in_epoch, state.running = state.epoch + 1, 0, {}
+        result = EpochResult(state.epoch, train["loss"], train["accuracy"], val["loss"], val["accuracy"],
+                             lr_at(state.global_step, self.total_steps, self.cfg.lr, self.cfg.schedule),
+                             train["images_per_second"], train["seconds"])
+        state.history.append(result)
+        improved = val["accuracy"] > state.best_accuracy
+        state.best_accuracy = max(state.best_accuracy, val["accuracy"])
+        state.stale = 0 if improved else state.stale + 1
+        if self.is_main:
+            metrics = {"val_accuracy": val["accuracy"], "val_loss": val["loss"], "train_loss": train["loss"],
+                       "train_accuracy": train["accuracy"]}
+            # checkpoints first: metrics.csv is rebuilt from last.pt's history on resume
+            self.checkpoint(state, metrics, training_state=True).save(self.last_path)
+            if improved:
+                self.checkpoint(state, metrics, training_state=False).save(self.best_path)
+            self._write_metrics(state.history)
+        self.report("epoch", {**asdict(result), "best": improved, "epochs": self.cfg.epochs})
+        return improved
 
-    def _plot(self) -> None:
-        if not self.history:
-            return
-        import matplotlib
+    def stop_reason(self, state: TrainState) -> str:
+        """completed (go on, or the last epoch is done), max_steps or patience."""
+        if self.cfg.max_steps is not None and state.global_step >= self.cfg.max_steps:
+            return "max_steps"
+        if self.cfg.patience is not None and state.stale >= self.cfg.patience:
+            return "patience"
+        return "completed"
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    def _write_metrics(self, history: list[EpochResult]) -> None:
+        rows = [[f"{v:.6g}" if isinstance(v, float) else v for v in asdict(h).values()] for h in history]
+        fileio.write_csv(os.path.join(self.run_dir, "metrics.csv"), list(asdict(history[0])), rows)
 
-        ep = [h.epoch for h in self.history]
-        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-        a.plot(ep, [h.train_loss for h in self.history], "o-", label="train")
-        a.plot(ep, [h.val_loss for h in self.history], "o-", label="val")
-        a.set(title="loss", xlabel="epoch")
-        a.legend()
-        b.plot(ep, [h.train_accuracy for h in self.history], "o-", label="train")
-        b.plot(ep, [h.val_accuracy for h in self.history], "o-", label="val")
-        b.set(title="accuracy", xlabel="epoch", ylim=(0, 1.01))
-        b.legend()
-        fig.suptitle(f"{self.model_name} on {self.cfg.data}")
-        fig.tight_layout()
-        fig.savefig(os.path.join(self.run_dir, "curves.png"), dpi=100)
-        plt.close(fig)
+    # ------------------------------------------------------------------------------------------------ finish
+    def finish(self, state: TrainState, stopped: str) -> TrainResult:
+        """The test split with the best weights, summary.json and curves.png."""
+        test_acc = self._test_accuracy()
+        result = TrainResult(self.run_dir, self.best_path, len(state.history), max(state.best_accuracy, 0.0),
+                             state.history[-1].val_accuracy if state.history else 0.0,
+                             state.train_images / max(state.train_seconds, 1e-9), str(self.device),
+                             self.cfg.precision, test_acc, stopped, list(state.history))
+        if self.is_main:
+            fileio.write_json(os.path.join(self.run_dir, "summary.json"),
+                              {**result.as_json(), "model": self.spec.name, "data": self.cfg.data,
+                               "history": [asdict(h) for h in state.history]})
+            if state.history:
+                from cnncli.engine.plots import plot_curves
 
+                plot_curves(state.history, os.path.join(self.run_dir, "curves.png"),
+                            f"{self.spec.name} on {self.cfg.data}")
+        return result
 
-def _test_loader(tr: Trainer):
-    from cnncli.data import make_loader
-
-    if "test" not in tr.data.splits:
-        return None
-    return make_loader(tr.data, "test", batch_size=max(tr.local_batch, 256), train=False, device=tr.device,
-                       channels_last=tr.channels_last, workers=tr.cfg.workers, rank=tr.dist.rank,
-                       world_size=tr.dist.world_size)
+    def _test_accuracy(self) -> float | None:
+        if not (os.path.exists(self.best_path) or not self.is_main):
+            return None
+        if self.is_main:
+            self.model.load_state_dict(Checkpoint.load(self.best_path).state_dict)
+        dist_utils.broadcast_model(self.model)
+        if "test" not in self.data.splits:
+            return None
+        return self.evaluate(self._loader("test", train=False))["accuracy"]
 
 
 def train(cfg: TrainConfig, reporter=None, resume: str | None = None) -> TrainResult:

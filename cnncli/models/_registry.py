@@ -56,17 +56,15 @@ def register_model(*, family: str, input_size=(3, 224, 224), num_classes: int = 
     return deco
 
 
-def _builtin_loaded() -> None:
-    import cnncli.models  # noqa: F401  (importing the package registers every family)
+# The built-in families register themselves when `cnncli.models` (the package) is imported, which Python does
+# before any of its modules, this one included: the registry never imports them (no import cycle).
 
 
 def builtin_models() -> list[ModelInfo]:
-    _builtin_loaded()
     return list(_REGISTRY.values())
 
 
 def family_defaults() -> dict[str, str]:
-    _builtin_loaded()
     return dict(_FAMILY_DEFAULT)
 
 
@@ -122,7 +120,6 @@ def is_user_model(name: str) -> bool:
 
 def resolve(name: str) -> ModelInfo:
     """The ModelInfo for a name, family, `tv:`/`timm:` name or `file.py:Class`; UsageError if unknown."""
-    _builtin_loaded()
     if is_user_model(name):
         path, cls = name.rsplit(":", 1)
         if not os.path.exists(path):

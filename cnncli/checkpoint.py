@@ -1,0 +1,138 @@
+"""The checkpoint format, in one place: a small dataclass written as a plain dict of tensors and builtins.
+
+On disk a checkpoint is a dict loadable with `torch.load(path, weights_only=True)`: it never needs pickled
+classes. It records how to rebuild the model (`ModelSpec`: registry name and constructor arguments, plus the
+fully-convolutional conversion if any), the state dict, the preprocessing (classes, input size, normalization),
+the training arguments, metrics and versions; `last.pt` also carries the training state (optimizer, scheduler,
+scaler, RNG, best accuracy, history) so a run resumes exactly. Writes are atomic (`fileio.atomic_write`).
+
+Only this module knows the dict's keys; everything else uses `Checkpoint`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from cnncli import __version__
+from cnncli.errors import UsageError
+from cnncli.fileio import atomic_write
+from cnncli.preprocess import Preprocess
+
+FORMAT = "cnncli-checkpoint/1"
+# what last.pt has beyond best.pt: everything needed to continue the run exactly
+TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "rng", "best_accuracy", "epochs_without_improvement", "history",
+                 "running")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to rebuild a model from the registry: its name and the constructor arguments it was built with."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: tuple[int, int]
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return (self.in_channels, *self.image_size)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "num_classes": int(self.num_classes), "in_channels": int(self.in_channels),
+                "image_size": [int(v) for v in self.image_size]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSpec:
+        return cls(str(d["name"]), int(d["num_classes"]), int(d["in_channels"]), tuple(int(v) for v in d["image_size"]))
+
+
+@dataclass
+class Checkpoint:
+    model: ModelSpec
+    state_dict: dict
+    preprocess: Preprocess
+    dataset: str = ""
+    args: dict = field(default_factory=dict)      # the resolved TrainConfig
+    metrics: dict = field(default_factory=dict)
+    epoch: int = 0                                # epochs finished
+    step_in_epoch: int = 0                        # > 0: written mid-epoch (Ctrl-C, SIGTERM)
+    global_step: int = 0
+    fcn: dict | None = None                       # the fully-convolutional conversion's facts (stride, RF, offset)
+    training: dict | None = None                  # last.pt only: TRAINING_KEYS
+    versions: dict = field(default_factory=dict)
+
+    @property
+    def fully_convolutional(self) -> bool:
+        return bool(self.fcn)
+
+    def without_training(self) -> Checkpoint:
+        return replace(self, training=None)
+
+    def to_dict(self) -> dict:
+        p = self.preprocess
+        d = {"format": FORMAT,
+             "versions": {"cnncli": __version__, "torch": str(torch.__version__)},
+             "model": self.model.to_dict(),
+             "state_dict": {k: v.detach().cpu().contiguous() for k, v in self.state_dict.items()},
+             "classes": list(p.classes), "input_size": list(p.input_size),
+             "normalization": {"mean": list(p.mean), "std": list(p.std)},
+             "dataset": self.dataset, "args": dict(self.args), "metrics": dict(self.metrics),
+             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+             "fcn": self.fcn}
+        if self.training is not None:
+            missing = set(TRAINING_KEYS) - set(self.training)
+            if missing:
+                raise ValueError(f"training state lacks {sorted(missing)}")
+            d.update({k: self.training[k] for k in TRAINING_KEYS})
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, path: str = "checkpoint") -> Checkpoint:
+        if not isinstance(d, dict) or "model" not in d or "state_dict" not in d:
+            raise UsageError(f"{path} is not a cnncli checkpoint", "expected a file written by cnn train or cnn fcn")
+        try:
+            spec = ModelSpec.from_dict(d["model"])
+            norm = d.get("normalization") or {}
+            c = spec.in_channels
+            pre = Preprocess(tuple(d.get("input_size") or spec.input_size), tuple(norm.get("mean") or [0.0] * c),
+                             tuple(norm.get("std") or [1.0] * c), tuple(d.get("classes") or ()))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UsageError(f"{path} is not a cnncli checkpoint: malformed {type(e).__name__}: {e}",
+                             "expected a file written by cnn train or cnn fcn") from None
+        training = {k: d[k] for k in TRAINING_KEYS if k in d} if "optimizer" in d else None
+        return cls(spec, d["state_dict"], pre, d.get("dataset") or "", d.get("args") or {}, d.get("metrics") or {},
+                   int(d.get("epoch", 0)), int(d.get("step_in_epoch", 0)), int(d.get("global_step", 0)),
+                   d.get("fcn"), training, d.get("versions") or {})
+
+    def save(self, path: str) -> None:
+        """Write atomically: a crash never leaves a half-written file under `path`."""
+        obj = self.to_dict()
+        atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+    @classmethod
+    def load(cls, path: str, map_location="cpu") -> Checkpoint:
+        return cls.from_dict(load_dict(path, map_location), path)
+
+
+def load_dict(path: str, map_location="cpu") -> dict:
+    """A `.pt` file's contents, loaded safely: tensors and builtins only; pickled objects are refused, never run."""
+    if not os.path.exists(path):
+        raise UsageError(f"checkpoint not found: {path}", "check the path, e.g. runs/train/best.pt")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = str(e).strip().splitlines()
+        detail = next((ln.strip() for ln in lines if "GLOBAL" in ln), "")
+        if not detail:
+            raise UsageError(f"unreadable checkpoint {path}: not a torch checkpoint file",
+                             "is it a file written by cnn train?") from None
+        detail = detail.split(" was not")[0].replace("WeightsUnpickler error: ", "")
+        raise UsageError(f"refusing to load {path}: it contains pickled Python objects, which could run code",
+                         f"cnncli checkpoints hold only tensors and plain values; {detail}".rstrip("; ")) from None
+    except Exception as e:
+        raise UsageError(f"unreadable checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                         "is it a file written by cnn train?") from None

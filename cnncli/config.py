@@ -1,0 +1,171 @@
+"""The training configuration: defaults in one place, every check in `validate`, one pure `resolve` step.
+
+`TrainConfig` is what a user asks for (the `cnn train` flags map one to one onto its fields, with the same
+defaults; a test checks that). `None` means "the recipe decides": `resolve` turns the request plus the facts of
+the dataset and the machine into the concrete config that is written to args.json and into every checkpoint, so
+a run can be rebuilt from its files. Standard library only: `cnn train --help` reads the defaults from here
+without importing torch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, fields, replace
+
+from cnncli.errors import UsageError
+
+# ----------------------------------------------------------------------------------------------- the recipe
+# Every default that is not a TrainConfig field's own default lives here, with the reason for its value.
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("onecycle", "cosine", "none")
+PRECISIONS = ("auto", "32", "bf16", "16")
+PRECISION_ALIASES = {"fp32": "32", "float32": "32", "bfloat16": "bf16", "fp16": "16", "float16": "16"}
+
+SGD_LR = 0.1                  # peak learning rate for SGD at the reference batch size
+SGD_LR_REFERENCE_BATCH = 256  # above it the SGD learning rate grows linearly with the batch (Goyal et al. 2017)
+SGD_MOMENTUM = 0.9            # Nesterov momentum
+SGD_WEIGHT_DECAY = 5e-4       # the classic CIFAR/ResNet value
+ADAMW_LR = 2e-3
+ADAMW_WEIGHT_DECAY = 0.05     # decoupled decay: larger values than SGD's L2 are usual
+EVAL_BATCH_MIN = 256          # evaluation keeps no activations for backward: bigger batches are free
+ONECYCLE_WARMUP = 0.25        # one-cycle (Smith): linear warm-up over the first quarter...
+ONECYCLE_START_DIV = 25       # ...from lr/25...
+ONECYCLE_END_DIV = 1e4        # ...then cosine down to lr/1e4
+COSINE_WARMUP = 0.05          # cosine: linear warm-up over 5% of the steps...
+COSINE_WARMUP_MAX_STEPS = 200  # ...but never more than 200 steps
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. `None` = decided by `resolve` from the dataset and the recipe above."""
+
+    model: str | None = None             # registry name, family, file.py:Class
+    data: str | None = None              # dataset name or folder:PATH (see `cnn train --help`)
+    data_dir: str | None = None          # default: $CNN_DATA_DIR or ~/.cache/cnncli/data
+    epochs: int | None = None            # default: the dataset's (lines 4, digits 40, cifar10 30, ...)
+    batch_size: int | None = None        # global batch size (split across ranks under torchrun); default: the dataset's
+    lr: float | None = None              # peak learning rate; default SGD_LR (scaled above batch 256) or ADAMW_LR
+    optimizer: str = "sgd"               # sgd (Nesterov momentum) | adamw
+    schedule: str = "onecycle"           # onecycle | cosine | none
+    weight_decay: float | None = None    # default SGD_WEIGHT_DECAY or ADAMW_WEIGHT_DECAY (never on biases and norms)
+    label_smoothing: float = 0.1
+    precision: str = "auto"              # auto | 32 | bf16 | 16; auto: bf16 where supported, fp16 on older GPUs
+    channels_last: bool = True           # NHWC is faster for convolutions on CPU (oneDNN) and tensor cores
+    compile: bool = False                # torch.compile the model
+    seed: int = 0
+    deterministic: bool = False          # deterministic algorithms: bit-repeatable on CPU
+    workers: int = 2                     # DataLoader workers for folder datasets
+    patience: int | None = None          # stop after this many epochs without a better val accuracy
+    max_steps: int | None = None         # stop after this many optimizer steps (quick runs, tests)
+    project: str = "runs"                # folder of runs
+    name: str = "train"                  # run folder name; an existing one gets a numbered sibling
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N | mps
+    img_size: list[int] | None = None    # folder datasets: resize to [H, W] (default: the images' own size)
+    num_classes: int | None = None       # default: the dataset's
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """A config from args.json or a checkpoint's `args` (unknown keys of other versions are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What `resolve` needs to know besides the request: the dataset's defaults and the machine's abilities."""
+
+    epochs: int                      # the dataset's default epochs
+    batch_size: int                  # the dataset's default batch size
+    num_classes: int                 # the dataset's classes
+    device_type: str = "cpu"         # cpu | cuda | mps
+    bf16: bool = False               # the device computes bf16 natively
+    world_size: int = 1              # processes under torchrun
+
+
+def _at_least(flag: str, value, low) -> None:
+    if value is not None and value < low:
+        raise UsageError(f"{flag} must be at least {low}, got {value}")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Every check of a request, cheap ones first so bad usage fails in a moment, before any data is loaded.
+
+    Returns the config with aliases normalized (`--precision fp16` -> `16`); the input is not changed.
+    """
+    if not cfg.model or not cfg.data:
+        raise UsageError("give a MODEL and --data", "e.g. cnn train linenet --data lines, or --resume runs/train")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise UsageError(f"unknown optimizer {cfg.optimizer!r}", "use " + " or ".join(OPTIMIZERS))
+    if cfg.schedule not in SCHEDULES:
+        raise UsageError(f"unknown schedule {cfg.schedule!r}", "use " + ", ".join(SCHEDULES))
+    precision = PRECISION_ALIASES.get(str(cfg.precision).lower(), str(cfg.precision).lower())
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {cfg.precision!r}", "use " + ", ".join(PRECISIONS))
+    for flag, value, low in (("--epochs", cfg.epochs, 1), ("--batch-size", cfg.batch_size, 1),
+                             ("--max-steps", cfg.max_steps, 1), ("--patience", cfg.patience, 0),
+                             ("--workers", cfg.workers, 0), ("--num-classes", cfg.num_classes, 1)):
+        _at_least(flag, value, low)
+    for flag, value in (("--lr", cfg.lr), ("--weight-decay", cfg.weight_decay)):
+        if value is not None and not (math.isfinite(value) and value >= (0 if flag == "--weight-decay" else 1e-300)):
+            raise UsageError(f"{flag} must be a positive number, got {value}")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise UsageError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if cfg.img_size is not None and (len(cfg.img_size) != 2 or min(cfg.img_size) < 1):
+        raise UsageError(f"--img-size must be HxW or N with positive sizes, got {cfg.img_size}")
+    if not cfg.name or cfg.name in (".", "..") or os.sep in cfg.name or (os.altsep and os.altsep in cfg.name):
+        raise UsageError(f"--name must be a folder name, not a path: {cfg.name!r}", "use --project for the parent folder")
+    from cnncli.data import get_dataset_info  # the registries last: they are slower than the checks above
+    from cnncli.models import resolve as resolve_model
+
+    get_dataset_info(cfg.data)
+    resolve_model(cfg.model)
+    return replace(cfg, precision=precision)
+
+
+def resolve_precision(precision: str, device_type: str, bf16: bool) -> str:
+    """auto -> bf16 where the device has it, fp16 on older GPUs, fp32 otherwise; fp16 training is for GPUs."""
+    precision = PRECISION_ALIASES.get(precision, precision)
+    if precision == "16" and device_type == "cpu":
+        raise UsageError("fp16 training is for GPUs", "use --precision bf16 or 32 on CPU")
+    if precision != "auto":
+        return precision
+    if bf16:
+        return "bf16"
+    return "16" if device_type == "cuda" else "32"
+
+
+def resolve(cfg: TrainConfig, facts: RunFacts) -> TrainConfig:
+    """The concrete config of a run: every `None` decided, precision chosen. Pure: `cfg` is not changed."""
+    cfg = validate(cfg)
+    batch = cfg.batch_size or facts.batch_size
+    if batch < facts.world_size:
+        raise UsageError(f"batch size {batch} is smaller than the {facts.world_size} processes")
+    if cfg.optimizer == "sgd":
+        lr = cfg.lr or SGD_LR * max(1.0, batch / SGD_LR_REFERENCE_BATCH)
+        wd = SGD_WEIGHT_DECAY if cfg.weight_decay is None else cfg.weight_decay
+    else:
+        lr = cfg.lr or ADAMW_LR
+        wd = ADAMW_WEIGHT_DECAY if cfg.weight_decay is None else cfg.weight_decay
+    return replace(cfg, epochs=cfg.epochs or facts.epochs, batch_size=batch, lr=lr, weight_decay=wd,
+                   num_classes=cfg.num_classes or facts.num_classes,
+                   precision=resolve_precision(cfg.precision, facts.device_type, facts.bf16))
+
+
+def lr_at(step: int, total: int, base_lr: float, schedule: str) -> float:
+    """Learning rate as a pure function of the step, so resuming needs only the step count."""
+    if schedule == "none" or total <= 0:
+        return base_lr
+    t = min(step / total, 1.0)
+    if schedule == "cosine":
+        warm = min(COSINE_WARMUP, COSINE_WARMUP_MAX_STEPS / max(total, 1))
+        if t < warm:
+            return base_lr * t / warm
+        return base_lr * 0.5 * (1 + math.cos(math.pi * (t - warm) / (1 - warm)))
+    start, end = base_lr / ONECYCLE_START_DIV, base_lr / ONECYCLE_END_DIV
+    if t < ONECYCLE_WARMUP:
+        return start + (base_lr - start) * t / ONECYCLE_WARMUP
+    return end + (base_lr - end) * 0.5 * (1 + math.cos(math.pi * (t - ONECYCLE_WARMUP) / (1 - ONECYCLE_WARMUP)))

@@ -1,0 +1,117 @@
+"""torchvision's small-image datasets, downloaded into --data-dir on first use and then held in memory."""
+
+from __future__ import annotations
+
+import os
+
+from cnncli.data._registry import register_dataset
+from cnncli.errors import UsageError
+
+
+def _tv_class(name: str):
+    """torchvision's dataset class, with the md5 check of already-extracted files relaxed to 'files exist'.
+
+    torchvision verifies each extracted CIFAR/SVHN file against the md5 of the official release; the archive
+    download itself is still verified. Relaxing the per-file check lets prepared copies (and test fixtures in
+    the real formats) load through the same parsing code.
+    """
+    import torchvision.datasets as tvd
+
+    base = getattr(tvd, name)
+    if name in ("CIFAR10", "CIFAR100"):
+        # md5 None = "the file exists" in torchvision's check_integrity; the archive keeps its md5 (tgz_md5)
+        return type(f"Local{name}", (base,), {
+            "train_list": [[f, None] for f, _ in base.train_list],
+            "test_list": [[f, None] for f, _ in base.test_list],
+            "meta": {**base.meta, "md5": None},
+        })
+    if name == "SVHN":
+        # the per-split md5 is kept for downloads (download() reads split_list); only the local check is relaxed
+        class LocalSVHN(base):
+            def _check_integrity(self):
+                return os.path.isfile(os.path.join(self.root, self.filename))
+
+        return LocalSVHN
+    return base
+
+
+def _open(info, name: str, data_dir: str, train: bool, download: bool):
+    cls = _tv_class(name)
+    kwargs = {"split": "train" if train else "test"} if name == "SVHN" else {"train": train}
+    try:
+        return cls(data_dir, download=False, **kwargs)
+    except RuntimeError:
+        pass
+    if download:
+        try:
+            return cls(data_dir, download=True, **kwargs)
+        except Exception as e:  # offline, or a server problem
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            raise UsageError(f"dataset {info.name} is not in {data_dir} and could not be downloaded ({reason})",
+                             f"put {info.files} in {data_dir}, or set --data-dir / CNN_DATA_DIR") from None
+    raise UsageError(f"dataset {info.name} is not in {data_dir}", f"put {info.files} there")
+
+
+def _to_uint8_nchw(data):
+    import torch
+
+    t = torch.as_tensor(data)
+    if t.dim() == 3:  # MNIST: [N, H, W]
+        return t[:, None].contiguous()
+    if t.shape[-1] in (1, 3):  # CIFAR: [N, H, W, C]
+        return t.permute(0, 3, 1, 2).contiguous()
+    return t.contiguous()  # SVHN: [N, C, H, W]
+
+
+def _load(info, name: str, data_dir: str, download: bool):
+    import torch
+
+    from cnncli.data.datasets import tensor_dataset
+
+    tr = _open(info, name, data_dir, True, download)
+    te = _open(info, name, data_dir, False, download)
+
+    def labels(ds):
+        return torch.as_tensor(ds.targets if hasattr(ds, "targets") else ds.labels).long()
+
+    classes = list(getattr(tr, "classes", None) or [str(i) for i in range(10)])
+    return tensor_dataset(info, _to_uint8_nchw(tr.data), labels(tr), _to_uint8_nchw(te.data), labels(te), classes)
+
+
+_CIFAR = dict(crop_padding=4, flip=True, batch_size=256, source="torchvision")
+
+
+@register_dataset(epochs=30, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+                  files="cifar-10-python.tar.gz or its extracted cifar-10-batches-py/", **_CIFAR)
+def cifar10(info, *, data_dir, image_size=None, download=True, arg=None):
+    """CIFAR-10: 60,000 3x32x32 colour images in 10 classes."""
+    return _load(info, "CIFAR10", data_dir, download)
+
+
+@register_dataset(epochs=40, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
+                  files="cifar-100-python.tar.gz or its extracted cifar-100-python/", **_CIFAR)
+def cifar100(info, *, data_dir, image_size=None, download=True, arg=None):
+    """CIFAR-100: 60,000 3x32x32 colour images in 100 classes."""
+    return _load(info, "CIFAR100", data_dir, download)
+
+
+@register_dataset(epochs=8, batch_size=256, mean=(0.1307,), std=(0.3081,), crop_padding=2, source="torchvision",
+                  files="MNIST/raw/ with train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                        "t10k-labels-idx1-ubyte")
+def mnist(info, *, data_dir, image_size=None, download=True, arg=None):
+    """MNIST: 70,000 1x28x28 handwritten digits."""
+    return _load(info, "MNIST", data_dir, download)
+
+
+@register_dataset(name="fashion-mnist", epochs=15, batch_size=256, mean=(0.2860,), std=(0.3530,), crop_padding=2,
+                  flip=True, source="torchvision", files="FashionMNIST/raw/ with the four *-idx*-ubyte files")
+def fashion_mnist(info, *, data_dir, image_size=None, download=True, arg=None):
+    """Fashion-MNIST: 70,000 1x28x28 images of clothing in 10 classes."""
+    return _load(info, "FashionMNIST", data_dir, download)
+
+
+@register_dataset(epochs=15, batch_size=256, mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970),
+                  crop_padding=2, source="torchvision", files="train_32x32.mat and test_32x32.mat")
+def svhn(info, *, data_dir, image_size=None, download=True, arg=None):
+    """SVHN: 99,289 3x32x32 house-number digits (the train and test splits)."""
+    return _load(info, "SVHN", data_dir, download)

@@ -1,0 +1,68 @@
+"""Every file cnncli writes goes through here: a temp file in the same folder, fsync, then rename.
+
+A crash or a SIGKILL never leaves a half-written output under its real name; at worst a hidden
+`.NAME.*.tmp` stays behind, which `remove_stale_temp_files` cleans (the trainer does on resume).
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from typing import Any, Callable, Iterable
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Call `write(tmp_path)`, fsync, then rename onto `path`; on any failure nothing is left behind."""
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text(path: str, text: str) -> None:
+    """Atomically write a text file."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+
+    atomic_write(path, write)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Atomically write an indented JSON file."""
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_csv(path: str, header: list[str], rows: Iterable[list]) -> None:
+    """Atomically write a CSV file with a header row."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def remove_stale_temp_files(folder: str) -> list[str]:
+    """Remove the hidden temp files of writes that a SIGKILL interrupted; returns their names."""
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in os.listdir(folder):
+        if name.startswith(".") and name.endswith(".tmp"):
+            os.remove(os.path.join(folder, name))
+            removed.append(name)
+    return removed

@@ -1,0 +1,108 @@
+"""Score maps of a fully-convolutional model over whole images: arrays, overlays, and a generated test scene.
+
+A classifier checkpoint is converted on the fly (verified), so `cnn scoremap` accepts both kinds.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cnncli.errors import UsageError
+from cnncli.fcn import load_image, render_overlay, score_map, to_fully_convolutional
+from cnncli.fileio import atomic_write
+from cnncli.models.open import OpenedModel
+
+
+@dataclass
+class ScoreMapper:
+    """A fully-convolutional model with its conversion facts, preprocessing and class names."""
+
+    model: torch.nn.Module
+    facts: dict          # stride, receptive_field, offset
+    opened: OpenedModel
+    converted_diff: float | None = None  # set when converted on the fly: the verified max |logit difference|
+
+    @classmethod
+    def from_opened(cls, opened: OpenedModel, device="cpu") -> ScoreMapper:
+        diff = None
+        if opened.fully_convolutional:
+            model, facts = opened.model, opened.checkpoint.fcn
+        else:
+            conv = to_fully_convolutional(opened.model, opened.input_size, verify=True)
+            model, facts, diff = conv.model, conv.as_dict(), conv.max_abs_diff
+        return cls(model.to(device).eval(), facts, opened, diff)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.opened.classes
+
+    def class_index(self, name: str | None) -> int | None:
+        if name is None:
+            return None
+        if name not in self.classes:
+            raise UsageError(f"unknown class {name!r}", "classes: " + ", ".join(self.classes[:20]))
+        return self.classes.index(name)
+
+    def run(self, path: str, img: torch.Tensor, out_dir: str, *, only: int | None = None,
+            regions: torch.Tensor | None = None) -> dict:
+        """Score map of one uint8 image [C, H, W]: NAME.npy (probabilities [classes, H', W']) and an overlay PNG."""
+        _, th, tw = self.opened.input_size
+        if img.shape[1] < th or img.shape[2] < tw:
+            raise UsageError(f"{path} is {img.shape[1]}x{img.shape[2]}, smaller than the training size {th}x{tw}",
+                             "score maps need images at least as large as the training images")
+        device = next(self.model.parameters()).device
+        scores = score_map(self.model, self.opened.preprocess.normalize(img, device)).cpu()
+        stem = os.path.splitext(os.path.basename(path))[0]
+        npy = os.path.join(out_dir, stem + ".npy")
+        suffix = "-" + self.classes[only] if only is not None else ""
+        png = os.path.join(out_dir, stem + suffix + "-scoremap.png")
+        write_npy(npy, scores.numpy().astype(np.float32))
+        render_overlay(img, scores, self.facts, self.classes, png, only)
+        win = scores.argmax(0)
+        counts = {self.classes[i]: int((win == i).sum()) for i in range(len(self.classes)) if int((win == i).sum())}
+        r = {"image": path, "scores_shape": list(scores.shape), "stride": list(self.facts["stride"]),
+             "receptive_field": list(self.facts["receptive_field"]), "offset": list(self.facts["offset"]),
+             "argmax_counts": counts, "npy": npy, "png": png}
+        if regions is not None:
+            r["region_agreement"] = region_agreement(win, regions, self.facts)
+        return r
+
+
+def write_npy(path: str, arr: np.ndarray) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a path
+            np.save(f, arr)
+
+    atomic_write(path, write)
+
+
+def lines_scene(out_dir: str, size: tuple[int, int], seed: int, channels: int) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """A generated scene of horizontal-line and vertical-line regions, saved as PNG with its region labels (.npy)."""
+    from PIL import Image
+
+    from cnncli.data.lines import scene
+
+    img, labels = scene(*size, seed=seed)
+    if channels != 1:
+        img = img.expand(channels, -1, -1).contiguous()
+    path = os.path.join(out_dir, f"scene-lines-{seed}.png")
+    atomic_write(path, lambda tmp: Image.fromarray(img[0].numpy()).save(tmp, format="png"))
+    write_npy(os.path.join(out_dir, f"scene-lines-{seed}-regions.npy"), labels.numpy())
+    return path, img, labels
+
+
+def region_agreement(win: torch.Tensor, labels: torch.Tensor, facts: dict) -> float:
+    """Fraction of cells whose winning class is the region label at the centre of the cell's window."""
+    s, o, rf = facts["stride"], facts["offset"], facts["receptive_field"]
+    hp, wp = win.shape
+    ys = (o[0] + (rf[0] - 1) // 2 + torch.arange(hp) * s[0]).clamp(0, labels.shape[0] - 1)
+    xs = (o[1] + (rf[1] - 1) // 2 + torch.arange(wp) * s[1]).clamp(0, labels.shape[1] - 1)
+    return float((labels[ys][:, xs] == win).float().mean())
+
+
+def images_from(paths: list[str], channels: int) -> list[tuple[str, torch.Tensor]]:
+    return [(p, load_image(p, channels)) for p in paths]

@@ -1,0 +1,205 @@
+"""The shape of the house: no import cycles, short functions, one config, commands and help that stay in step."""
+
+import ast
+import dataclasses
+import os
+import pathlib
+import sys
+
+import pytest
+from conftest import ROOT, run_cnn
+
+PKG = pathlib.Path(ROOT) / "cnncli"
+MAX_BODY = 60
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, pathlib.Path]:
+    return {_module_name(p): p for p in PKG.rglob("*.py")}
+
+
+def _imports(name: str, path: pathlib.Path, known: set[str]) -> set[str]:
+    """cnncli modules a module imports, at any depth (function-level imports included)."""
+    is_pkg = path.name == "__init__.py"
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == "cnncli"}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against this module's package
+                pkg = name.split(".") if is_pkg else name.split(".")[:-1]
+                pkg = pkg[: len(pkg) - (node.level - 1)]
+                base = ".".join(pkg + ([node.module] if node.module else []))
+            if base.split(".")[0] != "cnncli":
+                continue
+            for a in node.names:  # `from pkg import submodule` imports the submodule
+                out.add(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base)
+    return out - {name}
+
+
+def test_no_import_cycles_inside_cnncli():
+    mods = _modules()
+    graph = {n: _imports(n, p, set(mods)) & set(mods) for n, p in mods.items()}
+    assert graph["cnncli.fcn"] and "cnncli.checkpoint" in graph["cnncli.models.open"]  # the walk sees imports
+    cycles, state = [], {}
+
+    def visit(n, stack):
+        state[n] = "open"
+        for m in sorted(graph[n]):
+            if state.get(m) == "open":
+                cycles.append(stack[stack.index(m):] + [m])
+            elif m not in state:
+                visit(m, stack + [m])
+        state[n] = "done"
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n, [n])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_finds_a_cycle(tmp_path):
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("def f():\n    from cnncli.b import g\n")
+    b.write_text("from cnncli.a import f\n")
+    known = {"cnncli.a", "cnncli.b"}
+    assert _imports("cnncli.a", a, known) == {"cnncli.b"} and _imports("cnncli.b", b, known) == {"cnncli.a"}
+
+
+def test_no_function_body_longer_than_60_lines():
+    long = []
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = node.end_lineno - node.body[0].lineno + 1
+                if body > MAX_BODY:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({body} lines)")
+    assert not long, long
+
+
+def test_fit_reads_as_a_table_of_contents():
+    import inspect
+
+    from cnncli.engine.trainer import Trainer
+
+    src = inspect.getsource(Trainer.fit)
+    assert len(src.splitlines()) <= 25
+    for phase in ("setup", "start_or_resume", "train_one_epoch", "evaluate", "end_epoch", "stop_reason", "finish"):
+        assert f"self.{phase}(" in src
+
+
+def _train_command():
+    import typer.main
+
+    from cnncli.cli import app, train  # noqa: F401  (registers the command)
+
+    group = typer.main.get_command(app)
+    return group.commands["train"]
+
+
+def test_every_config_field_has_a_train_flag_with_the_same_default():
+    from cnncli.config import TrainConfig
+
+    cmd = _train_command()
+    by_name = {p.name: p for p in cmd.params}
+    renamed = {"compile": "compile_"}  # a Python keyword-ish name in the CLI function
+    for f in dataclasses.fields(TrainConfig):
+        param = by_name.get(renamed.get(f.name, f.name))
+        assert param is not None, f"TrainConfig.{f.name} has no cnn train flag"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.name == "img_size":  # the flag takes text (HxW or N) that becomes [H, W]; both default to None
+            assert param.default is None and default is None
+            continue
+        assert param.default == default, f"--{f.name}: flag default {param.default!r} != config {default!r}"
+
+
+def test_commands_are_the_modules_in_cli_and_each_registers_itself():
+    import importlib
+
+    import typer.main
+
+    from cnncli.cli import app, commands
+
+    files = sorted(p.stem for p in (PKG / "cli").glob("*.py") if not p.stem.startswith("_"))
+    assert sorted(commands()) == files
+    for name in files:
+        importlib.import_module(f"cnncli.cli.{name}")
+    assert set(typer.main.get_command(app).commands) == set(files)
+
+
+@pytest.mark.parametrize("cmd,needles", [
+    ([], []),
+    (["train"], ["[sgd|adamw]", "[onecycle|cosine|none]", "[auto|32|bf16|16]", "folder:PATH", "cifar10", "lines"]),
+    (["eval"], ["[test|val|train]"]),
+    (["export"], ["[onnx|torchscript]", "[auto|dynamo|torchscript|trace]"]),
+    (["models"], ["[builtin|torchvision|timm|all]"]),
+    (["shape"], ["[conv|maxpool|avgpool|convT]"]),
+    (["scoremap"], ["[lines]"]),
+    (["summary"], []), (["fcn"], []),
+])
+def test_help_has_no_artefacts_and_lists_choices(cmd, needles):
+    out = run_cnn(*cmd, "--help", check=0).stdout
+    assert "\\[" not in out and "Usage: cnn" in out
+    if cmd:
+        assert "[default: " in out
+    flat = " ".join(out.split())
+    for n in needles:
+        assert n in flat, n
+
+
+def test_every_command_defaults_to_device_auto():
+    import importlib
+
+    import typer.main
+
+    from cnncli.cli import app, commands
+
+    for name in commands():
+        importlib.import_module(f"cnncli.cli.{name}")
+    for name, cmd in typer.main.get_command(app).commands.items():
+        for p in cmd.params:
+            if p.name == "device":
+                assert p.default == "auto", name
+
+
+def test_export_format_names_agree_with_the_cli():
+    from cnncli.cli.export import EXPORTERS, FORMATS
+    from cnncli.export import export_formats
+
+    table = export_formats()
+    assert tuple(table) == FORMATS
+    assert {w for f in table.values() for w in f.writers} | {"auto"} == set(EXPORTERS)
+
+
+def test_library_never_prints_device_choice(capsys):
+    from cnncli.engine.device import pick_device
+
+    assert pick_device("auto").type in ("cpu", "cuda", "mps")
+    assert capsys.readouterr() == ("", "")
+
+
+def test_the_benchmark_reference_loop_ships_with_the_project():
+    """benchmarks/train_throughput.py compares against this script: it must run from a fresh clone."""
+    import subprocess
+
+    script = os.path.join(ROOT, "benchmarks", "reference_train_loop.py")
+    p = subprocess.run([sys.executable, script, "lenet", "2", "8"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert float(p.stdout.split("images/s=")[1]) > 0
+
+
+def test_docs_tables_are_generated_from_the_registries():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_tables", os.path.join(ROOT, "docs", "make_tables.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for doc, (name, body) in mod.tables().items():
+        with open(os.path.join(ROOT, "docs", doc)) as f:
+            text = f.read()
+        assert mod.replace_block(text, name, body) == text, f"docs/{doc} is stale: run python docs/make_tables.py"
