@@ -110,19 +110,11 @@ def _max_diff(run: Callable[[torch.Tensor], torch.Tensor], reference: nn.Module,
 
 
 def _onnx_dynamo(job: ExportJob, path: str) -> None:
-    from torch.export import Dim
-
-    shapes = {}
-    if job.dynamic_batch:
-        shapes[0] = Dim("batch", min=1, max=65536)
-    if job.dynamic_size:
-        shapes[2] = Dim.DYNAMIC
-        shapes[3] = Dim.DYNAMIC
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(job.prepared, (job.example,), None, dynamo=True, opset_version=job.opset,
                                  input_names=["input"], output_names=["logits"],
-                                 dynamic_shapes=(shapes,) if shapes else None, verbose=False)
+                                 dynamic_shapes=_dynamic_shapes(job), verbose=False)
     prog.save(path)
     _onnx_metadata(path, {**job.metadata, "exporter": "dynamo"})
 
@@ -215,32 +207,48 @@ def read_onnx_metadata(path: str) -> dict:
     return out
 
 
-# ------------------------------------------------------------------------------------------------- TorchScript
+# ------------------------------------------------------------------------------------------ torch.export (.pt2)
 
-TORCHSCRIPT_METADATA = "cnncli.json"  # the archive's extra file with the metadata (torch.jit.load(_extra_files=))
+PT2_METADATA = "cnncli.json"  # the program's extra file with the metadata (torch.export.load(extra_files=))
 
 
-def _torchscript_trace(job: ExportJob, path: str) -> None:
+def _dynamic_shapes(job: ExportJob):
+    from torch.export import Dim
+
+    shapes = {}
+    if job.dynamic_batch:
+        shapes[0] = Dim("batch", min=1, max=65536)
+    if job.dynamic_size:
+        shapes[2] = Dim.DYNAMIC
+        shapes[3] = Dim.DYNAMIC
+    return (shapes,) if shapes else None
+
+
+def _pt2_export(job: ExportJob, path: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(job.prepared, job.example, check_trace=False)
-    meta = json.dumps({**job.metadata, "exporter": "trace"})
-    torch.jit.save(traced, path, _extra_files={TORCHSCRIPT_METADATA: meta})
+        program = torch.export.export(job.prepared, (job.example,), dynamic_shapes=_dynamic_shapes(job))
+    torch.export.save(program, path, extra_files={PT2_METADATA: json.dumps({**job.metadata, "exporter": "export"})})
 
 
-def _torchscript_check(path: str, job: ExportJob) -> float:
-    loaded = torch.jit.load(path, map_location="cpu").eval()
-    return _max_diff(loaded, job.model, job.shapes)
+def _pt2_load(path: str, extra: dict | None = None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.export.load(path, extra_files=extra).module()
 
 
-def _torchscript_describe(path: str) -> tuple[list[dict], list[dict]]:
-    """Shapes as the ONNX files name them: dynamic dims by name, the rest measured by running the archive."""
-    extra = {TORCHSCRIPT_METADATA: ""}
-    module = torch.jit.load(path, map_location="cpu", _extra_files=extra).eval()
-    meta = json.loads(extra[TORCHSCRIPT_METADATA])
+def _pt2_check(path: str, job: ExportJob) -> float:
+    return _max_diff(_pt2_load(path), job.model, job.shapes)
+
+
+def _pt2_describe(path: str) -> tuple[list[dict], list[dict]]:
+    """Shapes as the ONNX files name them: dynamic dims by name, the rest measured by running the program."""
+    extra = {PT2_METADATA: ""}
+    module = _pt2_load(path, extra)
+    meta = json.loads(extra[PT2_METADATA])
     c, h, w = meta["input_size"]
     with torch.no_grad():
-        out = list(module(torch.zeros(1, c, h, w)).shape)
+        out = list(module(torch.zeros(2 if meta.get("dynamic_batch") else 1, c, h, w)).shape)
     dyn_size = meta.get("fully_convolutional")
     names = ["batch" if meta.get("dynamic_batch") else 1, c, *(["height", "width"] if dyn_size else [h, w])]
     out_names = [names[0], *out[1:2], *(["height'", "width'"] if dyn_size else out[2:])]
@@ -256,9 +264,8 @@ def export_formats() -> dict[str, ExportFormat]:
         "onnx": ExportFormat("onnx", ".onnx", "ONNX for ONNX Runtime, TensorRT, OpenVINO...",
                              {"dynamo": _onnx_dynamo, "torchscript": _onnx_torchscript}, _onnx_check,
                              _onnx_describe, flag="--onnx"),
-        "torchscript": ExportFormat("torchscript", ".torchscript", "TorchScript archive for libtorch (C++) and "
-                                    "torch.jit.load", {"trace": _torchscript_trace}, _torchscript_check,
-                                    _torchscript_describe),
+        "pt2": ExportFormat("pt2", ".pt2", "torch.export program for torch.export.load, AOTInductor, ExecuTorch",
+                            {"export": _pt2_export}, _pt2_check, _pt2_describe),
     }
 
 

@@ -112,3 +112,46 @@ def test_plain_onnxruntime_script_reproduces_eval(tmp_path, digits_run):
         torch_pred = torch.cat([loaded.model.eval()(xb).argmax(1) for xb, _ in loader]).numpy()
     assert (torch_pred == pred).all()
     assert "Traceback" not in p.stderr and ROOT
+
+
+def test_static_batch_export_runs_at_batch_1(tmp_path):
+    """The documented `--static-batch --opset 17 --json`: a file fixed to batch 1, checked at batch 1."""
+    ck = make_checkpoint(tmp_path / "m.pt", "resnet20")
+    out = json.loads(run_cnn("export", ck, "--onnx", "--static-batch", "--opset", "17", "--json", check=0).stdout)
+    assert out["inputs"][0]["shape"] == [1, 3, 32, 32] and out["checked_shapes"] == [[1, 3, 32, 32]]
+    assert out["opset"] == 17 and out["max_abs_diff"] < 1e-4
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet20"])
+def test_pt2_format_loads_in_plain_torch_and_matches(tmp_path, name):
+    """`--format pt2` goes through the same path: verified, metadata inside, loadable with torch.export alone."""
+    import torch
+
+    from cnncli.models import open_model
+
+    ck = make_checkpoint(tmp_path / f"{name}.pt", name)
+    out = json.loads(run_cnn("export", ck, "--format", "pt2", "--json", check=0).stdout)
+    assert out["path"] == str(tmp_path / f"{name}.pt2") and out["format"] == "pt2"
+    assert out["exporter"] == "export" and out["max_abs_diff"] < 1e-4 and out["opset"] is None
+    assert out["inputs"][0]["shape"] == ["batch", 3, 32, 32] and out["outputs"][0]["shape"] == ["batch", 10]
+    extra = {"cnncli.json": ""}
+    module = torch.export.load(out["path"], extra_files=extra).module()
+    meta = json.loads(extra["cnncli.json"])
+    assert meta["classes"][:2] == ["c0", "c1"] and meta["mean"] == [0.5] * 3 and meta["format"] == "pt2"
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), open_model(ck).model.eval()(x), rtol=1e-4, atol=1e-4)
+    assert sorted(os.listdir(tmp_path)) == sorted([f"{name}.pt", f"{name}.pt2"])  # no temp file left
+
+
+def test_format_flags_must_agree(tmp_path):
+    ck = make_checkpoint(tmp_path / "m.pt", "lenet5")
+    p = run_cnn("export", ck, "--onnx", "--format", "pt2")
+    assert p.returncode == 2 and "disagree" in p.stderr
+    p = run_cnn("export", ck)
+    assert p.returncode == 2 and "choose a format" in p.stderr
+    p = run_cnn("export", ck, "--format", "tflite")
+    assert p.returncode == 2 and "unknown format 'tflite'" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = run_cnn("export", ck, "--format", "pt2", "--exporter", "dynamo")
+    assert p.returncode == 2 and "has no exporter" in p.stderr
+    assert sorted(os.listdir(tmp_path)) == ["m.pt"]

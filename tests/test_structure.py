@@ -136,7 +136,7 @@ def test_commands_are_the_modules_in_cli_and_each_registers_itself():
     ([], []),
     (["train"], ["[sgd|adamw]", "[onecycle|cosine|none]", "[auto|32|bf16|16]", "folder:PATH", "cifar10", "lines"]),
     (["eval"], ["[test|val|train]"]),
-    (["export"], ["[onnx|torchscript]", "[auto|dynamo|torchscript|trace]"]),
+    (["export"], ["[onnx|pt2]", "[auto|dynamo|torchscript|export]"]),
     (["models"], ["[builtin|torchvision|timm|all]"]),
     (["shape"], ["[conv|maxpool|avgpool|convT]"]),
     (["scoremap"], ["[lines]"]),
@@ -203,3 +203,31 @@ def test_docs_tables_are_generated_from_the_registries():
         with open(os.path.join(ROOT, "docs", doc)) as f:
             text = f.read()
         assert mod.replace_block(text, name, body) == text, f"docs/{doc} is stale: run python docs/make_tables.py"
+
+
+def _doc_block(doc: str, first_line: str) -> str:
+    with open(os.path.join(ROOT, "docs", doc)) as f:
+        text = f.read()
+    start = text.index(first_line)
+    return text[start:text.index("```", start)]
+
+
+def test_extending_md_examples_work(tmp_path):
+    """The worked examples in docs/extending.md, run as written: a new dataset trains, a new command runs."""
+    import json
+
+    from cnncli.cli import app
+    from cnncli.data import unregister_dataset
+
+    before = list(app.registered_commands)
+    try:
+        exec(compile(_doc_block("extending.md", "# cnncli/data/sets/colours.py"), "colours.py", "exec"), {})
+        exec(compile(_doc_block("extending.md", "# cnncli/cli/hello.py"), "hello.py", "exec"), {"__name__": "hello"})
+        out = json.loads(run_cnn("hello", "lenet5", "--json", check=0).stdout)
+        assert out == {"model": "lenet5", "params": 62006}
+        p = run_cnn("train", "smallcnn", "--data", "colours", "--project", tmp_path, "--precision", "32", "--json")
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["test_accuracy"] >= 0.9
+    finally:
+        app.registered_commands[:] = before
+        unregister_dataset("colours")

@@ -175,3 +175,17 @@ DEVICES_HELP = "auto|cpu|cuda|cuda:N|mps. auto picks CUDA, then MPS, then CPU."
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON result object on stdout (logs go to stderr).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help=DEVICES_HELP)]
 DEFAULT_DEVICE = "auto"
+
+
+def epilog(text: str) -> str:
+    """Help epilog text for click: runs of indented paragraphs (example commands, lists) are kept as typed, one
+    per line, instead of being re-wrapped into one paragraph; other paragraphs wrap as usual."""
+    out: list[str] = []
+    for para in text.split("\n\n"):
+        if para.startswith("  ") and out and out[-1].startswith("\b\n"):
+            out[-1] += "\n" + para
+        elif para.startswith("  "):
+            out.append("\b\n" + para)
+        else:
+            out.append(para)
+    return "\n\n".join(out)

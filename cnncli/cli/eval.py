@@ -15,6 +15,7 @@ from cnncli.cli._common import (
     check_file,
     choice,
     emit_json,
+    epilog,
     log,
     pick_device,
     render_table,
@@ -27,7 +28,7 @@ EPILOG = ("Examples:\n\n  cnn eval runs/train/best.pt --data digits\n\n"
           "  cnn eval model.onnx --data digits --json     # ONNX Runtime, preprocessing from the file's metadata")
 
 
-@app.command("eval", epilog=EPILOG)
+@app.command("eval", epilog=epilog(EPILOG))
 def eval_cmd(
     model: Annotated[str, typer.Argument(help="A checkpoint .pt (from cnn train/fcn) or an exported .onnx file.")],
     data: Annotated[Optional[str], typer.Option("--data", help="Dataset (default: the one the model was trained on).")] = None,

@@ -7,24 +7,24 @@ from typing import Annotated, Optional
 import typer
 
 from cnncli.cli import app
-from cnncli.cli._common import JsonOpt, choice, emit_json, log
+from cnncli.cli._common import JsonOpt, choice, emit_json, epilog, log
 
 # the format table lives in cnncli.export (torch); its names are repeated here so --help starts without torch,
 # and a test checks the two lists agree
-FORMATS = ("onnx", "torchscript")
-EXPORTERS = ("auto", "dynamo", "torchscript", "trace")
+FORMATS = ("onnx", "pt2")
+EXPORTERS = ("auto", "dynamo", "torchscript", "export")
 
 EPILOG = ("Examples:\n\n  cnn export runs/train/best.pt --onnx                 # runs/train/best.onnx, dynamic batch\n\n"
           "  cnn export runs/train/best-fcn.pt --onnx -o fcn.onnx  # dynamic batch, height and width\n\n"
           "  cnn export runs/train/best.pt --onnx --static-batch --opset 17 --json\n\n"
-          "  cnn export runs/train/best.pt --format torchscript     # runs/train/best.torchscript for libtorch\n\n"
-          "Formats: onnx (exporters: dynamo, then torchscript), torchscript (exporter: trace). "
+          "  cnn export runs/train/best.pt --format pt2             # runs/train/best.pt2, a torch.export program\n\n"
+          "Formats: onnx (exporters: dynamo, then torchscript), pt2 (exporter: export). "
           "The check (default) runs the file against PyTorch on several batch sizes (and image sizes for "
           "fully-convolutional models), after onnx's full checker for ONNX; above --tolerance nothing is written "
           "and the exit code is 1.")
 
 
-@app.command("export", epilog=EPILOG)
+@app.command("export", epilog=epilog(EPILOG))
 def export_cmd(
     checkpoint: Annotated[str, typer.Argument(help="A checkpoint .pt from cnn train or cnn fcn.")],
     fmt: Annotated[Optional[str], typer.Option("--format", "-f", click_type=choice("format", FORMATS), help="What to write.")] = None,
@@ -39,7 +39,7 @@ def export_cmd(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Export a checkpoint to ONNX or TorchScript with metadata, verified against PyTorch."""
+    """Export a checkpoint to ONNX or a torch.export program with metadata, verified against PyTorch."""
     from cnncli.cli._common import check_file
     from cnncli.errors import UsageError
 
@@ -47,7 +47,7 @@ def export_cmd(
         raise UsageError(f"--onnx and --format {fmt} disagree", "give one of them")
     fmt = "onnx" if onnx else fmt
     if fmt is None:
-        raise UsageError("choose a format", "--format onnx (or --onnx), --format torchscript")
+        raise UsageError("choose a format", "--format onnx (or --onnx), --format pt2")
     check_file(checkpoint, "checkpoint")
     from cnncli.export import export_model
 

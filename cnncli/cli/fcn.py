@@ -8,14 +8,14 @@ from typing import Annotated, Optional
 import typer
 
 from cnncli.cli import app
-from cnncli.cli._common import JsonOpt, emit_json, log
+from cnncli.cli._common import JsonOpt, emit_json, epilog, log
 
 EPILOG = ("Examples:\n\n  cnn fcn runs/train/best.pt                  # writes runs/train/best-fcn.pt\n\n"
           "  cnn fcn runs/train/best.pt -o lenet-fcn.pt --json\n\n"
           "Then: cnn scoremap best-fcn.pt big.png, cnn export best-fcn.pt --onnx (dynamic H/W), cnn summary best-fcn.pt.")
 
 
-@app.command("fcn", epilog=EPILOG)
+@app.command("fcn", epilog=epilog(EPILOG))
 def fcn_cmd(
     checkpoint: Annotated[str, typer.Argument(help="A classifier checkpoint .pt from cnn train.")],
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="Where to write (default: CHECKPOINT-fcn.pt).")] = None,

@@ -7,13 +7,13 @@ from typing import Annotated, Optional
 import typer
 
 from cnncli.cli import app
-from cnncli.cli._common import Column, JsonOpt, choice, emit_json, human, render_table, say
+from cnncli.cli._common import Column, JsonOpt, choice, emit_json, epilog, human, render_table, say
 
 SOURCES = ("builtin", "torchvision", "timm", "all")
 
 
-@app.command("models", epilog="Examples:\n\n  cnn models\n\n  cnn models 'res*'\n\n  cnn models 'efficientnet*' "
-             "--source torchvision\n\n  cnn models --source all --json")
+@app.command("models", epilog=epilog("Examples:\n\n  cnn models\n\n  cnn models 'res*'\n\n  cnn models 'efficientnet*' "
+             "--source torchvision\n\n  cnn models --source all --json"))
 def models_cmd(
     pattern: Annotated[Optional[str], typer.Argument(help="Wildcard filter on names, e.g. 'res*' or '*bn'.")] = None,
     source: Annotated[str, typer.Option("--source", click_type=choice("source", SOURCES), help="Which registry to list.")] = "builtin",

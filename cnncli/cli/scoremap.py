@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cnncli.cli import app
-from cnncli.cli._common import DEFAULT_DEVICE, DeviceOpt, JsonOpt, choice, emit_json, log, pick_device
+from cnncli.cli._common import DEFAULT_DEVICE, DeviceOpt, JsonOpt, choice, emit_json, epilog, log, pick_device
 
 SCENES = ("lines",)
 EPILOG = ("Examples:\n\n  cnn scoremap runs/train/best.pt scene.png              # converts on the fly\n\n"
@@ -17,7 +17,7 @@ EPILOG = ("Examples:\n\n  cnn scoremap runs/train/best.pt scene.png             
           "Writes per image NAME.npy (class probabilities [classes, H', W']) and NAME-scoremap.png (overlay).")
 
 
-@app.command("scoremap", epilog=EPILOG)
+@app.command("scoremap", epilog=epilog(EPILOG))
 def scoremap_cmd(
     checkpoint: Annotated[str, typer.Argument(help="A classifier checkpoint (converted on the fly) or one from cnn fcn.")],
     images: Annotated[Optional[list[str]], typer.Argument(help="Images at least as large as the training size.")] = None,

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from cnncli.cli import app
-from cnncli.cli._common import Column, JsonOpt, choice, dims, emit_json, human, render_table, say
+from cnncli.cli._common import Column, JsonOpt, choice, dims, emit_json, epilog, human, render_table, say
 
 OPS = ("conv", "maxpool", "avgpool", "convT")
 
@@ -22,7 +22,7 @@ EPILOG = (
 )
 
 
-@app.command("shape", epilog=EPILOG)
+@app.command("shape", epilog=epilog(EPILOG))
 def shape_cmd(
     input_size: Annotated[str, typer.Option("--in", help="Input size CxHxW or HxW (N = NxN).")] = "3x32x32",
     k: Annotated[str, typer.Option("--k", help="Kernel size, N or HxW.")] = "3",

@@ -14,6 +14,7 @@ from cnncli.cli._common import (
     JsonOpt,
     dims,
     emit_json,
+    epilog,
     human,
     parse_input_size,
     pick_device,
@@ -21,8 +22,8 @@ from cnncli.cli._common import (
 )
 
 
-@app.command("summary", epilog="Examples:\n\n  cnn summary resnet18 --in 3x224x224\n\n  cnn summary lenet5 --in 1x32x32 "
-             "--num-classes 10\n\n  cnn summary runs/train/best.pt\n\n  cnn summary my_net.py:Net --in 3x64x64")
+@app.command("summary", epilog=epilog("Examples:\n\n  cnn summary resnet18 --in 3x224x224\n\n  cnn summary lenet5 --in 1x32x32 "
+             "--num-classes 10\n\n  cnn summary runs/train/best.pt\n\n  cnn summary my_net.py:Net --in 3x64x64"))
 def summary_cmd(
     model: Annotated[str, typer.Argument(help="Registry name, family, path/to/file.py:Class or a checkpoint .pt.")],
     input_size: Annotated[Optional[str], typer.Option("--in", help="Input CxHxW (default: the model's own).")] = None,

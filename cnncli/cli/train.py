@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from cnncli.cli import app
-from cnncli.cli._common import DeviceOpt, JsonOpt, choice, emit_json, is_terminal, log
+from cnncli.cli._common import DeviceOpt, JsonOpt, choice, emit_json, epilog, is_terminal, log
 from cnncli.config import OPTIMIZERS, PRECISION_ALIASES, PRECISIONS, SCHEDULES, TrainConfig
 from cnncli.data import list_datasets
 
@@ -28,7 +28,7 @@ EPILOG = (
 DATA_HELP = "Dataset: " + ", ".join(d.usage for d in list_datasets()) + " (list below)."
 
 
-@app.command("train", epilog=EPILOG)
+@app.command("train", epilog=epilog(EPILOG))
 def train_cmd(
     model: Annotated[Optional[str], typer.Argument(help="Model: registry name, family (resnet), file.py:Class.")] = D.model,
     data: Annotated[Optional[str], typer.Option("--data", help=DATA_HELP)] = D.data,
@@ -58,13 +58,9 @@ def train_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Train a model on a dataset; writes PROJECT/NAME with checkpoints, metrics and curves."""
-    from cnncli.errors import UsageError
-
     if nproc_per_node:
         _launch_torchrun(nproc_per_node)
         return
-    if resume is None and (model is None or data is None):
-        raise UsageError("give a MODEL and --data", "e.g. cnn train linenet --data lines, or --resume runs/train")
     size = None
     if img_size:
         from cnncli.arith import parse_size

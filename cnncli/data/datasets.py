@@ -46,10 +46,10 @@ class TensorData(_Splits):
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    crop_padding: int = 0
-    flip: bool = False
-    epochs: int = 10
-    batch_size: int = 128
+    crop_padding: int             # augmentation and defaults: the registry's DatasetInfo
+    flip: bool
+    epochs: int
+    batch_size: int
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -66,13 +66,13 @@ class FolderData(_Splits):
     splits: dict[str, list[tuple[str, int]]]
     classes: list[str]
     image_size: tuple[int, int]
-    channels: int = 3
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    crop_padding: int = 0
-    flip: bool = True
-    epochs: int = 20
-    batch_size: int = 64
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int             # augmentation and defaults: the registry's DatasetInfo
+    flip: bool
+    epochs: int
+    batch_size: int
 
     @property
     def input_size(self) -> tuple[int, int, int]:

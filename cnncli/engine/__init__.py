@@ -1,1 +1,1 @@
-"""Training, evaluation, checkpoints and distributed helpers."""
+"""Training (trainer.py), evaluation, plots, device choice and distributed helpers."""
