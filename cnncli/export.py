@@ -249,7 +249,7 @@ def _pt2_describe(path: str) -> tuple[list[dict], list[dict]]:
     c, h, w = meta["input_size"]
     with torch.no_grad():
         out = list(module(torch.zeros(2 if meta.get("dynamic_batch") else 1, c, h, w)).shape)
-    dyn_size = meta.get("fully_convolutional")
+    dyn_size = meta.get("dynamic_size")
     names = ["batch" if meta.get("dynamic_batch") else 1, c, *(["height", "width"] if dyn_size else [h, w])]
     out_names = [names[0], *out[1:2], *(["height'", "width'"] if dyn_size else out[2:])]
     return [{"name": "input", "shape": names}], [{"name": "logits", "shape": out_names}]
@@ -286,7 +286,7 @@ def _prepare(model_arg: str, fmt: ExportFormat, *, opset, dynamic_batch, dynamic
             "channel_order": "L" if size[0] == 1 else "RGB", "layout": "NCHW, float32, pixels/255 then (x-mean)/std",
             "dataset": opened.checkpoint.dataset, "cnncli_version": __version__,
             "torch_version": str(torch.__version__), "fully_convolutional": bool(fcn), "format": fmt.name,
-            "dynamic_batch": dynamic_batch}
+            "dynamic_batch": dynamic_batch, "dynamic_size": dynamic_size}
     if fcn:
         meta.update({"stride": fcn["stride"], "receptive_field": fcn["receptive_field"], "offset": fcn["offset"]})
     # batch 2 for a dynamic batch (exporters specialize a size-1 dimension); a static batch is 1, what the file takes
@@ -306,11 +306,15 @@ def _write_verified(job: ExportJob, fmt: ExportFormat, writer: str, out: str, ch
         except Exception as e:
             msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             raise _Rejected(f"{writer} exporter failed: {type(e).__name__}: {msg}") from None
-        result["diff"] = fmt.check(tmp, job) if check else None
+        try:
+            result["diff"] = fmt.check(tmp, job) if check else None
+        except Exception as e:  # the file does not run on one of the checked shapes (e.g. a shape guard)
+            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise _Rejected(f"{writer} file fails the check: {type(e).__name__}: {msg}") from None
         if check and not result["diff"] <= tolerance:
             raise _Rejected(f"{writer} graph differs from PyTorch by {result['diff']:.3g} (> {tolerance:g})")
 
-    atomic_write(out, write)
+    atomic_write(out, write, suffix=".tmp" + fmt.suffix)  # some writers check the extension
     return result["diff"]
 
 
@@ -342,13 +346,16 @@ def export_model(model_arg: str, fmt: str = "onnx", output: str | None = None, *
             diff = _write_verified(job, spec, writer, out, check, tolerance)
         except _Rejected as e:
             failures.append(str(e))
-            more = f"; trying the {writers[i + 1]} exporter" if i + 1 < len(writers) else ""
-            log(failures[-1] + more)
+            if i + 1 < len(writers):  # the last failure is the error message itself
+                log(f"{failures[-1]}; trying the {writers[i + 1]} exporter")
             continue
         inputs, outputs = spec.describe(out)
         return ExportResult(out, fmt, opset if fmt == "onnx" else None, writer, diff, inputs, outputs,
                             os.path.getsize(out), [list(s) for s in job.shapes], {**job.metadata, "exporter": writer})
-    raise WorkFailed("; ".join(failures), "no file was written")
+    hint = "no file was written"
+    if job.dynamic_size:
+        hint += "; --static-size exports the model for the training size only"
+    raise WorkFailed("; ".join(failures), hint)
 
 
 def export_onnx(model_arg: str, output: str | None = None, **kwargs) -> ExportResult:

@@ -15,11 +15,14 @@ import tempfile
 from typing import Any, Callable, Iterable
 
 
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)`, fsync, then rename onto `path`; on any failure nothing is left behind."""
+def atomic_write(path: str, write: Callable[[str], None], suffix: str = ".tmp") -> None:
+    """Call `write(tmp_path)`, fsync, then rename onto `path`; on any failure nothing is left behind.
+
+    The temp file is hidden (`.NAME.XXXX` + `suffix`) in the same folder, so the rename is atomic; writers that
+    insist on an extension get it through `suffix` (".tmp.pt2")."""
     folder = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix, dir=folder)
     os.close(fd)
     try:
         write(tmp)
@@ -62,7 +65,7 @@ def remove_stale_temp_files(folder: str) -> list[str]:
     if not os.path.isdir(folder):
         return removed
     for name in os.listdir(folder):
-        if name.startswith(".") and name.endswith(".tmp"):
+        if name.startswith(".") and (name.endswith(".tmp") or ".tmp." in name):
             os.remove(os.path.join(folder, name))
             removed.append(name)
     return removed

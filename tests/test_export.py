@@ -155,3 +155,25 @@ def test_format_flags_must_agree(tmp_path):
     p = run_cnn("export", ck, "--format", "pt2", "--exporter", "dynamo")
     assert p.returncode == 2 and "has no exporter" in p.stderr
     assert sorted(os.listdir(tmp_path)) == ["m.pt"]
+
+
+def test_pt2_of_a_fully_convolutional_model(tmp_path):
+    """--static-size: a program for the training size. Dynamic H/W: torch.export may specialize the size (it does
+    for LeNet in current torch); then the check rejects it, exit 1, a hint, and no file is left behind."""
+    from cnncli.checkpoint import Checkpoint
+    from cnncli.fcn import fcn_checkpoint, to_fully_convolutional
+    from cnncli.models import model_from_checkpoint
+
+    ck = Checkpoint.load(make_checkpoint(tmp_path / "l.pt", "lenet5"))
+    fcn = str(tmp_path / "l-fcn.pt")
+    fcn_checkpoint(ck, to_fully_convolutional(model_from_checkpoint(ck), (3, 32, 32))).save(fcn)
+    out = json.loads(run_cnn("export", fcn, "--format", "pt2", "--static-size", "--json", "-o", tmp_path / "s.pt2",
+                             check=0).stdout)
+    assert out["inputs"][0]["shape"] == ["batch", 3, 32, 32] and out["outputs"][0]["shape"] == ["batch", 10, 1, 1]
+    p = run_cnn("export", fcn, "--format", "pt2", "--json", "-o", tmp_path / "d.pt2")
+    if p.returncode == 0:  # a torch that keeps H and W symbolic: every checked size matched PyTorch
+        assert json.loads(p.stdout)["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
+    else:
+        assert p.returncode == 1 and "--static-size" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+        assert p.stdout == ""
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # no temp file left either way
