@@ -153,3 +153,15 @@ def test_a_registered_dataset_trains_and_evaluates(tmp_path, colours_dataset):
 def test_registering_a_name_twice_is_refused(colours_dataset):
     with pytest.raises(ValueError, match="registered twice"):
         register_dataset(name=colours_dataset)(lambda info, **kw: None)
+
+
+def test_reported_accuracy_is_what_cnn_eval_reproduces_whatever_the_training_precision(tmp_path):
+    """bf16 training (forced, so the test means the same on every CPU): the run's test accuracy is measured in
+    fp32 like `cnn eval`, so the two agree exactly (they did not when evaluation ran under bf16 autocast)."""
+    p = run_cnn("train", "linenet", "--data", "lines", "--precision", "bf16", "--max-steps", "40", "--project",
+                tmp_path, "--device", "cpu", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["precision"] == "bf16"
+    ev = json.loads(run_cnn("eval", out["best_checkpoint"], "--device", "cpu", "--json", check=0).stdout)
+    assert ev["samples"] == 10000 and ev["accuracy"] == out["test_accuracy"]
