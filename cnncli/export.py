@@ -11,8 +11,10 @@ so a consumer can prepare inputs without cnncli.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -21,7 +23,7 @@ import torch.nn as nn
 
 from cnncli import __version__
 from cnncli.errors import UsageError, WorkFailed
-from cnncli.fileio import atomic_write
+from cnncli.fileio import atomic_write, check_output
 
 
 @dataclass
@@ -109,20 +111,45 @@ def _max_diff(run: Callable[[torch.Tensor], torch.Tensor], reference: nn.Module,
 # -------------------------------------------------------------------------------------------------------- ONNX
 
 
-def _onnx_dynamo(job: ExportJob, path: str) -> None:
+@contextmanager
+def _quiet_exporters():
+    """torch.onnx reports through Python warnings and logging (a version-converter traceback among them); what
+    matters reaches the user as the export's result or its one error line."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def _onnx_opset(path: str) -> int:
+    import onnx
+
+    m = onnx.load(path, load_external_data=False)
+    return next((i.version for i in m.opset_import if i.domain in ("", "ai.onnx")), 0)
+
+
+def _onnx_dynamo(job: ExportJob, path: str) -> None:
+    with _quiet_exporters():
         prog = torch.onnx.export(job.prepared, (job.example,), None, dynamo=True, opset_version=job.opset,
                                  input_names=["input"], output_names=["logits"],
                                  dynamic_shapes=_dynamic_shapes(job), verbose=False)
-    prog.save(path)
+        prog.save(path)
+    written = _onnx_opset(path)
+    if written != job.opset:  # below its own minimum the dynamo exporter writes its minimum instead
+        raise ValueError(f"it wrote opset {written}, not the requested {job.opset}")
     _onnx_metadata(path, {**job.metadata, "exporter": "dynamo"})
 
 
 def _onnx_torchscript(job: ExportJob, path: str) -> None:
     axes = ({0: "batch"} if job.dynamic_batch else {}) | ({2: "height", 3: "width"} if job.dynamic_size else {})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _quiet_exporters():
         torch.onnx.export(job.prepared, (job.example,), path, dynamo=False, opset_version=job.opset,
                           input_names=["input"], output_names=["logits"], do_constant_folding=True,
                           dynamic_axes={"input": axes, "logits": dict(axes)} if axes else None)
@@ -335,10 +362,8 @@ def export_model(model_arg: str, fmt: str = "onnx", output: str | None = None, *
     if any(w not in spec.writers for w in writers):
         raise UsageError(f"format {fmt} has no exporter {exporter!r}", "use auto or " + ", ".join(spec.writers))
     if fmt == "onnx" and not 7 <= opset <= 23:
-        raise UsageError(f"unsupported opset {opset}", "use 13..23 (default 18)")
-    out = output or os.path.splitext(model_arg)[0] + spec.suffix
-    if os.path.exists(out) and not force:
-        raise UsageError(f"{out} exists", "give another -o or --force to overwrite")
+        raise UsageError(f"unsupported opset {opset}", "use 7..23 (default 18)")
+    out = check_output(output or os.path.splitext(model_arg)[0] + spec.suffix, [model_arg], force)
     job = _prepare(model_arg, spec, opset=opset, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size)
     failures = []
     for i, writer in enumerate(writers):
@@ -350,7 +375,7 @@ def export_model(model_arg: str, fmt: str = "onnx", output: str | None = None, *
                 log(f"{failures[-1]}; trying the {writers[i + 1]} exporter")
             continue
         inputs, outputs = spec.describe(out)
-        return ExportResult(out, fmt, opset if fmt == "onnx" else None, writer, diff, inputs, outputs,
+        return ExportResult(out, fmt, _onnx_opset(out) if fmt == "onnx" else None, writer, diff, inputs, outputs,
                             os.path.getsize(out), [list(s) for s in job.shapes], {**job.metadata, "exporter": writer})
     hint = "no file was written"
     if job.dynamic_size:

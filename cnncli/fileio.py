@@ -2,7 +2,7 @@
 
 A crash or a SIGKILL never leaves a half-written output under its real name; at worst a hidden
 `.NAME.*.tmp` stays behind, which `remove_stale_temp_files` cleans (the trainer does on resume).
-Standard library only.
+Standard library only (and cnncli.errors).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import json
 import os
 import tempfile
 from typing import Any, Callable, Iterable
+
+from cnncli.errors import UsageError
 
 
 def atomic_write(path: str, write: Callable[[str], None], suffix: str = ".tmp") -> None:
@@ -33,6 +35,18 @@ def atomic_write(path: str, write: Callable[[str], None], suffix: str = ".tmp") 
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def check_output(path: str, inputs: Iterable[str] = (), force: bool = False) -> str:
+    """An output path that may be written: not one of the inputs, not a folder, existing only with `force`."""
+    for src in inputs:
+        if os.path.exists(src) and os.path.realpath(src) == os.path.realpath(path):
+            raise UsageError(f"the output {path} is the input file", "give another -o; an input is never replaced")
+    if os.path.isdir(path):
+        raise UsageError(f"the output {path} is a folder", "give a file name with -o")
+    if os.path.exists(path) and not force:
+        raise UsageError(f"{path} exists", "give another -o or --force to overwrite")
+    return path
 
 
 def write_text(path: str, text: str) -> None:

@@ -48,15 +48,15 @@ class ScoreMapper:
         return self.classes.index(name)
 
     def run(self, path: str, img: torch.Tensor, out_dir: str, *, only: int | None = None,
-            regions: torch.Tensor | None = None) -> dict:
-        """Score map of one uint8 image [C, H, W]: NAME.npy (probabilities [classes, H', W']) and an overlay PNG."""
+            regions: torch.Tensor | None = None, stem: str | None = None) -> dict:
+        """Score map of one uint8 image [C, H, W]: STEM.npy (probabilities [classes, H', W']) and an overlay PNG."""
         _, th, tw = self.opened.input_size
         if img.shape[1] < th or img.shape[2] < tw:
             raise UsageError(f"{path} is {img.shape[1]}x{img.shape[2]}, smaller than the training size {th}x{tw}",
                              "score maps need images at least as large as the training images")
         device = next(self.model.parameters()).device
         scores = score_map(self.model, self.opened.preprocess.normalize(img, device)).cpu()
-        stem = os.path.splitext(os.path.basename(path))[0]
+        stem = stem or os.path.splitext(os.path.basename(path))[0]
         npy = os.path.join(out_dir, stem + ".npy")
         suffix = "-" + self.classes[only] if only is not None else ""
         png = os.path.join(out_dir, stem + suffix + "-scoremap.png")
@@ -106,3 +106,15 @@ def region_agreement(win: torch.Tensor, labels: torch.Tensor, facts: dict) -> fl
 
 def images_from(paths: list[str], channels: int) -> list[tuple[str, torch.Tensor]]:
     return [(p, load_image(p, channels)) for p in paths]
+
+
+def output_stems(paths: list[str]) -> list[str]:
+    """One output name per input image: its file name without extension, numbered (x, x-2, x-3) where two inputs
+    share a name (a/x.png and b/x.png), so no image's maps overwrite another's."""
+    seen: dict[str, int] = {}
+    stems = []
+    for p in paths:
+        stem = os.path.splitext(os.path.basename(p))[0]
+        seen[stem] = seen.get(stem, 0) + 1
+        stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return stems

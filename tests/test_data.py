@@ -1,5 +1,7 @@
 """Datasets through the real torchvision loaders on files in the real formats, and the tensor loader."""
 
+import os
+
 import pytest
 import torch
 from fixtures import write_cifar10, write_image_folder, write_mnist, write_svhn
@@ -17,6 +19,34 @@ def test_cifar10_pickles_through_torchvision(tmp_path):
     assert len(x) + len(d.split("val")[0]) == 500 and len(d.split("test")[0]) == 200
     assert d.classes[0] == "airplane" and d.flip and d.crop_padding == 4
     assert d.mean == (0.4914, 0.4822, 0.4465)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_cifar_file_is_refused_without_running_it(tmp_path):
+    """CIFAR batches are pickles: a file holding anything but arrays, lists, dicts, strings and numbers is refused
+    by `cnn train` and `cnn eval` before it can run, and the run folder is not created."""
+    import pickle
+
+    from conftest import make_checkpoint, run_cnn
+
+    data = tmp_path / "data"
+    write_cifar10(str(data), n_train=50, n_test=20)
+    marker = tmp_path / "pwned"
+    with open(data / "cifar-10-batches-py" / "data_batch_1", "wb") as f:
+        pickle.dump({"data": _Payload(marker), "labels": [0]}, f)
+    ck = make_checkpoint(tmp_path / "m.pt", "resnet20", dataset="cifar10")
+    for args in (["train", "resnet20", "--data", "cifar10", "--project", tmp_path / "runs"], ["eval", ck]):
+        p = run_cnn(*args, "--data-dir", data, "--split", "train") if args[0] == "eval" else run_cnn(*args, "--data-dir", data)
+        assert p.returncode == 2, p.stderr
+        assert "refusing to load" in p.stderr and "posix.system" in p.stderr and "Traceback" not in p.stderr
+    assert not marker.exists() and not (tmp_path / "runs").exists()
 
 
 def test_mnist_idx_through_torchvision(tmp_path):

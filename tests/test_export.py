@@ -122,6 +122,20 @@ def test_static_batch_export_runs_at_batch_1(tmp_path):
     assert out["opset"] == 17 and out["max_abs_diff"] < 1e-4
 
 
+@pytest.mark.parametrize("opset", [10, 17])
+def test_the_reported_opset_is_the_files(tmp_path, opset):
+    """Below the dynamo exporter's minimum it writes its own opset: that file is not taken, the TorchScript
+    exporter writes the requested one, and the figure reported is the file's."""
+    ck = make_checkpoint(tmp_path / "m.pt", "lenet5")
+    p = run_cnn("export", ck, "--onnx", "--opset", opset, "--json")
+    out = json.loads(p.stdout)
+    versions = {i.domain: i.version for i in onnx.load(out["path"]).opset_import}
+    assert out["opset"] == versions.get("", versions.get("ai.onnx")) == opset
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) <= 2
+    p = run_cnn("export", ck, "--onnx", "--opset", "6", "-o", tmp_path / "x.onnx")
+    assert p.returncode == 2 and "unsupported opset 6" in p.stderr
+
+
 @pytest.mark.parametrize("name", ["lenet5", "resnet20"])
 def test_pt2_format_loads_in_plain_torch_and_matches(tmp_path, name):
     """`--format pt2` goes through the same path: verified, metadata inside, loadable with torch.export alone."""

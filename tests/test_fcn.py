@@ -110,3 +110,30 @@ def test_scoremap_images_and_class_heatmap(tmp_path):
     assert small.returncode == 2 and "smaller than the training size" in small.stderr
     bad = run_cnn("scoremap", ck, tmp_path / "a.png", "--class", "nope")
     assert bad.returncode == 2 and "unknown class" in bad.stderr
+
+
+def test_scoremap_keeps_the_maps_of_images_with_the_same_name(tmp_path):
+    from PIL import Image
+
+    ck = make_checkpoint(tmp_path / "lenet.pt", "lenet5")
+    paths = []
+    for folder, value in (("a", 0), ("b", 255)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.full((40, 40, 3), value, np.uint8)).save(tmp_path / folder / "x.png")
+        paths.append(str(tmp_path / folder / "x.png"))
+    out = json.loads(run_cnn("scoremap", ck, *paths, "-o", tmp_path / "maps", "--json", check=0).stdout)
+    npys = [r["npy"] for r in out["images"]]
+    assert [os.path.basename(p) for p in npys] == ["x.npy", "x-2.npy"]
+    assert not np.array_equal(np.load(npys[0]), np.load(npys[1]))  # two images, two different maps
+
+
+@pytest.mark.parametrize("cmd", [["fcn"], ["export", "--onnx"], ["export", "--format", "pt2"]])
+def test_an_output_never_replaces_the_input(tmp_path, cmd):
+    ck = make_checkpoint(tmp_path / "m.pt", "lenet5")
+    before = open(ck, "rb").read()
+    p = run_cnn(cmd[0], ck, *cmd[1:], "-o", ck, "--force")
+    assert p.returncode == 2 and "is the input file" in p.stderr
+    assert open(ck, "rb").read() == before
+    p = run_cnn(cmd[0], ck, *cmd[1:], "-o", tmp_path)
+    assert p.returncode == 2 and "is a folder" in p.stderr
+    assert sorted(os.listdir(tmp_path)) == ["m.pt"]

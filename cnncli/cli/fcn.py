@@ -26,11 +26,10 @@ def fcn_cmd(
     """Rewrite the classifier head as convolutions, verify identical logits, record stride and receptive field."""
     from cnncli.cli._common import check_file
     from cnncli.errors import UsageError
+    from cnncli.fileio import check_output
 
     check_file(checkpoint, "checkpoint")
-    out = output or os.path.splitext(checkpoint)[0] + "-fcn.pt"
-    if os.path.exists(out) and not force:
-        raise UsageError(f"{out} exists", "give another -o or --force to overwrite")
+    out = check_output(output or os.path.splitext(checkpoint)[0] + "-fcn.pt", [checkpoint], force)
     from cnncli.fcn import fcn_checkpoint, to_fully_convolutional
     from cnncli.models.open import open_checkpoint
 

@@ -42,7 +42,7 @@ def scoremap_cmd(
         check_file(im, "image")
     _, sh, sw = parse_size(scene_size)
     from cnncli.models.open import open_checkpoint
-    from cnncli.scoremap import ScoreMapper, images_from, lines_scene
+    from cnncli.scoremap import ScoreMapper, images_from, lines_scene, output_stems
 
     opened = open_checkpoint(checkpoint)
     mapper = ScoreMapper.from_opened(opened, pick_device(device, quiet=json_out))
@@ -57,8 +57,8 @@ def scoremap_cmd(
         log(f"scene: {path}")
         jobs.insert(0, (path, img))
     results = []
-    for i, (path, img) in enumerate(jobs):
-        r = mapper.run(path, img, output, only=only, regions=regions if (scene and i == 0) else None)
+    for i, ((path, img), stem) in enumerate(zip(jobs, output_stems([p for p, _ in jobs]))):
+        r = mapper.run(path, img, output, only=only, regions=regions if (scene and i == 0) else None, stem=stem)
         results.append(r)
         if not json_out:
             agree = f", agrees with the scene's regions on {r['region_agreement']:.1%} of cells" if "region_agreement" in r else ""

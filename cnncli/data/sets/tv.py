@@ -7,24 +7,79 @@ import os
 from cnncli.data._registry import register_dataset
 from cnncli.errors import UsageError
 
+# What the CIFAR release's pickles hold (numpy arrays inside dicts, lists, strings and numbers) and nothing else:
+# any other global in a file (os.system, builtins.eval, ...) is refused instead of being called.
+_ARRAY_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
+_ARRAY_GLOBALS |= {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.numeric", "_frombuffer"),
+                   ("numpy._core.numeric", "_frombuffer")}
+
+
+def read_array_pickle(path: str):
+    """Unpickle a dataset file that may hold only arrays, lists, dicts, strings and numbers (the CIFAR format)."""
+    import pickle
+
+    class ArraysOnly(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in _ARRAY_GLOBALS:
+                return super().find_class(module, name)
+            raise pickle.UnpicklingError(f"{module}.{name}")
+
+    try:
+        with open(path, "rb") as f:
+            return ArraysOnly(f, encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        raise UsageError(f"refusing to load {path}: it holds a Python object ({e}) that a dataset file never "
+                         "contains and that could run code", "replace it with the original release file") from None
+    except Exception as e:
+        raise UsageError(f"unreadable dataset file {path}: {type(e).__name__}: {e}",
+                         "replace it with the original release file") from None
+
+
+def _safe_cifar(base):
+    """torchvision's CIFAR class (download with the archive's md5 check, folder layout, attributes) reading its
+    files with `read_array_pickle` instead of `pickle.load`. An extracted file's own md5 is relaxed to "it
+    exists" so prepared copies and test fixtures in the real format load; the safe unpickler is what guards them."""
+    import numpy as np
+    from torchvision.datasets.vision import VisionDataset
+
+    class SafeCIFAR(base):
+        train_list = [[f, None] for f, _ in base.train_list]
+        test_list = [[f, None] for f, _ in base.test_list]
+        meta = {**base.meta, "md5": None}
+
+        def __init__(self, root, train: bool = True, download: bool = False):
+            VisionDataset.__init__(self, root)
+            self.train = train
+            if download:
+                self.download()
+            if not self._check_integrity():
+                raise RuntimeError("Dataset not found or corrupted")
+            folder = os.path.join(self.root, self.base_folder)
+            data, self.targets = [], []
+            for name, _ in self.train_list if train else self.test_list:
+                entry = read_array_pickle(os.path.join(folder, name))
+                try:
+                    data.append(np.asarray(entry["data"], dtype=np.uint8))
+                    self.targets.extend(int(v) for v in entry["labels" if "labels" in entry else "fine_labels"])
+                except (KeyError, TypeError, ValueError) as e:
+                    raise UsageError(f"malformed dataset file {os.path.join(folder, name)}: {type(e).__name__}: {e}",
+                                     "replace it with the original release file") from None
+            self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+            meta = read_array_pickle(os.path.join(folder, self.meta["filename"]))
+            self.classes = [str(c) for c in meta[self.meta["key"]]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    SafeCIFAR.__name__ = f"Safe{base.__name__}"
+    return SafeCIFAR
+
 
 def _tv_class(name: str):
-    """torchvision's dataset class, with the md5 check of already-extracted files relaxed to 'files exist'.
-
-    torchvision verifies each extracted CIFAR/SVHN file against the md5 of the official release; the archive
-    download itself is still verified. Relaxing the per-file check lets prepared copies (and test fixtures in
-    the real formats) load through the same parsing code.
-    """
+    """torchvision's dataset class: CIFAR read with the safe unpickler, SVHN's local md5 check relaxed."""
     import torchvision.datasets as tvd
 
     base = getattr(tvd, name)
     if name in ("CIFAR10", "CIFAR100"):
-        # md5 None = "the file exists" in torchvision's check_integrity; the archive keeps its md5 (tgz_md5)
-        return type(f"Local{name}", (base,), {
-            "train_list": [[f, None] for f, _ in base.train_list],
-            "test_list": [[f, None] for f, _ in base.test_list],
-            "meta": {**base.meta, "md5": None},
-        })
+        return _safe_cifar(base)
     if name == "SVHN":
         # the per-split md5 is kept for downloads (download() reads split_list); only the local check is relaxed
         class LocalSVHN(base):
