@@ -47,7 +47,21 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
-        return cls(str(d["name"]), int(d["num_classes"]), int(d["in_channels"]), tuple(int(v) for v in d["image_size"]))
+        """Raises ValueError/TypeError/KeyError for anything a model could not be built from."""
+        name, size = d["name"], d["image_size"]
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"model name {name!r}")
+        if isinstance(size, (str, bytes)) or len(size) != 2:
+            raise ValueError(f"image_size {size!r}")
+        spec = cls(name, _count(d["num_classes"]), _count(d["in_channels"]), tuple(_count(v) for v in size))
+        return spec
+
+
+def _count(v) -> int:
+    """A positive int (not a bool, not a float with a fraction, not a string)."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{v!r} is not a positive integer")
+    return v
 
 
 @dataclass
@@ -103,6 +117,10 @@ class Checkpoint:
         except (KeyError, TypeError, ValueError) as e:
             raise UsageError(f"{path} is not a cnncli checkpoint: malformed {type(e).__name__}: {e}",
                              "expected a file written by cnn train or cnn fcn") from None
+        state = d["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise UsageError(f"{path} is not a cnncli checkpoint: its state_dict is not a dict of tensors",
+                             "expected a file written by cnn train or cnn fcn")
         training = {k: d[k] for k in TRAINING_KEYS if k in d} if "optimizer" in d else None
         return cls(spec, d["state_dict"], pre, d.get("dataset") or "", d.get("args") or {}, d.get("metrics") or {},
                    int(d.get("epoch", 0)), int(d.get("step_in_epoch", 0)), int(d.get("global_step", 0)),

@@ -118,6 +118,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UsageError(f"--img-size must be HxW or N with positive sizes, got {cfg.img_size}")
     if not cfg.name or cfg.name in (".", "..") or os.sep in cfg.name or (os.altsep and os.altsep in cfg.name):
         raise UsageError(f"--name must be a folder name, not a path: {cfg.name!r}", "use --project for the parent folder")
+    if os.path.exists(cfg.project) and not os.path.isdir(cfg.project):
+        raise UsageError(f"--project {cfg.project} is a file", "give a folder for the runs")
     from cnncli.data import get_dataset_info  # the registries last: they are slower than the checks above
     from cnncli.models import resolve as resolve_model
 

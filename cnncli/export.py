@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import warnings
 from contextlib import contextmanager
@@ -361,6 +362,8 @@ def export_model(model_arg: str, fmt: str = "onnx", output: str | None = None, *
     writers = list(spec.writers) if exporter == "auto" else [exporter]
     if any(w not in spec.writers for w in writers):
         raise UsageError(f"format {fmt} has no exporter {exporter!r}", "use auto or " + ", ".join(spec.writers))
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise UsageError(f"--tolerance must be a number >= 0, got {tolerance}")
     if fmt == "onnx" and not 7 <= opset <= 23:
         raise UsageError(f"unsupported opset {opset}", "use 7..23 (default 18)")
     out = check_output(output or os.path.splitext(model_arg)[0] + spec.suffix, [model_arg], force)

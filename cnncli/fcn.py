@@ -12,6 +12,7 @@ The model is traced with torch.fx, so heads written with modules (nn.Flatten, nn
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -247,6 +248,8 @@ def to_fully_convolutional(model: nn.Module, input_size: tuple[int, int, int], *
     """Rewrite a classifier's head as convolutions; with `verify`, check identical logits at the training size."""
     if isinstance(model, FullyConvolutional):
         raise UsageError("the model is already fully convolutional", "give the classifier checkpoint")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise UsageError(f"--tolerance must be a number >= 0, got {tolerance}")
     model = model.eval()
     example = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
     try:

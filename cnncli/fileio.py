@@ -30,6 +30,7 @@ def atomic_write(path: str, write: Callable[[str], None], suffix: str = ".tmp") 
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask like any other file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -47,6 +48,12 @@ def check_output(path: str, inputs: Iterable[str] = (), force: bool = False) -> 
     if os.path.exists(path) and not force:
         raise UsageError(f"{path} exists", "give another -o or --force to overwrite")
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str, text: str) -> None:

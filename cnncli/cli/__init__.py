@@ -14,6 +14,7 @@ import typer
 import typer.core
 
 from cnncli import __version__
+from cnncli.cli._common import result_stream
 from cnncli.errors import CnnError
 
 # Help text is plain click formatting (rich_markup_mode=None); typer < 0.20 would still escape "[default: ...]"
@@ -70,13 +71,22 @@ def _register(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turn errors into `error: ...` lines and exit codes."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if sys.stdout is None:  # `cnn ... >&-`: the work still runs, its printed result goes nowhere
+        sys.stdout = open(os.devnull, "w")
+    _register(args)
+    with result_stream(json_only="--json" in args):
+        _run(argv)
+    sys.exit(0)
+
+
+def _run(argv: list[str] | None) -> None:
     try:  # typer >= 0.20 vendors click as typer._click; older typer uses click itself
         from typer._click import exceptions as cx
     except ImportError:  # pragma: no cover
         from click import exceptions as cx
 
     debug = os.environ.get("CNN_DEBUG", "") not in ("", "0")
-    _register(sys.argv[1:] if argv is None else list(argv))
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="cnn")
         if isinstance(rc, int) and rc:
@@ -108,4 +118,3 @@ def main(argv: list[str] | None = None) -> None:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {type(e).__name__}: {msg} (run with CNN_DEBUG=1 for the traceback)", file=sys.stderr)
         sys.exit(1)
-    sys.exit(0)

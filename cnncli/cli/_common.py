@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Iterable
 
@@ -52,10 +53,31 @@ def say(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
+_result: list = []  # the real stdout while a --json command runs (anything else printed goes to stderr)
+
+
+@contextmanager
+def result_stream(json_only: bool):
+    """With --json, stdout carries the one result object only: whatever else prints while the command runs (a user
+    model's print(), a library's chatter) goes to stderr."""
+    if not json_only:
+        yield
+        return
+    real = sys.stdout
+    _result.append(real)
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout = real
+        _result.pop()
+
+
 def emit_json(obj: Any) -> None:
     """The one JSON object a --json command writes to stdout."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
-    sys.stdout.flush()
+    out = _result[-1] if _result else sys.stdout
+    out.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    out.flush()
 
 
 def _json_default(o: Any):

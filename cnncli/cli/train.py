@@ -58,7 +58,7 @@ def train_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Train a model on a dataset; writes PROJECT/NAME with checkpoints, metrics and curves."""
-    if nproc_per_node:
+    if nproc_per_node is not None:
         _launch_torchrun(nproc_per_node)
         return
     size = None

@@ -21,7 +21,9 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"unknown device {name!r}", "use auto, cpu, cuda, cuda:N or mps") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):  # meta, xla...: nothing cnn can run a model on
+        raise UsageError(f"unknown device {name!r}", "use auto, cpu, cuda, cuda:N or mps")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError("CUDA is not available on this machine", "use --device cpu or auto")

@@ -199,6 +199,10 @@ class Trainer:
         if ckpt.training is None:
             raise UsageError(f"{last_pt} has no training state", "resume from last.pt, not best.pt")
         saved = TrainConfig.from_dict(ckpt.args)
+        for flag, asked, had in (("MODEL", request.model, saved.model), ("--data", request.data, saved.data)):
+            if asked and asked != had:
+                raise UsageError(f"{last_pt} is a run of {saved.model} on {saved.data}: {flag} {asked} does not match",
+                                 "give --resume alone to continue it, or start a new run without --resume")
         if request.device != "auto":
             saved.device = request.device
         if request.epochs:  # --epochs with --resume extends (or shortens) the run
@@ -370,8 +374,10 @@ class Trainer:
             logits = self.forward_model(x)
             loss = self.criterion(logits, y)
         if not torch.isfinite(loss):
+            kept = (f"the last good checkpoint stays in {self.last_path}" if os.path.exists(self.last_path)
+                    else "no checkpoint was written")
             raise WorkFailed(f"training diverged: loss is {loss.item()} at epoch {state.epoch + 1} step {step + 1}",
-                             f"the last good checkpoint stays in {self.run_dir}; try a lower --lr")
+                             f"{kept}; try a lower --lr")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)

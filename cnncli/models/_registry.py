@@ -220,7 +220,7 @@ def load_user_class(spec: str):
     try:
         sys.modules[mod_name] = module
         spec_.loader.exec_module(module)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a file that calls sys.exit() at import is a broken file, not an exit
         sys.modules.pop(mod_name, None)
         raise UsageError(f"cannot import {path}: {type(e).__name__}: {e}", "fix the file or its imports") from None
     if not hasattr(module, cls_name):

@@ -1,0 +1,125 @@
+"""Careless and hostile input: one `error:` line and exit 2, nothing written, nothing run, nothing lost."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, make_checkpoint, run_cnn
+
+from cnncli.checkpoint import Checkpoint
+
+
+def _one_error_line(p, code=2):
+    assert p.returncode == code, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error: ") and "Traceback" not in p.stderr, p.stderr
+    return lines[-1]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "lenet", "--data", "digits", "--lr", "0"], "--lr must be a positive number"),
+    (["train", "lenet", "--data", "digits", "--lr", "-0.1"], "--lr must be a positive number"),
+    (["train", "lenet", "--data", "digits", "--label-smoothing", "nan"], "--label-smoothing"),
+    (["train", "lenet", "--data", "digits", "--weight-decay", "-1"], "--weight-decay"),
+    (["train", "lenet", "--data", "digits", "--workers", "-1"], "--workers"),
+    (["train", "lenet", "--data", "digits", "--num-classes", "-3"], "--num-classes"),
+    (["train", "lenet", "--data", "digits", "--nproc-per-node", "0"], "--nproc-per-node"),
+    (["train", "lenet", "--data", "digits", "--name", "../../escaped"], "--name must be a folder name"),
+    (["train", "lenet", "--data", "digits", "--batch-size", "100000"], "larger than the training set"),
+    (["summary", "lenet5", "--device", "meta"], "unknown device 'meta'"),
+])
+def test_bad_values_are_exit_2_and_write_nothing(tmp_path, args, needle):
+    extra = ["--project", str(tmp_path / "runs")] if args[0] == "train" else []
+    line = _one_error_line(run_cnn(*args, *extra))
+    assert needle in line
+    assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "escaped").exists()
+
+
+def test_project_that_is_a_file(tmp_path):
+    (tmp_path / "runs").write_text("not a folder")
+    assert "is a file" in _one_error_line(run_cnn("train", "lenet", "--data", "digits", "--project", tmp_path / "runs"))
+
+
+@pytest.mark.parametrize("cmd", [["fcn"], ["export", "--onnx"]])
+@pytest.mark.parametrize("tol", ["-1", "nan"])
+def test_tolerance_must_be_a_non_negative_number(tmp_path, cmd, tol):
+    ck = make_checkpoint(tmp_path / "m.pt", "lenet5")
+    assert "--tolerance" in _one_error_line(run_cnn(cmd[0], ck, *cmd[1:], "--tolerance", tol))
+    assert sorted(os.listdir(tmp_path)) == ["m.pt"]
+
+
+@pytest.mark.parametrize("field,value", [("num_classes", -3), ("image_size", "32x32"), ("model", None),
+                                         ("in_channels", 1.5), ("state_dict", "weights")])
+def test_checkpoint_fields_of_the_wrong_type(tmp_path, field, value):
+    ck = make_checkpoint(tmp_path / "m.pt", "lenet5")
+    d = torch.load(ck, weights_only=True)
+    if field in ("model", "state_dict"):
+        d[field] = value
+    else:
+        d["model"][field] = value
+    torch.save(d, tmp_path / "bad.pt")
+    for cmd in (["summary"], ["export", "--onnx"], ["fcn"], ["eval", "--data", "digits"]):
+        line = _one_error_line(run_cnn(cmd[0], tmp_path / "bad.pt", *cmd[1:]))
+        assert "not a cnncli checkpoint" in line
+
+
+def test_resume_refuses_another_model_or_dataset(tmp_path):
+    run = json.loads(run_cnn("train", "linenet", "--data", "lines", "--max-steps", "3", "--project", tmp_path,
+                             "--json", check=0).stdout)["run_dir"]
+    before = os.listdir(run)
+    for args in (["lenet", "--data", "lines"], ["linenet", "--data", "digits"]):
+        assert "does not match" in _one_error_line(run_cnn("train", *args, "--resume", run))
+    assert os.listdir(run) == before
+
+
+def test_divergence_before_any_checkpoint_says_none_was_written(tmp_path):
+    line = _one_error_line(run_cnn("train", "linenet", "--data", "lines", "--lr", "1e30", "--project", tmp_path), 1)
+    assert "diverged" in line and "no checkpoint was written" in line
+
+
+def test_user_model_calling_sys_exit_at_import(tmp_path):
+    (tmp_path / "net.py").write_text("import sys\nsys.exit(3)\n")
+    assert "cannot import" in _one_error_line(run_cnn("summary", f"{tmp_path / 'net.py'}:Net"))
+
+
+def test_json_stdout_stays_one_document_when_the_model_prints(tmp_path):
+    (tmp_path / "chatty.py").write_text(
+        "import torch.nn as nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, num_classes=10, in_channels=3):\n"
+        "        super().__init__()\n"
+        "        print('building Net')\n"
+        "        self.c = nn.Conv2d(in_channels, num_classes, 3)\n"
+        "        self.p = nn.AdaptiveAvgPool2d(1)\n"
+        "    def forward(self, x):\n"
+        "        print('forward', x.shape)\n"
+        "        return self.p(self.c(x)).flatten(1)\n")
+    p = run_cnn("summary", f"{tmp_path / 'chatty.py'}:Net", "--in", "3x16x16", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["params"] == 3 * 10 * 9 + 10  # stdout parses: the prints went to stderr
+    assert "building Net" in p.stderr
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    ck = make_checkpoint(tmp_path / "m.pt", "lenet5")
+    old = os.umask(0o022)
+    try:
+        out = json.loads(run_cnn("fcn", ck, "--json", check=0).stdout)["path"]
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o644 and stat.S_IMODE(os.stat(ck).st_mode) == 0o644
+
+
+def test_a_closed_stdout_is_not_a_crash():
+    p = subprocess.run(f"{sys.executable} -m cnncli shape --in 3x32x32 --k 3 >&-", shell=True, cwd=ROOT,
+                       capture_output=True, text=True, env={**os.environ, "CI": "1"})
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+
+
+def test_checkpoint_round_trip_is_unchanged_by_the_checks(tmp_path):
+    ck = Checkpoint.load(make_checkpoint(tmp_path / "m.pt", "lenet5"))
+    assert ck.model.input_size == (3, 32, 32) and ck.model.num_classes == 10
