@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from cnncli import __version__
 from cnncli.errors import UsageError, WorkFailed
-from cnncli.fileio import atomic_write, check_output
+from cnncli.fileio import atomic_write, check_output, remove_stale_temp_files
 
 
 @dataclass
@@ -297,13 +297,13 @@ def export_formats() -> dict[str, ExportFormat]:
     }
 
 
-def _prepare(model_arg: str, fmt: ExportFormat, *, opset, dynamic_batch, dynamic_size) -> ExportJob:
+def _prepare(model_arg: str, fmt: ExportFormat, *, opset, dynamic_batch, dynamic_size, model_file=None) -> ExportJob:
     """Open the model (a checkpoint), fold BatchNorm, and gather the metadata and the shapes to check."""
     from cnncli.models.open import is_checkpoint_path, open_checkpoint
 
     if not is_checkpoint_path(model_arg):
         raise UsageError(f"checkpoint not found: {model_arg}", "export takes a checkpoint .pt from cnn train or cnn fcn")
-    opened = open_checkpoint(model_arg)
+    opened = open_checkpoint(model_arg, model_file)
     fcn = opened.checkpoint.fcn
     dynamic_size = bool(fcn) if dynamic_size is None else dynamic_size
     if dynamic_size and not fcn:
@@ -353,7 +353,7 @@ class _Rejected(Exception):
 def export_model(model_arg: str, fmt: str = "onnx", output: str | None = None, *, opset: int = 18,
                  dynamic_batch: bool = True, dynamic_size: bool | None = None, check: bool = True,
                  tolerance: float = 1e-4, force: bool = False, exporter: str = "auto",
-                 log=lambda msg: None) -> ExportResult:
+                 log=lambda msg: None, model_file: str | None = None) -> ExportResult:
     """Export a model file to `fmt`, verified against PyTorch, written atomically."""
     formats = export_formats()
     if fmt not in formats:
@@ -367,7 +367,9 @@ def export_model(model_arg: str, fmt: str = "onnx", output: str | None = None, *
     if fmt == "onnx" and not 7 <= opset <= 23:
         raise UsageError(f"unsupported opset {opset}", "use 7..23 (default 18)")
     out = check_output(output or os.path.splitext(model_arg)[0] + spec.suffix, [model_arg], force)
-    job = _prepare(model_arg, spec, opset=opset, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size)
+    job = _prepare(model_arg, spec, opset=opset, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size,
+                   model_file=model_file)
+    remove_stale_temp_files(os.path.dirname(os.path.abspath(out)), out)  # of an export that was killed
     failures = []
     for i, writer in enumerate(writers):
         try:

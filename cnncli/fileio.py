@@ -80,13 +80,15 @@ def write_csv(path: str, header: list[str], rows: Iterable[list]) -> None:
     write_text(path, buf.getvalue())
 
 
-def remove_stale_temp_files(folder: str) -> list[str]:
-    """Remove the hidden temp files of writes that a SIGKILL interrupted; returns their names."""
+def remove_stale_temp_files(folder: str, output: str | None = None) -> list[str]:
+    """Remove the hidden temp files of writes that a SIGKILL interrupted (all in `folder`, or those of one output
+    file's name); returns their names. Two processes writing the same output at once are not supported."""
     removed = []
     if not os.path.isdir(folder):
         return removed
+    prefix = "." + os.path.basename(output) + "." if output else "."
     for name in os.listdir(folder):
-        if name.startswith(".") and (name.endswith(".tmp") or ".tmp." in name):
+        if name.startswith(prefix) and (name.endswith(".tmp") or ".tmp." in name):
             os.remove(os.path.join(folder, name))
             removed.append(name)
     return removed

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn as nn
 
+from cnncli.errors import UsageError
 from cnncli.receptive import module_fields
 
 
@@ -29,11 +30,32 @@ def leaf_macs(module: nn.Module, input_size: list, output_size: list) -> int:
     return 0
 
 
+def probe(model: nn.Module, input_size: tuple[int, int, int], device: str = "cpu") -> torch.Tensor:
+    """One forward pass on zeros; a model that fails on this input, or does not return a tensor, is a UsageError
+    naming the cause (torchinfo would only say "see above stack traces")."""
+    size = "x".join(map(str, (1, *input_size)))
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *input_size, device=device))
+    except MemoryError:
+        raise UsageError(f"a {size} input is too large for this machine's memory", "give a smaller --in") from None
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if "allocate" in msg.lower() or "out of memory" in msg.lower():
+            raise UsageError(f"a {size} input is too large for this machine's memory", "give a smaller --in") from None
+        raise UsageError(f"the model fails on a {size} input: {type(e).__name__}: {msg}",
+                         "check --in against the input size the model expects") from None
+    if not isinstance(out, torch.Tensor):
+        raise UsageError(f"the model returns {type(out).__name__}, not a tensor", "forward() must return the logits")
+    return out
+
+
 def summarize(model: nn.Module, input_size: tuple[int, int, int], depth: int = 3, device: str = "cpu") -> dict:
     """Layer rows and totals for `cnn summary` (see CLI.md for the JSON keys)."""
     import torchinfo
 
     model = model.to(device).eval()
+    out = probe(model, input_size, device)
     stats = torchinfo.summary(model, input_size=(1, *input_size), depth=max(depth, 1), verbose=0, device=device,
                               mode="eval", col_names=("output_size", "num_params"))
     infos = stats.summary_list
@@ -72,8 +94,6 @@ def summarize(model: nn.Module, input_size: tuple[int, int, int], depth: int = 3
         })
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    with torch.no_grad():
-        out = model(torch.zeros(1, *input_size, device=device))
     out_field = traced[1] if traced else None
     return {
         "input": list(input_size),

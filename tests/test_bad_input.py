@@ -123,3 +123,79 @@ def test_a_closed_stdout_is_not_a_crash():
 def test_checkpoint_round_trip_is_unchanged_by_the_checks(tmp_path):
     ck = Checkpoint.load(make_checkpoint(tmp_path / "m.pt", "lenet5"))
     assert ck.model.input_size == (3, 32, 32) and ck.model.num_classes == 10
+
+
+NET = ("import os, torch.nn as nn\n"
+       "open(os.environ['CNN_MARKER'], 'a').write('imported\\n')\n"
+       "class Net(nn.Module):\n"
+       "    def __init__(self, num_classes=10, in_channels=3):\n"
+       "        super().__init__()\n"
+       "        self.f = nn.Sequential(nn.Conv2d(in_channels, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
+       "                               nn.Linear(8, num_classes))\n"
+       "    def forward(self, x):\n"
+       "        return self.f(x)\n")
+
+
+def test_a_checkpoint_never_decides_by_itself_to_import_a_python_file(tmp_path, monkeypatch):
+    """A checkpoint trained from file.py:Class is rebuilt only when the user names the file (--model): a file read
+    from disk never picks the code that runs."""
+    marker = tmp_path / "imported"
+    monkeypatch.setenv("CNN_MARKER", str(marker))
+    (tmp_path / "net.py").write_text(NET)
+    spec = f"{tmp_path / 'net.py'}:Net"
+    p = run_cnn("train", spec, "--data", "fake", "--max-steps", "2", "--project", tmp_path, "--json",
+                env={"CNN_MARKER": str(marker)})
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    ck, run = out["best_checkpoint"], out["run_dir"]
+    marker.unlink()
+    cmds = [["summary", ck], ["eval", ck, "--split", "val"], ["fcn", ck, "-o", tmp_path / "f.pt"],
+            ["export", ck, "--onnx", "-o", tmp_path / "m.onnx"], ["scoremap", ck, "--scene", "lines"],
+            ["train", "--resume", run, "--epochs", "2"]]
+    for cmd in cmds:
+        line = _one_error_line(run_cnn(*cmd, env={"CNN_MARKER": str(marker)}))
+        assert "imports a .py file only when you name it" in line and "net.py" in line
+    assert not marker.exists()
+    # named by the user: it runs
+    assert run_cnn("summary", ck, "--model", spec, "--json", env={"CNN_MARKER": str(marker)}).returncode == 0
+    p = run_cnn("export", ck, "--onnx", "--model", spec, "-o", tmp_path / "m.onnx", "--json",
+                env={"CNN_MARKER": str(marker)})
+    assert p.returncode == 0 and json.loads(p.stdout)["max_abs_diff"] < 1e-4
+    assert marker.exists()
+
+
+def test_model_flag_must_match_a_builtin_checkpoint(tmp_path):
+    ck = make_checkpoint(tmp_path / "m.pt", "lenet5")
+    assert "holds a lenet5, not resnet18" in _one_error_line(run_cnn("summary", ck, "--model", "resnet18"))
+
+
+def test_export_cleans_the_temp_file_of_a_killed_export(tmp_path):
+    ck = make_checkpoint(tmp_path / "m.pt", "lenet5")
+    (tmp_path / ".m.onnx.abc123.tmp.onnx").write_bytes(b"half a file")  # what a SIGKILL mid-export leaves
+    (tmp_path / ".other.onnx.x.tmp").write_bytes(b"someone else's")
+    assert run_cnn("export", ck, "--onnx").returncode == 0
+    assert sorted(os.listdir(tmp_path)) == [".other.onnx.x.tmp", "m.onnx", "m.pt"]
+
+
+@pytest.mark.parametrize("forward,needle", [("return 'logits'", "returns str, not a tensor"),
+                                            ("return x.view(-1, 999)", "the model fails on a 1x3x16x16 input")])
+def test_a_broken_forward_is_named(tmp_path, forward, needle):
+    (tmp_path / "bad.py").write_text("import torch.nn as nn\nclass Net(nn.Module):\n"
+                                     f"    def forward(self, x):\n        {forward}\n")
+    line = _one_error_line(run_cnn("summary", f"{tmp_path / 'bad.py'}:Net", "--in", "3x16x16"))
+    assert needle in line
+
+
+def test_an_input_too_large_for_memory(tmp_path):
+    line = _one_error_line(run_cnn("summary", "lenet5", "--in", "3x400000x400000"))
+    assert "too large" in line
+
+
+@pytest.mark.parametrize("make_args", [
+    lambda t: ["train", "linenet", "--data", "lines", "--max-steps", "1", "--project", t / "afile" / "runs"],
+    lambda t: ["scoremap", make_checkpoint(t / "m.pt", "linenet", (1, 32, 32), 2), "--scene", "lines", "-o", t / "afile"],
+])
+def test_an_unusable_output_place_is_exit_2(tmp_path, make_args):
+    (tmp_path / "afile").write_text("a file where a folder is due")
+    line = _one_error_line(run_cnn(*make_args(tmp_path)))
+    assert "cannot use" in line and "afile" in line

@@ -80,6 +80,14 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
+def _is_bad_place(e: OSError) -> bool:
+    """A path the user gave that cannot be used (read-only, a file where a folder is due...): bad input, exit 2."""
+    import errno
+
+    return isinstance(e, (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)) or \
+        e.errno in (errno.EROFS, errno.EACCES, errno.ENOTDIR, errno.EISDIR)
+
+
 def _run(argv: list[str] | None) -> None:
     try:  # typer >= 0.20 vendors click as typer._click; older typer uses click itself
         from typer._click import exceptions as cx
@@ -112,6 +120,12 @@ def _run(argv: list[str] | None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as e:
+        if debug or not _is_bad_place(e):
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot use{where}: {e.strerror or e} (check the path and its permissions)", file=sys.stderr)
+        sys.exit(2)
     except Exception as e:  # an unexpected failure still gets one line; CNN_DEBUG=1 shows the traceback
         if debug:
             raise

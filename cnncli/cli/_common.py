@@ -11,7 +11,7 @@ import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, Iterable
+from typing import Annotated, Any, Iterable, Optional
 
 import click
 import typer
@@ -197,6 +197,8 @@ DEVICES_HELP = "auto|cpu|cuda|cuda:N|mps. auto picks CUDA, then MPS, then CPU."
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON result object on stdout (logs go to stderr).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help=DEVICES_HELP)]
 DEFAULT_DEVICE = "auto"
+ModelFileOpt = Annotated[Optional[str], typer.Option(
+    "--model", help="The file.py:Class a checkpoint was trained from: cnn imports a .py file only when you name it.")]
 
 
 def epilog(text: str) -> str:

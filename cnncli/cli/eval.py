@@ -12,6 +12,7 @@ from cnncli.cli._common import (
     Column,
     DeviceOpt,
     JsonOpt,
+    ModelFileOpt,
     check_file,
     choice,
     emit_json,
@@ -37,6 +38,7 @@ def eval_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size.", min=1)] = 256,
     confusion: Annotated[Optional[str], typer.Option("--confusion", help="Write the confusion matrix as a PNG.")] = None,
     min_accuracy: Annotated[Optional[float], typer.Option("--min-accuracy", help="CI gate: exit 1 when top-1 is below (0..1).")] = None,
+    model_file: ModelFileOpt = None,
     device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
 ) -> None:
@@ -48,7 +50,7 @@ def eval_cmd(
         raise UsageError(f"--min-accuracy must be between 0 and 1, got {min_accuracy}", "0.9 means 90%")
     from cnncli.engine.evaluate import evaluate_file
 
-    res = evaluate_file(model, data, split, data_dir=data_dir, batch_size=batch_size,
+    res = evaluate_file(model, data, split, data_dir=data_dir, batch_size=batch_size, model_file=model_file,
                         device=None if model.endswith(".onnx") else pick_device(device, quiet=json_out))
     if confusion:
         from cnncli.engine.plots import plot_confusion

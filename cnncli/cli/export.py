@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from cnncli.cli import app
-from cnncli.cli._common import JsonOpt, choice, emit_json, epilog, log
+from cnncli.cli._common import JsonOpt, ModelFileOpt, choice, emit_json, epilog, log
 
 # the format table lives in cnncli.export (torch); its names are repeated here so --help starts without torch,
 # and a test checks the two lists agree
@@ -37,6 +37,7 @@ def export_cmd(
     tolerance: Annotated[float, typer.Option("--tolerance", help="Largest allowed max |file - PyTorch| on the logits.")] = 1e-4,
     exporter: Annotated[str, typer.Option("--exporter", click_type=choice("exporter", EXPORTERS), help="auto tries the format's exporters in order.")] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+    model_file: ModelFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Export a checkpoint to ONNX or a torch.export program with metadata, verified against PyTorch."""
@@ -52,7 +53,7 @@ def export_cmd(
     from cnncli.export import export_model
 
     res = export_model(checkpoint, fmt, output, opset=opset, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size,
-                       check=check, tolerance=tolerance, force=force, exporter=exporter, log=log)
+                       check=check, tolerance=tolerance, force=force, exporter=exporter, log=log, model_file=model_file)
     if json_out:
         emit_json(res.as_dict())
         return

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cnncli.cli import app
-from cnncli.cli._common import JsonOpt, emit_json, epilog, log
+from cnncli.cli._common import JsonOpt, ModelFileOpt, emit_json, epilog, log
 
 EPILOG = ("Examples:\n\n  cnn fcn runs/train/best.pt                  # writes runs/train/best-fcn.pt\n\n"
           "  cnn fcn runs/train/best.pt -o lenet-fcn.pt --json\n\n"
@@ -21,6 +21,7 @@ def fcn_cmd(
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="Where to write (default: CHECKPOINT-fcn.pt).")] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", help="Largest allowed logit difference at the training size (relative to the logit scale).")] = 1e-4,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+    model_file: ModelFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Rewrite the classifier head as convolutions, verify identical logits, record stride and receptive field."""
@@ -33,7 +34,7 @@ def fcn_cmd(
     from cnncli.fcn import fcn_checkpoint, to_fully_convolutional
     from cnncli.models.open import open_checkpoint
 
-    opened = open_checkpoint(checkpoint)
+    opened = open_checkpoint(checkpoint, model_file)
     if opened.fully_convolutional:
         raise UsageError(f"{checkpoint} is already fully convolutional")
     size = opened.input_size

@@ -8,7 +8,17 @@ from typing import Annotated, Optional
 import typer
 
 from cnncli.cli import app
-from cnncli.cli._common import DEFAULT_DEVICE, DeviceOpt, JsonOpt, choice, emit_json, epilog, log, pick_device
+from cnncli.cli._common import (
+    DEFAULT_DEVICE,
+    DeviceOpt,
+    JsonOpt,
+    ModelFileOpt,
+    choice,
+    emit_json,
+    epilog,
+    log,
+    pick_device,
+)
 
 SCENES = ("lines",)
 EPILOG = ("Examples:\n\n  cnn scoremap runs/train/best.pt scene.png              # converts on the fly\n\n"
@@ -26,6 +36,7 @@ def scoremap_cmd(
     scene: Annotated[Optional[str], typer.Option("--scene", click_type=choice("scene", SCENES), help="Generate a test scene (regions of horizontal/vertical lines).")] = None,
     scene_size: Annotated[str, typer.Option("--scene-size", help="Scene size HxW.")] = "256x256",
     seed: Annotated[int, typer.Option("--seed", help="Scene seed.")] = 0,
+    model_file: ModelFileOpt = None,
     device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
 ) -> None:
@@ -44,7 +55,7 @@ def scoremap_cmd(
     from cnncli.models.open import open_checkpoint
     from cnncli.scoremap import ScoreMapper, images_from, lines_scene, output_stems
 
-    opened = open_checkpoint(checkpoint)
+    opened = open_checkpoint(checkpoint, model_file)
     mapper = ScoreMapper.from_opened(opened, pick_device(device, quiet=json_out))
     if mapper.converted_diff is not None:
         log(f"converted {checkpoint} on the fly (max |diff| {mapper.converted_diff:.2e})")

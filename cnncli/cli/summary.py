@@ -12,6 +12,7 @@ from cnncli.cli._common import (
     Column,
     DeviceOpt,
     JsonOpt,
+    ModelFileOpt,
     dims,
     emit_json,
     epilog,
@@ -30,6 +31,7 @@ def summary_cmd(
     num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the output layer.")] = None,
     depth: Annotated[int, typer.Option("--depth", help="How deep to show nested modules.")] = 3,
     weights: Annotated[Optional[str], typer.Option("--weights", help="Load a state dict from this file.")] = None,
+    model_file: ModelFileOpt = None,
     device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
 ) -> None:
@@ -38,7 +40,7 @@ def summary_cmd(
     from cnncli.summary import summarize
 
     size = parse_input_size(input_size)
-    opened = open_model(model, input_size=size, num_classes=num_classes, weights=weights)
+    opened = open_model(model, input_size=size, num_classes=num_classes, weights=weights, model=model_file)
     c, h, w = opened.input_size
     if size is not None:
         c, h, w = size[0] or c, size[1], size[2]

@@ -97,7 +97,7 @@ def evaluate_onnx(path: str, loader, classes: list[str]) -> dict:
 
 
 def evaluate_file(path: str, data: str | None, split: str, *, data_dir: str | None = None, batch_size: int = 256,
-                  device=None, workers: int = 2) -> dict:
+                  device=None, workers: int = 2, model_file: str | None = None) -> dict:
     """`cnn eval`: a checkpoint in PyTorch on `device`, or an `.onnx` file in ONNX Runtime, on a dataset split,
     each with its own recorded preprocessing. `data` defaults to the dataset the model was trained on."""
     from cnncli.data import load_dataset
@@ -110,7 +110,7 @@ def evaluate_file(path: str, data: str | None, split: str, *, data_dir: str | No
     else:
         from cnncli.models.open import open_checkpoint
 
-        opened = open_checkpoint(path)
+        opened = open_checkpoint(path, model_file)
         preprocess, name = opened.preprocess, data or opened.checkpoint.dataset
     if not name:
         raise UsageError("give --data", f"{path} does not say which dataset it was trained on")

@@ -199,6 +199,9 @@ class Trainer:
         if ckpt.training is None:
             raise UsageError(f"{last_pt} has no training state", "resume from last.pt, not best.pt")
         saved = TrainConfig.from_dict(ckpt.args)
+        if saved.model and ".py:" in saved.model and not request.model:  # never import a file the run folder names
+            raise UsageError(f"{last_pt} is a run of the Python file {saved.model}; cnn imports a .py file only when "
+                             "you name it", f"cnn train {saved.model} --resume {os.path.dirname(last_pt)}")
         for flag, asked, had in (("MODEL", request.model, saved.model), ("--data", request.data, saved.data)):
             if asked and asked != had:
                 raise UsageError(f"{last_pt} is a run of {saved.model} on {saved.data}: {flag} {asked} does not match",

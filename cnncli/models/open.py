@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 
 from cnncli.checkpoint import Checkpoint, ModelSpec
 from cnncli.errors import UsageError
-from cnncli.models._registry import get_model, resolve
+from cnncli.models._registry import get_model, is_user_model, resolve
 from cnncli.preprocess import Preprocess
 
 
@@ -57,8 +57,15 @@ def is_checkpoint_path(arg: str) -> bool:
 
 def build_model(spec: ModelSpec) -> nn.Module:
     """The architecture a spec describes, with fresh weights."""
-    return get_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels,
-                     image_size=tuple(spec.image_size))
+    try:
+        return get_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels,
+                         image_size=tuple(spec.image_size))
+    except (MemoryError, RuntimeError) as e:  # a head sized by a huge input: say so instead of an allocator dump
+        if not isinstance(e, MemoryError) and "allocate" not in str(e).lower():
+            raise
+        size = "x".join(map(str, spec.input_size))
+        raise UsageError(f"{spec.name} for a {size} input is too large for this machine's memory",
+                         "give a smaller --in") from None
 
 
 def model_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
@@ -76,16 +83,35 @@ def model_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
     return model
 
 
-def open_checkpoint(path: str) -> OpenedModel:
+def trusted_spec(ckpt: Checkpoint, path: str, model: str | None) -> ModelSpec:
+    """The spec to build: a checkpoint never decides by itself to import a Python file. One trained from
+    `file.py:Class` is rebuilt only when the user names that model (`--model file.py:Class`, the same file or the
+    file where it lives now)."""
+    spec = ckpt.model
+    if not is_user_model(spec.name):
+        if model and model != spec.name:
+            raise UsageError(f"{path} holds a {spec.name}, not {model}", "leave out --model, or give the right file")
+        return spec
+    if not model:
+        raise UsageError(f"{path} was trained from the Python file {spec.name}; cnn imports a .py file only when you "
+                         "name it", f"add --model {spec.name} to run that file")
+    if not is_user_model(model):
+        raise UsageError(f"{path} was trained from {spec.name}, not {model}", f"give --model {spec.name}")
+    return replace(spec, name=model)
+
+
+def open_checkpoint(path: str, model: str | None = None) -> OpenedModel:
+    """A checkpoint written by cnn train or cnn fcn; `model` names the Python file of a user model (see above)."""
     ckpt = Checkpoint.load(path)
+    ckpt = replace(ckpt, model=trusted_spec(ckpt, path, model))
     return OpenedModel(model_from_checkpoint(ckpt), ckpt.model, ckpt.preprocess, ckpt, path)
 
 
 def open_model(arg: str, *, input_size: tuple | None = None, num_classes: int | None = None,
-               weights: str | None = None) -> OpenedModel:
+               weights: str | None = None, model: str | None = None) -> OpenedModel:
     """A MODEL argument as every command takes it (see the module docstring)."""
     if is_checkpoint_path(arg):
-        return open_checkpoint(arg)
+        return open_checkpoint(arg, model)
     info = resolve(arg)
     c, h, w = input_size if input_size else info.input_size
     spec = ModelSpec(info.qualified if info.source != "file" else arg, num_classes or info.num_classes,
