@@ -35,6 +35,15 @@ __all__ = [
 _SIZE_RE = re.compile(r"^\s*(\d+)(?:\s*[x×,]\s*(\d+))?(?:\s*[x×,]\s*(\d+))?\s*$")
 
 
+MAX_DIGITS = 18  # sizes beyond int64 are typos, and Python refuses int() of 4,300+ digits with a raw ValueError
+
+
+def _number(digits: str, text) -> int:
+    if len(digits.lstrip("-")) > MAX_DIGITS:
+        raise UsageError(f"number too large in {str(text)[:40]!r}", f"at most {MAX_DIGITS} digits")
+    return int(digits)
+
+
 def parse_size(text: str | int, *, default_channels: int | None = None) -> tuple[int | None, int, int]:
     """Parse ``CxHxW``, ``HxW`` or ``N`` (square) into ``(C, H, W)``; C is ``default_channels`` when absent."""
     if isinstance(text, int):
@@ -42,7 +51,7 @@ def parse_size(text: str | int, *, default_channels: int | None = None) -> tuple
     m = _SIZE_RE.match(str(text))
     if not m:
         raise UsageError(f"malformed size {text!r}", "use CxHxW, HxW or N, e.g. 3x32x32")
-    parts = [int(g) for g in m.groups() if g is not None]
+    parts = [_number(g, text) for g in m.groups() if g is not None]
     if any(v < 1 for v in parts):
         raise UsageError(f"malformed size {text!r}", "every dimension must be at least 1")
     if len(parts) == 3:
@@ -62,8 +71,8 @@ def parse_pair(text: str | int | tuple, what: str = "value", *, minimum: int = 1
         m = re.match(r"^\s*(-?\d+)\s*(?:[x×,]\s*(-?\d+)\s*)?$", str(text))
         if not m:
             raise UsageError(f"malformed {what} {text!r}", "use N or HxW, e.g. 3 or 3x5")
-        h = int(m.group(1))
-        w = int(m.group(2)) if m.group(2) is not None else h
+        h = _number(m.group(1), text)
+        w = _number(m.group(2), text) if m.group(2) is not None else h
     if h < minimum or w < minimum:
         raise ArithError(f"{what} must be at least {minimum}, got {text}")
     return h, w
@@ -440,17 +449,7 @@ def parse_layers(spec: str) -> list[LayerSpec]:
         if key not in LAYER_OPS:
             raise UsageError(f"unknown layer {name!r}", "known: " + ", ".join(sorted({v[0] for v in LAYER_OPS.values()})))
         op, positional = LAYER_OPS[key]
-        args: dict = {}
-        if argtext and argtext.strip():
-            for i, raw in enumerate(a.strip() for a in argtext.split(",")):
-                if "=" in raw:
-                    k, v = (x.strip() for x in raw.split("=", 1))
-                    k = _KW_ALIASES.get(k.lower(), k.lower())
-                else:
-                    if i >= len(positional):
-                        raise UsageError(f"too many arguments in {m.group(0)!r}")
-                    k, v = positional[i], raw
-                args[k] = v
+        args = _layer_args(m.group(0), op, positional, argtext)
         if op == "act":
             args["act"] = key
         specs.append(LayerSpec(op, m.group(0).replace(" ", ""), args))
@@ -459,10 +458,41 @@ def parse_layers(spec: str) -> list[LayerSpec]:
     return specs
 
 
+# the keywords each layer takes besides its positional ones; anything else is a typo, never silently ignored
+_EXTRA_KW = {"conv": ("bias",), "dwconv": ("bias",), "convT": ("bias",), "maxpool": ("ceil",),
+             "avgpool": ("ceil",), "fc": ("bias",)}
+
+
+def _layer_args(text: str, op: str, positional: tuple, argtext: str | None) -> dict:
+    """`conv(6,k=5,s=2)` -> {"out": "6", "k": "5", "s": "2"}; unknown keywords are a UsageError naming them."""
+    allowed = set(positional) | set(_EXTRA_KW.get(op, ()))
+    args: dict = {}
+    if not argtext or not argtext.strip():
+        return args
+    for i, raw in enumerate(a.strip() for a in argtext.split(",")):
+        if "=" in raw:
+            k, v = (x.strip() for x in raw.split("=", 1))
+            k = _KW_ALIASES.get(k.lower(), k.lower())
+            if k not in allowed:
+                import difflib
+
+                close = difflib.get_close_matches(k, sorted(allowed) + sorted(_KW_ALIASES), n=1)
+                raise UsageError(f"unknown keyword {k!r} in {text!r}", (f"did you mean {close[0]}? " if close else "")
+                                 + "it takes " + (", ".join(sorted(allowed)) or "no arguments"))
+        else:
+            if i >= len(positional):
+                raise UsageError(f"too many arguments in {text!r}")
+            k, v = positional[i], raw
+        args[k] = v
+    return args
+
+
 def _int(args: dict, key: str, default=None, what: str | None = None) -> int:
     v = args.get(key, default)
     if v is None:
         raise UsageError(f"missing {what or key}")
+    if isinstance(v, str) and len(v.strip().lstrip("-")) > MAX_DIGITS:
+        raise UsageError(f"{what or key} is too large: {v[:20]}...", f"at most {MAX_DIGITS} digits")
     try:
         return int(v)
     except (TypeError, ValueError):
@@ -470,7 +500,12 @@ def _int(args: dict, key: str, default=None, what: str | None = None) -> int:
 
 
 def _bool(v) -> bool:
-    return str(v).strip().lower() in ("1", "true", "yes", "on")
+    text = str(v).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise UsageError(f"{v!r} is not true or false", "use true or false, e.g. ceil=true")
 
 
 def run_layers(input_shape: Shape, specs: list[LayerSpec] | str) -> list[Layer]:

@@ -199,3 +199,53 @@ def test_an_unusable_output_place_is_exit_2(tmp_path, make_args):
     (tmp_path / "afile").write_text("a file where a folder is due")
     line = _one_error_line(run_cnn(*make_args(tmp_path)))
     assert "cannot use" in line and "afile" in line
+
+
+@pytest.mark.parametrize("layers,needle", [
+    ("conv(6,k=5,stirde=2)", "unknown keyword 'stirde'"),
+    ("maxpool(2,ceil=banana)", "'banana' is not true or false"),
+    ("fc(10,k=3)", "unknown keyword 'k'"),
+    ("conv(" + "9" * 5000 + ")", "too large"),
+])
+def test_layers_typos_are_reported_not_ignored(layers, needle):
+    line = _one_error_line(run_cnn("shape", "--in", "3x32x32", "--layers", layers))
+    assert needle in line
+
+
+@pytest.mark.parametrize("flag", ["--in", "--k"])
+def test_numbers_beyond_pythons_int_limit(flag):
+    value = "3x" + "9" * 5000 + "x32" if flag == "--in" else "9" * 5000
+    assert "too large" in _one_error_line(run_cnn("shape", "--in", "3x32x32", flag, value) if flag == "--k"
+                                          else run_cnn("shape", flag, value))
+
+
+def test_eval_matches_classes_by_name(tmp_path, digits_run):
+    """A digits model on `lines` is refused naming the classes; a model whose classes are a reordered superset of
+    the data's is scored by name, not by position."""
+    best = digits_run["best_checkpoint"]
+    line = _one_error_line(run_cnn("eval", best, "--data", "lines"))
+    assert "'horizontal'" in line and "does not know" in line
+    # the same weights with the class list reversed (and the head's rows reversed): identical accuracy by name
+    d = torch.load(best, weights_only=True)
+    d["classes"] = d["classes"][::-1]
+    last = [k for k in d["state_dict"] if k.endswith(".weight")][-1]  # the output layer: its rows are the classes
+    for k in (last, last[: -len("weight")] + "bias"):
+        d["state_dict"][k] = d["state_dict"][k].flip(0)
+    torch.save(d, tmp_path / "reversed.pt")
+    a = json.loads(run_cnn("eval", best, "--json", check=0).stdout)
+    b = json.loads(run_cnn("eval", tmp_path / "reversed.pt", "--json", check=0).stdout)
+    assert b["accuracy"] == a["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_an_unreadable_image_is_named(tmp_path, workers):
+    from fixtures import write_image_folder
+
+    root = write_image_folder(str(tmp_path / "imgs"))
+    bad = os.path.join(root, "dogs", "5.png")
+    with open(bad, "r+b") as f:  # truncated: the header survives, the pixels do not
+        f.truncate(60)
+    p = run_cnn("train", "smallcnn", "--data", f"folder:{root}", "--img-size", "32", "--epochs", "1",
+                "--batch-size", "4", "--workers", workers, "--project", tmp_path / "runs")
+    line = _one_error_line(p)
+    assert "cannot read image" in line and bad in line

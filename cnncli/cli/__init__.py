@@ -74,6 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if sys.stdout is None:  # `cnn ... >&-`: the work still runs, its printed result goes nowhere
         sys.stdout = open(os.devnull, "w")
+    if os.environ.get("CNN_DEBUG", "") in ("", "0"):  # torch's advice to developers is noise at a terminal
+        import warnings
+
+        for category in (UserWarning, FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"(torch|torchvision|onnx\w*)(\.|$)")
     _register(args)
     with result_stream(json_only="--json" in args):
         _run(argv)

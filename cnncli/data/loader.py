@@ -15,6 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from cnncli.errors import UsageError
 from cnncli.preprocess import affine
 
 
@@ -118,8 +119,11 @@ class _FileDataset(torch.utils.data.Dataset):
         from PIL import Image
 
         path, label = self.samples[i]
-        with Image.open(path) as im:
-            return self.transform(im.convert(self.mode)), label
+        try:
+            with Image.open(path) as im:
+                return self.transform(im.convert(self.mode)), label
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # truncated, empty, not an image, a bomb
+            raise UsageError(f"cannot read image {path}: {e}", "remove or replace the file") from None
 
 
 def folder_transform(image_size, train: bool, flip: bool = True):
@@ -164,6 +168,14 @@ class FolderLoader:
         return self.batches(0)
 
     def batches(self, start: int = 0):
+        try:
+            yield from self._batches(start)
+        except UsageError as e:  # from a worker process: the message arrives wrapped in the worker's traceback
+            text = str(e)
+            raise UsageError(text.rsplit("UsageError: ", 1)[-1].strip().splitlines()[-1]
+                             if "UsageError: " in text else text) from None
+
+    def _batches(self, start: int):
         for b, (x, y) in enumerate(self.loader):
             if b < start:
                 continue

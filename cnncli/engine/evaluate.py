@@ -96,6 +96,34 @@ def evaluate_onnx(path: str, loader, classes: list[str]) -> dict:
     return metrics_from_logits(out, torch.cat(labels), classes, seconds)
 
 
+def label_map(model_classes: list[str], data_classes: list[str], path: str, data: str) -> list[int] | None:
+    """Dataset label -> model output index, matched by class name; None when they are the same list. A class the
+    model does not know is a UsageError naming it: scores against the wrong classes are never reported."""
+    if not model_classes or list(model_classes) == list(data_classes):
+        return None
+    unknown = [c for c in data_classes if c not in model_classes]
+    if unknown:
+        shown = ", ".join(map(repr, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise UsageError(f"{data} has classes {path} does not know: {shown}",
+                         "the model's classes: " + ", ".join(model_classes[:10]) + ("..." if len(model_classes) > 10 else ""))
+    return [model_classes.index(c) for c in data_classes]
+
+
+class Relabelled:
+    """A loader whose labels are mapped to the model's class indices (`lut` None: unchanged)."""
+
+    def __init__(self, loader, lut: list[int] | None):
+        self.loader, self.lut = loader, lut
+
+    def __iter__(self):
+        lut = None
+        for x, y in self.loader:
+            if self.lut is not None:
+                lut = lut if lut is not None else torch.tensor(self.lut, device=y.device)
+                y = lut[y]
+            yield x, y
+
+
 def evaluate_file(path: str, data: str | None, split: str, *, data_dir: str | None = None, batch_size: int = 256,
                   device=None, workers: int = 2, model_file: str | None = None) -> dict:
     """`cnn eval`: a checkpoint in PyTorch on `device`, or an `.onnx` file in ONNX Runtime, on a dataset split,
@@ -115,13 +143,19 @@ def evaluate_file(path: str, data: str | None, split: str, *, data_dir: str | No
     if not name:
         raise UsageError("give --data", f"{path} does not say which dataset it was trained on")
     ds = load_dataset(name, data_dir)
+    model_classes = list(preprocess.classes)
     if path.endswith(".onnx"):
         loader = batches_for(ds, split, preprocess, batch_size=batch_size, workers=workers)
-        res = evaluate_onnx(path, loader, list(preprocess.classes) or ds.classes)
+        lut = label_map(model_classes, ds.classes, path, name)
+        res = evaluate_onnx(path, Relabelled(loader, lut), model_classes or ds.classes)
         res["device"] = "onnxruntime-cpu"
     else:
         loader = batches_for(ds, split, preprocess, batch_size=batch_size, device=device or "cpu", workers=workers)
-        res = evaluate_model(opened.model, loader, opened.classes if preprocess.classes else ds.classes, device or "cpu")
+        if not model_classes and ds.num_classes > opened.spec.num_classes:
+            raise UsageError(f"{name} has {ds.num_classes} classes, the model {opened.spec.num_classes}",
+                             "evaluate on the dataset the model was trained for")
+        lut = label_map(model_classes, ds.classes, path, name)
+        res = evaluate_model(opened.model, Relabelled(loader, lut), model_classes or ds.classes, device or "cpu")
         res["device"] = str(device or "cpu")
     res.update({"model": path, "data": name, "split": split})
     return res

@@ -59,9 +59,13 @@ def folder(info, *, data_dir, image_size=None, download=True, arg=None):
     if not os.path.isdir(path):
         raise UsageError(f"image folder not found: {path}", "give folder:PATH with one sub-folder per class")
     splits, classes = _splits(path)
-    with Image.open(splits["train"][0][0]) as im:
-        channels = 1 if im.mode in ("L", "I", "I;16", "1") else 3
-        native = (im.height, im.width)
+    first = splits["train"][0][0]
+    try:
+        with Image.open(first) as im:
+            channels = 1 if im.mode in ("L", "I", "I;16", "1") else 3
+            native = (im.height, im.width)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read image {first}: {e}", "remove or replace the file") from None
     size = tuple(image_size) if image_size else native
     mean, std = (GRAY_MEAN, GRAY_STD) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
     return FolderData(f"folder:{path}", path, splits, classes, size, channels, mean, std, info.crop_padding,
