@@ -249,3 +249,20 @@ def test_an_unreadable_image_is_named(tmp_path, workers):
                 "--batch-size", "4", "--workers", workers, "--project", tmp_path / "runs")
     line = _one_error_line(p)
     assert "cannot read image" in line and bad in line
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_early_signal_is_never_lost(tmp_path, sig):
+    """While torch is imported and data loaded, before training starts: exit 130 at once, also when the shell
+    started cnn with SIGINT ignored (a background job in a script), and no run is left behind."""
+    import signal
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "cnncli", "train", "linenet", "--data", "lines", "--project",
+                          str(tmp_path)], cwd=ROOT, env={**os.environ, "CI": "1"}, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    time.sleep(0.6)
+    p.send_signal(getattr(signal, sig))
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and err.strip().splitlines()[-1].startswith(("error: interrupted", "interrupted:")), err
+    assert not list(tmp_path.rglob("best.pt"))  # stopped, not run to the end

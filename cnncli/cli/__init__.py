@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pkgutil
+import signal
 import sys
 
 import typer
@@ -79,10 +80,34 @@ def main(argv: list[str] | None = None) -> None:
 
         for category in (UserWarning, FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category, module=r"(torch|torchvision|onnx\w*)(\.|$)")
-    _register(args)
-    with result_stream(json_only="--json" in args):
-        _run(argv)
+    previous = _exit_on_interrupt()
+    try:
+        _register(args)
+        with result_stream(json_only="--json" in args):
+            _run(argv)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     sys.exit(0)
+
+
+def _exit_on_interrupt() -> dict:
+    """Ctrl-C and SIGTERM end the command at once with `error: interrupted` and exit 130, also while torch is being
+    imported and also when the shell started cnn with SIGINT ignored (a background job): a signal is never lost.
+    Writes are atomic, so nothing is left half-written; the trainer replaces these handlers with its own while it
+    trains (finish the step, write last.pt)."""
+
+    def interrupted(signum, frame):
+        sys.stderr.write("error: interrupted\n")
+        raise SystemExit(130)
+
+    previous = {}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[s] = signal.signal(s, interrupted)
+        except ValueError:  # not the main thread (an embedding application): leave its signals alone
+            pass
+    return previous
 
 
 def _is_bad_place(e: OSError) -> bool:
