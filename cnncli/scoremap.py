@@ -47,13 +47,16 @@ class ScoreMapper:
             raise UsageError(f"unknown class {name!r}", "classes: " + ", ".join(self.classes[:20]))
         return self.classes.index(name)
 
-    def run(self, path: str, img: torch.Tensor, out_dir: str, *, only: int | None = None,
-            regions: torch.Tensor | None = None, stem: str | None = None) -> dict:
-        """Score map of one uint8 image [C, H, W]: STEM.npy (probabilities [classes, H', W']) and an overlay PNG."""
+    def check_size(self, path: str, img: torch.Tensor) -> None:
         _, th, tw = self.opened.input_size
         if img.shape[1] < th or img.shape[2] < tw:
             raise UsageError(f"{path} is {img.shape[1]}x{img.shape[2]}, smaller than the training size {th}x{tw}",
                              "score maps need images at least as large as the training images")
+
+    def run(self, path: str, img: torch.Tensor, out_dir: str, *, only: int | None = None,
+            regions: torch.Tensor | None = None, stem: str | None = None) -> dict:
+        """Score map of one uint8 image [C, H, W]: STEM.npy (probabilities [classes, H', W']) and an overlay PNG."""
+        self.check_size(path, img)
         device = next(self.model.parameters()).device
         scores = score_map(self.model, self.opened.preprocess.normalize(img, device)).cpu()
         stem = stem or os.path.splitext(os.path.basename(path))[0]

@@ -261,7 +261,12 @@ def test_an_early_signal_is_never_lost(tmp_path, sig):
     p = subprocess.Popen([sys.executable, "-m", "cnncli", "train", "linenet", "--data", "lines", "--project",
                           str(tmp_path)], cwd=ROOT, env={**os.environ, "CI": "1"}, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    time.sleep(0.6)
+    deadline = time.time() + 60  # signal it while torch is being loaded: the moment that used to lose signals
+    while p.poll() is None and time.time() < deadline:
+        with open(f"/proc/{p.pid}/maps") as f:
+            if "libtorch" in f.read():
+                break
+        time.sleep(0.01)
     p.send_signal(getattr(signal, sig))
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and err.strip().splitlines()[-1].startswith(("error: interrupted", "interrupted:")), err

@@ -162,13 +162,20 @@ def check_file(path: str, what: str = "file") -> str:
 
 
 def pick_device(name: str, *, quiet: bool = False):
-    """The library's device choice; the CLI says what `auto` chose (on stderr, unless --json)."""
+    """The library's device choice; the CLI says what `auto` chose (on stderr, unless --json). Commands pick the
+    device early (a bad --device fails at once) with quiet=True and call `log_device` once the input is known good,
+    so a failing command prints its error line alone."""
     from cnncli.engine.device import pick_device as pick
 
     dev = pick(name)
-    if (name or "auto").lower() == "auto" and not quiet:
-        log(f"device: {dev} (auto)")
+    if not quiet:
+        log_device(name, dev)
     return dev
+
+
+def log_device(name: str, dev) -> None:
+    if (name or "auto").lower() == "auto":
+        log(f"device: {dev} (auto)")
 
 
 # ----------------------------------------------------------------------------------------------------- options

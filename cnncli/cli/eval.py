@@ -18,6 +18,7 @@ from cnncli.cli._common import (
     emit_json,
     epilog,
     log,
+    log_device,
     pick_device,
     render_table,
     say,
@@ -50,8 +51,11 @@ def eval_cmd(
         raise UsageError(f"--min-accuracy must be between 0 and 1, got {min_accuracy}", "0.9 means 90%")
     from cnncli.engine.evaluate import evaluate_file
 
+    dev = None if model.endswith(".onnx") else pick_device(device, quiet=True)
     res = evaluate_file(model, data, split, data_dir=data_dir, batch_size=batch_size, model_file=model_file,
-                        device=None if model.endswith(".onnx") else pick_device(device, quiet=json_out))
+                        device=dev)
+    if dev is not None and not json_out:
+        log_device(device, dev)
     if confusion:
         from cnncli.engine.plots import plot_confusion
 

@@ -17,6 +17,7 @@ from cnncli.cli._common import (
     emit_json,
     epilog,
     log,
+    log_device,
     pick_device,
 )
 
@@ -51,16 +52,23 @@ def scoremap_cmd(
         raise UsageError("give at least one IMAGE, or --scene lines")
     for im in images:
         check_file(im, "image")
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise UsageError(f"cannot use {output}: it is a file", "-o takes a folder for the score maps")
     _, sh, sw = parse_size(scene_size)
     from cnncli.models.open import open_checkpoint
     from cnncli.scoremap import ScoreMapper, images_from, lines_scene, output_stems
 
+    dev = pick_device(device, quiet=True)
     opened = open_checkpoint(checkpoint, model_file)
-    mapper = ScoreMapper.from_opened(opened, pick_device(device, quiet=json_out))
+    mapper = ScoreMapper.from_opened(opened, dev)
+    only = mapper.class_index(class_name)
+    jobs = images_from(images, opened.input_size[0])  # every image read and checked before anything is written
+    for path, img in jobs:
+        mapper.check_size(path, img)
+    if not json_out:
+        log_device(device, dev)
     if mapper.converted_diff is not None:
         log(f"converted {checkpoint} on the fly (max |diff| {mapper.converted_diff:.2e})")
-    only = mapper.class_index(class_name)
-    jobs = images_from(images, opened.input_size[0])  # every image read before anything is written
     os.makedirs(output, exist_ok=True)
     regions = None
     if scene:

@@ -17,6 +17,7 @@ from cnncli.cli._common import (
     emit_json,
     epilog,
     human,
+    log_device,
     parse_input_size,
     pick_device,
     render_table,
@@ -40,12 +41,14 @@ def summary_cmd(
     from cnncli.summary import summarize
 
     size = parse_input_size(input_size)
+    dev = pick_device(device, quiet=True)
     opened = open_model(model, input_size=size, num_classes=num_classes, weights=weights, model=model_file)
     c, h, w = opened.input_size
     if size is not None:
         c, h, w = size[0] or c, size[1], size[2]
-    dev = pick_device(device, quiet=json_out)
     result = {"model": opened.name, **summarize(opened.model, (c, h, w), depth=depth, device=str(dev))}
+    if not json_out:
+        log_device(device, dev)
     if json_out:
         emit_json(result)
         return

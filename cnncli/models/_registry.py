@@ -237,9 +237,15 @@ def _build_user_model(spec: str, *, num_classes: int, in_channels: int, image_si
         if key in params:
             kwargs[key] = value
     try:
-        return cls(**kwargs)
+        model = cls(**kwargs)
     except Exception as e:
         raise UsageError(f"cannot build {spec}: {type(e).__name__}: {e}", "check the constructor") from None
+    import torch.nn as nn
+
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"{spec} is not a torch.nn.Module (it built a {type(model).__name__})",
+                         "give a class that subclasses torch.nn.Module")
+    return model
 
 
 def count_params(info: ModelInfo) -> int | None:
