@@ -48,9 +48,33 @@ def ws(tmp_path_factory):
     (w / "syntax.py").write_text("def (:\n")
     (w / "plain.py").write_text("class Net:\n    pass\n")
     (w / "emptydir").mkdir()
+    (w / "stringy.py").write_text("import torch.nn as nn\nclass Net(nn.Module):\n"
+                                  "    def forward(self, x):\n        return 'logits'\n")
+    (w / "wrongout.py").write_text("import torch.nn as nn\nclass Net(nn.Module):\n"
+                                   "    def forward(self, x):\n        return x\n")
+    for cls in ("a", "b"):  # 900 M pixels each: decompression bombs by their headers
+        (w / "bomb" / cls).mkdir(parents=True)
+        (w / "bomb" / cls / "huge.png").write_bytes(_png_header(30000, 30000))
+    (w / "one" / "a").mkdir(parents=True)
+    Image.fromarray(torch.zeros(8, 8, 3, dtype=torch.uint8).numpy()).save(w / "one" / "a" / "x.png")
+    mnist = w / "badmnist" / "MNIST" / "raw"
+    mnist.mkdir(parents=True)
+    for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (mnist / f).write_bytes(b"\x00\x00\x08\x03garbage")
     (w / "noclasses").mkdir()
     (w / "noclasses" / "readme.txt").write_text("no images here")
     return w
+
+
+def _png_header(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IEND", b""))
 
 
 def _snapshot(w):
@@ -127,6 +151,11 @@ CASES = [
     (f"train --resume {E}", "refusing to load"), ("train --resume {w}/emptydir", "nothing to resume"),
     ("train {w}/plain.py:Nope --data digits", "has no 'Nope'"), ("train {w}/syntax.py:Net --data digits", "cannot import"),
     ("train lenet --data digits --bogus", "No such option"),
+    ("train {w}/stringy.py:Net --data digits", "returns str, not a tensor"),
+    ("train {w}/wrongout.py:Net --data digits", "not [1, 10] class scores"),
+    ("train lenet --data folder:{w}/bomb", "cannot read image"),
+    ("train lenet --data folder:{w}/one", "at least 2 images"),
+    ("train lenet --data mnist --data-dir {w}/badmnist", "unreadable"),
     # -------------------------------------------------------------------------------------------------- eval
     ("eval {w}/nowhere.pt --data digits", "not found"), (f"eval {E} --data digits", "refusing to load"),
     ("eval {w}/whole.pt --data digits", "refusing to load"), ("eval {w}/text.pt --data digits", "unreadable checkpoint"),

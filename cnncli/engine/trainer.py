@@ -270,6 +270,12 @@ class Trainer:
                               c, (h, w))
         torch.manual_seed(self.cfg.seed)  # the same initial weights on every rank
         model = build_model(self.spec)
+        from cnncli.summary import probe  # a model that cannot run on this data fails here, before any file
+
+        out = probe(model.eval(), self.spec.input_size)
+        if out.dim() != 2 or out.shape[1] != self.spec.num_classes:
+            raise UsageError(f"{self.spec.name} returns {tuple(out.shape)} for one image, not [1, "
+                             f"{self.spec.num_classes}] class scores", "forward() must return the logits")
         self.channels_last = self.cfg.channels_last and _uses_conv(model)
         model = model.to(self.device)
         if self.channels_last:

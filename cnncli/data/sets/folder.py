@@ -39,6 +39,9 @@ def _splits(path: str) -> tuple[dict[str, list], list[str]]:
             splits[other] = list(ds.samples)
     if "val" not in splits:  # a seeded split when there is no val/
         samples = splits["train"]
+        if len(samples) < 2:
+            raise UsageError(f"{path} holds {len(samples)} image(s): training needs at least 2 images",
+                             "one for training and one to validate; add images or a val/ folder")
         perm = torch.randperm(len(samples), generator=torch.Generator().manual_seed(VAL_SEED)).tolist()
         n_val = max(1, len(samples) // 5)
         splits["val"] = [samples[i] for i in sorted(perm[:n_val])]
@@ -64,7 +67,7 @@ def folder(info, *, data_dir, image_size=None, download=True, arg=None):
         with Image.open(first) as im:
             channels = 1 if im.mode in ("L", "I", "I;16", "1") else 3
             native = (im.height, im.width)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise UsageError(f"cannot read image {first}: {e}", "remove or replace the file") from None
     size = tuple(image_size) if image_size else native
     mean, std = (GRAY_MEAN, GRAY_STD) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)

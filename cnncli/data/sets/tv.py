@@ -95,8 +95,11 @@ def _open(info, name: str, data_dir: str, train: bool, download: bool):
     kwargs = {"split": "train" if train else "test"} if name == "SVHN" else {"train": train}
     try:
         return cls(data_dir, download=False, **kwargs)
-    except RuntimeError:
-        pass
+    except RuntimeError as e:  # torchvision's "not found": try the download below
+        if "not found" not in str(e).lower() and "corrupted" not in str(e).lower():
+            raise _unreadable(info, data_dir, e) from None
+    except (ValueError, KeyError, IndexError, EOFError, AssertionError, OSError) as e:  # files there, but broken
+        raise _unreadable(info, data_dir, e) from None
     if download:
         try:
             return cls(data_dir, download=True, **kwargs)
@@ -105,6 +108,12 @@ def _open(info, name: str, data_dir: str, train: bool, download: bool):
             raise UsageError(f"dataset {info.name} is not in {data_dir} and could not be downloaded ({reason})",
                              f"put {info.files} in {data_dir}, or set --data-dir / CNN_DATA_DIR") from None
     raise UsageError(f"dataset {info.name} is not in {data_dir}", f"put {info.files} there")
+
+
+def _unreadable(info, data_dir: str, e: Exception) -> UsageError:
+    msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    return UsageError(f"the {info.name} files in {data_dir} are unreadable: {type(e).__name__}: {msg}",
+                      f"replace them with {info.files} from the release, or delete them to download again")
 
 
 def _to_uint8_nchw(data):
