@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn as nn
 
-from cnncli.errors import UsageError
+from cnncli.models.open import probe
 from cnncli.receptive import module_fields
 
 
@@ -28,26 +27,6 @@ def leaf_macs(module: nn.Module, input_size: list, output_size: list) -> int:
     if isinstance(module, nn.Linear):
         return math.prod(output_size[1:-1]) * module.in_features * module.out_features
     return 0
-
-
-def probe(model: nn.Module, input_size: tuple[int, int, int], device: str = "cpu") -> torch.Tensor:
-    """One forward pass on zeros; a model that fails on this input, or does not return a tensor, is a UsageError
-    naming the cause (torchinfo would only say "see above stack traces")."""
-    size = "x".join(map(str, (1, *input_size)))
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros(1, *input_size, device=device))
-    except MemoryError:
-        raise UsageError(f"a {size} input is too large for this machine's memory", "give a smaller --in") from None
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if "allocate" in msg.lower() or "out of memory" in msg.lower():
-            raise UsageError(f"a {size} input is too large for this machine's memory", "give a smaller --in") from None
-        raise UsageError(f"the model fails on a {size} input: {type(e).__name__}: {msg}",
-                         "check --in against the input size the model expects") from None
-    if not isinstance(out, torch.Tensor):
-        raise UsageError(f"the model returns {type(out).__name__}, not a tensor", "forward() must return the logits")
-    return out
 
 
 def summarize(model: nn.Module, input_size: tuple[int, int, int], depth: int = 3, device: str = "cpu") -> dict:

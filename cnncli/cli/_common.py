@@ -161,19 +161,16 @@ def check_file(path: str, what: str = "file") -> str:
     return path
 
 
-def pick_device(name: str, *, quiet: bool = False):
-    """The library's device choice; the CLI says what `auto` chose (on stderr, unless --json). Commands pick the
-    device early (a bad --device fails at once) with quiet=True and call `log_device` once the input is known good,
-    so a failing command prints its error line alone."""
+def pick_device(name: str):
+    """The library's device choice (a bad --device fails at once). Commands pick it early and call `log_device`
+    once the input is known good, so a failing command prints its error line alone."""
     from cnncli.engine.device import pick_device as pick
 
-    dev = pick(name)
-    if not quiet:
-        log_device(name, dev)
-    return dev
+    return pick(name)
 
 
 def log_device(name: str, dev) -> None:
+    """Say what `--device auto` chose (on stderr)."""
     if (name or "auto").lower() == "auto":
         log(f"device: {dev} (auto)")
 

@@ -51,7 +51,7 @@ def eval_cmd(
         raise UsageError(f"--min-accuracy must be between 0 and 1, got {min_accuracy}", "0.9 means 90%")
     from cnncli.engine.evaluate import evaluate_file
 
-    dev = None if model.endswith(".onnx") else pick_device(device, quiet=True)
+    dev = None if model.endswith(".onnx") else pick_device(device)
     res = evaluate_file(model, data, split, data_dir=data_dir, batch_size=batch_size, model_file=model_file,
                         device=dev)
     if dev is not None and not json_out:

@@ -58,7 +58,7 @@ def scoremap_cmd(
     from cnncli.models.open import open_checkpoint
     from cnncli.scoremap import ScoreMapper, images_from, lines_scene, output_stems
 
-    dev = pick_device(device, quiet=True)
+    dev = pick_device(device)
     opened = open_checkpoint(checkpoint, model_file)
     mapper = ScoreMapper.from_opened(opened, dev)
     only = mapper.class_index(class_name)

@@ -41,7 +41,7 @@ def summary_cmd(
     from cnncli.summary import summarize
 
     size = parse_input_size(input_size)
-    dev = pick_device(device, quiet=True)
+    dev = pick_device(device)
     opened = open_model(model, input_size=size, num_classes=num_classes, weights=weights, model=model_file)
     c, h, w = opened.input_size
     if size is not None:

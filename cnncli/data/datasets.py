@@ -19,8 +19,19 @@ from cnncli.preprocess import Preprocess
 VAL_SEED = 1234  # the train/val split is fixed (not the training seed) so `cnn eval --split val` can rebuild it
 
 
-class _Splits:
-    """What both kinds share: named splits, classes, preprocessing."""
+@dataclass
+class _Dataset:
+    """What both kinds share: named splits, classes, normalization, and the registry's augmentation and defaults."""
+
+    name: str
+    splits: dict
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int
+    flip: bool
+    epochs: int
+    batch_size: int
 
     def split(self, name: str):
         if name not in self.splits:
@@ -38,18 +49,8 @@ class _Splits:
 
 
 @dataclass
-class TensorData(_Splits):
-    """A whole small-image dataset in memory: uint8 images per split, labels, classes, normalization."""
-
-    name: str
-    splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
-    classes: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    crop_padding: int             # augmentation and defaults: the registry's DatasetInfo
-    flip: bool
-    epochs: int
-    batch_size: int
+class TensorData(_Dataset):
+    """A whole small-image dataset in memory: splits of (uint8 images [N, C, H, W], labels)."""
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -58,21 +59,12 @@ class TensorData(_Splits):
 
 
 @dataclass
-class FolderData(_Splits):
-    """An ImageFolder dataset streamed from disk (split -> list of (path, label))."""
+class FolderData(_Dataset):
+    """An ImageFolder dataset streamed from disk: splits of [(path, label)] under `root`."""
 
-    name: str
-    root: str
-    splits: dict[str, list[tuple[str, int]]]
-    classes: list[str]
-    image_size: tuple[int, int]
-    channels: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    crop_padding: int             # augmentation and defaults: the registry's DatasetInfo
-    flip: bool
-    epochs: int
-    batch_size: int
+    root: str = ""
+    image_size: tuple[int, int] = (0, 0)
+    channels: int = 3
 
     @property
     def input_size(self) -> tuple[int, int, int]:

@@ -195,11 +195,13 @@ class Trainer:
 
     def _resume_config(self, request: TrainConfig, last_pt: str) -> TrainConfig:
         """The saved run's config; `--device` and `--epochs` given with `--resume` override it."""
+        from cnncli.models import is_user_model
+
         ckpt = Checkpoint.load(last_pt)
         if ckpt.training is None:
             raise UsageError(f"{last_pt} has no training state", "resume from last.pt, not best.pt")
         saved = TrainConfig.from_dict(ckpt.args)
-        if saved.model and ".py:" in saved.model and not request.model:  # never import a file the run folder names
+        if saved.model and is_user_model(saved.model) and not request.model:  # a run folder never picks a .py
             raise UsageError(f"{last_pt} is a run of the Python file {saved.model}; cnn imports a .py file only when "
                              "you name it", f"cnn train {saved.model} --resume {os.path.dirname(last_pt)}")
         for flag, asked, had in (("MODEL", request.model, saved.model), ("--data", request.data, saved.data)):
@@ -263,6 +265,7 @@ class Trainer:
     def _build_model(self) -> None:
         from cnncli.models import build_model
         from cnncli.models import resolve as resolve_model
+        from cnncli.models.open import probe
 
         info = resolve_model(self.cfg.model)
         c, h, w = self.data.input_size
@@ -270,10 +273,8 @@ class Trainer:
                               c, (h, w))
         torch.manual_seed(self.cfg.seed)  # the same initial weights on every rank
         model = build_model(self.spec)
-        from cnncli.summary import probe  # a model that cannot run on this data fails here, before any file
-
         out = probe(model.eval(), self.spec.input_size)
-        if out.dim() != 2 or out.shape[1] != self.spec.num_classes:
+        if out.dim() != 2 or out.shape[1] != self.spec.num_classes:  # fails here, before any file is written
             raise UsageError(f"{self.spec.name} returns {tuple(out.shape)} for one image, not [1, "
                              f"{self.spec.num_classes}] class scores", "forward() must return the logits")
         self.channels_last = self.cfg.channels_last and _uses_conv(model)

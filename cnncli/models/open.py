@@ -83,6 +83,26 @@ def model_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
     return model
 
 
+def probe(model: nn.Module, input_size: tuple[int, int, int], device: str = "cpu") -> torch.Tensor:
+    """One forward pass on zeros; a model that fails on this input, or does not return a tensor, is a UsageError
+    naming the cause (torchinfo would only say "see above stack traces")."""
+    size = "x".join(map(str, (1, *input_size)))
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *input_size, device=device))
+    except MemoryError:
+        raise UsageError(f"a {size} input is too large for this machine's memory", "give a smaller --in") from None
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if "allocate" in msg.lower() or "out of memory" in msg.lower():
+            raise UsageError(f"a {size} input is too large for this machine's memory", "give a smaller --in") from None
+        raise UsageError(f"the model fails on a {size} input: {type(e).__name__}: {msg}",
+                         "check --in against the input size the model expects") from None
+    if not isinstance(out, torch.Tensor):
+        raise UsageError(f"the model returns {type(out).__name__}, not a tensor", "forward() must return the logits")
+    return out
+
+
 def trusted_spec(ckpt: Checkpoint, path: str, model: str | None) -> ModelSpec:
     """The spec to build: a checkpoint never decides by itself to import a Python file. One trained from
     `file.py:Class` is rebuilt only when the user names that model (`--model file.py:Class`, the same file or the

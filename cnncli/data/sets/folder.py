@@ -71,5 +71,5 @@ def folder(info, *, data_dir, image_size=None, download=True, arg=None):
         raise UsageError(f"cannot read image {first}: {e}", "remove or replace the file") from None
     size = tuple(image_size) if image_size else native
     mean, std = (GRAY_MEAN, GRAY_STD) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
-    return FolderData(f"folder:{path}", path, splits, classes, size, channels, mean, std, info.crop_padding,
-                      info.flip, info.epochs, info.batch_size)
+    return FolderData(f"folder:{path}", splits, classes, mean, std, info.crop_padding, info.flip, info.epochs,
+                      info.batch_size, root=path, image_size=size, channels=channels)
