@@ -36,14 +36,20 @@ class ModelSpec:
     num_classes: int
     in_channels: int
     image_size: tuple[int, int]
+    # the image size the architecture is built for, when the weights need another layout than `image_size` would
+    # give (a 7x7-stem resnet18 run on 32x32 images): None = image_size
+    build_size: tuple[int, int] | None = None
 
     @property
     def input_size(self) -> tuple[int, int, int]:
         return (self.in_channels, *self.image_size)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "num_classes": int(self.num_classes), "in_channels": int(self.in_channels),
-                "image_size": [int(v) for v in self.image_size]}
+        d = {"name": self.name, "num_classes": int(self.num_classes), "in_channels": int(self.in_channels),
+             "image_size": [int(v) for v in self.image_size]}
+        if self.build_size is not None:
+            d["build_size"] = [int(v) for v in self.build_size]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
@@ -53,8 +59,11 @@ class ModelSpec:
             raise ValueError(f"model name {name!r}")
         if isinstance(size, (str, bytes)) or len(size) != 2:
             raise ValueError(f"image_size {size!r}")
-        spec = cls(name, _count(d["num_classes"]), _count(d["in_channels"]), tuple(_count(v) for v in size))
-        return spec
+        build = d.get("build_size")
+        if build is not None and (isinstance(build, (str, bytes)) or len(build) != 2):
+            raise ValueError(f"build_size {build!r}")
+        return cls(name, _count(d["num_classes"]), _count(d["in_channels"]), tuple(_count(v) for v in size),
+                   None if build is None else tuple(_count(v) for v in build))
 
 
 def _count(v) -> int:

@@ -63,6 +63,8 @@ class TrainConfig:
     device: str = "auto"                 # auto | cpu | cuda | cuda:N | mps
     img_size: list[int] | None = None    # folder datasets: resize to [H, W] (default: the images' own size)
     num_classes: int | None = None       # default: the dataset's
+    weights: str | None = None           # start from any model file's weights (fitting tensors load, the head is re-made)
+    trust_pickle: bool = False           # --weights may be a whole pickled model (unpickling runs its code)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -118,6 +120,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UsageError(f"--img-size must be HxW or N with positive sizes, got {cfg.img_size}")
     if not cfg.name or cfg.name in (".", "..") or os.sep in cfg.name or (os.altsep and os.altsep in cfg.name):
         raise UsageError(f"--name must be a folder name, not a path: {cfg.name!r}", "use --project for the parent folder")
+    if cfg.weights is not None and not os.path.isfile(cfg.weights):
+        raise UsageError(f"--weights file not found: {cfg.weights}", "give a model file: state dict, checkpoint, ...")
     if os.path.exists(cfg.project) and not os.path.isdir(cfg.project):
         raise UsageError(f"--project {cfg.project} is a file", "give a folder for the runs")
     from cnncli.data import get_dataset_info  # the registries last: they are slower than the checks above

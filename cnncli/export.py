@@ -213,8 +213,8 @@ def _onnx_describe(path: str) -> tuple[list[dict], list[dict]]:
     return [desc(i) for i in m.graph.input], [desc(o) for o in m.graph.output]
 
 
-def read_onnx_metadata(path: str) -> dict:
-    """The metadata of an ONNX file written by `cnn export` (JSON values decoded)."""
+def read_onnx_metadata(path: str, required=("input_size", "mean", "std")) -> dict:
+    """The metadata of an ONNX file written by `cnn export` (JSON values decoded); `required` keys must be there."""
     import onnx
 
     if not os.path.exists(path):
@@ -229,7 +229,7 @@ def read_onnx_metadata(path: str) -> dict:
             out[p.key] = json.loads(p.value)
         except ValueError:
             out[p.key] = p.value
-    missing = [k for k in ("input_size", "mean", "std") if k not in out]
+    missing = [k for k in required if k not in out]
     if missing:
         raise UsageError(f"{path} has no {', '.join(missing)} metadata", "export it with cnn export")
     return out
@@ -237,7 +237,7 @@ def read_onnx_metadata(path: str) -> dict:
 
 # ------------------------------------------------------------------------------------------ torch.export (.pt2)
 
-PT2_METADATA = "cnncli.json"  # the program's extra file with the metadata (torch.export.load(extra_files=))
+from cnncli.models.files import PT2_METADATA  # noqa: E402  (the program's extra file with the metadata)
 
 
 def _dynamic_shapes(job: ExportJob):
@@ -297,30 +297,62 @@ def export_formats() -> dict[str, ExportFormat]:
     }
 
 
-def _prepare(model_arg: str, fmt: ExportFormat, *, opset, dynamic_batch, dynamic_size, model_file=None) -> ExportJob:
-    """Open the model (a checkpoint), fold BatchNorm, and gather the metadata and the shapes to check."""
-    from cnncli.models.open import is_checkpoint_path, open_checkpoint
+def _prepare(model_arg: str, fmt: ExportFormat, *, opset, dynamic_batch, dynamic_size, request=None,
+             log=lambda msg: None) -> ExportJob:
+    """Open the model (any form `open_model` takes), fold BatchNorm, and gather the metadata and the shapes to check."""
+    from cnncli.models.open import open_model
 
-    if not is_checkpoint_path(model_arg):
-        raise UsageError(f"checkpoint not found: {model_arg}", "export takes a checkpoint .pt from cnn train or cnn fcn")
-    opened = open_checkpoint(model_arg, model_file)
-    fcn = opened.checkpoint.fcn
+    opened = open_model(model_arg, request)
+    for note in opened.notes:
+        log(note)
+    if opened.origin == "registry" and not (request and request.weights):
+        log(f"{model_arg}: random weights (give --weights FILE to export trained ones)")
+    fcn = opened.checkpoint.fcn if opened.checkpoint else None
     dynamic_size = bool(fcn) if dynamic_size is None else dynamic_size
     if dynamic_size and not fcn:
         raise UsageError("--dynamic-size needs a fully-convolutional checkpoint", f"run: cnn fcn {model_arg}")
+    static = getattr(opened.model, "static_batch", None)
+    if static and dynamic_batch:  # a torch.export program fixed to one batch size: so is what it becomes
+        log(f"{model_arg} was exported for batch {static} only: the {fmt.name} file takes batch {static}")
+        dynamic_batch = False
     size = opened.input_size
     model = opened.model.eval()
-    meta = {"model_name": opened.name, **opened.preprocess.to_metadata(),
+    pre = opened.preprocess or _bare_preprocess(opened)
+    meta = {"model_name": opened.name, **pre.to_metadata(),
             "channel_order": "L" if size[0] == 1 else "RGB", "layout": "NCHW, float32, pixels/255 then (x-mean)/std",
-            "dataset": opened.checkpoint.dataset, "cnncli_version": __version__,
+            "dataset": opened.checkpoint.dataset if opened.checkpoint else "", "cnncli_version": __version__,
             "torch_version": str(torch.__version__), "fully_convolutional": bool(fcn), "format": fmt.name,
-            "dynamic_batch": dynamic_batch, "dynamic_size": dynamic_size}
+            "dynamic_batch": dynamic_batch, "dynamic_size": dynamic_size, "source": opened.source}
     if fcn:
         meta.update({"stride": fcn["stride"], "receptive_field": fcn["receptive_field"], "offset": fcn["offset"]})
     # batch 2 for a dynamic batch (exporters specialize a size-1 dimension); a static batch is 1, what the file takes
-    example = torch.randn(2 if dynamic_batch else 1, *size, generator=torch.Generator().manual_seed(1))
+    batch = static or (2 if dynamic_batch else 1)
+    example = torch.randn(batch, *size, generator=torch.Generator().manual_seed(1))
     shapes = check_shapes(size, dynamic_batch, dynamic_size, tuple(fcn["stride"]) if fcn else (1, 1))
+    if static:
+        shapes = [(static, *s[1:]) for s in shapes]
     return ExportJob(model, fold_batchnorm(model), example, shapes, meta, opset, dynamic_batch, dynamic_size)
+
+
+def _bare_preprocess(opened):
+    """A registry architecture with nothing known about its data: its own defaults (logged by the caller)."""
+    from cnncli.models.open import ModelRequest, resolve_preprocess
+
+    pre, _ = resolve_preprocess(opened.spec, ModelRequest(), {})
+    return pre
+
+
+def default_output(model_arg: str, suffix: str) -> str:
+    """MODEL with the format's suffix: runs/train/best.pt -> runs/train/best.onnx; a registry name -> NAME.onnx
+    in the current folder (tv:resnet18 -> tv-resnet18.onnx; my_net.py:Net -> my_net-Net.onnx)."""
+    import re
+
+    from cnncli.models.open import is_checkpoint_path
+
+    if is_checkpoint_path(model_arg):
+        return os.path.splitext(model_arg)[0] + suffix
+    base = os.path.basename(model_arg).replace(".py:", "-")
+    return re.sub(r"[^\w.-]+", "-", base).strip("-.") + suffix
 
 
 def _write_verified(job: ExportJob, fmt: ExportFormat, writer: str, out: str, check: bool, tolerance: float):
@@ -353,7 +385,7 @@ class _Rejected(Exception):
 def export_model(model_arg: str, fmt: str = "onnx", output: str | None = None, *, opset: int = 18,
                  dynamic_batch: bool = True, dynamic_size: bool | None = None, check: bool = True,
                  tolerance: float = 1e-4, force: bool = False, exporter: str = "auto",
-                 log=lambda msg: None, model_file: str | None = None) -> ExportResult:
+                 log=lambda msg: None, request=None) -> ExportResult:
     """Export a model file to `fmt`, verified against PyTorch, written atomically."""
     formats = export_formats()
     if fmt not in formats:
@@ -366,9 +398,11 @@ def export_model(model_arg: str, fmt: str = "onnx", output: str | None = None, *
         raise UsageError(f"--tolerance must be a number >= 0, got {tolerance}")
     if fmt == "onnx" and not 7 <= opset <= 23:
         raise UsageError(f"unsupported opset {opset}", "use 7..23 (default 18)")
-    out = check_output(output or os.path.splitext(model_arg)[0] + spec.suffix, [model_arg], force)
+    out = check_output(output or default_output(model_arg, spec.suffix), [model_arg], force)
     job = _prepare(model_arg, spec, opset=opset, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size,
-                   model_file=model_file)
+                   request=request, log=log)
+    if isinstance(job.model, torch.jit.ScriptModule) and exporter == "auto":  # torch.export cannot trace TorchScript
+        writers = [w for w in writers if w != "dynamo"] or writers
     remove_stale_temp_files(os.path.dirname(os.path.abspath(out)), out)  # of an export that was killed
     failures = []
     for i, writer in enumerate(writers):

@@ -10,6 +10,7 @@ import math
 
 import torch.nn as nn
 
+from cnncli.models.files import ProgramModule
 from cnncli.models.open import probe
 from cnncli.receptive import module_fields
 
@@ -35,6 +36,8 @@ def summarize(model: nn.Module, input_size: tuple[int, int, int], depth: int = 3
 
     model = model.to(device).eval()
     out = probe(model, input_size, device)
+    if is_opaque(model):
+        return _opaque_summary(model, input_size, out)
     stats = torchinfo.summary(model, input_size=(1, *input_size), depth=max(depth, 1), verbose=0, device=device,
                               mode="eval", col_names=("output_size", "num_params"))
     infos = stats.summary_list
@@ -85,3 +88,44 @@ def summarize(model: nn.Module, input_size: tuple[int, int, int], depth: int = 3
         "layers": rows,
     }
 
+
+
+def is_opaque(model: nn.Module) -> bool:
+    """TorchScript and torch.export modules: their layers run without Python hooks, so per-layer shapes, MACs and
+    receptive fields cannot be measured (they are reported as unknown, never as 0)."""
+    import torch
+
+    return isinstance(model, (torch.jit.ScriptModule, ProgramModule))
+
+
+def _opaque_summary(model: nn.Module, input_size, out) -> dict:
+    root = model.program if isinstance(model, ProgramModule) else model
+    rows = [{"name": name, "type": getattr(m, "original_name", type(m).__name__), "depth": 1, "output": None,
+             "params": sum(p.numel() for p in m.parameters()), "macs": None, "container": False,
+             "receptive_field": None, "jump": None} for name, m in root.named_children()]
+    return {"input": list(input_size), "output": list(out.shape[1:]), "params": sum(p.numel() for p in model.parameters()),
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad), "macs": None,
+            "receptive_field": None, "jump": None, "layers": rows}
+
+
+def onnx_summary(path: str) -> dict:
+    """An ONNX file: its inputs, outputs and parameter count (the initializers' elements); nothing is run."""
+    import onnx
+
+    try:
+        m = onnx.load(path, load_external_data=False)
+    except Exception as e:
+        from cnncli.errors import UsageError
+
+        raise UsageError(f"unreadable ONNX file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+    def desc(v):
+        return {"name": v.name, "shape": [d.dim_param or d.dim_value or None for d in v.type.tensor_type.shape.dim]}
+
+    inputs = [desc(i) for i in m.graph.input if i.name not in {t.name for t in m.graph.initializer}]
+    outputs = [desc(o) for o in m.graph.output]
+    params = sum(math.prod(t.dims) for t in m.graph.initializer)
+    opset = next((i.version for i in m.opset_import if i.domain in ("", "ai.onnx")), None)
+    return {"input": inputs[0]["shape"][1:] if inputs else [], "output": outputs[0]["shape"][1:] if outputs else [],
+            "params": int(params), "trainable_params": None, "macs": None, "receptive_field": None, "jump": None,
+            "layers": [], "inputs": inputs, "outputs": outputs, "opset": opset}

@@ -202,7 +202,72 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON result obj
 DeviceOpt = Annotated[str, typer.Option("--device", help=DEVICES_HELP)]
 DEFAULT_DEVICE = "auto"
 ModelFileOpt = Annotated[Optional[str], typer.Option(
-    "--model", help="The file.py:Class a checkpoint was trained from: cnn imports a .py file only when you name it.")]
+    "--model", help="The architecture of a state dict (a registry name or file.py:Class; default: detected from its "
+                    "tensors), or the file.py:Class a checkpoint was trained from. cnn imports a .py file only when "
+                    "you name it.")]
+TrustPickleOpt = Annotated[bool, typer.Option(
+    "--trust-pickle", help="Load a whole pickled model (torch.save(model)). Unpickling runs code named by the file: "
+                           "only for files you trust.")]
+InOpt = Annotated[Optional[str], typer.Option("--in", help="Input CxHxW, for a file that does not record it.")]
+MeanOpt = Annotated[Optional[str], typer.Option(
+    "--mean", help="Per-channel mean of pixels in 0..1 (0.485,0.456,0.406), for a file that does not record it.")]
+StdOpt = Annotated[Optional[str], typer.Option("--std", help="Per-channel std (0.229,0.224,0.225), likewise.")]
+ClassesOpt = Annotated[Optional[str], typer.Option(
+    "--classes", help="Class names: a file with one per line, or a comma list (cat,dog).")]
+
+
+def parse_floats(text: str | None, flag: str, positive: bool = False) -> tuple[float, ...] | None:
+    """'0.5,0.5,0.5' -> (0.5, 0.5, 0.5)."""
+    import math
+
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise UsageError(f"{flag} takes numbers separated by commas, got {text!r}", f"e.g. {flag} 0.5,0.5,0.5") from None
+    if not all(math.isfinite(v) for v in values) or (positive and not all(v > 0 for v in values)):
+        raise UsageError(f"{flag} values must be finite{' and > 0' if positive else ''}, got {text!r}")
+    return values
+
+
+def parse_classes(text: str | None) -> tuple[str, ...] | None:
+    """--classes: a file with one name per line (blank lines ignored), or a comma list."""
+    if text is None:
+        return None
+    if os.path.isfile(text):
+        try:
+            with open(text, encoding="utf-8") as f:
+                names = tuple(line.strip() for line in f if line.strip())
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read --classes file {text}: {e}") from None
+    elif "," not in text and text.lower().endswith((".txt", ".csv", ".names", ".lst")):
+        raise UsageError(f"--classes file not found: {text}", "give a file with one name per line, or a comma list")
+    else:
+        names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise UsageError(f"--classes gives no class names: {text!r}")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise UsageError(f"--classes names {dup!r} twice")
+    return names
+
+
+def model_request(*, model=None, weights=None, trust_pickle=False, input_size=None, num_classes=None, mean=None,
+                  std=None, classes=None, fallback=None):
+    """The ModelRequest (cnncli.models.open) for a command's model options, with the values parsed."""
+    from cnncli.models.open import ModelRequest
+
+    return ModelRequest(model=model, weights=weights, input_size=parse_input_size(input_size) if isinstance(
+        input_size, str) else input_size, num_classes=num_classes, mean=parse_floats(mean, "--mean"),
+        std=parse_floats(std, "--std", positive=True), classes=parse_classes(classes), trust_pickle=trust_pickle,
+        fallback=fallback)
+
+
+def log_notes(opened) -> None:
+    """What opening the model detected or assumed, on stderr."""
+    for note in opened.notes:
+        log(note)
 
 
 def epilog(text: str) -> str:

@@ -9,16 +9,22 @@ import typer
 from cnncli.cli import app
 from cnncli.cli._common import (
     DEFAULT_DEVICE,
+    ClassesOpt,
     Column,
     DeviceOpt,
+    InOpt,
     JsonOpt,
+    MeanOpt,
     ModelFileOpt,
+    StdOpt,
+    TrustPickleOpt,
     check_file,
     choice,
     emit_json,
     epilog,
     log,
     log_device,
+    model_request,
     pick_device,
     render_table,
     say,
@@ -27,12 +33,17 @@ from cnncli.cli._common import (
 SPLITS = ("test", "val", "train")
 EPILOG = ("Examples:\n\n  cnn eval runs/train/best.pt --data digits\n\n"
           "  cnn eval runs/train/best.pt --data cifar10 --confusion confusion.png --min-accuracy 0.9\n\n"
-          "  cnn eval model.onnx --data digits --json     # ONNX Runtime, preprocessing from the file's metadata")
+          "  cnn eval model.onnx --data digits --json     # ONNX Runtime, preprocessing from the file's metadata\n\n"
+          "  cnn eval resnet18_cifar.pt --data cifar10     # a state dict: architecture detected, preprocessing "
+          "assumed (logged)\n\n"
+          "  cnn eval model.pt --data cifar10 --model resnet18 --mean 0.49,0.48,0.45 --std 0.25,0.24,0.26 "
+          "--classes names.txt")
 
 
 @app.command("eval", epilog=epilog(EPILOG))
 def eval_cmd(
-    model: Annotated[str, typer.Argument(help="A checkpoint .pt (from cnn train/fcn) or an exported .onnx file.")],
+    model: Annotated[str, typer.Argument(help="A model file: checkpoint, state dict, TorchScript, .pt2, .onnx "
+                                              "(see cnn summary for what each shows).")],
     data: Annotated[Optional[str], typer.Option("--data", help="Dataset (default: the one the model was trained on).")] = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where datasets live.")] = None,
     split: Annotated[str, typer.Option("--split", click_type=choice("split", SPLITS), help="Which split to measure.")] = "test",
@@ -40,6 +51,11 @@ def eval_cmd(
     confusion: Annotated[Optional[str], typer.Option("--confusion", help="Write the confusion matrix as a PNG.")] = None,
     min_accuracy: Annotated[Optional[float], typer.Option("--min-accuracy", help="CI gate: exit 1 when top-1 is below (0..1).")] = None,
     model_file: ModelFileOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    input_size: InOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    classes: ClassesOpt = None,
     device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
 ) -> None:
@@ -49,11 +65,12 @@ def eval_cmd(
     check_file(model, "model")
     if min_accuracy is not None and not 0 <= min_accuracy <= 1:
         raise UsageError(f"--min-accuracy must be between 0 and 1, got {min_accuracy}", "0.9 means 90%")
+    req = model_request(model=model_file, trust_pickle=trust_pickle, input_size=input_size, mean=mean, std=std,
+                        classes=classes)
     from cnncli.engine.evaluate import evaluate_file
 
-    dev = None if model.endswith(".onnx") else pick_device(device)
-    res = evaluate_file(model, data, split, data_dir=data_dir, batch_size=batch_size, model_file=model_file,
-                        device=dev)
+    dev = None if model.lower().endswith(".onnx") else pick_device(device)
+    res = evaluate_file(model, data, split, data_dir=data_dir, batch_size=batch_size, request=req, device=dev, log=log)
     if dev is not None and not json_out:
         log_device(device, dev)
     if confusion:

@@ -7,7 +7,20 @@ from typing import Annotated, Optional
 import typer
 
 from cnncli.cli import app
-from cnncli.cli._common import JsonOpt, ModelFileOpt, choice, emit_json, epilog, log
+from cnncli.cli._common import (
+    ClassesOpt,
+    InOpt,
+    JsonOpt,
+    MeanOpt,
+    ModelFileOpt,
+    StdOpt,
+    TrustPickleOpt,
+    choice,
+    emit_json,
+    epilog,
+    log,
+    model_request,
+)
 
 # the format table lives in cnncli.export (torch); its names are repeated here so --help starts without torch,
 # and a test checks the two lists agree
@@ -18,6 +31,8 @@ EPILOG = ("Examples:\n\n  cnn export runs/train/best.pt --onnx                 #
           "  cnn export runs/train/best-fcn.pt --onnx -o fcn.onnx  # dynamic batch, height and width\n\n"
           "  cnn export runs/train/best.pt --onnx --static-batch --opset 17 --json\n\n"
           "  cnn export runs/train/best.pt --format pt2             # runs/train/best.pt2, a torch.export program\n\n"
+          "  cnn export model.pt --onnx                            # a state dict: architecture detected\n\n"
+          "  cnn export resnet18 --onnx --in 3x224x224             # a registry name (random weights, or --weights)\n\n"
           "Formats: onnx (exporters: dynamo, then torchscript), pt2 (exporter: export). "
           "The check (default) runs the file against PyTorch on several batch sizes (and image sizes for "
           "fully-convolutional models), after onnx's full checker for ONNX; above --tolerance nothing is written "
@@ -26,7 +41,8 @@ EPILOG = ("Examples:\n\n  cnn export runs/train/best.pt --onnx                 #
 
 @app.command("export", epilog=epilog(EPILOG))
 def export_cmd(
-    checkpoint: Annotated[str, typer.Argument(help="A checkpoint .pt from cnn train or cnn fcn.")],
+    checkpoint: Annotated[str, typer.Argument(metavar="MODEL", help="A model file (checkpoint, state dict, TorchScript, "
+                                              ".pt2; --trust-pickle for a pickled module) or a registry name.")],
     fmt: Annotated[Optional[str], typer.Option("--format", "-f", click_type=choice("format", FORMATS), help="What to write.")] = None,
     onnx: Annotated[bool, typer.Option("--onnx", help="Same as --format onnx.")] = False,
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="Output path (default: CHECKPOINT with the format's suffix).")] = None,
@@ -38,9 +54,15 @@ def export_cmd(
     exporter: Annotated[str, typer.Option("--exporter", click_type=choice("exporter", EXPORTERS), help="auto tries the format's exporters in order.")] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
     model_file: ModelFileOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    input_size: InOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    classes: ClassesOpt = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", help="Weights for a registry name, from any model file.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Export a checkpoint to ONNX or a torch.export program with metadata, verified against PyTorch."""
+    """Export any model file or registry model to ONNX or a torch.export program with metadata, verified against PyTorch."""
     from cnncli.cli._common import check_file
     from cnncli.errors import UsageError
 
@@ -49,11 +71,16 @@ def export_cmd(
     fmt = "onnx" if onnx else fmt
     if fmt is None:
         raise UsageError("choose a format", "--format onnx (or --onnx), --format pt2")
-    check_file(checkpoint, "checkpoint")
+    req = model_request(model=model_file, weights=weights, trust_pickle=trust_pickle, input_size=input_size, mean=mean,
+                        std=std, classes=classes)
+    from cnncli.models.open import is_checkpoint_path
+
+    if is_checkpoint_path(checkpoint):
+        check_file(checkpoint, "model")
     from cnncli.export import export_model
 
     res = export_model(checkpoint, fmt, output, opset=opset, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size,
-                       check=check, tolerance=tolerance, force=force, exporter=exporter, log=log, model_file=model_file)
+                       check=check, tolerance=tolerance, force=force, exporter=exporter, log=log, request=req)
     if json_out:
         emit_json(res.as_dict())
         return

@@ -8,7 +8,20 @@ from typing import Annotated, Optional
 import typer
 
 from cnncli.cli import app
-from cnncli.cli._common import JsonOpt, ModelFileOpt, emit_json, epilog, log
+from cnncli.cli._common import (
+    ClassesOpt,
+    InOpt,
+    JsonOpt,
+    MeanOpt,
+    ModelFileOpt,
+    StdOpt,
+    TrustPickleOpt,
+    emit_json,
+    epilog,
+    log,
+    log_notes,
+    model_request,
+)
 
 EPILOG = ("Examples:\n\n  cnn fcn runs/train/best.pt                  # writes runs/train/best-fcn.pt\n\n"
           "  cnn fcn runs/train/best.pt -o lenet-fcn.pt --json\n\n"
@@ -17,11 +30,17 @@ EPILOG = ("Examples:\n\n  cnn fcn runs/train/best.pt                  # writes r
 
 @app.command("fcn", epilog=epilog(EPILOG))
 def fcn_cmd(
-    checkpoint: Annotated[str, typer.Argument(help="A classifier checkpoint .pt from cnn train.")],
-    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Where to write (default: CHECKPOINT-fcn.pt).")] = None,
+    checkpoint: Annotated[str, typer.Argument(metavar="MODEL", help="A trained classifier: a checkpoint from cnn train, "
+                                              "or a state dict (architecture detected, or --model NAME).")],
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Where to write (default: MODEL-fcn.pt).")] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", help="Largest allowed logit difference at the training size (relative to the logit scale).")] = 1e-4,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
     model_file: ModelFileOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    input_size: InOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    classes: ClassesOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Rewrite the classifier head as convolutions, verify identical logits, record stride and receptive field."""
@@ -29,17 +48,21 @@ def fcn_cmd(
     from cnncli.errors import UsageError
     from cnncli.fileio import check_output
 
-    check_file(checkpoint, "checkpoint")
+    req = model_request(model=model_file, trust_pickle=trust_pickle, input_size=input_size, mean=mean, std=std,
+                        classes=classes)
+    check_file(checkpoint, "model")
     out = check_output(output or os.path.splitext(checkpoint)[0] + "-fcn.pt", [checkpoint], force)
     from cnncli.fcn import fcn_checkpoint, to_fully_convolutional
-    from cnncli.models.open import open_checkpoint
+    from cnncli.models.open import open_model
 
-    opened = open_checkpoint(checkpoint, model_file)
+    opened = open_model(checkpoint, req)
+    opened.require_rebuildable("fcn")
     if opened.fully_convolutional:
         raise UsageError(f"{checkpoint} is already fully convolutional")
     size = opened.input_size
     conv = to_fully_convolutional(opened.model, size, verify=True, tolerance=tolerance)
-    fcn_checkpoint(opened.checkpoint, conv).save(out)
+    log_notes(opened)
+    fcn_checkpoint(opened.to_checkpoint(), conv).save(out)
     result = {"path": out, "source": checkpoint, **conv.as_dict()}
     if json_out:
         emit_json(result)

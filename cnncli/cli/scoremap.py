@@ -10,14 +10,21 @@ import typer
 from cnncli.cli import app
 from cnncli.cli._common import (
     DEFAULT_DEVICE,
+    ClassesOpt,
     DeviceOpt,
+    InOpt,
     JsonOpt,
+    MeanOpt,
     ModelFileOpt,
+    StdOpt,
+    TrustPickleOpt,
     choice,
     emit_json,
     epilog,
     log,
     log_device,
+    log_notes,
+    model_request,
     pick_device,
 )
 
@@ -30,7 +37,8 @@ EPILOG = ("Examples:\n\n  cnn scoremap runs/train/best.pt scene.png             
 
 @app.command("scoremap", epilog=epilog(EPILOG))
 def scoremap_cmd(
-    checkpoint: Annotated[str, typer.Argument(help="A classifier checkpoint (converted on the fly) or one from cnn fcn.")],
+    checkpoint: Annotated[str, typer.Argument(metavar="MODEL", help="A classifier (checkpoint or state dict, converted "
+                                              "on the fly) or a checkpoint from cnn fcn.")],
     images: Annotated[Optional[list[str]], typer.Argument(help="Images at least as large as the training size.")] = None,
     output: Annotated[str, typer.Option("-o", "--output", help="Output folder.")] = "scoremaps",
     class_name: Annotated[Optional[str], typer.Option("--class", help="Show this class's heat map instead of the winners.")] = None,
@@ -38,6 +46,11 @@ def scoremap_cmd(
     scene_size: Annotated[str, typer.Option("--scene-size", help="Scene size HxW.")] = "256x256",
     seed: Annotated[int, typer.Option("--seed", help="Scene seed.")] = 0,
     model_file: ModelFileOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    input_size: InOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    classes: ClassesOpt = None,
     device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
 ) -> None:
@@ -46,7 +59,9 @@ def scoremap_cmd(
     from cnncli.cli._common import check_file
     from cnncli.errors import UsageError
 
-    check_file(checkpoint, "checkpoint")
+    req = model_request(model=model_file, trust_pickle=trust_pickle, input_size=input_size, mean=mean, std=std,
+                        classes=classes)
+    check_file(checkpoint, "model")
     images = list(images or [])
     if not images and not scene:
         raise UsageError("give at least one IMAGE, or --scene lines")
@@ -55,16 +70,18 @@ def scoremap_cmd(
     if os.path.exists(output) and not os.path.isdir(output):
         raise UsageError(f"cannot use {output}: it is a file", "-o takes a folder for the score maps")
     _, sh, sw = parse_size(scene_size)
-    from cnncli.models.open import open_checkpoint
+    from cnncli.models.open import open_model
     from cnncli.scoremap import ScoreMapper, images_from, lines_scene, output_stems
 
     dev = pick_device(device)
-    opened = open_checkpoint(checkpoint, model_file)
+    opened = open_model(checkpoint, req)
+    opened.require_rebuildable("scoremap")
     mapper = ScoreMapper.from_opened(opened, dev)
     only = mapper.class_index(class_name)
     jobs = images_from(images, opened.input_size[0])  # every image read and checked before anything is written
     for path, img in jobs:
         mapper.check_size(path, img)
+    log_notes(opened)
     if not json_out:
         log_device(device, dev)
     if mapper.converted_diff is not None:

@@ -11,42 +11,60 @@ from cnncli.cli._common import (
     DEFAULT_DEVICE,
     Column,
     DeviceOpt,
+    InOpt,
     JsonOpt,
     ModelFileOpt,
+    TrustPickleOpt,
     dims,
     emit_json,
     epilog,
     human,
     log_device,
-    parse_input_size,
+    log_notes,
     pick_device,
     render_table,
+    say,
 )
 
 
 @app.command("summary", epilog=epilog("Examples:\n\n  cnn summary resnet18 --in 3x224x224\n\n  cnn summary lenet5 --in 1x32x32 "
-             "--num-classes 10\n\n  cnn summary runs/train/best.pt\n\n  cnn summary my_net.py:Net --in 3x64x64"))
+             "--num-classes 10\n\n  cnn summary runs/train/best.pt\n\n  cnn summary model.pt          # a state dict: "
+             "architecture detected\n\n  cnn summary my_net.py:Net --in 3x64x64\n\n  cnn summary model.onnx        # "
+             "inputs, outputs, parameters"))
 def summary_cmd(
-    model: Annotated[str, typer.Argument(help="Registry name, family, path/to/file.py:Class or a checkpoint .pt.")],
-    input_size: Annotated[Optional[str], typer.Option("--in", help="Input CxHxW (default: the model's own).")] = None,
-    num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the output layer.")] = None,
+    model: Annotated[str, typer.Argument(help="Registry name, family, file.py:Class, or a model file: checkpoint, state "
+                                              "dict, TorchScript, .pt2, .onnx.")],
+    input_size: InOpt = None,
+    num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the output layer.", min=1)] = None,
     depth: Annotated[int, typer.Option("--depth", help="How deep to show nested modules.")] = 3,
-    weights: Annotated[Optional[str], typer.Option("--weights", help="Load a state dict from this file.")] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", help="Load weights from any model file (registry names).")] = None,
     model_file: ModelFileOpt = None,
+    trust_pickle: TrustPickleOpt = False,
     device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
 ) -> None:
     """Layer table with output shapes, params, MACs, receptive field and jump; totals."""
+    from cnncli.cli._common import check_file, model_request
+
+    req = model_request(model=model_file, weights=weights, trust_pickle=trust_pickle, input_size=input_size,
+                        num_classes=num_classes)
+    if model.lower().endswith(".onnx"):
+        from cnncli.summary import onnx_summary
+
+        result = {"model": model, **onnx_summary(check_file(model, "model"))}
+        emit_json(result) if json_out else _render(result)
+        return
     from cnncli.models.open import open_model
     from cnncli.summary import summarize
 
-    size = parse_input_size(input_size)
     dev = pick_device(device)
-    opened = open_model(model, input_size=size, num_classes=num_classes, weights=weights, model=model_file)
+    opened = open_model(model, req)
     c, h, w = opened.input_size
+    size = req.input_size
     if size is not None:
         c, h, w = size[0] or c, size[1], size[2]
     result = {"model": opened.name, **summarize(opened.model, (c, h, w), depth=depth, device=str(dev))}
+    log_notes(opened)
     if not json_out:
         log_device(device, dev)
     if json_out:
@@ -58,21 +76,40 @@ def summary_cmd(
 def _pair(v) -> str:
     if v is None:
         return "-"
+    if v == "global":
+        return "global"
     a, b = v
     return str(a) if a == b else f"{a}x{b}"
 
 
-def _both(n: int) -> str:
+def _both(n: int | None) -> str:
+    if n is None:
+        return "unknown"
     return f"{n:,}" + (f" ({human(n)})" if n >= 1000 else "")
+
+
+def _count(n) -> str:
+    return "?" if n is None else f"{n:,}"
 
 
 def _render(res: dict) -> None:
     columns = [Column("layer"), Column("type"), Column("output", right=True), Column("params", right=True),
                Column("MACs", right=True), Column("RF", right=True), Column("jump", right=True)]
-    rows = [["  " * r["depth"] + r["name"], r["type"], dims(r["output"]),
-             "--" if r["container"] else f"{r['params']:,}", "--" if r["container"] else f"{r['macs']:,}",
+    rows = [["  " * r["depth"] + r["name"], r["type"], "?" if r["output"] is None else dims(r["output"]),
+             "--" if r["container"] else _count(r["params"]), "--" if r["container"] else _count(r["macs"]),
              _pair(r["receptive_field"]), _pair(r["jump"])] for r in res["layers"]]
-    foot = (f"total params {_both(res['params'])}, trainable {res['trainable_params']:,}; "
-            f"MACs {_both(res['macs'])}; receptive field {_pair(res['receptive_field'])}, jump {_pair(res['jump'])}")
+    foot = (f"total params {_both(res['params'])}" + (f", trainable {res['trainable_params']:,}"
+                                                      if res.get("trainable_params") is not None else "")
+            + f"; MACs {_both(res['macs'])}; receptive field {_pair(res['receptive_field'])}, jump {_pair(res['jump'])}")
+    notes = [foot]
+    if "inputs" in res:  # an ONNX graph: no layer table
+        say("\n".join([f"{res['model']}: ONNX opset {res['opset']}", *(f"{io[:-1]} {v['name']}: {dims(v['shape'])}"
+                        for io in ("inputs", "outputs") for v in res[io]),
+                        f"params {_both(res['params'])} (initializers, after any folding at export)",
+                        "MACs and receptive field: unknown for an ONNX graph (give the PyTorch model)"]))
+        return
+    if res["macs"] is None:
+        notes.append("MACs and receptive fields are unknown for this file: its layers run without Python hooks "
+                     "(give the state dict or checkpoint for the full table)")
     render_table(columns, rows, title=f"{res['model']}  input {dims(res['input'])} -> output {dims(res['output'])}",
-                 notes=[foot])
+                 notes=notes)

@@ -53,6 +53,8 @@ def train_cmd(
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue a run: its folder or its last.pt.")] = None,
     img_size: Annotated[Optional[str], typer.Option("--img-size", help="Folder datasets: resize images to HxW or N.")] = None,
     num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Override the number of classes.")] = D.num_classes,
+    weights: Annotated[Optional[str], typer.Option("--weights", help="Start from a model file's weights (state dict, checkpoint, TorchScript...): fitting tensors load, a head for other classes is re-made.")] = D.weights,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="--weights may be a whole pickled model (runs code from the file: trusted files only).")] = D.trust_pickle,
     nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", help="Launch N DDP processes with torchrun.")] = None,
     device: DeviceOpt = D.device,
     json_out: JsonOpt = False,
@@ -72,7 +74,7 @@ def train_cmd(
                       label_smoothing=label_smoothing, precision=precision, channels_last=channels_last,
                       compile=compile_, seed=seed, deterministic=deterministic, workers=workers, patience=patience,
                       max_steps=max_steps, project=project, name=name, device=device, img_size=size,
-                      num_classes=num_classes)
+                      num_classes=num_classes, weights=weights, trust_pickle=trust_pickle)
     result = _run(cfg, resume)
     if result is None:  # not rank 0 of a torchrun job: rank 0 reports
         return

@@ -125,37 +125,75 @@ class Relabelled:
 
 
 def evaluate_file(path: str, data: str | None, split: str, *, data_dir: str | None = None, batch_size: int = 256,
-                  device=None, workers: int = 2, model_file: str | None = None) -> dict:
-    """`cnn eval`: a checkpoint in PyTorch on `device`, or an `.onnx` file in ONNX Runtime, on a dataset split,
-    each with its own recorded preprocessing. `data` defaults to the dataset the model was trained on."""
+                  device=None, workers: int = 2, request=None, log=lambda msg: None) -> dict:
+    """`cnn eval`: any model file in PyTorch on `device`, or an `.onnx` file in ONNX Runtime, on a dataset split,
+    each with its own recorded preprocessing (or, for files that carry none, the command line's, the architecture's
+    or the dataset's, as logged). `data` defaults to the dataset the model was trained on."""
     from cnncli.data import load_dataset
+    from cnncli.models.open import ModelRequest
 
-    if path.endswith(".onnx"):
-        from cnncli.export import read_onnx_metadata
+    req = request or ModelRequest()
+    ds = load_dataset(data, data_dir) if data else None
+    if ds is not None:
+        from dataclasses import replace
 
-        meta = read_onnx_metadata(path)
-        preprocess, name = Preprocess.from_metadata(meta), data or meta.get("dataset")
+        req = replace(req, fallback=Preprocess(ds.input_size, tuple(ds.mean), tuple(ds.std), tuple(ds.classes)))
+    if path.lower().endswith(".onnx"):
+        preprocess, trained_on, num_classes = onnx_preprocess(path, req, log)
     else:
-        from cnncli.models.open import open_checkpoint
+        from cnncli.models.open import open_model
 
-        opened = open_checkpoint(path, model_file)
-        preprocess, name = opened.preprocess, data or opened.checkpoint.dataset
+        opened = open_model(path, req)
+        for note in opened.notes:
+            log(note)
+        preprocess, num_classes = opened.preprocess, opened.spec.num_classes
+        trained_on = opened.checkpoint.dataset if opened.checkpoint else ""
+    name = data or trained_on
     if not name:
         raise UsageError("give --data", f"{path} does not say which dataset it was trained on")
-    ds = load_dataset(name, data_dir)
+    ds = ds or load_dataset(name, data_dir)
     model_classes = list(preprocess.classes)
-    if path.endswith(".onnx"):
-        loader = batches_for(ds, split, preprocess, batch_size=batch_size, workers=workers)
-        lut = label_map(model_classes, ds.classes, path, name)
+    if not model_classes and ds.num_classes > num_classes:
+        raise UsageError(f"{name} has {ds.num_classes} classes, the model {num_classes}",
+                         "evaluate on the dataset the model was trained for")
+    onnx = path.lower().endswith(".onnx")
+    loader = batches_for(ds, split, preprocess, batch_size=batch_size, device="cpu" if onnx else (device or "cpu"),
+                         workers=workers)
+    lut = label_map(model_classes, ds.classes, path, name)
+    if onnx:
         res = evaluate_onnx(path, Relabelled(loader, lut), model_classes or ds.classes)
         res["device"] = "onnxruntime-cpu"
     else:
-        loader = batches_for(ds, split, preprocess, batch_size=batch_size, device=device or "cpu", workers=workers)
-        if not model_classes and ds.num_classes > opened.spec.num_classes:
-            raise UsageError(f"{name} has {ds.num_classes} classes, the model {opened.spec.num_classes}",
-                             "evaluate on the dataset the model was trained for")
-        lut = label_map(model_classes, ds.classes, path, name)
         res = evaluate_model(opened.model, Relabelled(loader, lut), model_classes or ds.classes, device or "cpu")
         res["device"] = str(device or "cpu")
     res.update({"model": path, "data": name, "split": split})
     return res
+
+
+def onnx_preprocess(path: str, req, log) -> tuple[Preprocess, str, int]:
+    """An ONNX file's preprocessing: the metadata cnn export wrote, else the command line, the graph's input shape
+    and the dataset's (logged). Returns (preprocess, dataset it was trained on, number of outputs)."""
+    from cnncli.export import read_onnx_metadata
+    from cnncli.summary import onnx_summary
+
+    meta = read_onnx_metadata(path, required=())
+    facts = onnx_summary(path)
+    shape = [v if isinstance(v, int) else None for v in facts["input"]]
+    fb = req.fallback
+    size = meta.get("input_size") or (req.input_size if req.input_size and req.input_size[0] else None)
+    if not size:
+        given = req.input_size or (None, None, None)
+        size = [shape[i] if i < len(shape) and shape[i] else (given[i] or (fb.input_size[i] if fb else None))
+                for i in range(3)]
+    if len(size) != 3 or not all(isinstance(v, int) and v > 0 for v in size):
+        raise UsageError(f"{path} does not say its input size", "give --in CxHxW")
+    outputs = facts["output"][0] if facts["output"] and isinstance(facts["output"][0], int) else 0
+    from cnncli.checkpoint import ModelSpec
+    from cnncli.models.open import resolve_preprocess
+
+    spec = ModelSpec(f"onnx:{path}", outputs or max(1, len(meta.get("classes") or ()) or (len(fb.classes) if fb else 1)),
+                     int(size[0]), (int(size[1]), int(size[2])))
+    preprocess, notes = resolve_preprocess(spec, req, meta)
+    for note in notes:
+        log(f"{path}: {note}")
+    return preprocess, meta.get("dataset") or "", spec.num_classes

@@ -273,6 +273,8 @@ class Trainer:
                               c, (h, w))
         torch.manual_seed(self.cfg.seed)  # the same initial weights on every rank
         model = build_model(self.spec)
+        if self.cfg.weights and self.resume_from is None:  # a resumed run has its weights in last.pt
+            self._start_from_weights(model)
         out = probe(model.eval(), self.spec.input_size)
         if out.dim() != 2 or out.shape[1] != self.spec.num_classes:  # fails here, before any file is written
             raise UsageError(f"{self.spec.name} returns {tuple(out.shape)} for one image, not [1, "
@@ -289,6 +291,15 @@ class Trainer:
         if self.cfg.compile:
             forward_model = torch.compile(forward_model)
         self.forward_model = forward_model
+
+    def _start_from_weights(self, model: nn.Module) -> None:
+        """--weights: what fits of any model file is loaded (fine-tuning), and said."""
+        from cnncli.models.files import read_model_file, weights_of
+        from cnncli.models.transfer import transfer_weights
+
+        state, where = weights_of(read_model_file(self.cfg.weights, trust_pickle=self.cfg.trust_pickle))
+        done = transfer_weights(model, state, self.cfg.weights)
+        self.report("note", {"message": f"weights from {self.cfg.weights}{where}: {done.summary()}"})
 
     def _loader(self, split: str, *, train: bool):
         """A split's batches on the device; evaluation batches are at least EVAL_BATCH_MIN."""

@@ -1,16 +1,23 @@
 """The front door: what a MODEL argument means, for every command.
 
-`open_model(arg)` accepts a registry name, a family, `tv:`/`timm:` names, `path/to/file.py:Class` (random
-weights, or `weights=FILE`), or a checkpoint written by `cnn train` / `cnn fcn`, and returns an `OpenedModel`:
-the module, the spec that rebuilds it, and its preprocessing when known. Commands call this; they never open
-model files themselves.
+`open_model(arg, request)` accepts
+- a registry name, a family, `tv:`/`timm:` names or `path/to/file.py:Class` (random weights, or `--weights FILE`);
+- a checkpoint written by `cnn train` / `cnn fcn`;
+- a state dict, plain or wrapped (see `files.py`): its architecture is `--model NAME`, or detected from its tensors'
+  names and shapes (`detect.py`);
+- a TorchScript archive, a torch.export program (.pt2), and with `--trust-pickle` a whole pickled module;
+and returns an `OpenedModel`: the module, the spec that rebuilds it (when the registry can), its preprocessing, and
+notes saying what was detected or assumed. Commands call this; they never open model files themselves.
+
+Preprocessing a file does not carry comes, in this order, from the command line (`--in`, `--mean`, `--std`,
+`--classes`), the file, the architecture's own defaults (torchvision's weights metadata for torchvision models),
+and what the command knows (the dataset being evaluated); what was assumed is said.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -19,6 +26,24 @@ from cnncli.checkpoint import Checkpoint, ModelSpec
 from cnncli.errors import UsageError
 from cnncli.models._registry import get_model, is_user_model, resolve
 from cnncli.preprocess import Preprocess
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What the command line says about a model: every field None/False when not given."""
+
+    model: str | None = None               # --model: the architecture of a state dict, or a checkpoint's file.py
+    weights: str | None = None             # --weights: weights for a registry name
+    input_size: tuple | None = None        # --in (C, H, W); C may be None
+    num_classes: int | None = None         # --num-classes (registry names)
+    mean: tuple | None = None
+    std: tuple | None = None
+    classes: tuple | None = None
+    trust_pickle: bool = False
+    fallback: Preprocess | None = None     # what the command knows (eval: the dataset's size, mean/std, classes)
 
 
 @dataclass
@@ -30,6 +55,9 @@ class OpenedModel:
     preprocess: Preprocess | None = None      # None: a bare architecture, nothing is known about its data
     checkpoint: Checkpoint | None = None
     path: str | None = None
+    origin: str = "registry"                  # registry | checkpoint | state_dict | torchscript | program | pickle
+    notes: list[str] = field(default_factory=list)  # what was detected or assumed, for the log
+    source: dict = field(default_factory=dict)      # where it came from, for exported metadata
 
     @property
     def name(self) -> str:
@@ -49,17 +77,43 @@ class OpenedModel:
     def fully_convolutional(self) -> bool:
         return bool(self.checkpoint and self.checkpoint.fully_convolutional)
 
+    @property
+    def rebuildable(self) -> bool:
+        """The registry can rebuild it from its spec (so a converted copy can be written as a checkpoint)."""
+        return self.origin in ("registry", "checkpoint", "state_dict")
+
+    def to_checkpoint(self) -> Checkpoint:
+        """As a cnncli checkpoint (its own, or a new one holding the weights, spec and preprocessing)."""
+        if self.checkpoint is not None:
+            return self.checkpoint
+        if not self.rebuildable:
+            raise UsageError(f"{self.path or self.name} is {self.origin}: cnn cannot rebuild it from the registry",
+                             "give the state dict or checkpoint it was made from")
+        return Checkpoint(self.spec, {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                          self.preprocess or resolve_preprocess(self.spec, ModelRequest(), {})[0],
+                          args={"source": self.source})
+
+    def require_rebuildable(self, command: str) -> None:
+        """cnn fcn and scoremap rewrite the model's layers: TorchScript, programs and unknown pickled classes cannot."""
+        if self.rebuildable:
+            return
+        what = {"torchscript": "a TorchScript archive", "program": "a torch.export program"}.get(
+            self.origin, "a pickled module of a class the registry does not have")
+        raise UsageError(f"cnn {command} needs a model it can rebuild layer by layer; {self.path} is {what}",
+                         "give the state dict or checkpoint it was made from (with --model NAME if needed)")
+
 
 def is_checkpoint_path(arg: str) -> bool:
     """A MODEL argument that names a file to load rather than an architecture."""
-    return arg.endswith((".pt", ".pth")) or (os.path.isfile(arg) and ".py:" not in arg)
+    return arg.lower().endswith((".pt", ".pth", ".pt2", ".ckpt", ".bin", ".onnx")) or (
+        os.path.isfile(arg) and ".py:" not in arg)
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
     """The architecture a spec describes, with fresh weights."""
     try:
         return get_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels,
-                         image_size=tuple(spec.image_size))
+                         image_size=tuple(spec.build_size or spec.image_size))
     except (MemoryError, RuntimeError) as e:  # a head sized by a huge input: say so instead of an allocator dump
         if not isinstance(e, MemoryError) and "allocate" not in str(e).lower():
             raise
@@ -86,10 +140,11 @@ def model_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
 def probe(model: nn.Module, input_size: tuple[int, int, int], device: str = "cpu") -> torch.Tensor:
     """One forward pass on zeros; a model that fails on this input, or does not return a tensor, is a UsageError
     naming the cause (torchinfo would only say "see above stack traces")."""
-    size = "x".join(map(str, (1, *input_size)))
+    batch = getattr(model, "static_batch", None) or 1  # a torch.export program may take one batch size only
+    size = "x".join(map(str, (batch, *input_size)))
     try:
         with torch.no_grad():
-            out = model(torch.zeros(1, *input_size, device=device))
+            out = model(torch.zeros(batch, *input_size, device=device))
     except MemoryError:
         raise UsageError(f"a {size} input is too large for this machine's memory", "give a smaller --in") from None
     except Exception as e:
@@ -122,36 +177,273 @@ def trusted_spec(ckpt: Checkpoint, path: str, model: str | None) -> ModelSpec:
 
 def open_checkpoint(path: str, model: str | None = None) -> OpenedModel:
     """A checkpoint written by cnn train or cnn fcn; `model` names the Python file of a user model (see above)."""
-    ckpt = Checkpoint.load(path)
-    ckpt = replace(ckpt, model=trusted_spec(ckpt, path, model))
-    return OpenedModel(model_from_checkpoint(ckpt), ckpt.model, ckpt.preprocess, ckpt, path)
+    return open_model(path, ModelRequest(model=model), kinds=("checkpoint",))
 
 
-def open_model(arg: str, *, input_size: tuple | None = None, num_classes: int | None = None,
-               weights: str | None = None, model: str | None = None) -> OpenedModel:
-    """A MODEL argument as every command takes it (see the module docstring)."""
-    if is_checkpoint_path(arg):
-        return open_checkpoint(arg, model)
+# ------------------------------------------------------------------------------------------------ the door
+
+
+def open_model(arg: str, request: ModelRequest | None = None, *, kinds: tuple[str, ...] | None = None,
+               **fields) -> OpenedModel:
+    """A MODEL argument as every command takes it (see the module docstring). `kinds` limits the file kinds a
+    command can use; `fields` are ModelRequest fields, for callers without a request."""
+    from cnncli.models.files import read_model_file
+
+    req = replace(request or ModelRequest(), **fields)
+    if not is_checkpoint_path(arg):
+        return _open_architecture(arg, req)
+    mf = read_model_file(arg, trust_pickle=req.trust_pickle)
+    if kinds and mf.kind not in kinds:
+        raise UsageError(f"{arg} is {mf.description}; this command needs "
+                         + " or ".join(_KIND_NAMES.get(k, k) for k in kinds), _KIND_HINTS.get(mf.kind, ""))
+    if mf.kind == "onnx":
+        raise UsageError(f"{arg} is an ONNX model; this command runs PyTorch models",
+                         "cnn eval runs ONNX files; give the .pt it was exported from")
+    if mf.kind == "checkpoint":
+        return _open_checkpoint_file(mf, req)
+    if mf.kind == "state_dict":
+        return _open_state_dict(mf.path, mf.state_dict, req, mf.metadata, where=mf.where)
+    return _open_module(mf, req)
+
+
+_KIND_NAMES = {"checkpoint": "a cnncli checkpoint", "state_dict": "a state dict"}
+_KIND_HINTS = {"torchscript": "give the state dict or checkpoint it was made from",
+               "program": "give the state dict or checkpoint it was made from",
+               "onnx": "give the .pt it was exported from"}
+
+
+def _open_architecture(arg: str, req: ModelRequest) -> OpenedModel:
+    """A registry name or file.py:Class, with fresh weights or --weights."""
     info = resolve(arg)
-    c, h, w = input_size if input_size else info.input_size
-    spec = ModelSpec(info.qualified if info.source != "file" else arg, num_classes or info.num_classes,
+    c, h, w = req.input_size if req.input_size else info.input_size
+    spec = ModelSpec(info.qualified if info.source != "file" else arg, req.num_classes or info.num_classes,
                      c or info.input_size[0], (h, w))
+    notes = []
+    if req.weights:
+        from cnncli.models.files import read_model_file, weights_of
+
+        state, where = weights_of(read_model_file(req.weights, trust_pickle=req.trust_pickle))
+        fit = _fit(spec.name, state, req.input_size, req.weights)
+        if req.num_classes and req.num_classes != fit.num_classes:
+            raise UsageError(f"{req.weights} has {fit.num_classes} classes, not {req.num_classes}",
+                             "leave out --num-classes")
+        if req.input_size and req.input_size[0] and req.input_size[0] != fit.in_channels:
+            raise UsageError(f"{req.weights} takes {fit.in_channels}-channel images, not {req.input_size[0]}",
+                             f"use --in {fit.in_channels}x{h}x{w}")
+        build = fit.build_size if (info.source == "builtin" and tuple(fit.build_size) != (h, w)) else None
+        spec = replace(spec, num_classes=fit.num_classes, in_channels=fit.in_channels, build_size=build)
+        model, spec = _load_fitted(spec, state, req.weights)
+        notes.append(f"weights: {req.weights}{where}")
+    else:
+        model = build_model(spec)
+    pre, assumed = resolve_preprocess(spec, req, {})
+    return OpenedModel(model, spec, pre if (req.weights or _asked(req)) else None, origin="registry",
+                       notes=notes + assumed, source={"architecture": spec.name, "weights": req.weights or None})
+
+
+def _asked(req: ModelRequest) -> bool:
+    return any(v is not None for v in (req.mean, req.std, req.classes))
+
+
+def _open_checkpoint_file(mf, req: ModelRequest) -> OpenedModel:
+    ckpt = mf.checkpoint
+    ckpt = replace(ckpt, model=trusted_spec(ckpt, mf.path, req.model))
+    return OpenedModel(model_from_checkpoint(ckpt), ckpt.model, ckpt.preprocess, ckpt, mf.path, origin="checkpoint",
+                       source={"file": mf.path, "kind": "checkpoint", "architecture": ckpt.model.name})
+
+
+def _open_state_dict(path: str, state: dict, req: ModelRequest, meta: dict, *, where: str = "",
+                     kind: str = "state_dict") -> OpenedModel:
+    """A state dict: its architecture named (--model) or detected, the layout its weights need."""
+    size = req.input_size or ((None, *req.fallback.input_size[1:]) if req.fallback else None)  # the data's H, W
+    fit = _fit(req.model, state, size, path)
+    info = resolve(fit.name)
+    c, h, w = (size[0] or fit.in_channels, *size[1:]) if size else (fit.in_channels, *_default_size(info, fit))
+    if c != fit.in_channels:
+        raise UsageError(f"{path} takes {fit.in_channels}-channel images, not {c}", f"use --in {fit.in_channels}x{h}x{w}")
+    build = fit.build_size if (info.source == "builtin" and tuple(fit.build_size) != (h, w)) else None
+    spec = ModelSpec(fit.name, fit.num_classes, c, (h, w), build)
+    model, spec = _load_fitted(spec, state, path)
+    how = "--model" if req.model else "detected"
+    notes = [f"{path}: {kind.replace('_', ' ')}{' ' + where if where else ''}, architecture {fit.name} ({how}), {fit.num_classes} classes, "
+             f"input {c}x{h}x{w}" + ("" if size else " (give --in for another size)")
+             + (f", layout built for {build[0]}x{build[1]}" if build else "")
+             + (f", prefix {fit.prefix!r} stripped" if fit.prefix else "")]
+    pre, assumed = resolve_preprocess(spec, req, meta)
+    return OpenedModel(model, spec, pre, None, path, origin="state_dict", notes=notes + assumed,
+                       source={"file": path, "kind": kind, "architecture": fit.name, "detected": not req.model})
+
+
+def _fit(name: str | None, state: dict, size, path: str):
+    from cnncli.models.detect import detect, fit_named
+
+    if name:
+        return fit_named(name, state, size, what=path)
+    return detect(state, size, what=path)
+
+
+def _default_size(info, fit) -> tuple[int, int]:
+    """The image size to run a detected model at when nothing says: the size its layout was fitted at (built-in
+    models), torchvision's evaluation crop (torchvision models), or the registry's default."""
+    if info.source == "torchvision":
+        crop = torchvision_defaults(info.name).get("crop")
+        if crop:
+            return crop
+    return tuple(fit.build_size) if info.source == "builtin" else tuple(info.input_size[1:])
+
+
+def _load_fitted(spec: ModelSpec, state: dict, path: str) -> tuple[nn.Module, ModelSpec]:
+    """Build the spec's model and load the state dict into it, strictly (prefixes stripped)."""
+    from cnncli.models.files import align_keys
+
     model = build_model(spec)
-    if weights:
-        load_weights(model, weights, arg)
-    return OpenedModel(model, spec)
+    aligned, _ = align_keys(state, model.state_dict())
+    try:
+        model.load_state_dict(aligned)
+    except RuntimeError as e:
+        raise UsageError(f"{path} does not fit {spec.name}: {_first_problem(e)}",
+                         "leave out --model to detect the architecture, or give the right one") from None
+    return model, spec
 
 
-def load_weights(model: nn.Module, path: str, what: str) -> None:
-    """Load a state dict file (plain, or under `state_dict`) into `model`; pickled objects are refused."""
-    if not os.path.exists(path):
-        raise UsageError(f"weights file not found: {path}")
+def _first_problem(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[1][:300] if len(lines) > 1 else (lines[0][:300] if lines else type(e).__name__)
+
+
+def _open_module(mf, req: ModelRequest) -> OpenedModel:
+    """TorchScript, a torch.export program or a trusted pickle: the module as it is. A pickled module whose tensors
+    fit a registry architecture is rebuilt from the registry instead (then every command can use it)."""
+    module = mf.module.eval()
+    if mf.kind == "pickle":
+        rebuilt = _rebuild_pickle(mf, req)
+        if rebuilt is not None:
+            return rebuilt
+    meta = mf.metadata
+    c, h, w, assumed_size = _module_input_size(module, meta, req)
+    out = probe(module, (c, h, w))
+    num_classes = int(out.shape[1]) if out.dim() >= 2 else int(out.numel())
+    spec = ModelSpec(f"{mf.kind}:{os.path.basename(mf.path)}", num_classes, c, (h, w))
+    notes = [f"{mf.path}: {mf.description}{' ' + mf.where if mf.where else ''}, {num_classes} outputs"
+             + (f"; input {c}x{h}x{w} assumed (give --in)" if assumed_size else f", input {c}x{h}x{w}")]
+    pre, assumed = resolve_preprocess(spec, req, meta)
+    return OpenedModel(module, spec, pre, None, mf.path, origin=mf.kind, notes=notes + assumed,
+                       source={"file": mf.path, "kind": mf.kind})
+
+
+def _rebuild_pickle(mf, req: ModelRequest) -> OpenedModel | None:
+    """A pickled module as the registry architecture its tensors fit, when that computes the same outputs."""
+    from cnncli.models.detect import _same, find_fits
+
+    fits, _ = find_fits(mf.state_dict, req.input_size)
+    if not fits and not req.model:
+        return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UsageError(f"refusing to load {path}: it contains pickled Python objects") from None
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
+        opened = _open_state_dict(mf.path, mf.state_dict, req, mf.metadata, where=mf.where, kind="pickled module")
+    except UsageError:
+        if req.model:
+            raise
+        return None
+    x = torch.randn(2, *opened.input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        try:
+            same = _same(opened.model.eval()(x), mf.module(x))
+        except Exception:
+            same = False
+    if not same and req.model:
+        raise UsageError(f"{mf.path} does not compute what {req.model} computes with its weights",
+                         "leave out --model to run the pickled module as it is")
+    return opened if same else None
+
+
+def _module_input_size(module: nn.Module, meta: dict, req: ModelRequest) -> tuple[int, int, int, bool]:
+    """(C, H, W, assumed): --in, then the file's metadata, the program's example input, the command's fallback; the
+    channels of the first convolution and 224x224 as the last resort (said)."""
+    given = req.input_size
+    if given and given[0]:
+        return (*given, False)
+    known = meta.get("input_size") or (meta.get("program_input") or [None])[1:]
+    if known and all(isinstance(v, int) for v in known) and len(known) == 3:
+        c, h, w = known
+        return (c, *(given[1:] if given else (h, w)), False)
+    c = next((int(p.shape[1]) for p in module.parameters() if p.dim() == 4), 3)
+    if given:
+        return (c, *given[1:], False)
+    if req.fallback is not None:
+        return (*req.fallback.input_size, False)
+    return (c, 224, 224, True)
+
+
+# --------------------------------------------------------------------------------------------- preprocessing
+
+
+def torchvision_defaults(name: str) -> dict:
+    """A torchvision model's evaluation crop, mean/std and ImageNet class names, from its weights' metadata (no
+    download)."""
     try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError) as e:
-        raise UsageError(f"weights {path} do not fit {what}: {str(e).splitlines()[0]}") from None
+        import torchvision.models as tvm
+
+        weights = next(iter(tvm.get_model_weights(name)))
+        t = weights.transforms()
+        crop = getattr(t, "crop_size", None)
+        return {"crop": (int(crop[0]), int(crop[0])) if crop else None, "mean": tuple(t.mean), "std": tuple(t.std),
+                "classes": tuple(weights.meta.get("categories") or ())}
+    except Exception:
+        return {}
+
+
+def resolve_preprocess(spec: ModelSpec, req: ModelRequest, meta: dict) -> tuple[Preprocess, list[str]]:
+    """Mean, std and classes for a model: the command line, the file, the architecture's defaults, the command's
+    fallback (the dataset); notes say where each came from when the file did not carry it."""
+    c = spec.in_channels
+    info_source, arch = _arch_source(spec.name)
+    tv = torchvision_defaults(arch) if info_source == "torchvision" else {}
+    if info_source == "timm":
+        tv = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    fb = req.fallback
+    mean, mean_from = _first((req.mean, "--mean"), (meta.get("mean"), "the file"), (tv.get("mean"), f"{arch}'s"),
+                             (fb.mean if fb else None, "the dataset's"), ((0.0,) * c, "none"))
+    std, std_from = _first((req.std, "--std"), (meta.get("std"), "the file"), (tv.get("std"), f"{arch}'s"),
+                           (fb.std if fb else None, "the dataset's"), ((1.0,) * c, "none"))
+    mean, std = _per_channel(mean, c, "--mean"), _per_channel(std, c, "--std")
+    k = spec.num_classes
+    classes, classes_from = _first((req.classes, "--classes"), (meta.get("classes"), "the file"),
+                                   (tv.get("classes") if k == 1000 else None, "ImageNet"),
+                                   (fb.classes if fb and len(fb.classes) == k else None, "the dataset's"), ((), "none"))
+    if classes and len(classes) != k:
+        raise UsageError(f"{len(classes)} class names for a model with {k} outputs", "give one name per output")
+    notes = []
+    if mean_from not in ("--mean", "the file") or std_from not in ("--std", "the file"):
+        how = "no normalization" if mean_from == "none" else f"{mean_from} normalization"
+        notes.append(f"assumed {how}: mean {_fmt(mean)}, std {_fmt(std)} (give --mean/--std if it was trained "
+                     "with others)")
+    if classes_from in ("ImageNet", "the dataset's"):
+        notes.append(f"assumed {classes_from} class names (give --classes to name them)")
+    pre = Preprocess(spec.input_size, tuple(float(v) for v in mean), tuple(float(v) for v in std),
+                     tuple(str(v) for v in classes))
+    return pre, notes
+
+
+def _arch_source(name: str) -> tuple[str, str]:
+    try:
+        info = resolve(name) if ":" not in name or name.startswith(("tv:", "timm:", "torchvision:")) else None
+    except UsageError:
+        info = None
+    return (info.source, info.name) if info else ("", name)
+
+
+def _first(*options):
+    return next((v, src) for v, src in options if v is not None and (len(v) > 0 or src == "none"))
+
+
+def _per_channel(values, c: int, flag: str) -> tuple:
+    values = tuple(values)
+    if len(values) == 1 and c > 1:
+        return values * c
+    if len(values) != c:
+        raise UsageError(f"{flag} needs 1 or {c} values for a {c}-channel model, got {len(values)}")
+    return values
+
+
+def _fmt(values) -> str:
+    return ",".join(f"{v:g}" for v in values)
