@@ -61,6 +61,11 @@ def ws(tmp_path_factory):
     mnist.mkdir(parents=True)
     for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (mnist / f).write_bytes(b"\x00\x00\x08\x03garbage")
+    from cnncli.models import get_model
+
+    lenet = get_model("lenet5", num_classes=10, in_channels=3, image_size=(32, 32)).eval()
+    torch.save({"state_dict": lenet.state_dict()}, w / "sd.pt")
+    torch.jit.save(torch.jit.script(lenet), w / "ts.pt")
     (w / "noclasses").mkdir()
     (w / "noclasses" / "readme.txt").write_text("no images here")
     return w
@@ -193,6 +198,24 @@ CASES = [
     (f"export {M} --onnx --dynamic-size", "fully-convolutional"), (f"export {M} --onnx --exporter magic", "unknown exporter"),
     (f"export {M} --format pt2 --exporter dynamo", "has no exporter"), (f"export {M} --onnx -o {{w}}/afile/m.onnx", "cannot use"),
     (f"export {M} --onnx --model {{w}}/net.py:Net", "not {w}/net.py:Net"),
+    # ----------------------------------------------------------------------------------- other model files
+    ("export {w}/sd.pt --onnx --classes a,b", "2 class names for a model with 10 outputs"),
+    ("export {w}/sd.pt --onnx --classes names.txt", "--classes file not found"),
+    ("export {w}/sd.pt --onnx --classes a,a,b", "names 'a' twice"),
+    ("export {w}/sd.pt --onnx --std 0,1,1", "> 0"), ("export {w}/sd.pt --onnx --mean x", "takes numbers"),
+    ("export {w}/sd.pt --onnx --mean 0.5,0.5", "needs 1 or 3 values"), ("export {w}/sd.pt --onnx --mean nan", "finite"),
+    ("export {w}/sd.pt --onnx --model resnet18", "does not fit resnet18"),
+    ("export {w}/sd.pt --onnx --model nosuchnet", "unknown model"),
+    ("export {w}/sd.pt --onnx --in 1x32x32", "takes 3-channel images"),
+    ("fcn {w}/ts.pt", "TorchScript"), ("scoremap {w}/ts.pt {w}/img.png", "TorchScript"),
+    ("summary {w}/ts.pt --in 3x2x2", "fails on a 1x3x2x2 input"),
+    ("summary lenet5 --weights {w}/ts.pt --num-classes 3", "has 10 classes, not 3"),
+    ("summary lenet5 --weights {w}/x.onnx", "not found"), ("summary {w}/x.onnx", "not found"),
+    ("train lenet5 --data digits --weights {w}/list.pt", "holds no model weights"),
+    ("train lenet5 --data digits --weights {w}/nothere.pt", "--weights file not found"),
+    ("train lenet5 --data digits --weights {w}/gray.pt", "no tensor of"),
+    ("train lenet5 --data digits --weights {w}/whole.pt", "refusing to load"),
+    ("eval {w}/sd.pt", "give --data"), ("eval {w}/ts.pt --data digits --in 1x8x8", "fails on"),
     # ------------------------------------------------------------------------------------------------ global
     ("nosuchcommand", "No such command"), ("--bogus", "No such option"),
 ]

@@ -139,13 +139,12 @@ def evaluate_file(path: str, data: str | None, split: str, *, data_dir: str | No
 
         req = replace(req, fallback=Preprocess(ds.input_size, tuple(ds.mean), tuple(ds.std), tuple(ds.classes)))
     if path.lower().endswith(".onnx"):
-        preprocess, trained_on, num_classes = onnx_preprocess(path, req, log)
+        preprocess, trained_on, num_classes, notes = onnx_preprocess(path, req)
     else:
         from cnncli.models.open import open_model
 
         opened = open_model(path, req)
-        for note in opened.notes:
-            log(note)
+        notes = opened.notes
         preprocess, num_classes = opened.preprocess, opened.spec.num_classes
         trained_on = opened.checkpoint.dataset if opened.checkpoint else ""
     name = data or trained_on
@@ -160,6 +159,8 @@ def evaluate_file(path: str, data: str | None, split: str, *, data_dir: str | No
     loader = batches_for(ds, split, preprocess, batch_size=batch_size, device="cpu" if onnx else (device or "cpu"),
                          workers=workers)
     lut = label_map(model_classes, ds.classes, path, name)
+    for note in notes:  # what was detected or assumed, once the input is known to be good
+        log(note)
     if onnx:
         res = evaluate_onnx(path, Relabelled(loader, lut), model_classes or ds.classes)
         res["device"] = "onnxruntime-cpu"
@@ -170,9 +171,9 @@ def evaluate_file(path: str, data: str | None, split: str, *, data_dir: str | No
     return res
 
 
-def onnx_preprocess(path: str, req, log) -> tuple[Preprocess, str, int]:
+def onnx_preprocess(path: str, req) -> tuple[Preprocess, str, int, list[str]]:
     """An ONNX file's preprocessing: the metadata cnn export wrote, else the command line, the graph's input shape
-    and the dataset's (logged). Returns (preprocess, dataset it was trained on, number of outputs)."""
+    and the dataset's. Returns (preprocess, dataset it was trained on, number of outputs, notes on what was assumed)."""
     from cnncli.export import read_onnx_metadata
     from cnncli.summary import onnx_summary
 
@@ -194,6 +195,4 @@ def onnx_preprocess(path: str, req, log) -> tuple[Preprocess, str, int]:
     spec = ModelSpec(f"onnx:{path}", outputs or max(1, len(meta.get("classes") or ()) or (len(fb.classes) if fb else 1)),
                      int(size[0]), (int(size[1]), int(size[2])))
     preprocess, notes = resolve_preprocess(spec, req, meta)
-    for note in notes:
-        log(f"{path}: {note}")
-    return preprocess, meta.get("dataset") or "", spec.num_classes
+    return preprocess, meta.get("dataset") or "", spec.num_classes, [f"{path}: {n}" for n in notes]

@@ -92,11 +92,12 @@ def build_on_meta(name: str, num_classes: int, in_channels: int, image_size) -> 
 
 
 _shapes: dict[str, dict[str, tuple] | None] = {}
-_cache = {"loaded": False, "dirty": False}
+_cache = {"loaded": False, "dirty": False, "keep": set()}
 
 
-def shapes_of(name: str, num_classes: int, in_channels: int, image_size) -> dict[str, tuple] | None:
-    """{key: shape} of a registry model's state dict (cached; None when it cannot be built that way)."""
+def shapes_of(name: str, num_classes: int, in_channels: int, image_size, keep: bool = False) -> dict[str, tuple] | None:
+    """{key: shape} of a registry model's state dict (cached in memory; on disk too with `keep`, for the default
+    builds every detection compares against; None when it cannot be built that way)."""
     key = f"{name}|{num_classes}|{in_channels}|{image_size[0]}x{image_size[1]}"
     if not _cache["loaded"]:
         _load_cache()
@@ -106,7 +107,9 @@ def shapes_of(name: str, num_classes: int, in_channels: int, image_size) -> dict
             _shapes[key] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         except Exception:  # a candidate that cannot be built at this size or channel count is not a candidate
             _shapes[key] = None
-        _cache["dirty"] = True
+        _cache["dirty"] |= keep
+    if keep:
+        _cache["keep"].add(key)
     return _shapes[key]
 
 
@@ -143,6 +146,7 @@ def _load_cache() -> None:
         with open(cache_path()) as f:
             stored = json.load(f)
         _shapes.update({k: None if v is None else {n: tuple(s) for n, s in v.items()} for k, v in stored.items()})
+        _cache["keep"].update(stored)
     except (OSError, ValueError, AttributeError, TypeError):
         pass  # no cache yet, or an unreadable one: it is rebuilt
 
@@ -159,7 +163,8 @@ def save_cache() -> None:
     path = cache_path()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        text = json.dumps({k: v if v is None else {n: list(s) for n, s in v.items()} for k, v in _shapes.items()})
+        kept = {k: _shapes[k] for k in _cache["keep"] if k in _shapes}
+        text = json.dumps({k: v if v is None else {n: list(s) for n, s in v.items()} for k, v in kept.items()})
         write_text(path, text)
         _cache["dirty"] = False
     except OSError:
@@ -199,7 +204,7 @@ def _key_sets(cand: Candidate) -> dict[frozenset, tuple[int, int]]:
     """The key-name sets a candidate has over its sizes, each with the first size that gives it."""
     out: dict[frozenset, tuple[int, int]] = {}
     for size in cand.sizes[:3]:  # the others are tried for the candidates whose names match
-        shapes = shapes_of(cand.name, cand.num_classes, cand.in_channels, size)
+        shapes = shapes_of(cand.name, cand.num_classes, cand.in_channels, size, keep=True)
         if shapes is not None:
             out.setdefault(frozenset(shapes), size)
     return out
@@ -237,13 +242,18 @@ def _read_off(a: dict, moved: dict, file: dict, step: int, base: int) -> int | N
 
 def fit_one(cand: Candidate, shapes: dict[str, tuple], size) -> Fit | Near:
     """Does the candidate at this layout size give exactly these shapes, for some classes and channels?"""
-    a = shapes_of(cand.name, cand.num_classes, cand.in_channels, size)
+    a = shapes_of(cand.name, cand.num_classes, cand.in_channels, size, keep=True)
     if a is None or set(a) != set(shapes):
         return _near(cand.name, a or {}, shapes)
+    if a == shapes:  # the defaults themselves
+        return Fit(cand.name, cand.source, cand.num_classes, cand.in_channels, tuple(size))
+    differ = {k for k in a if a[k] != shapes[k]}
     more_classes = shapes_of(cand.name, cand.num_classes + 7, cand.in_channels, size)
-    more_channels = shapes_of(cand.name, cand.num_classes, cand.in_channels + 2, size)
     nc = cand.num_classes if more_classes is None else _read_off(a, more_classes, shapes, 7, cand.num_classes)
-    c = cand.in_channels if more_channels is None else _read_off(a, more_channels, shapes, 2, cand.in_channels)
+    c = cand.in_channels
+    if more_classes is None or not differ <= {k for k in a if a[k] != more_classes[k]}:  # not the head alone
+        more_channels = shapes_of(cand.name, cand.num_classes, cand.in_channels + 2, size)
+        c = cand.in_channels if more_channels is None else _read_off(a, more_channels, shapes, 2, cand.in_channels)
     if nc is False or c is False:
         return _near(cand.name, a, shapes)
     nc, c = nc or cand.num_classes, c or cand.in_channels
@@ -262,36 +272,64 @@ def _near(name: str, expected: dict, shapes: dict, compare_shapes: bool = True) 
 
 
 def find_fits(state: dict, input_size=None, only: str | None = None) -> tuple[list[Fit], list[Near]]:
-    """Every candidate the state dict fits exactly (by preference), and the nearest misses (best first)."""
+    """Every candidate the state dict fits exactly (by preference), and the nearest misses (best first). timm's
+    models (when timm is installed) are tried only when no built-in or torchvision model fits, and only those whose
+    first convolution and classifier, as timm's configs name them, are in the file."""
     variants = key_variants(state)
     fits: list[Fit] = []
     near: list[Near] = []
     for cand in candidates(input_size, only):
-        sets = _key_sets(cand)
-        matched = False
-        for prefix, keys in variants:
-            if frozenset(keys) not in sets:
-                continue
-            matched = True
-            shapes = {k[len(prefix):]: tuple(v.shape) for k, v in state.items()}
-            for size in _sizes_for(cand, sets, frozenset(keys)):
-                got = fit_one(cand, shapes, size)
-                if isinstance(got, Fit):
-                    fits.append(Fit(got.name, got.source, got.num_classes, got.in_channels, got.build_size, prefix))
-                    break
-                near.append(got)
-            break
-        if not matched:
-            best = max(sets, key=lambda s: max(len(s & set(k)) for _, k in variants), default=frozenset())
-            if best:
-                size = sets[best]
-                keys = max((k for _, k in variants), key=lambda k: len(best & set(k)))
-                near.append(_near(cand.name, shapes_of(cand.name, cand.num_classes, cand.in_channels, size) or {},
-                                  dict.fromkeys(keys, ()), compare_shapes=False))
+        _try(cand, state, variants, fits, near)
+    if not fits and only is None:
+        for cand in timm_candidates(variants):
+            _try(cand, state, variants, fits, near)
     save_cache()
     fits.sort(key=lambda f: SOURCE_ORDER.get(f.source, 3))
     near.sort(key=lambda n: -n.score)
     return fits, near
+
+
+def _try(cand: Candidate, state: dict, variants, fits: list, near: list) -> None:
+    sets = _key_sets(cand)
+    for prefix, keys in variants:
+        if frozenset(keys) not in sets:
+            continue
+        shapes = {k[len(prefix):]: tuple(v.shape) for k, v in state.items()}
+        for size in _sizes_for(cand, sets, frozenset(keys)):
+            got = fit_one(cand, shapes, size)
+            if isinstance(got, Fit):
+                fits.append(Fit(got.name, got.source, got.num_classes, got.in_channels, got.build_size, prefix))
+                return
+            near.append(got)
+        return
+    best = max(sets, key=lambda s: max(len(s & set(k)) for _, k in variants), default=frozenset())
+    if best:
+        keys = max((k for _, k in variants), key=lambda k: len(best & set(k)))
+        expected = shapes_of(cand.name, cand.num_classes, cand.in_channels, sets[best]) or {}
+        near.append(_near(cand.name, expected, dict.fromkeys(keys, ()), compare_shapes=False))
+
+
+def timm_candidates(variants) -> list[Candidate]:
+    """timm models whose pretrained config names a first conv and a classifier the file has (none without timm)."""
+    from cnncli.models._registry import _timm_available
+
+    if not _timm_available():
+        return []
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    names = set().union(*(set(k) for _, k in variants))
+    out = []
+    for name in timm.list_models():
+        cfg = get_pretrained_cfg(name)
+        if cfg is None:
+            continue
+        heads = cfg.classifier if isinstance(cfg.classifier, (list, tuple)) else [cfg.classifier]
+        firsts = cfg.first_conv if isinstance(cfg.first_conv, (list, tuple)) else [cfg.first_conv]
+        if all(f"{h}.weight" in names for h in heads if h) and any(f"{f}.weight" in names for f in firsts if f):
+            size = tuple(cfg.input_size[1:]) if cfg.input_size else (224, 224)
+            out.append(Candidate("timm:" + name, "timm", 1000, 3, (size,)))
+    return out
 
 
 def _sizes_for(cand: Candidate, sets: dict, keys: frozenset) -> list:

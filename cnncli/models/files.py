@@ -203,9 +203,13 @@ def _read_torchscript(path: str) -> ModelFile:
 def _read_program(path: str) -> ModelFile:
     """torch.export.load: a serialized graph and its weights; the metadata cnn export wrote, if any."""
     import json
+    import logging
     import warnings
 
     extra = {PT2_METADATA: ""}
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # a bad archive is logged with a traceback before the exception says it all
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -213,6 +217,8 @@ def _read_program(path: str) -> ModelFile:
             module = program.module()
     except Exception as e:
         raise _unreadable(path, e) from None
+    finally:
+        logger.setLevel(level)
     meta = {}
     try:
         meta = json.loads(extra[PT2_METADATA]) if extra[PT2_METADATA] else {}

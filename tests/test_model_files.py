@@ -1,0 +1,315 @@
+"""#12: the model files people have, through every command.
+
+torchvision models are saved in every form a training script writes (plain and wrapped state dicts with the
+DDP/Lightning/compile prefixes, timm's EMA checkpoint with its argparse args, TorchScript, a torch.export program,
+a whole pickled module), then exported with `cnn export` and run in ONNX Runtime against the original PyTorch
+model; `cnn summary` and `cnn eval` run on the same files, eval's accuracy checked against the model run by hand.
+"""
+
+import argparse
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from conftest import run_cnn
+from fixtures import write_cifar10
+
+MODELS = ("resnet18", "mobilenet_v2", "squeezenet1_1")
+FORMS = ("plain", "tutorial_ddp", "lightning", "timm_ema", "compiled", "torchscript", "program", "pickle")
+SIZE = {"resnet18": 32, "mobilenet_v2": 96, "squeezenet1_1": 64}  # mobilenet >= 96 px: see test_ambiguous_layout
+MARKER_CLASS = "tests_payload_marker"
+
+
+def _original(name: str) -> torch.nn.Module:
+    torch.manual_seed(sum(map(ord, name)))
+    model = getattr(torchvision.models, name)(num_classes=10).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding them into the convs is really tested
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def _save(model: torch.nn.Module, name: str, form: str, path: str) -> None:
+    sd = model.state_dict()
+    size = SIZE[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if form == "plain":
+            torch.save(sd, path)
+        elif form == "tutorial_ddp":  # the PyTorch tutorials' dict, saved from a DDP-wrapped model
+            torch.save({"epoch": 5, "model_state_dict": {"module." + k: v for k, v in sd.items()},
+                        "optimizer_state_dict": {"state": {}, "param_groups": []}, "loss": 0.3}, path)
+        elif form == "lightning":
+            torch.save({"state_dict": {"model." + k: v for k, v in sd.items()}, "epoch": 3, "global_step": 10,
+                        "hyper_parameters": {"lr": 0.1}}, path)
+        elif form == "timm_ema":  # timm's train.py: the EMA copy, argparse args next to it
+            torch.save({"epoch": 9, "arch": name, "state_dict_ema": sd, "args": argparse.Namespace(lr=0.1, arch=name),
+                        "metric": np.float64(71.5)}, path)
+        elif form == "compiled":
+            torch.save({"model": {"_orig_mod." + k: v for k, v in sd.items()}}, path)
+        elif form == "torchscript":
+            torch.jit.save(torch.jit.script(model), path)
+        elif form == "program":
+            batch = torch.export.Dim("batch", min=1, max=64)
+            program = torch.export.export(model, (torch.randn(2, 3, size, size),), dynamic_shapes=({0: batch},))
+            torch.export.save(program, path)
+        elif form == "pickle":
+            torch.save(model, path)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("modelfiles")
+    out = {}
+    for name in MODELS:
+        model = _original(name)
+        for form in FORMS:
+            path = str(root / f"{name}-{form}.{'pt2' if form == 'program' else 'pt'}")
+            _save(model, name, form, path)
+            out[name, form] = path
+        out[name] = model
+    write_cifar10(str(root / "data"), n_train=50, n_test=60)
+    out["root"] = root
+    return out
+
+
+def _model_args(name: str, form: str) -> list[str]:
+    extra = ["--trust-pickle"] if form == "pickle" else []
+    if form != "program":  # a program records its input size; the others are told
+        extra += ["--in", f"3x{SIZE[name]}x{SIZE[name]}"]
+    return extra
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("form", FORMS)
+def test_export_any_form_matches_the_original_in_onnx_runtime(files, name, form):
+    import onnxruntime as ort
+
+    path = files[name, form]
+    out = str(files["root"] / f"{name}-{form}.onnx")
+    dynamo = form == "plain" and name == "squeezenet1_1"  # the default exporter once: it is the slow one
+    exporter = [] if dynamo else ["--exporter", "torchscript"]
+    p = run_cnn("export", path, "--onnx", "-o", out, "--force", "--json", *exporter, *_model_args(name, form), check=0)
+    res = json.loads(p.stdout)
+    assert res["max_abs_diff"] < 1e-4 and os.path.exists(out)
+    sess = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, SIZE[name], SIZE[name], generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = files[name](x)
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert got.shape == (3, 10)
+    assert float(np.abs(got - ref.numpy()).max()) < 1e-3
+    meta = {p.key: json.loads(p.value) for p in __import__("onnx").load(out).metadata_props}
+    assert meta["source"]["file"] == path and meta["source"]["kind"] in ("state_dict", "torchscript", "program",
+                                                                          "pickled module")
+    if form not in ("torchscript", "program"):  # detected (or rebuilt from the pickle) as torchvision's model
+        assert meta["source"]["architecture"] == f"tv:{name}" and meta["mean"] == [0.485, 0.456, 0.406]
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("form", FORMS)
+def test_summary_and_eval_on_the_same_files(files, name, form):
+    path = files[name, form]
+    p = run_cnn("summary", path, "--json", "--device", "cpu", *_model_args(name, form), check=0)
+    s = json.loads(p.stdout)
+    assert s["params"] == sum(t.numel() for t in files[name].parameters())
+    assert s["output"] == [10]
+    if form in ("torchscript", "program"):
+        assert s["macs"] is None  # cannot be measured through TorchScript/export graphs: unknown, never 0
+    else:
+        assert s["macs"] > 0
+    data = str(files["root"] / "data")
+    told = ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"] if form in ("torchscript", "program") else []
+    p = run_cnn("eval", path, "--data", "cifar10", "--data-dir", data, "--json", "--device", "cpu",
+                *_model_args(name, form), *told, check=0)  # TorchScript and programs do not say their normalization
+    res = json.loads(p.stdout)
+    assert res["samples"] == 60
+    accuracy, loss = _by_hand(files[name], data, SIZE[name])
+    assert res["loss"] == pytest.approx(loss, rel=1e-4)  # the same model on the same inputs
+    assert abs(res["accuracy"] - accuracy) <= 3 / 60 + 1e-9  # (random weights: ties under ReLU may break either way)
+
+
+def _by_hand(model, data: str, size: int) -> tuple[float, float]:
+    """The model on the CIFAR test split, preprocessed as torchvision's weights say (ImageNet mean/std), resized the
+    way cnn eval resizes a dataset to a model's input size."""
+    import pickle
+
+    with open(os.path.join(data, "cifar-10-batches-py", "test_batch"), "rb") as f:  # the fixture's own file
+        batch = pickle.load(f)
+    x = torch.from_numpy(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+    targets = torch.tensor(batch["labels"])
+    if size != 32:
+        x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False)
+        x = x.round().clamp(0, 255)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        logits = model((x.float() / 255 - mean) / std)
+    loss = float(torch.nn.functional.cross_entropy(logits, targets))
+    return float((logits.argmax(1) == targets).float().mean()), loss
+
+
+def test_a_pickled_model_is_refused_without_trust_pickle(files):
+    p = run_cnn("export", files["resnet18", "pickle"], "--onnx", "-o", str(files["root"] / "never.onnx"))
+    assert p.returncode == 2 and p.stdout == ""
+    assert "would run code" in p.stderr and "--trust-pickle" in p.stderr and "Traceback" not in p.stderr
+    assert not os.path.exists(files["root"] / "never.onnx")
+
+
+def test_registry_name_exports(tmp_path):
+    out = tmp_path / "r.onnx"
+    p = run_cnn("export", "resnet20", "--onnx", "-o", out, "--exporter", "torchscript", "--json", check=0)
+    assert json.loads(p.stdout)["max_abs_diff"] < 1e-4 and "random weights" in p.stderr
+
+
+def test_the_weights_decide_the_layout(tmp_path):
+    """A torchvision resnet18 state dict (7x7 stem) given as the built-in resnet18 and run at 32x32 keeps its stem
+    (the built-in would switch to the CIFAR stem below 96 px)."""
+    model = _original("resnet18")
+    torch.save(model.state_dict(), tmp_path / "r.pt")
+    from cnncli.models.open import ModelRequest, open_model
+
+    opened = open_model(str(tmp_path / "r.pt"), ModelRequest(model="resnet18", input_size=(3, 32, 32)))
+    assert opened.spec.build_size == (224, 224) and opened.model.conv1.kernel_size == (7, 7)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(opened.model.eval()(x), model(x))
+
+
+def test_ambiguous_layout_is_exit_2_naming_the_candidates(files, tmp_path):
+    """torchvision's mobilenet_v2 and the built-in one (stride-1 stem below 96 px) have identical tensors but
+    compute different things at 32x32: the tool does not guess."""
+    path = files["mobilenet_v2", "plain"]
+    p = run_cnn("summary", path, "--in", "3x32x32")
+    assert p.returncode == 2 and "tv:mobilenet_v2" in p.stderr and "--model" in p.stderr
+    p = run_cnn("summary", path, "--in", "3x32x32", "--model", "tv:mobilenet_v2", "--json", check=0)
+    assert json.loads(p.stdout)["output"] == [10]
+
+
+def test_unknown_state_dict_names_the_nearest_candidates(tmp_path):
+    sd = _original("resnet18").state_dict()
+    sd["extra.weight"] = torch.zeros(3)
+    del sd["layer4.1.bn2.bias"]
+    torch.save(sd, tmp_path / "odd.pt")
+    p = run_cnn("export", tmp_path / "odd.pt", "--onnx")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+    assert "matches no known architecture" in p.stderr and "resnet18" in p.stderr and "extra.weight" in p.stderr
+    assert not os.path.exists(tmp_path / "odd.onnx")
+
+
+def test_train_weights_remakes_the_head_and_loads_the_rest(tmp_path):
+    """Fine-tuning: a 7-class lenet5 state dict (tutorial wrapper, DDP prefix) starts a 10-class run. With a
+    vanishing learning rate the trained backbone is the file's, and the head has the new size."""
+    from cnncli.models import get_model
+
+    torch.manual_seed(3)
+    src = get_model("lenet5", num_classes=7, in_channels=3, image_size=(32, 32)).state_dict()
+    torch.save({"model_state_dict": {"module." + k: v for k, v in src.items()}, "epoch": 1}, tmp_path / "w.pt")
+    data = write_cifar10(str(tmp_path / "data"), n_train=100, n_test=20)
+    p = run_cnn("train", "lenet5", "--data", "cifar10", "--data-dir", data, "--weights", tmp_path / "w.pt",
+                "--epochs", "1", "--batch-size", "50", "--lr", "1e-30", "--weight-decay", "0", "--project", tmp_path / "runs",
+                "--precision", "32", "--device", "cpu", check=0)
+    assert "loaded 8 tensors, re-made 2 (classifier.5.weight, classifier.5.bias)" in p.stderr
+    best = torch.load(tmp_path / "runs" / "train" / "best.pt", weights_only=True)["state_dict"]
+    for k, v in src.items():
+        if k.startswith("classifier.5."):
+            assert best[k].shape[0] == 10 and v.shape[0] == 7
+        else:
+            torch.testing.assert_close(best[k], v, rtol=0, atol=1e-6)
+    assert json.load(open(tmp_path / "runs" / "train" / "args.json"))["weights"] == str(tmp_path / "w.pt")
+
+
+def test_train_weights_adapts_the_input_conv(tmp_path):
+    from cnncli.models import get_model
+    from cnncli.models.transfer import transfer_weights
+
+    src = get_model("lenet5", num_classes=10, in_channels=3, image_size=(32, 32)).state_dict()
+    gray = get_model("lenet5", num_classes=10, in_channels=1, image_size=(32, 32))
+    done = transfer_weights(gray, src)
+    assert done.adapted == ["features.0.weight: 3 -> 1 channels"] and not done.remade
+    torch.testing.assert_close(gray.state_dict()["features.0.weight"], src["features.0.weight"].sum(1, keepdim=True))
+
+
+def test_detection_on_every_torchvision_classification_model():
+    """Every torchvision classification model, built on the meta device (no memory, no weights): its state dict's
+    names and shapes detect that model; every eighth is built with 7 classes and 1 input channel, which must be
+    read off the shapes."""
+    import torchvision.models as tvm
+
+    from cnncli.models.detect import build_on_meta, find_fits
+
+    wrong = []
+    for i, name in enumerate(tvm.list_models(module=tvm)):
+        nc, c = (7, 1) if i % 8 == 0 else (1000, 3)
+        state = build_on_meta("tv:" + name, nc, c, (224, 224)).state_dict()
+        fits, _ = find_fits(state)
+        if not any(f.name == "tv:" + name and (f.num_classes, f.in_channels) == (nc, c) for f in fits):
+            wrong.append((name, [(f.name, f.num_classes, f.in_channels) for f in fits]))
+    assert not wrong
+
+
+# ----------------------------------------------------------------------------------------------- hostile files
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _zip_with(path, members: dict) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+
+
+@pytest.mark.parametrize("container", ["wrapped", "torchscript", "program", "weights", "train_weights"])
+def test_a_payload_in_any_container_is_exit_2_and_never_runs(tmp_path, container):
+    import pickle
+
+    marker = tmp_path / "PWNED"
+    payload = pickle.dumps({"state_dict": {"w": _Payload(marker)}}, protocol=2)
+    path = tmp_path / "evil.pt"
+    if container in ("wrapped", "weights", "train_weights"):
+        torch.save({"model_state_dict": {"w": torch.zeros(1)}, "x": _Payload(marker)}, path)
+    elif container == "torchscript":  # a zip laid out like a TorchScript archive
+        _zip_with(path, {"evil/data.pkl": payload, "evil/constants.pkl": payload, "evil/code/__torch__/m.py": "x"})
+    else:  # laid out like a torch.export archive
+        path = tmp_path / "evil.pt2"
+        _zip_with(path, {"evil/archive_format": "pt2", "evil/models/model.json": "{}", "evil/data/weights/w": payload})
+    before = sorted(os.listdir(tmp_path))
+    if container == "weights":
+        args = ["summary", "lenet5", "--weights", path]
+    elif container == "train_weights":
+        args = ["train", "lenet5", "--data", "fake", "--weights", path, "--project", tmp_path / "runs"]
+    else:
+        args = ["export", path, "--onnx"]
+    p = run_cnn(*args)
+    assert p.returncode == 2 and p.stdout == "" and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith("error: ")
+    assert not marker.exists() and sorted(os.listdir(tmp_path)) == before
+
+
+def test_trust_pickle_names_a_class_that_cannot_be_imported(tmp_path):
+    import sys
+    import types
+
+    mod = types.ModuleType(MARKER_CLASS)
+    exec("import torch\nclass Net(torch.nn.Linear):\n    pass\n", mod.__dict__)
+    sys.modules[MARKER_CLASS] = mod
+    try:
+        torch.save(mod.Net(2, 2), tmp_path / "net.pt")
+    finally:
+        del sys.modules[MARKER_CLASS]
+    p = run_cnn("summary", tmp_path / "net.pt", "--trust-pickle")
+    assert p.returncode == 2 and "cannot be imported" in p.stderr and MARKER_CLASS in p.stderr
