@@ -225,6 +225,22 @@ def test_train_weights_remakes_the_head_and_loads_the_rest(tmp_path):
     assert json.load(open(tmp_path / "runs" / "train" / "args.json"))["weights"] == str(tmp_path / "w.pt")
 
 
+def test_train_weights_keep_their_layout(tmp_path):
+    """A torchvision resnet18 state dict (7x7 stem, 1000 classes) fine-tuned as the built-in resnet18 on 32x32
+    images: the stem the weights have is kept (built for 224 px), only the head is re-made, and the checkpoint
+    records the layout so every later command rebuilds it."""
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "tv.pt")
+    data = write_cifar10(str(tmp_path / "data"), n_train=100, n_test=20)
+    p = run_cnn("train", "resnet18", "--data", "cifar10", "--data-dir", data, "--weights", tmp_path / "tv.pt",
+                "--epochs", "1", "--max-steps", "1", "--batch-size", "50", "--project", tmp_path / "runs",
+                "--device", "cpu", check=0)
+    assert "layout built for 224x224" in p.stderr and "loaded 120 tensors, re-made 2 (fc.weight, fc.bias)" in p.stderr
+    ck = torch.load(tmp_path / "runs" / "train" / "best.pt", weights_only=True)
+    assert ck["model"]["build_size"] == [224, 224] and ck["state_dict"]["conv1.weight"].shape[-1] == 7
+    out = json.loads(run_cnn("summary", tmp_path / "runs" / "train" / "best.pt", "--json", check=0).stdout)
+    assert out["input"] == [3, 32, 32] and out["layers"][1]["output"] == [64, 16, 16]  # the 7x7 stride-2 stem
+
+
 def test_train_weights_adapts_the_input_conv(tmp_path):
     from cnncli.models import get_model
     from cnncli.models.transfer import transfer_weights

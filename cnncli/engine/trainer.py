@@ -14,7 +14,7 @@ import random
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -266,15 +266,21 @@ class Trainer:
         from cnncli.models import build_model
         from cnncli.models import resolve as resolve_model
         from cnncli.models.open import probe
+        from cnncli.models.transfer import transfer_weights
 
         info = resolve_model(self.cfg.model)
         c, h, w = self.data.input_size
         self.spec = ModelSpec(info.qualified if info.source != "file" else self.cfg.model, self.cfg.num_classes,
-                              c, (h, w))
+                              c, (h, w), self.resume_from.model.build_size if self.resume_from else None)
+        weights = None
+        if self.cfg.weights and self.resume_from is None:  # a resumed run has its weights in last.pt
+            weights = self._read_weights()
         torch.manual_seed(self.cfg.seed)  # the same initial weights on every rank
         model = build_model(self.spec)
-        if self.cfg.weights and self.resume_from is None:  # a resumed run has its weights in last.pt
-            self._start_from_weights(model)
+        if weights is not None:
+            done = transfer_weights(model, weights[0], self.cfg.weights)
+            self.report("note", {"message": f"weights from {self.cfg.weights}{weights[1]}{self._layout_note()}: "
+                                            f"{done.summary()}"})
         out = probe(model.eval(), self.spec.input_size)
         if out.dim() != 2 or out.shape[1] != self.spec.num_classes:  # fails here, before any file is written
             raise UsageError(f"{self.spec.name} returns {tuple(out.shape)} for one image, not [1, "
@@ -292,14 +298,27 @@ class Trainer:
             forward_model = torch.compile(forward_model)
         self.forward_model = forward_model
 
-    def _start_from_weights(self, model: nn.Module) -> None:
-        """--weights: what fits of any model file is loaded (fine-tuning), and said."""
+    def _read_weights(self) -> tuple[dict, str]:
+        """--weights: the file's state dict. The weights decide the layout, as everywhere: a built-in model whose
+        layout follows the image size (resnet18's CIFAR stem below 96 px) is built the way the weights were, when the
+        file fits the architecture that way (classes aside)."""
+        from cnncli.models import resolve as resolve_model
+        from cnncli.models.detect import fit_named
         from cnncli.models.files import read_model_file, weights_of
-        from cnncli.models.transfer import transfer_weights
 
         state, where = weights_of(read_model_file(self.cfg.weights, trust_pickle=self.cfg.trust_pickle))
-        done = transfer_weights(model, state, self.cfg.weights)
-        self.report("note", {"message": f"weights from {self.cfg.weights}{where}: {done.summary()}"})
+        if resolve_model(self.spec.name).source == "builtin":
+            try:
+                fit = fit_named(self.spec.name, state, self.spec.input_size)
+            except UsageError:  # another architecture: whatever fits is loaded into the default layout
+                fit = None
+            if fit is not None and tuple(fit.build_size) != tuple(self.spec.image_size):
+                self.spec = replace(self.spec, build_size=tuple(fit.build_size))
+        return state, where
+
+    def _layout_note(self) -> str:
+        b = self.spec.build_size
+        return f"; layout built for {b[0]}x{b[1]}, as the weights are" if b else ""
 
     def _loader(self, split: str, *, train: bool):
         """A split's batches on the device; evaluation batches are at least EVAL_BATCH_MIN."""

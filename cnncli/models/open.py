@@ -233,7 +233,8 @@ def _open_architecture(arg: str, req: ModelRequest) -> OpenedModel:
         build = fit.build_size if (info.source == "builtin" and tuple(fit.build_size) != (h, w)) else None
         spec = replace(spec, num_classes=fit.num_classes, in_channels=fit.in_channels, build_size=build)
         model, spec = _load_fitted(spec, state, req.weights)
-        notes.append(f"weights: {req.weights}{where}")
+        notes.append(f"weights: {req.weights}{where}" + (f", layout built for {build[0]}x{build[1]} as the weights "
+                                                          "are" if build else ""))
     else:
         model = build_model(spec)
     pre, assumed = resolve_preprocess(spec, req, {})
