@@ -155,6 +155,22 @@ def _by_hand(model, data: str, size: int) -> tuple[float, float]:
     return float((logits.argmax(1) == targets).float().mean()), loss
 
 
+def test_eval_of_an_onnx_file_written_elsewhere(files):
+    """An ONNX file without cnncli's metadata: the input size comes from its graph, mean/std from the command line."""
+    path = str(files["root"] / "plain-torch.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(files["resnet18"], (torch.randn(1, 3, 32, 32),), path, dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    data = str(files["root"] / "data")
+    p = run_cnn("eval", path, "--data", "cifar10", "--data-dir", data, "--json", "--mean", "0.485,0.456,0.406",
+                "--std", "0.229,0.224,0.225", check=0)
+    res = json.loads(p.stdout)
+    accuracy, loss = _by_hand(files["resnet18"], data, 32)
+    assert res["loss"] == pytest.approx(loss, rel=1e-4) and res["samples"] == 60
+    assert "assumed the dataset's class names" in p.stderr
+
+
 def test_a_pickled_model_is_refused_without_trust_pickle(files):
     p = run_cnn("export", files["resnet18", "pickle"], "--onnx", "-o", str(files["root"] / "never.onnx"))
     assert p.returncode == 2 and p.stdout == ""

@@ -175,27 +175,18 @@ def trusted_spec(ckpt: Checkpoint, path: str, model: str | None) -> ModelSpec:
     return replace(spec, name=model)
 
 
-def open_checkpoint(path: str, model: str | None = None) -> OpenedModel:
-    """A checkpoint written by cnn train or cnn fcn; `model` names the Python file of a user model (see above)."""
-    return open_model(path, ModelRequest(model=model), kinds=("checkpoint",))
-
-
 # ------------------------------------------------------------------------------------------------ the door
 
 
-def open_model(arg: str, request: ModelRequest | None = None, *, kinds: tuple[str, ...] | None = None,
-               **fields) -> OpenedModel:
-    """A MODEL argument as every command takes it (see the module docstring). `kinds` limits the file kinds a
-    command can use; `fields` are ModelRequest fields, for callers without a request."""
+def open_model(arg: str, request: ModelRequest | None = None, **fields) -> OpenedModel:
+    """A MODEL argument as every command takes it (see the module docstring); `fields` are ModelRequest fields, for
+    callers without a request."""
     from cnncli.models.files import read_model_file
 
     req = replace(request or ModelRequest(), **fields)
     if not is_checkpoint_path(arg):
         return _open_architecture(arg, req)
     mf = read_model_file(arg, trust_pickle=req.trust_pickle)
-    if kinds and mf.kind not in kinds:
-        raise UsageError(f"{arg} is {mf.description}; this command needs "
-                         + " or ".join(_KIND_NAMES.get(k, k) for k in kinds), _KIND_HINTS.get(mf.kind, ""))
     if mf.kind == "onnx":
         raise UsageError(f"{arg} is an ONNX model; this command runs PyTorch models",
                          "cnn eval runs ONNX files; give the .pt it was exported from")
@@ -204,12 +195,6 @@ def open_model(arg: str, request: ModelRequest | None = None, *, kinds: tuple[st
     if mf.kind == "state_dict":
         return _open_state_dict(mf.path, mf.state_dict, req, mf.metadata, where=mf.where)
     return _open_module(mf, req)
-
-
-_KIND_NAMES = {"checkpoint": "a cnncli checkpoint", "state_dict": "a state dict"}
-_KIND_HINTS = {"torchscript": "give the state dict or checkpoint it was made from",
-               "program": "give the state dict or checkpoint it was made from",
-               "onnx": "give the .pt it was exported from"}
 
 
 def _open_architecture(arg: str, req: ModelRequest) -> OpenedModel:
@@ -237,9 +222,10 @@ def _open_architecture(arg: str, req: ModelRequest) -> OpenedModel:
                                                           "are" if build else ""))
     else:
         model = build_model(spec)
+    known = bool(req.weights or _asked(req))  # a bare architecture says nothing about data, and assumes nothing
     pre, assumed = resolve_preprocess(spec, req, {})
-    return OpenedModel(model, spec, pre if (req.weights or _asked(req)) else None, origin="registry",
-                       notes=notes + assumed, source={"architecture": spec.name, "weights": req.weights or None})
+    return OpenedModel(model, spec, pre if known else None, origin="registry", notes=notes + (assumed if known else []),
+                       source={"architecture": spec.name, "weights": req.weights or None})
 
 
 def _asked(req: ModelRequest) -> bool:
@@ -315,6 +301,9 @@ def _first_problem(e: Exception) -> str:
 def _open_module(mf, req: ModelRequest) -> OpenedModel:
     """TorchScript, a torch.export program or a trusted pickle: the module as it is. A pickled module whose tensors
     fit a registry architecture is rebuilt from the registry instead (then every command can use it)."""
+    if req.model and mf.kind != "pickle":
+        raise UsageError(f"--model names the architecture of a state dict; {mf.path} is {mf.description}, which "
+                         "runs as saved", "leave out --model")
     module = mf.module.eval()
     if mf.kind == "pickle":
         rebuilt = _rebuild_pickle(mf, req)
