@@ -320,7 +320,7 @@ def _prepare(model_arg: str, fmt: ExportFormat, *, opset, dynamic_batch, dynamic
     pre = opened.preprocess or _bare_preprocess(opened)
     meta = {"model_name": opened.name, **pre.to_metadata(),
             "channel_order": "L" if size[0] == 1 else "RGB", "layout": "NCHW, float32, pixels/255 then (x-mean)/std",
-            "dataset": opened.checkpoint.dataset if opened.checkpoint else "", "cnncli_version": __version__,
+            "dataset": opened.dataset, "cnncli_version": __version__,
             "torch_version": str(torch.__version__), "fully_convolutional": bool(fcn), "format": fmt.name,
             "dynamic_batch": dynamic_batch, "dynamic_size": dynamic_size, "source": opened.source}
     if fcn:

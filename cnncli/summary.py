@@ -102,7 +102,7 @@ def _opaque_summary(model: nn.Module, input_size, out) -> dict:
     root = model.program if isinstance(model, ProgramModule) else model
     rows = [{"name": name, "type": getattr(m, "original_name", type(m).__name__), "depth": 1, "output": None,
              "params": sum(p.numel() for p in m.parameters()), "macs": None, "container": False,
-             "receptive_field": None, "jump": None} for name, m in root.named_children()]
+             "receptive_field": None, "jump": None} for name, m in root.named_children() if not name.startswith("_")]
     return {"input": list(input_size), "output": list(out.shape[1:]), "params": sum(p.numel() for p in model.parameters()),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad), "macs": None,
             "receptive_field": None, "jump": None, "layers": rows}

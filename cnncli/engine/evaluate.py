@@ -146,7 +146,7 @@ def evaluate_file(path: str, data: str | None, split: str, *, data_dir: str | No
         opened = open_model(path, req)
         notes = opened.notes
         preprocess, num_classes = opened.preprocess, opened.spec.num_classes
-        trained_on = opened.checkpoint.dataset if opened.checkpoint else ""
+        trained_on = opened.dataset
     name = data or trained_on
     if not name:
         raise UsageError("give --data", f"{path} does not say which dataset it was trained on")

@@ -58,6 +58,7 @@ class OpenedModel:
     origin: str = "registry"                  # registry | checkpoint | state_dict | torchscript | program | pickle
     notes: list[str] = field(default_factory=list)  # what was detected or assumed, for the log
     source: dict = field(default_factory=dict)      # where it came from, for exported metadata
+    dataset: str = ""                               # what it was trained on, when the file says
 
     @property
     def name(self) -> str:
@@ -236,7 +237,8 @@ def _open_checkpoint_file(mf, req: ModelRequest) -> OpenedModel:
     ckpt = mf.checkpoint
     ckpt = replace(ckpt, model=trusted_spec(ckpt, mf.path, req.model))
     return OpenedModel(model_from_checkpoint(ckpt), ckpt.model, ckpt.preprocess, ckpt, mf.path, origin="checkpoint",
-                       source={"file": mf.path, "kind": "checkpoint", "architecture": ckpt.model.name})
+                       source={"file": mf.path, "kind": "checkpoint", "architecture": ckpt.model.name},
+                       dataset=ckpt.dataset)
 
 
 def _open_state_dict(path: str, state: dict, req: ModelRequest, meta: dict, *, where: str = "",
@@ -318,7 +320,7 @@ def _open_module(mf, req: ModelRequest) -> OpenedModel:
              + (f"; input {c}x{h}x{w} assumed (give --in)" if assumed_size else f", input {c}x{h}x{w}")]
     pre, assumed = resolve_preprocess(spec, req, meta)
     return OpenedModel(module, spec, pre, None, mf.path, origin=mf.kind, notes=notes + assumed,
-                       source={"file": mf.path, "kind": mf.kind})
+                       source={"file": mf.path, "kind": mf.kind}, dataset=str(meta.get("dataset") or ""))
 
 
 def _rebuild_pickle(mf, req: ModelRequest) -> OpenedModel | None:
