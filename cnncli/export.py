@@ -322,7 +322,8 @@ def _prepare(model_arg: str, fmt: ExportFormat, *, opset, dynamic_batch, dynamic
             "channel_order": "L" if size[0] == 1 else "RGB", "layout": "NCHW, float32, pixels/255 then (x-mean)/std",
             "dataset": opened.dataset, "cnncli_version": __version__,
             "torch_version": str(torch.__version__), "fully_convolutional": bool(fcn), "format": fmt.name,
-            "dynamic_batch": dynamic_batch, "dynamic_size": dynamic_size, "source": opened.source}
+            "dynamic_batch": dynamic_batch, "dynamic_size": dynamic_size, "source": opened.source,
+            "assumed": [n for n in opened.notes if n.startswith("assumed")]}
     if fcn:
         meta.update({"stride": fcn["stride"], "receptive_field": fcn["receptive_field"], "offset": fcn["offset"]})
     # batch 2 for a dynamic batch (exporters specialize a size-1 dimension); a static batch is 1, what the file takes

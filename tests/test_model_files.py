@@ -171,6 +171,23 @@ def test_eval_of_an_onnx_file_written_elsewhere(files):
     assert "assumed the dataset's class names" in p.stderr
 
 
+def test_fcn_and_scoremap_of_a_state_dict_and_a_registry_name(files, tmp_path):
+    """A state dict (Lightning wrapper) converted with cnn fcn: a checkpoint every command reads, with the
+    architecture and the assumed preprocessing recorded; scoremap maps an image larger than the training size."""
+    from PIL import Image
+
+    out = tmp_path / "r-fcn.pt"
+    p = run_cnn("fcn", files["resnet18", "lightning"], "--in", "3x32x32", "-o", out, "--json", check=0)
+    assert json.loads(p.stdout)["max_abs_diff"] < 1e-4
+    ck = torch.load(out, weights_only=True)
+    assert ck["model"]["name"] == "tv:resnet18" and ck["normalization"]["mean"] == [0.485, 0.456, 0.406]
+    Image.fromarray(np.zeros((96, 128, 3), np.uint8)).save(tmp_path / "big.png")
+    p = run_cnn("scoremap", out, tmp_path / "big.png", "-o", tmp_path / "maps", "--json", check=0)
+    assert json.loads(p.stdout)["scores_shape"][0] == 10
+    p = run_cnn("fcn", "lenet5", "--weights", files["root"] / "nothere.pt")
+    assert p.returncode == 2 and "not found" in p.stderr
+
+
 def test_a_pickled_model_is_refused_without_trust_pickle(files):
     p = run_cnn("export", files["resnet18", "pickle"], "--onnx", "-o", str(files["root"] / "never.onnx"))
     assert p.returncode == 2 and p.stdout == ""

@@ -208,6 +208,8 @@ ModelFileOpt = Annotated[Optional[str], typer.Option(
 TrustPickleOpt = Annotated[bool, typer.Option(
     "--trust-pickle", help="Load a whole pickled model (torch.save(model)). Unpickling runs code named by the file: "
                            "only for files you trust.")]
+WeightsOpt = Annotated[Optional[str], typer.Option(
+    "--weights", help="Weights for a registry name, from any model file (state dict, checkpoint, TorchScript...).")]
 InOpt = Annotated[Optional[str], typer.Option("--in", help="Input CxHxW, for a file that does not record it.")]
 MeanOpt = Annotated[Optional[str], typer.Option(
     "--mean", help="Per-channel mean of pixels in 0..1 (0.485,0.456,0.406), for a file that does not record it.")]

@@ -15,6 +15,7 @@ from cnncli.cli._common import (
     ModelFileOpt,
     StdOpt,
     TrustPickleOpt,
+    WeightsOpt,
     choice,
     emit_json,
     epilog,
@@ -59,7 +60,7 @@ def export_cmd(
     mean: MeanOpt = None,
     std: StdOpt = None,
     classes: ClassesOpt = None,
-    weights: Annotated[Optional[str], typer.Option("--weights", help="Weights for a registry name, from any model file.")] = None,
+    weights: WeightsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Export any model file or registry model to ONNX or a torch.export program with metadata, verified against PyTorch."""

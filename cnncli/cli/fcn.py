@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Optional
 
 import typer
@@ -16,6 +15,7 @@ from cnncli.cli._common import (
     ModelFileOpt,
     StdOpt,
     TrustPickleOpt,
+    WeightsOpt,
     emit_json,
     epilog,
     log,
@@ -31,7 +31,8 @@ EPILOG = ("Examples:\n\n  cnn fcn runs/train/best.pt                  # writes r
 @app.command("fcn", epilog=epilog(EPILOG))
 def fcn_cmd(
     checkpoint: Annotated[str, typer.Argument(metavar="MODEL", help="A trained classifier: a checkpoint from cnn train, "
-                                              "or a state dict (architecture detected, or --model NAME).")],
+                                              "a state dict (architecture detected, or --model NAME), or a "
+                                              "registry name with --weights.")],
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="Where to write (default: MODEL-fcn.pt).")] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", help="Largest allowed logit difference at the training size (relative to the logit scale).")] = 1e-4,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
@@ -41,6 +42,7 @@ def fcn_cmd(
     mean: MeanOpt = None,
     std: StdOpt = None,
     classes: ClassesOpt = None,
+    weights: WeightsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Rewrite the classifier head as convolutions, verify identical logits, record stride and receptive field."""
@@ -48,10 +50,14 @@ def fcn_cmd(
     from cnncli.errors import UsageError
     from cnncli.fileio import check_output
 
-    req = model_request(model=model_file, trust_pickle=trust_pickle, input_size=input_size, mean=mean, std=std,
-                        classes=classes)
-    check_file(checkpoint, "model")
-    out = check_output(output or os.path.splitext(checkpoint)[0] + "-fcn.pt", [checkpoint], force)
+    req = model_request(model=model_file, weights=weights, trust_pickle=trust_pickle, input_size=input_size,
+                        mean=mean, std=std, classes=classes)
+    from cnncli.export import default_output
+    from cnncli.models.open import is_checkpoint_path
+
+    if is_checkpoint_path(checkpoint):
+        check_file(checkpoint, "model")
+    out = check_output(output or default_output(checkpoint, "-fcn.pt"), [checkpoint], force)
     from cnncli.fcn import fcn_checkpoint, to_fully_convolutional
     from cnncli.models.open import open_model
 

@@ -18,6 +18,7 @@ from cnncli.cli._common import (
     ModelFileOpt,
     StdOpt,
     TrustPickleOpt,
+    WeightsOpt,
     choice,
     emit_json,
     epilog,
@@ -51,6 +52,7 @@ def scoremap_cmd(
     mean: MeanOpt = None,
     std: StdOpt = None,
     classes: ClassesOpt = None,
+    weights: WeightsOpt = None,
     device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
 ) -> None:
@@ -59,9 +61,12 @@ def scoremap_cmd(
     from cnncli.cli._common import check_file
     from cnncli.errors import UsageError
 
-    req = model_request(model=model_file, trust_pickle=trust_pickle, input_size=input_size, mean=mean, std=std,
-                        classes=classes)
-    check_file(checkpoint, "model")
+    req = model_request(model=model_file, weights=weights, trust_pickle=trust_pickle, input_size=input_size,
+                        mean=mean, std=std, classes=classes)
+    from cnncli.models.open import is_checkpoint_path
+
+    if is_checkpoint_path(checkpoint):
+        check_file(checkpoint, "model")
     images = list(images or [])
     if not images and not scene:
         raise UsageError("give at least one IMAGE, or --scene lines")
