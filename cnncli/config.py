@@ -29,6 +29,8 @@ SGD_WEIGHT_DECAY = 5e-4       # the classic CIFAR/ResNet value
 ADAMW_LR = 2e-3
 ADAMW_WEIGHT_DECAY = 0.05     # decoupled decay: larger values than SGD's L2 are usual
 EVAL_BATCH_MIN = 256          # evaluation keeps no activations for backward: bigger batches are free
+MIN_STEPS_PER_EPOCH = 8       # small data: the default batch halves until an epoch has this many steps...
+MIN_BATCH = 4                 # ...but never below 4 images per process
 ONECYCLE_WARMUP = 0.25        # one-cycle (Smith): linear warm-up over the first quarter...
 ONECYCLE_START_DIV = 25       # ...from lr/25...
 ONECYCLE_END_DIV = 1e4        # ...then cosine down to lr/1e4
@@ -86,6 +88,7 @@ class RunFacts:
     device_type: str = "cpu"         # cpu | cuda | mps
     bf16: bool = False               # the device computes bf16 natively
     world_size: int = 1              # processes under torchrun
+    train_samples: int | None = None  # images in the training split (small data gets smaller batches)
 
 
 def _at_least(flag: str, value, low) -> None:
@@ -147,7 +150,7 @@ def resolve_precision(precision: str, device_type: str, bf16: bool) -> str:
 def resolve(cfg: TrainConfig, facts: RunFacts) -> TrainConfig:
     """The concrete config of a run: every `None` decided, precision chosen. Pure: `cfg` is not changed."""
     cfg = validate(cfg)
-    batch = cfg.batch_size or facts.batch_size
+    batch = cfg.batch_size or small_data_batch(facts.batch_size, facts.train_samples, facts.world_size)
     if batch < facts.world_size:
         raise UsageError(f"batch size {batch} is smaller than the {facts.world_size} processes")
     if cfg.optimizer == "sgd":
@@ -159,6 +162,16 @@ def resolve(cfg: TrainConfig, facts: RunFacts) -> TrainConfig:
     return replace(cfg, epochs=cfg.epochs or facts.epochs, batch_size=batch, lr=lr, weight_decay=wd,
                    num_classes=cfg.num_classes or facts.num_classes,
                    precision=resolve_precision(cfg.precision, facts.device_type, facts.bf16))
+
+
+def small_data_batch(default: int, train_samples: int | None, world_size: int = 1) -> int:
+    """The dataset's batch size, halved until an epoch has at least MIN_STEPS_PER_EPOCH steps (a folder of 36
+    images would otherwise train one step per epoch, or none), never below MIN_BATCH per process."""
+    batch = default
+    floor = MIN_BATCH * world_size
+    while train_samples and batch // 2 >= floor and train_samples // batch < MIN_STEPS_PER_EPOCH:
+        batch //= 2
+    return batch
 
 
 def lr_at(step: int, total: int, base_lr: float, schedule: str) -> float:

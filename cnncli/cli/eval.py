@@ -46,7 +46,7 @@ def eval_cmd(
                                               "(see cnn summary for what each shows).")],
     data: Annotated[Optional[str], typer.Option("--data", help="Dataset (default: the one the model was trained on).")] = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where datasets live.")] = None,
-    split: Annotated[str, typer.Option("--split", click_type=choice("split", SPLITS), help="Which split to measure.")] = "test",
+    split: Annotated[Optional[str], typer.Option("--split", click_type=choice("split", SPLITS), help="Which split to measure (default: test; a folder of class sub-folders is measured whole; a folder without test/ gives val/).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size.", min=1)] = 256,
     confusion: Annotated[Optional[str], typer.Option("--confusion", help="Write the confusion matrix as a PNG.")] = None,
     min_accuracy: Annotated[Optional[float], typer.Option("--min-accuracy", help="CI gate: exit 1 when top-1 is below (0..1).")] = None,
@@ -76,7 +76,7 @@ def eval_cmd(
     if confusion:
         from cnncli.engine.plots import plot_confusion
 
-        plot_confusion(res, confusion, f"{model} on {res['data']} {split}: {res['accuracy']:.2%}")
+        plot_confusion(res, confusion, f"{model} on {res['data']} {res['split']}: {res['accuracy']:.2%}")
         log(f"confusion matrix: {confusion}")
     if json_out:
         emit_json(res)

@@ -81,7 +81,8 @@ def train_cmd(
     if json_out:
         emit_json(result.as_json())
     else:
-        test = f", test {result.test_accuracy:.2%}" if result.test_accuracy is not None else ""
+        test = (f", test {result.test_accuracy:.2%}" if result.test_accuracy is not None
+                else " (no test split: the folder has no test/, and val chose best.pt)")
         print(f"done: {result.epochs} epochs, best val accuracy {result.best_accuracy:.2%}{test}, "
               f"{result.images_per_second:,.0f} images/s on {result.device} ({_prec(result.precision)})")
         print(f"run folder: {result.run_dir}")
@@ -170,7 +171,8 @@ class _Reporter:
             log(info["message"])
         elif kind == "start":
             resumed = f", resumed at epoch {info['resumed_at'][0] + 1} step {info['resumed_at'][1]}" if info["resumed_at"] else ""
-            log(f"train {info['model']} on {info['data']}: {info['train_samples']:,} images, {info['epochs']} epochs x "
+            log(f"train {info['model']} on {info['data']}: {info['train_samples']:,} images "
+                f"{'x'.join(map(str, info['input']))}, {info['epochs']} epochs x "
                 f"{info['steps_per_epoch']} steps, batch {info['batch_size']}, device {info['device']}, "
                 f"{_prec(info['precision'])}{resumed}")
             log(f"run folder: {info['run_dir']}")

@@ -33,6 +33,10 @@ class _Dataset:
     epochs: int
     batch_size: int
 
+    def num_samples(self, split: str) -> int:
+        data = self.split(split)
+        return len(data[0]) if isinstance(data, tuple) else len(data)
+
     def split(self, name: str):
         if name not in self.splits:
             raise UsageError(f"dataset {self.name} has no split {name!r}", "use " + ", ".join(self.splits))
@@ -65,6 +69,7 @@ class FolderData(_Dataset):
     root: str = ""
     image_size: tuple[int, int] = (0, 0)
     channels: int = 3
+    folders: tuple[str, ...] = ()    # the split folders present (train/ val/ test/); () for one folder of classes
 
     @property
     def input_size(self) -> tuple[int, int, int]:

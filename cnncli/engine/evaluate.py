@@ -124,7 +124,7 @@ class Relabelled:
             yield x, y
 
 
-def evaluate_file(path: str, data: str | None, split: str, *, data_dir: str | None = None, batch_size: int = 256,
+def evaluate_file(path: str, data: str | None, split: str | None, *, data_dir: str | None = None, batch_size: int = 256,
                   device=None, workers: int = 2, request=None, log=lambda msg: None) -> dict:
     """`cnn eval`: any model file in PyTorch on `device`, or an `.onnx` file in ONNX Runtime, on a dataset split,
     each with its own recorded preprocessing (or, for files that carry none, the command line's, the architecture's
@@ -151,6 +151,8 @@ def evaluate_file(path: str, data: str | None, split: str, *, data_dir: str | No
     if not name:
         raise UsageError("give --data", f"{path} does not say which dataset it was trained on")
     ds = ds or load_dataset(name, data_dir)
+    split, split_note = pick_split(ds, split)
+    notes = list(notes) + ([split_note] if split_note else [])
     model_classes = list(preprocess.classes)
     if not model_classes and ds.num_classes > num_classes:
         raise UsageError(f"{name} has {ds.num_classes} classes, the model {num_classes}",
@@ -169,6 +171,29 @@ def evaluate_file(path: str, data: str | None, split: str, *, data_dir: str | No
         res["device"] = str(device or "cpu")
     res.update({"model": path, "data": name, "split": split})
     return res
+
+
+def pick_split(ds, split: str | None) -> tuple[str, str]:
+    """The split `cnn eval` measures, and a note when it is not the obvious one. A folder of class sub-folders is
+    evaluated whole; a folder with split folders gives test/, else val/ (said); other datasets their test split."""
+    folders = getattr(ds, "folders", None)
+    if folders is None:
+        return split or "test", ""
+    n = ds.num_samples
+    if not folders:
+        if split is None:
+            return "all", f"{ds.name}: all {n('all'):,} images (one folder of classes, evaluated whole)"
+        if split == "test":
+            raise UsageError(f"{ds.name} has no test/ folder", "leave out --split to evaluate every image")
+        return split, f"{ds.name}: the seeded {split} part ({n(split):,} images) of the folder, as cnn train split it"
+    if split is None:
+        split = "test" if "test" in folders else "val" if "val" in folders else None
+        if split is None:
+            raise UsageError(f"{ds.name} has train/ only", "give --split train, or add a test/ or val/ folder")
+        return split, "" if split == "test" else f"{ds.name}: no test/ folder, evaluating val/ ({n('val'):,} images)"
+    if split not in ds.splits:
+        raise UsageError(f"{ds.name} has no {split}/ folder", "folders there: " + ", ".join(f + "/" for f in folders))
+    return split, ""
 
 
 def onnx_preprocess(path: str, req) -> tuple[Preprocess, str, int, list[str]]:

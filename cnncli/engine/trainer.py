@@ -242,8 +242,11 @@ class Trainer:
         # the whole small-image dataset as one uint8 tensor on the device (folders stream from disk)
         img = tuple(self.cfg.img_size) if self.cfg.img_size else None
         self.data = load_dataset(self.cfg.data, self.cfg.data_dir, image_size=img)
+        if "train" not in self.data.splits:
+            raise UsageError(f"{self.cfg.data} has no train/ folder (only {', '.join(self.data.splits)}/)",
+                             "training needs PATH/train/CLASS/*.png or PATH/CLASS/*.png; cnn eval measures the rest")
         facts = RunFacts(self.data.epochs, self.data.batch_size, self.data.num_classes, self.device.type,
-                         bf16_supported(self.device), self.dist.world_size)
+                         bf16_supported(self.device), self.dist.world_size, self.data.num_samples("train"))
         self.cfg = resolve(self.cfg, facts)
         self.local_batch = self.cfg.batch_size // self.dist.world_size
         if self.dist.enabled and self.is_main:
@@ -347,6 +350,7 @@ class Trainer:
         self.report("start", {"run_dir": self.run_dir, "device": str(self.device), "precision": self.cfg.precision,
                               "model": self.spec.name, "data": self.cfg.data, "epochs": self.cfg.epochs,
                               "batch_size": self.cfg.batch_size, "steps_per_epoch": len(self.train_loader),
+                              "input": list(self.data.input_size),
                               "resumed_at": resumed,
                               "train_samples": self.train_loader.num_samples * self.dist.world_size})
         return state

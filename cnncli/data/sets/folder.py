@@ -21,24 +21,31 @@ def _scan(root: str):
                          "expected one sub-folder per class with .png/.jpg images") from None
 
 
-def _splits(path: str) -> tuple[dict[str, list], list[str]]:
-    """train/ (+ val/, test/) when present, else the whole folder as train; val made by seed when missing."""
+SPLIT_FOLDERS = ("train", "val", "test")
+
+
+def _splits(path: str) -> tuple[dict[str, list], list[str], tuple[str, ...]]:
+    """Two layouts, as torchvision's ImageFolder and timm's validate.py read them:
+    - split folders: train/ (+ val/, test/), each with one sub-folder per class; any of them may be missing (a
+      folder with test/ alone can be evaluated, not trained on); train without val/ gets a seeded val;
+    - one folder of class sub-folders: `all` is every image (what cnn eval measures), and train/val are a seeded
+      80/20 split of it for training; there is no test split.
+    Returns (splits, classes, the split folders present)."""
     import torch
 
     from cnncli.data.datasets import VAL_SEED
 
+    present = tuple(f for f in SPLIT_FOLDERS if os.path.isdir(os.path.join(path, f)))
     splits: dict[str, list] = {}
-    has_train = os.path.isdir(os.path.join(path, "train"))
-    tr = _scan(os.path.join(path, "train") if has_train else path)
-    classes, splits["train"] = list(tr.classes), list(tr.samples)
-    for other in ("val", "test") if has_train else ():
-        if os.path.isdir(os.path.join(path, other)):
-            ds = _scan(os.path.join(path, other))
-            if ds.classes != classes:
-                raise UsageError(f"{other}/ has different classes from train/", f"{ds.classes} vs {classes}")
-            splits[other] = list(ds.samples)
-    if "val" not in splits:  # a seeded split when there is no val/
-        samples = splits["train"]
+    classes = None
+    for name in present or ("all",):
+        ds = _scan(os.path.join(path, name) if present else path)
+        if classes is not None and list(ds.classes) != classes:
+            raise UsageError(f"{name}/ has different classes from {present[0]}/", f"{ds.classes} vs {classes}")
+        classes, splits[name] = list(ds.classes), list(ds.samples)
+    source = "train" if present else "all"
+    if source in splits and "val" not in splits:  # a seeded validation split when there is no val/
+        samples = splits[source]
         if len(samples) < 2:
             raise UsageError(f"{path} holds {len(samples)} image(s): training needs at least 2 images",
                              "one for training and one to validate; add images or a val/ folder")
@@ -46,9 +53,7 @@ def _splits(path: str) -> tuple[dict[str, list], list[str]]:
         n_val = max(1, len(samples) // 5)
         splits["val"] = [samples[i] for i in sorted(perm[:n_val])]
         splits["train"] = [samples[i] for i in sorted(perm[n_val:])]
-    if "test" not in splits:
-        splits["test"] = splits["val"]
-    return splits, classes
+    return splits, classes, present
 
 
 @register_dataset(name="folder", prefix=True, epochs=20, batch_size=64, flip=True, source="folder")
@@ -58,11 +63,11 @@ def folder(info, *, data_dir, image_size=None, download=True, arg=None):
 
     from cnncli.data.datasets import FolderData
 
-    path = arg or ""
+    path = os.path.expandvars(os.path.expanduser(arg or ""))
     if not os.path.isdir(path):
         raise UsageError(f"image folder not found: {path}", "give folder:PATH with one sub-folder per class")
-    splits, classes = _splits(path)
-    first = splits["train"][0][0]
+    splits, classes, present = _splits(path)
+    first = next(iter(splits.values()))[0][0]
     try:
         with Image.open(first) as im:
             channels = 1 if im.mode in ("L", "I", "I;16", "1") else 3
@@ -71,5 +76,5 @@ def folder(info, *, data_dir, image_size=None, download=True, arg=None):
         raise UsageError(f"cannot read image {first}: {e}", "remove or replace the file") from None
     size = tuple(image_size) if image_size else native
     mean, std = (GRAY_MEAN, GRAY_STD) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
-    return FolderData(f"folder:{path}", splits, classes, mean, std, info.crop_padding, info.flip, info.epochs,
-                      info.batch_size, root=path, image_size=size, channels=channels)
+    return FolderData(f"folder:{arg}", splits, classes, mean, std, info.crop_padding, info.flip, info.epochs,
+                      info.batch_size, root=path, image_size=size, channels=channels, folders=present)

@@ -1,0 +1,155 @@
+"""`cnn predict`: what a model says about images (Ultralytics' `yolo predict`, timm's `inference.py`).
+
+Sources are image files, folders (recursively) and glob patterns. Images are decoded and resized in DataLoader
+workers while the model runs on the previous batch; each is resized to the model's input size and normalized the
+way the model expects (its checkpoint's or file's preprocessing, or what `--in/--mean/--std` say). The model is
+any file `open_model` takes, or an `.onnx` file run in ONNX Runtime with the preprocessing in its metadata.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from cnncli.errors import UsageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+
+
+def image_files(sources: list[str]) -> list[str]:
+    """Every image a list of files, folders (searched recursively) and glob patterns names, in order, once each."""
+    out: dict[str, None] = {}
+    for src in sources:
+        path = os.path.expandvars(os.path.expanduser(src))
+        if os.path.isdir(path):
+            found = sorted(os.path.join(d, f) for d, _, files in os.walk(path) for f in files
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise UsageError(f"no images in {src}", "images end in " + ", ".join(IMAGE_EXTENSIONS[:5]) + "...")
+        elif os.path.isfile(path):
+            found = [path]
+        elif glob.has_magic(path):
+            found = sorted(p for p in glob.glob(path, recursive=True)
+                           if os.path.isfile(p) and p.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise UsageError(f"no images match {src}", "check the pattern (quote it so the shell leaves it)")
+        else:
+            raise UsageError(f"image not found: {src}", "give image files, folders or glob patterns")
+        out.update(dict.fromkeys(found))
+    if not out:
+        raise UsageError("give at least one image, folder or glob pattern")
+    return list(out)
+
+
+@dataclass
+class Prediction:
+    image: str
+    topk: list[dict] = field(default_factory=list)   # {"class", "index", "prob"}, most probable first
+
+    def as_dict(self) -> dict:
+        return {"image": self.image, "topk": self.topk}
+
+
+@dataclass
+class PredictResult:
+    predictions: list[Prediction]
+    model: str
+    classes: list[str]
+    device: str
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.predictions) / max(self.seconds, 1e-9)
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "device": self.device, "images": len(self.predictions),
+                "images_per_second": self.images_per_second, "predictions": [p.as_dict() for p in self.predictions]}
+
+
+class _Runner:
+    """Logits for normalized batches: a PyTorch model on a device, or an ONNX Runtime session."""
+
+    def __init__(self, model_arg: str, request, device):
+        self.onnx = model_arg.lower().endswith(".onnx")
+        if self.onnx:
+            import onnxruntime as ort
+
+            from cnncli.engine.evaluate import onnx_preprocess
+
+            self.preprocess, _, self.num_classes, self.notes = onnx_preprocess(model_arg, request)
+            self.session = ort.InferenceSession(model_arg, providers=["CPUExecutionProvider"])
+            self.input = self.session.get_inputs()[0]
+            self.device = torch.device("cpu")
+            return
+        from cnncli.models.open import open_model, resolve_preprocess
+
+        opened = open_model(model_arg, request)
+        self.preprocess = opened.preprocess or resolve_preprocess(opened.spec, request, {})[0]
+        self.num_classes, self.notes = opened.spec.num_classes, list(opened.notes)
+        if opened.origin == "registry" and not request.weights:
+            self.notes.append(f"{model_arg}: random weights (give a trained model file, or --weights FILE)")
+        self.device = torch.device(device)
+        self.model = opened.model.to(self.device).eval()
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.onnx:
+            arr = x.cpu().numpy()
+            batch = self.input.shape[0]
+            if isinstance(batch, int) and batch != len(arr):  # a static-batch export: one slice at a time
+                import numpy as np
+
+                out = np.concatenate([self.session.run(None, {self.input.name: arr[i:i + batch]})[0]
+                                      for i in range(0, len(arr), batch)])
+            else:
+                out = self.session.run(None, {self.input.name: arr})[0]
+            logits = torch.from_numpy(out)
+        else:
+            logits = self.model(x)
+        logits = logits.float()
+        if logits.dim() == 4:  # a fully-convolutional model at its training size: one cell
+            logits = logits.flatten(2).mean(2)
+        return logits.cpu()
+
+
+def predict(model_arg: str, sources: list[str], *, request=None, topk: int = 5, batch_size: int = 64,
+            device="cpu", workers: int | None = None, progress: Callable[[int, int], None] | None = None
+            ) -> PredictResult:
+    """Top-k classes with probabilities for every image the sources name (see the module docstring)."""
+    from cnncli.data.loader import FolderLoader
+    from cnncli.models.open import ModelRequest
+
+    if topk < 1:
+        raise UsageError(f"--topk must be at least 1, got {topk}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    paths = image_files(sources)
+    runner = _Runner(model_arg, request or ModelRequest(), device)
+    pre = runner.preprocess
+    c, h, w = pre.input_size
+    classes = pre.class_names(runner.num_classes)
+    k = min(topk, runner.num_classes)
+    if workers is None:  # worker processes pay off once there is more than a batch or two to decode
+        workers = 0 if len(paths) <= 2 * batch_size else min(4, os.cpu_count() or 1)
+    loader = FolderLoader([(p, 0) for p in paths], image_size=(h, w), channels=c, batch_size=batch_size,
+                          mean=pre.mean, std=pre.std, train=False, workers=workers, device=runner.device)
+    out: list[Prediction] = []
+    t0 = time.perf_counter()
+    for x, _ in loader:
+        probs = torch.softmax(runner(x), dim=1)
+        p, idx = probs.topk(k, dim=1)
+        for row_p, row_i in zip(p.tolist(), idx.tolist()):
+            out.append(Prediction(paths[len(out)], [{"class": classes[i], "index": i, "prob": q}
+                                                    for q, i in zip(row_p, row_i)]))
+        if progress:
+            progress(len(out), len(paths))
+    seconds = time.perf_counter() - t0
+    return PredictResult(out, model_arg, classes, "onnxruntime-cpu" if runner.onnx else str(runner.device), seconds,
+                         runner.notes)
