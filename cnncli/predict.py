@@ -96,9 +96,10 @@ class _Runner:
         if opened.origin == "registry" and not request.weights:
             self.notes.append(f"{model_arg}: random weights (give a trained model file, or --weights FILE)")
         self.device = torch.device(device)
-        self.model = opened.model.to(self.device).eval()
+        self.model, self.channels_last = _for_inference(opened.model.eval(), opened.rebuildable)
+        self.model = self.model.to(self.device)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.onnx:
             arr = x.cpu().numpy()
@@ -112,11 +113,23 @@ class _Runner:
                 out = self.session.run(None, {self.input.name: arr})[0]
             logits = torch.from_numpy(out)
         else:
-            logits = self.model(x)
+            logits = self.model(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
         logits = logits.float()
         if logits.dim() == 4:  # a fully-convolutional model at its training size: one cell
             logits = logits.flatten(2).mean(2)
         return logits.cpu()
+
+
+def _for_inference(model: torch.nn.Module, plain: bool) -> tuple[torch.nn.Module, bool]:
+    """BatchNorm folded into the convolutions (as in the exported files) and NHWC memory for convolutions: about
+    1.5x on CPU. TorchScript and programs run as saved."""
+    if not plain:
+        return model, False
+    from cnncli.export import fold_batchnorm
+
+    model = fold_batchnorm(model)
+    convs = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    return (model.to(memory_format=torch.channels_last), True) if convs else (model, False)
 
 
 def predict(model_arg: str, sources: list[str], *, request=None, topk: int = 5, batch_size: int = 64,
