@@ -216,6 +216,11 @@ CASES = [
     ("train lenet5 --data digits --weights {w}/gray.pt", "no tensor of"),
     ("train lenet5 --data digits --weights {w}/whole.pt", "refusing to load"),
     ("eval {w}/sd.pt", "give --data"), ("eval {w}/ts.pt --data digits --in 1x8x8", "fails on"),
+    # ----------------------------------------------------------------------------------------------- predict
+    (f"predict {M}", "Missing argument"), (f"predict {M} {{w}}/nothere.png", "image not found"),
+    (f"predict {M} {{w}}/emptydir", "no images in"), (f"predict {M} {{w}}/img.png --topk 0", "--topk"),
+    (f"predict {M} {{w}}/broken.png", "cannot read image"), (f"predict {M} {{w}}/img.png --csv {M}", "is the input file"),
+    ("predict {w}/nothere.pt {w}/img.png", "not found"), (f"predict {E} {{w}}/img.png", "refusing to load"),
     # ------------------------------------------------------------------------------------------------ global
     ("nosuchcommand", "No such command"), ("--bogus", "No such option"),
 ]
