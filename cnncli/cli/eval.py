@@ -20,6 +20,7 @@ from cnncli.cli._common import (
     TrustPickleOpt,
     check_file,
     choice,
+    dims,
     emit_json,
     epilog,
     log,
@@ -88,7 +89,7 @@ def eval_cmd(
 
 def _render(res: dict) -> None:
     top5 = f"  top-5 {res['top5']:.2%}" if res["top5"] is not None else ""
-    say(f"{res['model']} on {res['data']} ({res['split']}, {res['samples']:,} images): "
+    say(f"{res['model']} on {res['data']} ({res['split']}, {res['samples']:,} images at {dims(res['input'])}): "
         f"top-1 {res['accuracy']:.2%}{top5}  loss {res['loss']:.4f}  {res['images_per_second']:,.0f} img/s")
     names, per_class = res["classes"], res["per_class"]
     pct = {n: "-" if per_class[n] is None else f"{per_class[n]:.2%}" for n in names}

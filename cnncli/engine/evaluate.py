@@ -169,7 +169,7 @@ def evaluate_file(path: str, data: str | None, split: str | None, *, data_dir: s
     else:
         res = evaluate_model(opened.model, Relabelled(loader, lut), model_classes or ds.classes, device or "cpu")
         res["device"] = str(device or "cpu")
-    res.update({"model": path, "data": name, "split": split})
+    res.update({"model": path, "data": name, "split": split, "input": list(preprocess.input_size)})
     return res
 
 
