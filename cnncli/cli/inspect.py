@@ -1,0 +1,201 @@
+"""`cnn inspect kernels|features|rf`: pictures of what is inside a network."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from cnncli.cli import app
+from cnncli.cli._common import (
+    DEFAULT_DEVICE,
+    DeviceOpt,
+    InOpt,
+    JsonOpt,
+    MeanOpt,
+    ModelFileOpt,
+    StdOpt,
+    TrustPickleOpt,
+    WeightsOpt,
+    emit_json,
+    epilog,
+    log_device,
+    log_notes,
+    model_request,
+    pick_device,
+    say,
+)
+
+inspect_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                          help="Pictures of what is inside a network: kernels, feature maps, receptive fields.")
+app.add_typer(inspect_app, name="inspect")
+
+OutOpt = Annotated[str, typer.Option("-o", "--output", help="Folder for the PNG files.")]
+ModelArg = Annotated[str, typer.Argument(help="Any model form: checkpoint, state dict, registry name (random weights "
+                                              "unless --weights), TorchScript is not inspectable.")]
+ImageArg = Annotated[str, typer.Argument(help="An image file.")]
+
+
+def _open(model: str, *, model_file, trust_pickle, input_size, mean, std, weights):
+    from cnncli.models.open import open_model
+
+    req = model_request(model=model_file, weights=weights, trust_pickle=trust_pickle, input_size=input_size,
+                        mean=mean, std=std)
+    opened = open_model(model, req)
+    opened.require_rebuildable("inspect")
+    return opened
+
+
+def _image(opened, path: str):
+    """The image as the model sees it: uint8 [C, H, W] at the model's input size, and normalized."""
+    import torch.nn.functional as F
+
+    from cnncli.cli._common import check_file
+    from cnncli.fcn import load_image
+    from cnncli.models.open import ModelRequest, resolve_preprocess
+
+    check_file(path, "image")
+    c, h, w = opened.input_size
+    img = load_image(path, c)
+    if tuple(img.shape[1:]) != (h, w):
+        img = F.interpolate(img[None].float(), size=(h, w), mode="bilinear", antialias=True,
+                            align_corners=False)[0].round().clamp(0, 255).byte()
+    pre = opened.preprocess or resolve_preprocess(opened.spec, ModelRequest(), {})[0]
+    return img, pre.normalize(img)
+
+
+@inspect_app.command("kernels", epilog=epilog("Examples:\n\n  cnn inspect kernels runs/lines/best.pt --dft\n\n"
+                                              "  cnn inspect kernels tv:resnet18 --layer layer1.0.conv1 -o kernels"))
+def kernels_cmd(
+    model: ModelArg,
+    layer: Annotated[Optional[str], typer.Option("--layer", help="A Conv2d layer (default: the first).")] = None,
+    dft: Annotated[bool, typer.Option("--dft", help="Each kernel's DFT magnitude beside it (zero frequency centred).")] = False,
+    output: OutOpt = "inspect",
+    model_file: ModelFileOpt = None, trust_pickle: TrustPickleOpt = False, weights: WeightsOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """A grid PNG of a conv layer's kernels; small layers are also printed as numbers."""
+    from cnncli.inspect import conv_weight, dft_energy_axes, out_path, plot_kernels
+
+    opened = _open(model, model_file=model_file, trust_pickle=trust_pickle, input_size=None, mean=None, std=None,
+                   weights=weights)
+    name, weight = conv_weight(opened.model, layer)
+    log_notes(opened)
+    path = out_path(output, f"kernels-{name.replace('.', '_')}{'-dft' if dft else ''}.png")
+    facts = {"layer": name, "file": path, **plot_kernels(weight, path, dft=dft, title=f"{opened.name}: {name}")}
+    if weight.shape[1] == 1:  # the orientation each single-channel kernel prefers, from its spectrum
+        facts["dft_energy"] = [dict(zip(("vertical_freq", "horizontal_freq"), dft_energy_axes(k[0]))) for k in weight]
+    head = _last_linear(opened.model)
+    if json_out:
+        emit_json({**facts, "files": [path], "weights": weight.tolist() if weight.numel() <= 400 else None,
+                   "head": head})
+        return
+    say(f"wrote {path}: {facts['kernels']} kernels of {facts['in_channels']} channel(s), "
+        f"{facts['kernel_size'][0]}x{facts['kernel_size'][1]}")
+    if weight.numel() <= 400:
+        for o, k in enumerate(weight):
+            say(f"kernel {o}:" + "".join("\n  " + " ".join(f"{v:6.2f}" for v in row) for ch in k for row in ch))
+    if head is not None:
+        say(f"last Linear layer {head['layer']} W =" + "".join("\n  " + " ".join(f"{v:6.2f}" for v in row)
+                                                              for row in head["weight"]))
+
+
+def _last_linear(model) -> dict | None:
+    """The final Linear layer's matrix when it is small (the chapter prints the line detector's 2x2 W)."""
+    import torch.nn as nn
+
+    last = None
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            last = (n, m)
+    if last is None or last[1].weight.numel() > 64:
+        return None
+    return {"layer": last[0], "weight": last[1].weight.detach().float().tolist()}
+
+
+@inspect_app.command("features", epilog=epilog("Examples:\n\n  cnn inspect features runs/lines/best.pt img.png\n\n"
+                                               "  cnn inspect features tv:resnet18 cat.jpg --pca --in 3x224x224"))
+def features_cmd(
+    model: ModelArg,
+    image: ImageArg,
+    layers: Annotated[Optional[str], typer.Option("--layers", help="Comma-separated layer names (default: each top-level stage).")] = None,
+    pca: Annotated[bool, typer.Option("--pca", help="Each layer's channels reduced to 3 principal components, as RGB.")] = False,
+    output: OutOpt = "inspect",
+    model_file: ModelFileOpt = None, trust_pickle: TrustPickleOpt = False, weights: WeightsOpt = None,
+    input_size: InOpt = None, mean: MeanOpt = None, std: StdOpt = None, device: DeviceOpt = DEFAULT_DEVICE,
+    json_out: JsonOpt = False,
+) -> None:
+    """Feature maps of chosen layers for one image, as grids or (--pca) as RGB images side by side."""
+    import os
+
+    from cnncli.inspect import feature_maps, out_path, plot_features
+
+    dev = pick_device(device)
+    opened = _open(model, model_file=model_file, trust_pickle=trust_pickle, input_size=input_size, mean=mean, std=std,
+                   weights=weights)
+    _, x = _image(opened, image)
+    opened.model.to(dev)
+    x = x.to(dev)
+    names = [n.strip() for n in layers.split(",") if n.strip()] if layers else None
+    maps = feature_maps(opened.model, x, names)
+    log_notes(opened)
+    if not json_out:
+        log_device(device, dev)
+    stem = os.path.splitext(os.path.basename(image))[0]
+    path = out_path(output, f"features-{stem}{'-pca' if pca else ''}.png")
+    facts = plot_features(maps, path, pca=pca, title=f"{opened.name} on {os.path.basename(image)}")
+    if json_out:
+        emit_json({"files": [path], "layers": facts})
+        return
+    say(f"wrote {path}: " + ", ".join(f"{f['layer']} {'x'.join(map(str, f['shape']))}" for f in facts))
+
+
+@inspect_app.command("rf", epilog=epilog("Examples:\n\n  cnn inspect rf runs/lines/best.pt img.png\n\n"
+                                         "  cnn inspect rf tv:resnet18 cat.jpg --layer layer3 --at 7,7 --in 3x224x224"))
+def rf_cmd(
+    model: ModelArg,
+    image: ImageArg,
+    layer: Annotated[Optional[str], typer.Option("--layer", help="Layer of the unit (default: the deepest spatial one).")] = None,
+    at: Annotated[Optional[str], typer.Option("--at", help="Unit position Y,X in that layer's map (default: the centre).")] = None,
+    output: OutOpt = "inspect",
+    model_file: ModelFileOpt = None, trust_pickle: TrustPickleOpt = False, weights: WeightsOpt = None,
+    input_size: InOpt = None, mean: MeanOpt = None, std: StdOpt = None, device: DeviceOpt = DEFAULT_DEVICE,
+    json_out: JsonOpt = False,
+) -> None:
+    """One unit's theoretical receptive field on the image, next to the measured one (input-gradient magnitude)."""
+    import os
+
+    from cnncli.errors import UsageError
+    from cnncli.inspect import central_share, default_rf_layer, measured_field, out_path, plot_rf, unit_field
+
+    pos = None
+    if at is not None:
+        try:
+            pos = tuple(int(v) for v in at.split(","))
+            assert len(pos) == 2
+        except (ValueError, AssertionError):
+            raise UsageError(f"--at takes Y,X, got {at!r}", "e.g. --at 3,4") from None
+    dev = pick_device(device)
+    opened = _open(model, model_file=model_file, trust_pickle=trust_pickle, input_size=input_size, mean=mean, std=std,
+                   weights=weights)
+    img, x = _image(opened, image)
+    opened.model.to(dev)
+    x = x.to(dev)
+    layer = layer or default_rf_layer(opened.model, x)
+    grad, pos, size = measured_field(opened.model, x, layer, pos)
+    grad = grad.cpu()
+    facts = {"layer": layer, "at": list(pos), "map": list(size), **unit_field(opened.model, opened.input_size, layer, pos)}
+    facts["effective"] = central_share(grad, facts["box"])
+    log_notes(opened)
+    if not json_out:
+        log_device(device, dev)
+    stem = os.path.splitext(os.path.basename(image))[0]
+    path = out_path(output, f"rf-{stem}-{layer.replace('.', '_')}.png")
+    plot_rf(img, grad, facts, path, title=f"{opened.name}: unit {pos[0]},{pos[1]} of {layer}")
+    if json_out:
+        emit_json({**facts, "files": [path]})
+        return
+    rf = facts["receptive_field"]
+    say(f"wrote {path}: unit {pos[0]},{pos[1]} of {layer} ({size[0]}x{size[1]} map): theoretical field "
+        f"{rf[0]:g}x{rf[1]:g}, stride {facts['jump'][0]:g}; {facts['effective']:.0%} of the measured gradient lies "
+        "in the central half of it")

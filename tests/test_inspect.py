@@ -1,0 +1,87 @@
+"""`cnn inspect kernels|features|rf` on a trained line detector and on torchvision's resnet18 (random weights)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import run_cnn
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    from PIL import Image
+
+    from cnncli.data import lines
+
+    root = tmp_path_factory.mktemp("inspect")
+    x, y = lines.generate(2, seed=3)
+    Image.fromarray(x[0, 0].numpy()).save(root / "line.png")
+    a = np.zeros((96, 80, 3), np.uint8)
+    a[20:70, 10:60] = (200, 80, 40)
+    Image.fromarray(a).save(root / "shape.png")
+    return root
+
+
+def _png(path, min_side=150):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        assert im.format == "PNG" and min(im.size) >= min_side and max(im.size) <= 4000
+        return np.asarray(im.convert("L")).std() > 1  # not a blank picture
+
+
+def _run(*args):
+    p = run_cnn("inspect", *map(str, args), "--json", check=0)
+    return json.loads(p.stdout)
+
+
+def test_the_line_detector_kernels_are_oriented(lines_run, images):
+    """Chapter 24.5.2: one kernel responds to horizontal lines (DFT energy at vertical frequencies), the other to
+    vertical ones; the last layer is a 2x2 channel opposition."""
+    res = _run("kernels", lines_run["best_checkpoint"], "--dft", "-o", images / "k")
+    assert res["layer"] == "features.0" and res["kernel_size"] == [9, 9] and _png(res["files"][0])
+    axes = [(e["vertical_freq"], e["horizontal_freq"]) for e in res["dft_energy"]]
+    prefers = [0 if v > h else 1 for v, h in axes]
+    assert sorted(prefers) == [0, 1]  # one kernel each way
+    assert all(max(v, h) > 0.6 for v, h in axes)  # concentrated along one axis
+    w = res["head"]["weight"]
+    assert len(w) == 2 and all((row[0] > 0) != (row[1] > 0) for row in w)  # oppositions: signs differ per row
+
+
+def test_features_and_pca(lines_run, images):
+    res = _run("features", lines_run["best_checkpoint"], images / "line.png", "-o", images / "f")
+    assert res["layers"] == [{"layer": "features", "shape": [2, 32, 32]}] and _png(res["files"][0], 100)
+    res = _run("features", "tv:resnet18", images / "shape.png", "--pca", "--in", "3x64x64", "-o", images / "f")
+    assert [f["layer"] for f in res["layers"]][-2:] == ["layer3", "layer4"] and _png(res["files"][0])
+
+
+def test_receptive_field_theoretical_and_measured(lines_run, images):
+    res = _run("rf", lines_run["best_checkpoint"], images / "line.png", "-o", images / "r")
+    assert res["receptive_field"] == [9.0, 9.0] and res["at"] == [16, 16] and _png(res["files"][0])
+    res = _run("rf", "tv:resnet18", images / "shape.png", "--layer", "layer2", "--in", "3x64x64", "-o", images / "r")
+    assert res["receptive_field"] == [99.0, 99.0] and res["jump"] == [8.0, 8.0]
+    assert res["effective"] > 0.5  # the measured field is centre-weighted: most of it in the central half
+    assert _png(res["files"][0])
+
+
+def test_kernels_of_a_torchvision_model(images):
+    res = _run("kernels", "tv:resnet18", "--layer", "layer1.0.conv1", "-o", images / "k")
+    assert res["kernels"] == 64 and res["in_channels"] == 64 and _png(res["files"][0])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["kernels", "tv:resnet18", "--layer", "nosuch"], "no layer 'nosuch'"),
+    (["kernels", "tv:resnet18", "--layer", "bn1"], "has no kernels"),
+    (["features", "tv:resnet18", "{root}/missing.png"], "image not found"),
+    (["features", "tv:resnet18", "{root}/shape.png", "--layers", "fc"], "does not output a feature map"),
+    (["rf", "tv:resnet18", "{root}/shape.png", "--at", "x"], "--at takes Y,X"),
+    (["rf", "tv:resnet18", "{root}/shape.png", "--layer", "layer4", "--at", "50,50"], "outside"),
+    (["kernels", "mlp"], "no Conv2d"),
+])
+def test_bad_input(images, args, needle):
+    before = sorted(os.listdir(images))
+    p = run_cnn("inspect", *[a.replace("{root}", str(images)) for a in args])
+    assert p.returncode == 2 and p.stdout == "" and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert needle in p.stderr and sorted(os.listdir(images)) == before
