@@ -71,6 +71,26 @@ def test_kernels_of_a_torchvision_model(images):
     assert res["kernels"] == 64 and res["in_channels"] == 64 and _png(res["files"][0])
 
 
+def test_the_chapters_experiments_on_the_default_line_detector(lines_run):
+    """24.5.3: oriented structure that is not lines is still classified right; 24.5.4: horizontal lines modulated by
+    cos(pi n/3) read as vertical, while the same images unmodulated (the control) read as horizontal."""
+    import torch
+
+    from cnncli.data import lines
+    from cnncli.models.open import open_model
+
+    ck = lines_run["best_checkpoint"]
+    mod = json.loads(run_cnn("eval", ck, "--data", "lines-modulated", "--json", check=0).stdout)
+    ood = json.loads(run_cnn("eval", ck, "--data", "lines-ood", "--json", check=0).stdout)
+    assert mod["samples"] == 2000 and mod["accuracy"] <= 0.2
+    assert ood["samples"] == 2000 and ood["accuracy"] >= 0.9
+    opened = open_model(ck)
+    x, y = lines.modulated(2000, seed=2, period=None)
+    with torch.no_grad():
+        control = float((opened.model.eval()(opened.preprocess.normalize(x)).argmax(1) == y).float().mean())
+    assert control >= 0.9  # the modulation, not the lifted background, fools it
+
+
 @pytest.mark.parametrize("args,needle", [
     (["kernels", "tv:resnet18", "--layer", "nosuch"], "no layer 'nosuch'"),
     (["kernels", "tv:resnet18", "--layer", "bn1"], "has no kernels"),

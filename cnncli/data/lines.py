@@ -13,13 +13,14 @@ CLASSES = ["horizontal", "vertical"]
 SIZE = 32
 
 
-def _draw(n: int, size: int, gen: torch.Generator, vertical: torch.Tensor) -> torch.Tensor:
+def _draw(n: int, size: int, gen: torch.Generator, vertical: torch.Tensor, thickness=(1, 3),
+          noise: float = 0.15) -> torch.Tensor:
     """n images (float 0..1, [n, size, size]) with 1-3 lines each, horizontal or vertical per image."""
     lines = 3
     pos = torch.randint(0, size, (n, lines), generator=gen)
     length = torch.randint(size // 3, size + 1, (n, lines), generator=gen)
     start = (torch.rand(n, lines, generator=gen) * (size - length + 1).float()).long()
-    thick = torch.randint(1, 3, (n, lines), generator=gen)
+    thick = torch.randint(*thickness, (n, lines), generator=gen)
     bright = 0.5 + 0.5 * torch.rand(n, lines, generator=gen)
     present = torch.rand(n, lines, generator=gen) < torch.tensor([1.0, 0.6, 0.4])  # the first line always
     ar = torch.arange(size)
@@ -30,8 +31,9 @@ def _draw(n: int, size: int, gen: torch.Generator, vertical: torch.Tensor) -> to
           & (along >= start[..., None, None]) & (along < (start + length)[..., None, None]) & present[..., None, None])
     img = (on.float() * bright[..., None, None]).amax(1)  # [n, across, along]: horizontal lines
     img = torch.where(vertical.view(-1, 1, 1), img.transpose(1, 2), img)
-    noise = 0.15 * torch.rand(n, size, size, generator=gen)
-    return (img + noise).clamp(0, 1)
+    if not noise:
+        return img
+    return (img + noise * torch.rand(n, size, size, generator=gen)).clamp(0, 1)
 
 
 def generate(n: int, seed: int, size: int = SIZE) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,6 +45,40 @@ def generate(n: int, seed: int, size: int = SIZE) -> tuple[torch.Tensor, torch.T
         j = min(n, i + 4096)
         out[i:j, 0] = (_draw(j - i, size, gen, labels[i:j].bool()) * 255).round().to(torch.uint8)
     return out, labels
+
+
+def _to_uint8(img: torch.Tensor) -> torch.Tensor:
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8)[:, None]
+
+
+def modulated(n: int, seed: int, size: int = SIZE, period: float | None = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chapter 24.5.4's vulnerability: images of horizontal lines whose lines are multiplied along their length by
+    cos(pi n / 3). They still look horizontal (dashed), but the modulation moves their spectral content to
+    horizontal frequencies, where the vertical-line kernel looks. The signed product sits on the usual noisy
+    background lifted by 0.05, so negative half-waves show darker than it. `period=None` gives the same images
+    unmodulated: the control (the line detector reads those as horizontal)."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.zeros(n, dtype=torch.long)  # all horizontal, as in the chapter's figure 24.22
+    lines = _draw(n, size, gen, labels.bool(), noise=0)
+    background = 0.05 + 0.15 * torch.rand(n, size, size, generator=gen)
+    wave = torch.ones(size) if period is None else torch.cos(torch.pi * torch.arange(size).float() / period)
+    return _to_uint8(background + 0.7 * lines * wave.view(1, 1, size)), labels
+
+
+def ood(n: int, seed: int, size: int = SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chapter 24.5.3's out-of-domain set: horizontal or vertical structure that is not lines. Half are sinusoidal
+    gratings (2-6 cycles per image, random phase), half thick filled bars (3-5 px), on the same noisy background."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=gen)
+    freq = 2 + 4 * torch.rand(n, 1, 1, generator=gen)
+    phase = 2 * torch.pi * torch.rand(n, 1, 1, generator=gen)
+    rows = torch.arange(size).float().view(1, size, 1)
+    grating = (0.5 + 0.5 * torch.cos(2 * torch.pi * freq * rows / size + phase)).expand(n, size, size)
+    grating = torch.where(labels.view(-1, 1, 1) == 1, grating.transpose(1, 2), grating)
+    grating = grating + 0.15 * torch.rand(n, size, size, generator=gen)
+    bars = _draw(n, size, gen, labels.bool(), thickness=(3, 6))
+    kind = (torch.arange(n) % 2 == 0).view(-1, 1, 1)
+    return _to_uint8(torch.where(kind, grating, bars)), labels
 
 
 def scene(height: int = 256, width: int = 256, regions: tuple[int, int] = (2, 2), seed: int = 0,

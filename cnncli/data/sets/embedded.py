@@ -16,6 +16,28 @@ def lines(info, *, data_dir, image_size=None, download=True, arg=None):
     return tensor_dataset(info, tx, ty, sx, sy, list(task.CLASSES))
 
 
+@register_dataset(name="lines-modulated", epochs=4, batch_size=64)
+def lines_modulated(info, *, data_dir, image_size=None, download=True, arg=None):
+    """Horizontal lines multiplied along their length by cos(pi n/3): chapter 24.5.4's vulnerability (2,000 test)."""
+    from cnncli.data import lines as task
+    from cnncli.data.datasets import tensor_dataset
+
+    tx, ty = task.modulated(4000, seed=1)
+    sx, sy = task.modulated(2000, seed=2)
+    return tensor_dataset(info, tx, ty, sx, sy, list(task.CLASSES))
+
+
+@register_dataset(name="lines-ood", epochs=4, batch_size=64)
+def lines_ood(info, *, data_dir, image_size=None, download=True, arg=None):
+    """Oriented gratings and bars that are not lines: chapter 24.5.3's out-of-domain test (4,000 train, 2,000 test)."""
+    from cnncli.data import lines as task
+    from cnncli.data.datasets import tensor_dataset
+
+    tx, ty = task.ood(4000, seed=1)
+    sx, sy = task.ood(2000, seed=2)
+    return tensor_dataset(info, tx, ty, sx, sy, list(task.CLASSES))
+
+
 @register_dataset(epochs=40, batch_size=64, crop_padding=2)
 def digits(info, *, data_dir, image_size=None, download=True, arg=None):
     """scikit-learn's 1,797 real 8x8 handwritten digits, resized to 1x32x32 (fixed 20% test split)."""
