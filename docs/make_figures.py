@@ -1,4 +1,4 @@
-"""Regenerate the pictures in docs/img (python docs/make_figures.py; trains a linenet on `lines`, ~15 s)."""
+"""Regenerate the pictures in docs/img (python docs/make_figures.py; trains a linenet on `lines` twice, ~40 s)."""
 
 import os
 import subprocess
@@ -47,7 +47,61 @@ def lines_scoremap() -> None:
     os.replace(os.path.join(tmp, "scene-lines-0-scoremap.png"), os.path.join(IMG, "scoremap-lines.png"))
 
 
+def lines_experiments() -> None:
+    """Samples of lines, lines-modulated, its unmodulated control and lines-ood (docs/inspect.md)."""
+    from cnncli.data import lines
+
+    rows = [("lines", lines.generate), ("lines-modulated", lines.modulated),
+            ("control: unmodulated", lambda n, seed: lines.modulated(n, seed, period=None)), ("lines-ood", lines.ood)]
+    fig, axes = plt.subplots(len(rows), 8, figsize=(12, 6.4))
+    for r, (name, make) in enumerate(rows):
+        x, y = make(8, seed=4)
+        for i in range(8):
+            ax = axes[r, i]
+            ax.imshow(x[i, 0].numpy(), cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(lines.CLASSES[int(y[i])], fontsize=8)
+        axes[r, 0].set_ylabel(name, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(IMG, "lines-experiments.png"), dpi=90)
+
+
+def inspect_pictures() -> None:
+    """The pictures of docs/inspect.md, made by the commands it shows."""
+    import numpy as np
+    from PIL import Image
+
+    from cnncli.data import lines
+
+    tmp = tempfile.mkdtemp()
+    env = {**os.environ, "CI": "1"}
+
+    def cnn(*args):
+        subprocess.run([sys.executable, "-m", "cnncli", *args], check=True, env=env, capture_output=True)
+
+    cnn("train", "linenet", "--data", "lines", "--project", tmp, "--name", "l")
+    ck = os.path.join(tmp, "l", "best.pt")
+    x, _ = lines.generate(1, seed=3)
+    Image.fromarray(x[0, 0].numpy()).save(os.path.join(tmp, "line.png"))
+    scene, _ = lines.scene(128, 128, seed=1)
+    Image.fromarray(np.repeat(scene[0].numpy()[..., None], 3, 2)).save(os.path.join(tmp, "scene.png"))
+    out = os.path.join(tmp, "out")
+    cnn("inspect", "kernels", ck, "--dft", "-o", out)
+    cnn("inspect", "features", ck, os.path.join(tmp, "line.png"), "-o", out)
+    cnn("inspect", "rf", ck, os.path.join(tmp, "line.png"), "-o", out)
+    cnn("inspect", "features", "tv:resnet18", os.path.join(tmp, "scene.png"), "--pca", "--in", "3x128x128", "-o", out)
+    cnn("inspect", "rf", "tv:resnet18", os.path.join(tmp, "scene.png"), "--layer", "layer2", "--in", "3x128x128",
+        "-o", out)
+    for src, dst in (("kernels-features_0-dft.png", "inspect-kernels-linenet.png"),
+                     ("features-line.png", "inspect-features-linenet.png"), ("rf-line-features_1.png", "inspect-rf-linenet.png"),
+                     ("features-scene-pca.png", "inspect-features-resnet18-pca.png"),
+                     ("rf-scene-layer2.png", "inspect-rf-resnet18.png")):
+        os.replace(os.path.join(out, src), os.path.join(IMG, dst))
+
+
 if __name__ == "__main__":
     os.makedirs(IMG, exist_ok=True)
     lenet_sliding()
     lines_scoremap()
+    lines_experiments()
+    inspect_pictures()
