@@ -88,7 +88,8 @@ def train_cmd(
         print(f"run folder: {result.run_dir}")
     d = result.run_dir
     log("next:")
-    log(f"  cnn eval {d}/best.pt --data {cfg.data if not resume else _data_of(d)}")
+    split = " --split val" if result.test_accuracy is None else ""  # no test split: the held-out part, not every image
+    log(f"  cnn eval {d}/best.pt --data {cfg.data if not resume else _data_of(d)}{split}")
     log(f"  cnn export {d}/best.pt --onnx")
     log(f"  cnn fcn {d}/best.pt")
 
