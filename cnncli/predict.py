@@ -85,7 +85,6 @@ class _Runner:
 
             self.preprocess, _, self.num_classes, self.notes = onnx_preprocess(model_arg, request)
             self.session = ort.InferenceSession(model_arg, providers=["CPUExecutionProvider"])
-            self.input = self.session.get_inputs()[0]
             self.device = torch.device("cpu")
             return
         from cnncli.models.open import open_model, resolve_preprocess
@@ -102,16 +101,9 @@ class _Runner:
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.onnx:
-            arr = x.cpu().numpy()
-            batch = self.input.shape[0]
-            if isinstance(batch, int) and batch != len(arr):  # a static-batch export: one slice at a time
-                import numpy as np
+            from cnncli.engine.evaluate import onnx_logits
 
-                out = np.concatenate([self.session.run(None, {self.input.name: arr[i:i + batch]})[0]
-                                      for i in range(0, len(arr), batch)])
-            else:
-                out = self.session.run(None, {self.input.name: arr})[0]
-            logits = torch.from_numpy(out)
+            logits = onnx_logits(self.session, x)
         else:
             logits = self.model(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
         logits = logits.float()

@@ -65,9 +65,7 @@ def predict_cmd(
                         mean=mean, std=std, classes=classes)
     if csv:
         check_output(csv, [model], force)
-    from cnncli.predict import image_files, predict
-
-    image_files(sources)  # every source checked before the model is opened
+    from cnncli.predict import predict
     dev = None if model.lower().endswith(".onnx") else pick_device(device)
     with _progress() as bar:
         res = predict(model, sources, request=req, topk=topk, batch_size=batch_size, device=dev or "cpu",

@@ -70,24 +70,29 @@ def evaluate_model(model: torch.nn.Module, loader, classes: list[str], device) -
     return metrics_from_logits(out, torch.cat(labels), classes, seconds)
 
 
+def onnx_logits(sess, x: torch.Tensor) -> torch.Tensor:
+    """An ONNX Runtime session's first output for a batch; a static-batch export takes it in slices."""
+    import numpy as np
+
+    arr = x.contiguous().cpu().numpy().astype(np.float32)
+    inp = sess.get_inputs()[0]
+    batch = inp.shape[0]
+    if isinstance(batch, int) and batch != len(arr):
+        out = np.concatenate([sess.run(None, {inp.name: arr[i:i + batch]})[0] for i in range(0, len(arr), batch)])
+    else:
+        out = sess.run(None, {inp.name: arr})[0]
+    return torch.from_numpy(out).float()
+
+
 def evaluate_onnx(path: str, loader, classes: list[str]) -> dict:
     """Run an exported model in ONNX Runtime over a loader."""
-    import numpy as np
     import onnxruntime as ort
 
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    static_batch = sess.get_inputs()[0].shape[0]
     logits, labels = [], []
     t0 = time.perf_counter()
     for x, y in loader:
-        arr = x.contiguous().cpu().numpy().astype(np.float32)
-        if isinstance(static_batch, int) and static_batch != len(arr):  # a static-batch export: one at a time
-            outs = [sess.run(None, {name: arr[i:i + static_batch]})[0] for i in range(0, len(arr), static_batch)]
-            out = np.concatenate(outs)
-        else:
-            out = sess.run(None, {name: arr})[0]
-        logits.append(torch.from_numpy(out).float())
+        logits.append(onnx_logits(sess, x))
         labels.append(y.cpu())
     seconds = time.perf_counter() - t0
     out = torch.cat(logits)

@@ -358,7 +358,7 @@ def same_function(fits: list[Fit], state: dict, input_size) -> list[list[Fit]]:
         except Exception:
             out = None
         for ref, members in groups:
-            if ref is not None and out is not None and _same(ref, out):
+            if ref is not None and out is not None and same_outputs(ref, out):
                 members.append(fit)
                 break
         else:
@@ -366,7 +366,7 @@ def same_function(fits: list[Fit], state: dict, input_size) -> list[list[Fit]]:
     return [members for out, members in groups if out is not None] or [fits[:1]]
 
 
-def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+def same_outputs(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal outputs, relative to their scale (an untrained head's logits are all tiny)."""
     if a.shape != b.shape:
         return False

@@ -325,11 +325,8 @@ def _open_module(mf, req: ModelRequest) -> OpenedModel:
 
 def _rebuild_pickle(mf, req: ModelRequest) -> OpenedModel | None:
     """A pickled module as the registry architecture its tensors fit, when that computes the same outputs."""
-    from cnncli.models.detect import _same, find_fits
+    from cnncli.models.detect import same_outputs
 
-    fits, _ = find_fits(mf.state_dict, req.input_size)
-    if not fits and not req.model:
-        return None
     try:
         opened = _open_state_dict(mf.path, mf.state_dict, req, mf.metadata, where=mf.where, kind="pickled module")
     except UsageError:
@@ -339,7 +336,7 @@ def _rebuild_pickle(mf, req: ModelRequest) -> OpenedModel | None:
     x = torch.randn(2, *opened.input_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         try:
-            same = _same(opened.model.eval()(x), mf.module(x))
+            same = same_outputs(opened.model.eval()(x), mf.module(x))
         except Exception:
             same = False
     if not same and req.model:

@@ -34,10 +34,6 @@ class Transfer:
         parts.append(f"skipped {len(self.missing) + len(self.unused)}{named(self.missing + self.unused)}")
         return ", ".join(parts)
 
-    def as_dict(self) -> dict:
-        return {"loaded": len(self.loaded), "remade": self.remade, "adapted": self.adapted,
-                "missing": self.missing, "unused": self.unused}
-
 
 def adapt_input_conv(weight: torch.Tensor, channels: int) -> torch.Tensor:
     """A first-conv weight [out, c, k, k] for `channels` input channels, keeping the response to a grey image."""
