@@ -185,10 +185,23 @@ class Field:
         return Field(tuple(rf), tuple(jump), tuple(start))
 
     def union(self, other: Field) -> Field:
-        """Field of an element-wise merge (residual add, concat): the larger window on each axis."""
-        rf = tuple(max(a, b) for a, b in zip(self.rf, other.rf))
-        start = tuple(min(a, b) for a, b in zip(self.start, other.start))
-        return Field(rf, self.jump, start)
+        """Field of an element-wise merge (residual add, concat): the smallest window holding both windows on each
+        axis (the maps have the same jump; their windows may be centred differently)."""
+        rf, start = [], []
+        for a in range(2):
+            lo = min(self.start[a] - (self.rf[a] - 1) / 2, other.start[a] - (other.rf[a] - 1) / 2)
+            hi = max(self.start[a] + (self.rf[a] - 1) / 2, other.start[a] + (other.rf[a] - 1) / 2)
+            rf.append(hi - lo + 1)
+            start.append((lo + hi) / 2)
+        return Field(tuple(rf), self.jump, tuple(start))
+
+    def shifted(self, axis: int, cells: int | Fraction, step: int = 1) -> Field:
+        """The field after cropping (`cells` > 0) or zero-padding (`cells` < 0) the map's start on one axis, keeping
+        every `step`-th cell."""
+        start, jump = list(self.start), list(self.jump)
+        start[axis] = start[axis] + cells * jump[axis]
+        jump[axis] = jump[axis] * step
+        return Field(self.rf, tuple(jump), tuple(start))
 
     @property
     def receptive_field(self) -> Pair | tuple:

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from cnncli.checkpoint import Checkpoint
 from cnncli.errors import UsageError, WorkFailed
 from cnncli.fileio import atomic_write
-from cnncli.receptive import module_fields, trace
+from cnncli.arith import Field
+from cnncli.receptive import GLOBAL, module_fields, trace
 
 _ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.Tanh, nn.Sigmoid,
                         nn.ELU, nn.Mish, nn.Dropout, nn.Dropout2d, nn.Identity)
@@ -53,8 +54,9 @@ class Conversion:
     steps: list[str]
 
     def as_dict(self) -> dict:
+        rf = self.receptive_field if isinstance(self.receptive_field, str) else list(self.receptive_field)
         return {"training_size": list(self.training_size), "stride": list(self.stride),
-                "receptive_field": list(self.receptive_field), "offset": list(self.offset),
+                "receptive_field": rf, "offset": list(self.offset),
                 "max_abs_diff": self.max_abs_diff, "steps": self.steps}
 
 
@@ -278,8 +280,34 @@ def to_fully_convolutional(model: nn.Module, input_size: tuple[int, int, int], *
     if traced is None:
         raise UsageError("cannot compute the receptive field of the converted model")
     out_field = traced[1]
-    return Conversion(fcn, tuple(input_size), out_field.jump_value, out_field.receptive_field, out_field.offset,
-                      diff, steps)
+    if isinstance(out_field, Field):
+        return Conversion(fcn, tuple(input_size), out_field.jump_value, out_field.receptive_field, out_field.offset,
+                          diff, steps)
+    # squeeze-and-excitation or attention in the body: every score reads the whole image, not a window. The cells
+    # still step by the body's stride; each is placed where the classifier's own input would be.
+    return Conversion(fcn, tuple(input_size), _stride_by_probing(fcn, input_size),
+                      "global" if out_field is GLOBAL else "unknown", (0, 0), diff, steps)
+
+
+def _stride_by_probing(fcn: nn.Module, input_size) -> tuple:
+    """Output stride read off the score map's size on a much larger input, on the meta device (nothing computed)."""
+    from cnncli.summary import meta_twin
+
+    twin = meta_twin(fcn)
+    c, h, w = input_size
+    grow = 4096
+    with torch.no_grad():
+        out = twin(torch.zeros(1, c, h + grow, w + grow, device="meta"))
+    cells = out.shape[2:]
+    return tuple(int(grow // (n - 1)) if n > 1 and grow % (n - 1) == 0 else grow / max(n - 1, 1) for n in cells)
+
+
+def placement(facts: dict) -> tuple[tuple, tuple]:
+    """(offset, window size) of output cell (0, 0) in input pixels: its receptive field, or, where every score
+    reads the whole image (a global field), the classifier's training-size input at the top-left."""
+    if isinstance(facts["receptive_field"], str):
+        return tuple(facts["offset"] or (0, 0)), tuple(facts["training_size"][1:])
+    return tuple(facts["offset"]), tuple(facts["receptive_field"])
 
 
 def fcn_checkpoint(ckpt: Checkpoint, conversion: Conversion) -> Checkpoint:
@@ -293,7 +321,7 @@ def fcn_checkpoint(ckpt: Checkpoint, conversion: Conversion) -> Checkpoint:
 
 def window_origin(conversion_facts: dict, i: int, j: int) -> tuple:
     """Top-left input pixel of the window that output cell (i, j) sees."""
-    s, o = conversion_facts["stride"], conversion_facts["offset"]
+    s, (o, _) = conversion_facts["stride"], placement(conversion_facts)
     return (o[0] + i * s[0], o[1] + j * s[1])
 
 
@@ -331,7 +359,7 @@ def render_overlay(img: torch.Tensor, scores: torch.Tensor, facts: dict, classes
     from matplotlib.patches import Patch
 
     k, hp, wp = scores.shape
-    s, o, rf = facts["stride"], facts["offset"], facts["receptive_field"]
+    s, (o, rf) = facts["stride"], placement(facts)
     # each cell is drawn as a stride x stride square centred on its window's centre
     cy, cx = o[0] + (rf[0] - 1) / 2, o[1] + (rf[1] - 1) / 2
     extent = (cx - s[1] / 2 - 0.5, cx + (wp - 1) * s[1] + s[1] / 2 - 0.5,

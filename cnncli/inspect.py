@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from cnncli.errors import UsageError
+from cnncli.receptive import no_inplace
 
 MAX_PANELS = 64  # channels shown per layer
 
@@ -28,14 +29,6 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def no_inplace(model: nn.Module) -> nn.Module:
-    """In-place activations would overwrite the outputs a hook keeps (and the graph a gradient needs)."""
-    for m in model.modules():
-        if getattr(m, "inplace", False) is True:
-            m.inplace = False
-    return model
 
 
 def named_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -68,7 +68,7 @@ class ScoreMapper:
         win = scores.argmax(0)
         counts = {self.classes[i]: int((win == i).sum()) for i in range(len(self.classes)) if int((win == i).sum())}
         r = {"image": path, "scores_shape": list(scores.shape), "stride": list(self.facts["stride"]),
-             "receptive_field": list(self.facts["receptive_field"]), "offset": list(self.facts["offset"]),
+             "receptive_field": _listed(self.facts["receptive_field"]), "offset": list(self.facts["offset"]),
              "argmax_counts": counts, "npy": npy, "png": png}
         if regions is not None:
             r["region_agreement"] = region_agreement(win, regions, self.facts)
@@ -98,9 +98,15 @@ def lines_scene(out_dir: str, size: tuple[int, int], seed: int, channels: int) -
     return path, img, labels
 
 
+def _listed(v):
+    return v if isinstance(v, str) else list(v)
+
+
 def region_agreement(win: torch.Tensor, labels: torch.Tensor, facts: dict) -> float:
     """Fraction of cells whose winning class is the region label at the centre of the cell's window."""
-    s, o, rf = facts["stride"], facts["offset"], facts["receptive_field"]
+    from cnncli.fcn import placement
+
+    s, (o, rf) = facts["stride"], placement(facts)
     hp, wp = win.shape
     ys = (o[0] + (rf[0] - 1) // 2 + torch.arange(hp) * s[0]).clamp(0, labels.shape[0] - 1)
     xs = (o[1] + (rf[1] - 1) // 2 + torch.arange(wp) * s[1]).clamp(0, labels.shape[1] - 1)

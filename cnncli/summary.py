@@ -1,93 +1,241 @@
-"""What a model is: torchinfo's layer tree with output shapes, params, MACs, receptive field and jump.
+"""What a model is: torchinfo's layer tree with output shapes, params, multiply-adds, receptive field, jump, memory.
 
-MACs are counted once, on leaf modules only (conv: out_h*out_w*C_out*k_h*k_w*C_in/groups, linear: in*out), the
-way torchvision's model tables count them; containers show the sum of their leaves, never adding to totals.
+- Multiply-adds are counted by PyTorch's `torch.utils.flop_counter` on every aten operation that does them
+  (convolutions, linears, attention's matrix products, einsum, functional calls), with autograd enabled so that
+  `nn.MultiheadAttention` takes the path it counts; MACs = FLOPs / 2, as torchvision's `_ops` tables. Each row shows
+  the operations of that module not listed in a row below it, so rows sum to the total.
+- Receptive fields come from `cnncli.receptive` (exact arithmetic, or global); the layers it cannot compute are
+  measured from the input gradient and labelled so.
+- Memory: parameters, buffers, the input, torchinfo's forward/backward estimate, and what autograd saves for the
+  backward pass of a training step at `batch` (counted with `torch.autograd.graph.saved_tensors_hooks`).
+
+Shapes, counts and memory are computed on the meta device (no arithmetic is done, so large inputs and batches cost
+nothing); only measured fields run the real model.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
+import torch
 import torch.nn as nn
 
+from cnncli.arith import Field
+from cnncli.errors import UsageError
 from cnncli.models.files import ProgramModule
 from cnncli.models.open import probe
-from cnncli.receptive import module_fields
+from cnncli.receptive import GLOBAL, UNKNOWN, measure_fields, model_fields
 
 
-def leaf_macs(module: nn.Module, input_size: list, output_size: list) -> int:
-    """Multiply-accumulates of one call of a leaf module, per sample."""
-    if not output_size:
-        return 0
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        return math.prod(output_size[2:]) * module.out_channels * kh * kw * module.in_channels // module.groups
-    if isinstance(module, nn.ConvTranspose2d):
-        kh, kw = module.kernel_size
-        return math.prod(input_size[2:]) * module.in_channels * kh * kw * module.out_channels // module.groups
-    if isinstance(module, nn.Linear):
-        return math.prod(output_size[1:-1]) * module.in_features * module.out_features
-    return 0
+def meta_twin(model: nn.Module) -> nn.Module | None:
+    """A copy of `model` whose tensors live on the meta device (None when it cannot be made)."""
+    if any(p.device.type == "meta" for p in model.parameters()):
+        return model
+    try:
+        memo = {id(t): (nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=t.requires_grad)
+                        if isinstance(t, nn.Parameter) else torch.empty_like(t, device="meta"))
+                for t in [*model.parameters(), *model.buffers()]}  # no data is copied
+        return copy.deepcopy(model, memo)
+    except Exception:
+        return None
 
 
-def summarize(model: nn.Module, input_size: tuple[int, int, int], depth: int = 3, device: str = "cpu") -> dict:
-    """Layer rows and totals for `cnn summary` (see CLI.md for the JSON keys)."""
+def module_macs(model: nn.Module, input_size, device) -> tuple[dict[str, int], int]:
+    """({qualified module name: multiply-adds of its calls, children included}, total) for one input."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, *input_size, device=device)
+    with FlopCounterMode(display=False) as fc:
+        model(x)  # autograd on: nn.MultiheadAttention's fused inference kernel is not counted
+    counts = fc.get_flop_counts()
+    root = type(model).__name__
+    per = {}
+    for key, ops in counts.items():
+        if key == "Global":
+            continue
+        name = "" if key == root else key[len(root) + 1:] if key.startswith(root + ".") else None
+        if name is not None:
+            per[name] = sum(ops.values()) // 2
+    return per, fc.get_total_flops() // 2
+
+
+def saved_for_backward(model: nn.Module, input_size, batch: int, device) -> int:
+    """Bytes autograd keeps for the backward pass of one training-mode forward at `batch` on `device` (each storage
+    once; parameters and buffers excluded: they exist anyway). The step runs on fake tensors (no memory, no
+    arithmetic) placed on `device`, so the kernels that device would pick (e.g. its attention backend) decide what
+    is saved."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    def key(t):
+        return StorageWeakRef(t.untyped_storage()).cdata
+
+    dev = torch.device(device)
+    saved: dict[int, int] = {}
+    was = model.training
+    model.train()
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=False):
+            tensors = {n: torch.empty(p.shape, dtype=p.dtype, device=dev, requires_grad=p.requires_grad)
+                       for n, p in model.named_parameters()}
+            tensors.update({n: torch.zeros(b.shape, dtype=b.dtype, device=dev) for n, b in model.named_buffers()})
+            own = {key(t) for t in tensors.values()}
+
+            def pack(t):
+                k = key(t)
+                if k not in own:
+                    saved[k] = t.untyped_storage().nbytes()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                torch.func.functional_call(model, tensors, (torch.zeros(batch, *input_size, device=dev),))
+    finally:
+        model.train(was)
+    return sum(saved.values())
+
+
+def summarize(model: nn.Module, input_size: tuple[int, int, int], depth: int = 3, device: str = "cpu",
+              batch: int = 1, measure: bool = True, real=None) -> dict:
+    """Layer rows and totals for `cnn summary` (see CLI.md for the JSON keys). `model` may live on the meta device;
+    `real()` then builds the model with weights, if a field must be measured."""
     import torchinfo
 
-    model = model.to(device).eval()
-    out = probe(model, input_size, device)
+    model = model.eval()
     if is_opaque(model):
+        out = probe(model, input_size, device)
         return _opaque_summary(model, input_size, out)
-    stats = torchinfo.summary(model, input_size=(1, *input_size), depth=max(depth, 1), verbose=0, device=device,
-                              mode="eval", col_names=("output_size", "num_params"))
+    twin = meta_twin(model)
+    work, dev = (twin, "meta") if twin is not None else (model.to(device), device)
+    try:
+        stats = torchinfo.summary(work, input_size=(1, *input_size), depth=max(depth, 1), verbose=0, device=dev,
+                                  mode="eval", col_names=("output_size", "num_params"))
+    except Exception:
+        probe(work, input_size, dev)  # says why the model fails on this input
+        raise
+    out_shape = _output_shape(stats)
     infos = stats.summary_list
-    names = {id(m): n for n, m in model.named_modules()}
-    traced = module_fields(model, input_size)
-    fields = traced[0] if traced else {}
-
-    # MACs of every leaf call; a container row shows the sum of the leaf calls below it (never added to totals)
+    names = {id(m): n for n, m in work.named_modules()}
     quals = [names.get(id(info.module), info.var_name) or "" for info in infos]
-    leaf = [leaf_macs(info.module, info.input_size, info.output_size) if info.is_leaf_layer else 0 for info in infos]
-    total_macs = sum(leaf)
+    inclusive, total_macs = module_macs(work, input_size, dev)
+    traced = model_fields(work, input_size, dev)
+    shown = [i for i, info in enumerate(infos) if info.depth <= depth]
 
-    def container_macs(qual: str) -> int:
-        if qual == "":
-            return total_macs
-        return sum(m for q, m in zip(quals, leaf) if q == qual or q.startswith(qual + "."))
+    # a row's MACs: its module's, less those of the rows shown below it (so that rows add up to the total)
+    seen: set[str] = set()
+    own: dict[int, int] = {}
+    for i in shown:
+        q = quals[i]
+        if q in seen:
+            own[i] = 0  # a module called again: its calls are counted on its first row
+            continue
+        seen.add(q)
+        children = {quals[j] for j in shown if quals[j] != q and _parent(quals[j]) == q}
+        own[i] = inclusive.get(q, 0) - sum(inclusive.get(c, 0) for c in children)
+
+    fields = dict(traced.per_module) if traced else {}
+    unknown = [quals[i] for i in shown if quals[i] and fields.get(quals[i]) is UNKNOWN]
+    measured = {}
+    if unknown and measure:
+        on_meta = any(p.device.type == "meta" for p in model.parameters())
+        subject = real() if on_meta and real else None if on_meta else model
+        if subject is not None:
+            measured = measure_fields(subject.to(device), input_size, sorted(set(unknown)), traced.layouts,
+                                      dtype=torch.float32, copy_model=subject is model)
 
     rows = []
-    for i, info in enumerate(infos):
-        if info.depth > depth:
-            continue
-        qual = quals[i]
+    for i in shown:
+        info, qual = infos[i], quals[i]
         has_shown_children = info.depth < depth and not info.is_leaf_layer
-        f = fields.get(qual) if qual else (traced[1] if traced else None)
-        params = sum(p.numel() for p in info.module.parameters())
+        f = fields.get(qual) if qual else (traced.output if traced else None)
+        rf, jump, kind = _field_values(f, measured.get(qual), input_size, info.output_size, traced, qual)
         rows.append({
             "name": qual or info.class_name,
             "type": info.class_name,
             "depth": info.depth,
             "output": list(info.output_size[1:]) if info.output_size else [],
-            "params": params,
-            "macs": leaf[i] if info.is_leaf_layer else container_macs(qual),
+            "params": sum(p.numel() for p in info.module.parameters()),
+            "macs": own[i],
+            "macs_total": inclusive.get(qual, 0) if qual else total_macs,
             "container": has_shown_children,
-            "receptive_field": list(f.receptive_field) if f else None,
-            "jump": list(f.jump_value) if f else None,
+            "receptive_field": rf,
+            "jump": jump,
+            "receptive_field_kind": kind,
         })
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    out_field = traced[1] if traced else None
+    rf, jump, kind = _field_values(traced.output if traced else None, None, input_size, None, traced, "")
     return {
         "input": list(input_size),
-        "output": list(out.shape[1:]),
-        "params": total,
-        "trainable_params": trainable,
+        "output": out_shape,
+        "params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "macs": total_macs,
-        "receptive_field": list(out_field.receptive_field) if out_field else None,
-        "jump": list(out_field.jump_value) if out_field else None,
+        "receptive_field": rf,
+        "jump": jump,
+        "receptive_field_kind": kind,
+        "memory": _memory(work, input_size, batch, device, infos),
         "layers": rows,
     }
 
+
+def _output_shape(stats) -> list:
+    root = stats.summary_list[0] if stats.summary_list else None
+    if root is None or not root.output_size:
+        raise UsageError("the model does not return a tensor", "forward() must return the logits")
+    return list(root.output_size[1:])
+
+
+def _parent(qual: str) -> str:
+    return qual.rsplit(".", 1)[0] if "." in qual else ""
+
+
+def _field_values(f, measured: dict | None, input_size, output_size, traced, qual) -> tuple:
+    """(receptive_field, jump, kind) of one row: kind is "exact", "global", "measured", "at least" (measured, and
+    the gradient reached the image border: the field may be larger), or None (unknown)."""
+    if isinstance(f, Field):
+        return list(f.receptive_field), list(f.jump_value), "exact"
+    if f is GLOBAL:
+        return "global", None, "global"
+    if measured:
+        jump = measured.get("jump") or [None, None]
+        if output_size and len(output_size) >= 3 and None in jump:
+            lay = traced.layouts.get(qual) if traced else None
+            hw = _map_size(output_size, lay)
+            if hw:
+                jump = [j if j is not None else _ratio(input_size[1 + a], hw[a]) for a, j in enumerate(jump)]
+        kind = "at least" if any(measured["clipped"]) else "measured"
+        return measured["receptive_field"], jump, kind
+    return None, None, None
+
+
+def _map_size(output_size, layout) -> tuple[int, int] | None:
+    if layout and "h" in layout and "w" in layout:
+        return output_size[layout.index("h")], output_size[layout.index("w")]
+    if len(output_size) == 4:
+        return tuple(output_size[2:])
+    return None
+
+
+def _ratio(a: int, b: int):
+    from fractions import Fraction
+
+    r = Fraction(a, b)
+    return int(r) if r.denominator == 1 else float(r)
+
+
+def _memory(work: nn.Module, input_size, batch: int, target, infos) -> dict:
+    """Bytes: parameters, buffers, one input batch, torchinfo's forward/backward estimate (twice the outputs of the
+    layers with parameters), and what autograd saves for backward in a training step at `batch`."""
+    def size(ts):
+        return sum(t.numel() * t.element_size() for t in ts)
+
+    elem = next((p.element_size() for p in work.parameters()), 4)
+    fwd = 2 * batch * sum(info.output_bytes for info in infos if info.is_leaf_layer and info.num_params > 0)
+    try:
+        saved = saved_for_backward(work, input_size, batch, target)
+    except Exception:
+        saved = None  # a model that cannot run a training step on this device: unknown, not 0
+    return {"batch": batch, "params": size(work.parameters()), "buffers": size(work.buffers()),
+            "input": batch * math.prod(input_size) * elem, "forward_backward": fwd, "saved_for_backward": saved}
 
 
 def is_opaque(model: nn.Module) -> bool:
@@ -101,11 +249,12 @@ def is_opaque(model: nn.Module) -> bool:
 def _opaque_summary(model: nn.Module, input_size, out) -> dict:
     root = model.program if isinstance(model, ProgramModule) else model
     rows = [{"name": name, "type": getattr(m, "original_name", type(m).__name__), "depth": 1, "output": None,
-             "params": sum(p.numel() for p in m.parameters()), "macs": None, "container": False,
-             "receptive_field": None, "jump": None} for name, m in root.named_children() if not name.startswith("_")]
+             "params": sum(p.numel() for p in m.parameters()), "macs": None, "macs_total": None, "container": False,
+             "receptive_field": None, "jump": None, "receptive_field_kind": None}
+            for name, m in root.named_children() if not name.startswith("_")]
     return {"input": list(input_size), "output": list(out.shape[1:]), "params": sum(p.numel() for p in model.parameters()),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad), "macs": None,
-            "receptive_field": None, "jump": None, "layers": rows}
+            "receptive_field": None, "jump": None, "receptive_field_kind": None, "memory": None, "layers": rows}
 
 
 def onnx_summary(path: str) -> dict:
@@ -128,4 +277,4 @@ def onnx_summary(path: str) -> dict:
     opset = next((i.version for i in m.opset_import if i.domain in ("", "ai.onnx")), None)
     return {"input": inputs[0]["shape"][1:] if inputs else [], "output": outputs[0]["shape"][1:] if outputs else [],
             "params": int(params), "trainable_params": None, "macs": None, "receptive_field": None, "jump": None,
-            "layers": [], "inputs": inputs, "outputs": outputs, "opset": opset}
+            "receptive_field_kind": None, "memory": None, "layers": [], "inputs": inputs, "outputs": outputs, "opset": opset}

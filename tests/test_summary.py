@@ -22,11 +22,14 @@ def test_published_figures(name, params, gmacs):
 def test_resnet18_cli_json():
     p = run_cnn("summary", "resnet18", "--in", "3x224x224", "--json", check=0)
     out = json.loads(p.stdout)
-    assert set(out) >= {"model", "input", "output", "params", "trainable_params", "macs", "layers"}
+    assert set(out) >= {"model", "input", "output", "params", "trainable_params", "macs", "receptive_field", "jump",
+                        "memory", "layers"}
     assert out["params"] == 11_689_512 and round(out["macs"] / 1e9, 2) == 1.81
-    assert out["receptive_field"] == [435 + 6 * 32] * 2  # 435 at layer4, then the pooled 7x7 map
+    assert out["receptive_field"] == "global"  # the average pool covers the whole map
     layer4 = next(r for r in out["layers"] if r["name"] == "layer4")
     assert layer4["receptive_field"] == [435, 435] and layer4["jump"] == [32, 32]
+    assert layer4["receptive_field_kind"] == "exact"
+    assert next(r for r in out["layers"] if r["name"] == "avgpool")["receptive_field"] == "global"
 
 
 def test_lenet_summary_agrees_with_shape_layer_by_layer():
@@ -35,15 +38,126 @@ def test_lenet_summary_agrees_with_shape_layer_by_layer():
     res = summarize(get_model("lenet5"), (3, 32, 32))
     leaves = [r for r in res["layers"] if r["type"] not in ("LeNet5", "Sequential")]
     assert len(leaves) == len(rows)
+    flat = False
     for leaf, row in zip(leaves, rows):
         assert tuple(leaf["output"]) == tuple(row.output), row.name
         assert leaf["params"] == row.params, row.name
         assert leaf["macs"] == row.macs, row.name
-        assert tuple(leaf["receptive_field"]) == row.receptive_field, row.name
-        assert tuple(leaf["jump"]) == row.jump, row.name
+        flat = flat or row.name.startswith("fc")
+        if flat:  # a Linear over the flattened map mixes every position: `cnn shape` shows the whole 32x32 input
+            assert leaf["receptive_field"] == "global" and row.receptive_field == (32, 32), row.name
+        else:
+            assert tuple(leaf["receptive_field"]) == row.receptive_field, row.name
+            assert tuple(leaf["jump"]) == row.jump, row.name
     assert res["params"] == arith.totals(rows)["params"] and res["macs"] == arith.totals(rows)["macs"]
 
 
 def test_summary_text_table():
     p = run_cnn("summary", "lenet", "--in", "1x32x32", check=0)
-    assert "features.0" in p.stdout and "61,706" in p.stdout and "receptive field 32" in p.stdout
+    assert "features.0" in p.stdout and "61,706" in p.stdout and "receptive field global" in p.stdout
+
+
+SEED_CNN = """
+import torch
+import torch.nn as nn
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 7, stride=2, padding=3)
+        self.conv2 = nn.Conv2d(16, 16, 3, stride=2, padding=1)
+        self.flatten = nn.Flatten()
+        self.output_layer = nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x = torch.relu(self.conv2(x))
+        x = self.flatten(x)
+        return self.output_layer(x)
+"""
+
+
+def test_seed_cnn_matches_torchinfo(tmp_path):
+    """The two-conv CNN of the seed text (004): torchinfo prints 14,938 params, 0.76 M mult-adds, input 0.01 MB,
+    forward/backward pass 0.04 MB, params 0.06 MB."""
+    (tmp_path / "seed.py").write_text(SEED_CNN)
+    p = run_cnn("summary", f"{tmp_path / 'seed.py'}:CNN", "--in", "3x32x32", "--json", check=0)
+    out = json.loads(p.stdout)
+    assert out["params"] == 14_938 and round(out["macs"] / 1e6, 2) == 0.76
+    mem = out["memory"]
+    assert (round(mem["input"] / 1e6, 2), round(mem["forward_backward"] / 1e6, 2), round(mem["params"] / 1e6, 2)) \
+        == (0.01, 0.04, 0.06)
+    assert [r["receptive_field"] for r in out["layers"][1:]] == [[7, 7], [11, 11], [11, 11], "global"]
+    assert sum(r["macs"] for r in out["layers"]) == out["macs"]
+
+
+@pytest.mark.parametrize("name", ["vit_b_16", "swin_t", "convnext_tiny", "efficientnet_b0", "resnet50"])
+def test_rows_add_up_to_the_total(name):
+    """Each row counts the operations not listed below it (attention's matrix products sit in the attention
+    module's own row), so the rows sum to the total at every depth."""
+    from cnncli.models.detect import build_on_meta
+
+    model = build_on_meta("tv:" + name, 1000, 3, (224, 224))
+    for depth in (1, 3):
+        res = summarize(model, (3, 224, 224), depth=depth, measure=False)
+        assert sum(r["macs"] for r in res["layers"]) == res["macs"], depth
+        top = [r for r in res["layers"] if r["depth"] == 1]
+        assert sum(r["macs_total"] for r in top) + res["layers"][0]["macs"] == res["macs"]
+
+
+def test_attention_is_counted():
+    """vit_b_16: 17.56 G with attention's matrix products (11.27 G without them, the old figure)."""
+    from cnncli.models.detect import build_on_meta
+
+    res = summarize(build_on_meta("tv:vit_b_16", 1000, 3, (224, 224)), (3, 224, 224), depth=4, measure=False)
+    assert round(res["macs"] / 1e9, 2) == 17.56
+    attn = next(r for r in res["layers"] if r["name"] == "encoder.layers.encoder_layer_0.self_attention")
+    # q/k/v and output projections (4 x 197 x 768^2) plus q@k^T and attn@v (2 x 197^2 x 768)
+    assert attn["macs"] == 4 * 197 * 768 * 768 + 2 * 197 * 197 * 768
+
+
+def _saved_by_graph(out, model) -> int:
+    """Bytes of the tensors the autograd graph of `out` holds for backward, found by walking the graph's nodes and
+    their `_saved_*` attributes (no hooks): each storage once, parameters and buffers excluded."""
+    import torch
+
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen, stack, storages = set(), [out.grad_fn], {}
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for attr in dir(node):
+            if not attr.startswith("_saved_"):
+                continue
+            try:
+                vals = getattr(node, attr)
+            except RuntimeError:
+                continue
+            for v in vals if isinstance(vals, (list, tuple)) else [vals]:
+                if isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() not in own:
+                    storages[v.untyped_storage().data_ptr()] = v.untyped_storage().nbytes()
+        stack.extend(fn for fn, _ in node.next_functions)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("name,size,batch", [("resnet18", 64, 4), ("mobilenet_v3_small", 96, 3),
+                                             ("convnext_tiny", 64, 2), ("vit_b_32", 224, 2), ("lenet5", 32, 8)])
+def test_training_memory_is_what_autograd_saves(name, size, batch):
+    """The figure (computed on the meta device) against a real training-mode forward on the CPU whose graph is
+    walked for the tensors it saved."""
+    import torch
+
+    from cnncli.models import get_model as build
+    from cnncli.summary import saved_for_backward
+
+    model = build(name)
+    res = summarize(model, (3, size, size), batch=batch, measure=False)
+    model.train()
+    x = torch.randn(batch, 3, size, size)
+    out = model(x)
+    by_graph = _saved_by_graph(out, model)
+    assert res["memory"]["saved_for_backward"] == by_graph
+    assert saved_for_backward(model, (3, size, size), batch, "cpu") == by_graph  # the same count on real tensors

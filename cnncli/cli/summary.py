@@ -38,6 +38,8 @@ def summary_cmd(
     input_size: InOpt = None,
     num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the output layer.", min=1)] = None,
     depth: Annotated[int, typer.Option("--depth", help="How deep to show nested modules.")] = 3,
+    batch: Annotated[int, typer.Option("--batch", help="Batch size for the memory figures (a training step keeps "
+                                                       "what autograd saves, per batch).", min=1)] = 1,
     weights: WeightsOpt = None,
     model_file: ModelFileOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -47,8 +49,11 @@ def summary_cmd(
     """Layer table with output shapes, params, MACs, receptive field and jump; totals."""
     from cnncli.cli._common import check_file, model_request
 
+    from dataclasses import replace
+
     req = model_request(model=model_file, weights=weights, trust_pickle=trust_pickle, input_size=input_size,
                         num_classes=num_classes)
+    req = replace(req, on_meta=True)  # fresh weights are never looked at: built only if a field must be measured
     if model.lower().endswith(".onnx"):
         from cnncli.summary import onnx_summary
 
@@ -64,7 +69,11 @@ def summary_cmd(
     size = req.input_size
     if size is not None:
         c, h, w = size[0] or c, size[1], size[2]
-    result = {"model": opened.name, **summarize(opened.model, (c, h, w), depth=depth, device=str(dev))}
+    from cnncli.models.open import build_model
+
+    real = (lambda: build_model(opened.spec)) if opened.origin == "registry" and not weights else None
+    result = {"model": opened.name, **summarize(opened.model, (c, h, w), depth=depth, device=str(dev),
+                                                       batch=batch, real=real)}
     log_notes(opened)
     if not json_out:
         log_device(device, dev)
@@ -74,13 +83,24 @@ def summary_cmd(
     _render(result)
 
 
-def _pair(v) -> str:
+def _pair(v, kind=None) -> str:
     if v is None:
-        return "-"
+        return "?" if kind is None and v is None else "-"
     if v == "global":
         return "global"
-    a, b = v
-    return str(a) if a == b else f"{a}x{b}"
+    a, b = (_num(x) for x in v)
+    text = a if a == b else f"{a}x{b}"
+    if kind == "at least":
+        return "≥" + text + "*"
+    return text + ("*" if kind == "measured" else "")
+
+
+def _num(x) -> str:
+    return "?" if x is None else f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _jump(v) -> str:
+    return "-" if v is None else _pair(v)
 
 
 def _both(n: int | None) -> str:
@@ -93,22 +113,43 @@ def _count(n) -> str:
     return "?" if n is None else f"{n:,}"
 
 
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    return f"{n / 2**20:,.2f} MiB" if n >= 2**17 else f"{n / 2**10:,.1f} KiB"
+
+
 def _render(res: dict) -> None:
     columns = [Column("layer"), Column("type"), Column("output", right=True), Column("params", right=True),
                Column("MACs", right=True), Column("RF", right=True), Column("jump", right=True)]
     rows = [["  " * r["depth"] + r["name"], r["type"], "?" if r["output"] is None else dims(r["output"]),
-             "--" if r["container"] else _count(r["params"]), "--" if r["container"] else _count(r["macs"]),
-             _pair(r["receptive_field"]), _pair(r["jump"])] for r in res["layers"]]
-    foot = (f"total params {_both(res['params'])}" + (f", trainable {res['trainable_params']:,}"
-                                                      if res.get("trainable_params") is not None else "")
-            + f"; MACs {_both(res['macs'])}; receptive field {_pair(res['receptive_field'])}, jump {_pair(res['jump'])}")
-    notes = [foot]
+             "--" if r["container"] else _count(r["params"]),
+             "--" if r["container"] and not r["macs"] else _count(r["macs"]),
+             _pair(r["receptive_field"], r.get("receptive_field_kind")), _jump(r["jump"])] for r in res["layers"]]
     if "inputs" in res:  # an ONNX graph: no layer table
         say("\n".join([f"{res['model']}: ONNX opset {res['opset']}", *(f"{io[:-1]} {v['name']}: {dims(v['shape'])}"
                         for io in ("inputs", "outputs") for v in res[io]),
                         f"params {_both(res['params'])} (initializers, after any folding at export)",
                         "MACs and receptive field: unknown for an ONNX graph (give the PyTorch model)"]))
         return
+    foot = (f"total params {_both(res['params'])}" + (f", trainable {res['trainable_params']:,}"
+                                                      if res.get("trainable_params") is not None else "")
+            + f"; MACs {_both(res['macs'])}; receptive field "
+            + _pair(res["receptive_field"], res.get("receptive_field_kind"))
+            + ("" if res["receptive_field"] in (None, "global") else f", jump {_jump(res['jump'])}"))
+    notes = [foot]
+    mem = res.get("memory")
+    if mem:
+        notes.append(f"memory at batch {mem['batch']}: params {_bytes(mem['params'])}, input {_bytes(mem['input'])}, "
+                     f"forward/backward {_bytes(mem['forward_backward'])} (torchinfo's estimate), a training step "
+                     f"keeps {_bytes(mem['saved_for_backward'])} for backward (what autograd saves)")
+    kinds = {r.get("receptive_field_kind") for r in res["layers"]}
+    if kinds & {"measured", "at least"}:
+        notes.append("RF* measured: the extent of the input gradient of the layer's centre unit (the arithmetic does "
+                     "not cover an operation there); ≥ where it reached the image border")
+    if res["macs"] is not None and any(r["container"] and r["macs"] for r in res["layers"]):
+        notes.append("a container's MACs are those of its own operations (e.g. attention's matrix products), not "
+                     "of the rows below it")
     if res["macs"] is None:
         notes.append("MACs and receptive fields are unknown for this file: its layers run without Python hooks "
                      "(give the state dict or checkpoint for the full table)")

@@ -44,6 +44,8 @@ class ModelRequest:
     classes: tuple | None = None
     trust_pickle: bool = False
     fallback: Preprocess | None = None     # what the command knows (eval: the dataset's size, mean/std, classes)
+    on_meta: bool = False                  # a registry name without --weights is built on the meta device (no memory,
+                                           # no initialisation: for commands that only look at its structure)
 
 
 @dataclass
@@ -221,6 +223,10 @@ def _open_architecture(arg: str, req: ModelRequest) -> OpenedModel:
         model, spec = _load_fitted(spec, state, req.weights)
         notes.append(f"weights: {req.weights}{where}" + (f", layout built for {build[0]}x{build[1]} as the weights "
                                                           "are" if build else ""))
+    elif req.on_meta:
+        from cnncli.models.detect import build_on_meta
+
+        model = build_on_meta(spec.name, spec.num_classes, spec.in_channels, tuple(spec.build_size or spec.image_size))
     else:
         model = build_model(spec)
     known = bool(req.weights or _asked(req))  # a bare architecture says nothing about data, and assumes nothing

@@ -1,0 +1,197 @@
+"""Computed receptive fields against measured ones, over the whole torchvision classification zoo and the builtins.
+
+For every top-level stage (a top-level module, or each child of a top-level Sequential such as `features`), the field
+and jump `cnn summary` computes are compared with the extent of the input gradient of the stage's centre unit, on a
+random float64 input large enough that the field does not reach the border (layer-scale parameters set to 1 so that
+nothing underflows). A stage computed as global must read every row and column that all its units together read (max pooling passes
+gradients to its maxima only, so single pixels may be missed; squeezenet's stem leaves the last row unread); there the earliest module computed
+global inside it is measured (anything computed from a global value is global), so the forward pass can stop early.
+
+Measuring is the expensive half: the input must be larger than the largest field (convnext_base's last stage sees
+3,416 pixels). Each axis is measured on its own strip (e.g. 3,500 x 64), and a stage whose strip would cost more than
+BUDGET multiply-adds is left to the full run: `CNN_RF_FULL=1 python -m pytest tests/test_receptive_zoo.py`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+from cnncli import receptive as R
+from cnncli.arith import Field
+
+FULL = os.environ.get("CNN_RF_FULL") == "1"
+BUDGET = float("inf") if FULL else 1.0e9  # multiply-adds of one model's measuring passes (float64, 2 cores: ~1 s)
+
+TORCHVISION = torchvision.models.list_models(module=torchvision.models)
+BUILTIN = ["lenet5", "linenet", "resnet18", "resnet20", "smallcnn", "vgg11_bn"]  # at 32x32: the CIFAR layouts
+
+
+def _build(name: str, size: int, device="meta") -> nn.Module:
+    from cnncli.models.detect import _parameters_on_meta
+
+    def make():
+        if name.startswith("builtin:"):
+            from cnncli.models._registry import get_model
+
+            return get_model(name[len("builtin:"):], image_size=(size, size))
+        kw = {"image_size": size} if name.startswith("vit_") else {}
+        return torchvision.models.get_model(name, weights=None, **kw)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with torch.device(device):
+                return make().eval()
+        except (NotImplementedError, RuntimeError):  # a builder computing widths with tensors (regnet)
+            with _parameters_on_meta():
+                return make().eval()
+
+
+def _stages(model: nn.Module) -> list[str]:
+    """Top-level modules with parameters; a model that is a body and a head (`features` + `classifier`, `stem` +
+    `trunk_output` + `fc`) is split into the children of its Sequential body."""
+    tops = [(n, c) for n, c in model.named_children() if any(True for _ in c.parameters())]
+    out = []
+    for name, child in tops:
+        kids = [(f"{name}.{n}", c) for n, c in child.named_children() if any(True for _ in c.parameters())]
+        if len(tops) <= 3 and isinstance(child, (nn.Sequential, nn.ModuleList)) and len(kids) > 1:
+            out.extend(n for n, _ in kids)
+        else:
+            out.append(name)
+    return out
+
+
+class _Stop(Exception):
+    pass
+
+
+def _prefix_macs(model: nn.Module, size: tuple[int, int], names: list[str]) -> dict[str, float]:
+    """Multiply-adds per input pixel of the forward pass up to each module in `names`, counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    got: dict[str, float] = {}
+    modules = dict(model.named_modules())
+    with FlopCounterMode(display=False) as fc:
+        def seen(n):
+            got.setdefault(n, fc.get_total_flops() / 2 / (size[0] * size[1]))
+            if len(got) == len(names):
+                raise _Stop
+
+        hooks = [modules[n].register_forward_hook(lambda *_, n=n: seen(n)) for n in names]
+        in_ch = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+        try:
+            model(torch.zeros(1, in_ch, *size, device="meta"))
+        except _Stop:
+            pass
+        finally:
+            for h in hooks:
+                h.remove()
+    return got
+
+
+def _materialize(model: nn.Module) -> nn.Module:
+    """Real float64 weights for each module as it is about to run; the modules a pass never reaches (after the
+    measured stage, where it stops) stay on the meta device and cost nothing."""
+    gen = torch.Generator().manual_seed(0)
+
+    def fill(module, *_):
+        # torch.nn's own modules may use their children's weights directly (MultiheadAttention's out_proj)
+        for m in module.modules() if type(module).__module__.startswith("torch.nn") else [module]:
+            fill_own(m)
+
+    def fill_own(m):
+        for pname, p in list(m.named_parameters(recurse=False)):
+            if p.device.type != "meta":
+                continue
+            t = torch.empty(p.shape, dtype=torch.float64)
+            if "layer_scale" in pname or pname == "gamma":
+                t.fill_(1.0)  # torchvision's CNBlock starts at 1e-6: products of those underflow
+            elif p.dim() >= 2:
+                t.normal_(0, 1 / math.sqrt(math.prod(p.shape[1:])), generator=gen)
+            elif pname == "weight":
+                t.uniform_(0.5, 1.5, generator=gen)
+            else:
+                t.normal_(0, 0.1, generator=gen)
+            setattr(m, pname, nn.Parameter(t, requires_grad=False))
+        for bname, b in list(m.named_buffers(recurse=False)):
+            if b is not None and b.device.type == "meta":
+                m._buffers[bname] = (torch.ones(b.shape, dtype=torch.float64) if "var" in bname
+                                     else torch.zeros(b.shape, dtype=b.dtype if not b.is_floating_point() else torch.float64))
+
+    for m in model.modules():
+        m.register_forward_pre_hook(fill)
+    return model
+
+
+def check_zoo_model(name: str, base: int) -> dict:
+    """Compare computed and measured fields of every stage of one model; returns what was measured."""
+    model = _build(name, base)
+    in_ch = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+    fields = R.model_fields(model, (in_ch, base, base), device="meta")
+    assert fields is not None, f"{name} cannot be traced"
+    stages = _stages(model)
+    finite = {s: fields.per_module[s] for s in stages if isinstance(fields.per_module.get(s), Field)}
+    order = [n for n, _ in model.named_modules()]
+    # the first module computed global: measure it (later stages depend on it, so they are global too)
+    first_global = next((n for n in order if fields.per_module.get(n) is R.GLOBAL), None)
+    while first_global is not None:  # a container is global through one of its children: go down to the first
+        child = next((n for n in order if n.startswith(first_global + ".") and fields.per_module.get(n) is R.GLOBAL), None)
+        if child is None:
+            break
+        first_global = child
+    checked = {}
+    square = name.startswith("vit_")  # torchvision's ViT takes the square image it was built for
+    short = base if square else max(64, base // 2 if base >= 128 else base)
+
+    def long_side(f: Field, axis: int) -> int:
+        """Long enough for the field and a few jumps either side of the centre unit."""
+        n = int(f.rf[axis] + 4 * f.jump[axis] + 2 * abs(float(f.start[axis]))) + 1
+        return max(-(-n // 32) * 32, short)
+
+    per_pixel = _prefix_macs(model, (base, base), list(finite) + ([first_global] if first_global else []))
+    for axis in (0, 1):
+        # one pass per axis on a strip sized for the last stage within the budget; one backward per stage
+        # cost: the forward pass to the last stage, and two backward passes (centre unit, neighbour) per stage
+        todo, size, backward = [], None, 0.0
+        for stage, f in finite.items():
+            long = max(long_side(f, axis), size[axis] if size else 0)
+            want = (long, long) if square else (long, short) if axis == 0 else (short, long)
+            if (per_pixel[stage] + 2 * (backward + per_pixel[stage])) * want[0] * want[1] > BUDGET:
+                break
+            todo.append(stage)
+            size, backward = want, backward + per_pixel[stage]
+        if not todo:
+            continue
+        m = _materialize(_build(name, size[0] if square else base))
+        got = R.measure_fields(m, (in_ch, *size), todo, fields.layouts, jumps=True, copy_model=False)
+        for stage in todo:
+            rf, jump, g = finite[stage].receptive_field, finite[stage].jump_value, got[stage]
+            assert not g["clipped"][axis], (name, stage, axis, size, g)
+            assert g["receptive_field"][axis] == rf[axis], (name, stage, axis, g, rf)
+            assert g["jump"][axis] == jump[axis], (name, stage, axis, g, jump)
+            checked[(stage, axis)] = (rf[axis], jump[axis])
+    if first_global and per_pixel[first_global] * base * base <= BUDGET:
+        m = _materialize(_build(name, base))
+        got = R.measure_fields(m, (in_ch, base, base), [first_global], fields.layouts, copy_model=False, whole=True)
+        assert got[first_global]["whole"], (name, first_global, got)
+        checked[(first_global, "global")] = True
+    return checked
+
+
+ZOO = [(n, 299 if n.startswith("inception") else 224) for n in TORCHVISION] + [
+    ("builtin:" + n, 32) for n in BUILTIN]
+
+
+@pytest.mark.parametrize("name,base", ZOO, ids=[n for n, _ in ZOO])
+def test_computed_field_is_the_measured_one(name, base):
+    checked = check_zoo_model(name, base)
+    assert checked, f"nothing of {name} was measured"
+    if os.environ.get("CNN_RF_VERBOSE"):
+        print(name, checked)
