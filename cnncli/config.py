@@ -57,7 +57,7 @@ class TrainConfig:
     compile: bool = False                # torch.compile the model
     seed: int = 0
     deterministic: bool = False          # deterministic algorithms: bit-repeatable on CPU
-    workers: int = 2                     # DataLoader workers for folder datasets
+    workers: int | None = None           # DataLoader workers for folder datasets (None: default_workers())
     patience: int | None = None          # stop after this many epochs without a better val accuracy
     max_steps: int | None = None         # stop after this many optimizer steps (quick runs, tests)
     project: str = "runs"                # folder of runs
@@ -159,9 +159,20 @@ def resolve(cfg: TrainConfig, facts: RunFacts) -> TrainConfig:
     else:
         lr = cfg.lr or ADAMW_LR
         wd = ADAMW_WEIGHT_DECAY if cfg.weight_decay is None else cfg.weight_decay
-    return replace(cfg, epochs=cfg.epochs or facts.epochs, batch_size=batch, lr=lr, weight_decay=wd,
+    workers = default_workers(facts.world_size) if cfg.workers is None else cfg.workers
+    return replace(cfg, epochs=cfg.epochs or facts.epochs, batch_size=batch, lr=lr, weight_decay=wd, workers=workers,
                    num_classes=cfg.num_classes or facts.num_classes,
                    precision=resolve_precision(cfg.precision, facts.device_type, facts.bf16))
+
+
+def default_workers(world_size: int = 1) -> int:
+    """DataLoader workers per process: the CPUs this process may use, shared by the processes of a run, at most 8
+    (beyond that decoding rarely waits), at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 2
+    return max(1, min(8, cpus // max(1, world_size)))
 
 
 def small_data_batch(default: int, train_samples: int | None, world_size: int = 1) -> int:

@@ -208,6 +208,13 @@ def unit_field(model: nn.Module, input_size, layer: str, at: tuple[int, int]) ->
     field = traced[0].get(layer) if traced else None
     if field is None:
         raise UsageError(f"cannot compute the receptive field of {layer!r}", "the model could not be traced there")
+    if not hasattr(field, "rf"):
+        if repr(field) == "GLOBAL":
+            raise UsageError(f"{layer!r} has a global receptive field: it pools every position (global pooling, "
+                             "squeeze-and-excitation, attention), so every pixel reaches each unit",
+                             "choose an earlier layer; `cnn summary MODEL` lists each layer's field")
+        raise UsageError(f"{layer!r} has a receptive field the arithmetic does not cover (shifted windows, "
+                         "upsampling...)", "cnn summary MODEL shows it measured")
     rf, jump, start = field.rf, field.jump, field.start
     centre = [float(start[a] + at[a] * jump[a]) for a in range(2)]
     box = [[centre[a] - (float(rf[a]) - 1) / 2, centre[a] + (float(rf[a]) - 1) / 2] for a in range(2)]

@@ -193,8 +193,10 @@ def _field_values(f, measured: dict | None, input_size, output_size, traced, qua
     the gradient reached the image border: the field may be larger), or None (unknown)."""
     if isinstance(f, Field):
         return list(f.receptive_field), list(f.jump_value), "exact"
-    if f is GLOBAL:
-        return "global", None, "global"
+    if f is GLOBAL:  # the units still step by the stride of their map
+        hw = _map_size(output_size, traced.layouts.get(qual) if traced else None) if output_size and len(output_size) >= 3 else None
+        jump = [_ratio(input_size[1], hw[0]), _ratio(input_size[2], hw[1])] if hw and hw != (1, 1) else None
+        return "global", jump, "global"
     if measured:
         jump = measured.get("jump") or [None, None]
         if output_size and len(output_size) >= 3 and None in jump:

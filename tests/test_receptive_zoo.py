@@ -195,3 +195,47 @@ def test_computed_field_is_the_measured_one(name, base):
     assert checked, f"nothing of {name} was measured"
     if os.environ.get("CNN_RF_VERBOSE"):
         print(name, checked)
+
+
+# ------------------------------------------------------------------------------------------------ multiply-adds
+
+
+def _published_ops():
+    """(name, weights, crop, GMACs) for each model's default weights (the others differ by crop size only)."""
+    out = []
+    for name in TORCHVISION:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        if "_ops" in weights.meta:
+            out.append((name, str(weights).split(".")[-1], weights.transforms().crop_size[0], weights.meta["_ops"]))
+    return out
+
+
+OPS = _published_ops()
+
+
+@pytest.mark.parametrize("name,weights,crop,gops", OPS, ids=[f"{n}-{w}" for n, w, _, _ in OPS])
+def test_macs_match_torchvision_ops(name, weights, crop, gops):
+    """Total multiply-adds at the weights' crop size against the `_ops` torchvision publishes with them (GMACs, to
+    3 decimals: within 1%, or within the rounding of the published figure)."""
+    from cnncli.summary import module_macs
+
+    model = _build(name, crop)
+    _, total = module_macs(model, (3, crop, crop), "meta")
+    assert abs(total / 1e9 - gops) <= max(0.01 * gops, 0.0005), (total / 1e9, gops)
+
+
+def test_swin_fields_are_measured_and_said_to_be():
+    """Shifted windows are not a sliding window: their fields are measured, labelled, and grow stage by stage;
+    the pooled output is global."""
+    from cnncli.summary import summarize
+
+    model = torchvision.models.swin_t().eval()
+    res = summarize(model, (3, 224, 224), depth=2)
+    rows = {r["name"]: r for r in res["layers"]}
+    assert rows["features.0"]["receptive_field"] == [4, 4] and rows["features.0"]["receptive_field_kind"] == "exact"
+    stage1 = rows["features.1"]
+    assert stage1["receptive_field_kind"] == "measured"
+    # two blocks of 7x7-patch windows, the second shifted by 3 patches: 14 patches of 4 pixels
+    assert stage1["receptive_field"] == [56, 56] and stage1["jump"] == [4, 4]
+    assert rows["features.3"]["receptive_field"][0] > 56
+    assert rows["avgpool"]["receptive_field"] == "global" and res["receptive_field"] == "global"

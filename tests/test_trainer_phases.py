@@ -165,3 +165,63 @@ def test_reported_accuracy_is_what_cnn_eval_reproduces_whatever_the_training_pre
     assert out["precision"] == "bf16"
     ev = json.loads(run_cnn("eval", out["best_checkpoint"], "--device", "cpu", "--json", check=0).stdout)
     assert ev["samples"] == 10000 and ev["accuracy"] == out["test_accuracy"]
+
+
+SYNCING = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
+
+
+def test_no_host_synchronisation_in_a_training_step(tmp_path, monkeypatch):
+    """Every call that makes the host wait for the device (`.item()`, `bool()`, `float()`, `.tolist()`, ... on a
+    tensor) is counted while the trainer runs: none inside a step, and an epoch of 70 steps reads the device only at
+    its SYNC_EVERY boundaries and its end."""
+    import math
+
+    from cnncli.engine import trainer as T
+
+    counts = {"step": 0, "epoch": 0}
+    where: list[str] = []
+    for name in SYNCING:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **k):
+            if where:
+                counts[where[-1]] += 1
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def inside(label, fn):
+        def run(*a, **k):
+            where.append(label)
+            try:
+                return fn(*a, **k)
+            finally:
+                where.pop()
+        return run
+
+    cfg = TrainConfig(model="smallcnn", data="fake", epochs=1, batch_size=16, max_steps=70, device="cpu",
+                      precision="32", project=str(tmp_path), name="sync")
+    trainer = Trainer(cfg)
+    trainer.setup()
+    trainer._train_step = inside("step", trainer._train_step)
+    state = trainer.start_or_resume()
+    steps = min(70, len(trainer.train_loader))
+    metrics = inside("epoch", trainer.train_one_epoch)(state, StopRequest())
+    assert counts["step"] == 0
+    assert counts["epoch"] <= math.ceil(steps / T.SYNC_EVERY) + 1, counts
+    assert state.global_step == steps and 0 <= metrics["accuracy"] <= 1 and math.isfinite(metrics["loss"])
+
+
+def test_divergence_is_caught_at_the_next_read_and_nothing_is_written(tmp_path):
+    """A loss that turns non-finite mid-interval stops the run at the next read, naming the steps, and no
+    checkpoint is written from the diverged weights."""
+    from cnncli.errors import WorkFailed
+
+    cfg = TrainConfig(model="smallcnn", data="fake", epochs=1, batch_size=16, max_steps=40, device="cpu",
+                      precision="32", lr=1e6, optimizer="sgd", project=str(tmp_path), name="nan")
+    trainer = Trainer(cfg)
+    trainer.setup()
+    state = trainer.start_or_resume()
+    with pytest.raises(WorkFailed, match=r"diverged: the loss became inf or nan at epoch 1, steps? \d+"):
+        trainer.train_one_epoch(state, StopRequest())
+    assert not os.path.exists(os.path.join(trainer.run_dir, "last.pt"))

@@ -45,7 +45,8 @@ def train_cmd(
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = D.compile,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = D.seed,
     deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic algorithms (repeatable on CPU).")] = D.deterministic,
-    workers: Annotated[int, typer.Option("--workers", help="DataLoader workers for folder datasets.")] = D.workers,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader workers for folder datasets "
+                                                    "(default: this machine's CPUs per process, at most 8).")] = None,
     patience: Annotated[Optional[int], typer.Option("--patience", help="Stop after N epochs without a better val accuracy.")] = D.patience,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps.")] = D.max_steps,
     project: Annotated[str, typer.Option("--project", help="Folder of runs.")] = D.project,
@@ -199,8 +200,10 @@ class _Reporter:
                     self.progress.remove_task(self.task)
                 self.task = self.progress.add_task(desc, total=info["steps"], completed=info["step"] - 1, stats="")
                 self.task_desc = desc
+            running = (f"loss {info['loss']:.4f} acc {info['accuracy']:.2%} " if info["loss"] is not None
+                       else "")  # read from the device every few steps, not every step
             self.progress.update(self.task, completed=info["step"],
-                                 stats=f"loss {info['loss']:.4f} acc {info['accuracy']:.2%} {info['images_per_second']:,.0f} img/s")
+                                 stats=f"{running}{info['images_per_second']:,.0f} img/s")
         elif kind == "epoch":
             star = " *" if info["best"] else ""
             line = (f"epoch {info['epoch']}/{info['epochs']}  loss {info['train_loss']:.4f}  acc {info['train_accuracy']:.2%}"

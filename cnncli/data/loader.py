@@ -72,13 +72,16 @@ class TensorLoader:
         return self.batches(start=0)
 
     def batches(self, start: int = 0):
-        """Yield batches from batch index `start` on (a resumed epoch skips the ones already done)."""
+        """Yield batches from batch index `start` on (a resumed epoch skips the ones already done). The epoch's
+        order and augmentation draws go to the device once, at its start: no batch waits on a host copy."""
         idx = self._indices().to(self.device)
+        augment = self.train and (self.crop_padding or self.flip)
+        draws = self._epoch_draws(start, len(idx)) if augment else None
         for b in range(start, len(self)):
             sel = idx[b * self.batch_size:(b + 1) * self.batch_size]
             x = self.images.index_select(0, sel)  # much faster than advanced indexing for whole rows
-            if self.train and (self.crop_padding or self.flip):
-                x = self._augment(x, _gen(self.seed, self.epoch, b + 1))
+            if augment:
+                x = self._augment(x, draws[:, (b - start) * self.batch_size:][:, :len(sel)])
             x = x.float().mul_(self.scale).add_(self.shift)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -91,20 +94,34 @@ class TensorLoader:
             return fn(n)
         return fn(n * self.world_size)[self.rank::self.world_size][:n]
 
-    def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def _epoch_draws(self, start: int, n_samples: int) -> torch.Tensor:
+        """[3, samples]: crop offsets dy, dx and the flip bit of every sample from batch `start` on, drawn batch by
+        batch from the same generators as always (a resumed epoch continues with the same draws), copied once."""
+        p = self.crop_padding
+        parts = []
+        for b in range(start, len(self)):
+            n = min(self.batch_size, n_samples - b * self.batch_size)
+            g = _gen(self.seed, self.epoch, b + 1)
+            dy = self._draw(g, n, lambda k: torch.randint(0, 2 * p + 1, (k,), generator=g)) if p else torch.zeros(n)
+            dx = self._draw(g, n, lambda k: torch.randint(0, 2 * p + 1, (k,), generator=g)) if p else torch.zeros(n)
+            flip = ((self._draw(g, n, lambda k: torch.rand(k, generator=g)) < 0.5) if self.flip
+                    else torch.zeros(n, dtype=torch.bool))
+            parts.append(torch.stack((dy.long(), dx.long(), flip.long())))
+        draws = torch.cat(parts, 1) if parts else torch.zeros(3, 0, dtype=torch.long)
+        return draws.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else draws.to(self.device)
+
+    def _augment(self, x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         if self.crop_padding:
             p = self.crop_padding
-            dy = self._draw(g, n, lambda k: torch.randint(0, 2 * p + 1, (k,), generator=g)).to(self.device)
-            dx = self._draw(g, n, lambda k: torch.randint(0, 2 * p + 1, (k,), generator=g)).to(self.device)
+            dy, dx = draws[0], draws[1]
             xp = F.pad(x, (p, p, p, p))
             rows = (dy[:, None] + torch.arange(h, device=self.device))[:, None, :, None].expand(n, c, h, w + 2 * p)
             x = xp.gather(2, rows)
             cols = (dx[:, None] + torch.arange(w, device=self.device))[:, None, None, :].expand(n, c, h, w)
             x = x.gather(3, cols)
         if self.flip:
-            mask = (self._draw(g, n, lambda k: torch.rand(k, generator=g)) < 0.5).to(self.device)
-            x = torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
+            x = torch.where(draws[2].bool().view(-1, 1, 1, 1), x.flip(3), x)
         return x
 
 
@@ -176,13 +193,39 @@ class FolderLoader:
                              if "UsageError: " in text else text) from None
 
     def _batches(self, start: int):
-        for b, (x, y) in enumerate(self.loader):
-            if b < start:
-                continue
-            x = x.to(self.device, non_blocking=True).float().mul_(self.scale).add_(self.shift)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y.to(self.device, non_blocking=True)
+        batches = (xy for b, xy in enumerate(self.loader) if b >= start)
+        if self.device.type == "cuda":
+            yield from self._prefetched(batches)
+            return
+        for x, y in batches:
+            yield self._to_device(x, y)
+
+    def _to_device(self, x, y):
+        x = x.to(self.device, non_blocking=True).float().mul_(self.scale).add_(self.shift)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+    def _prefetched(self, batches):
+        """CUDA: the next batch is copied (from pinned memory, on a side stream) and normalised while the current one
+        trains; the training stream waits for it only when it needs it."""
+        side = torch.cuda.Stream(self.device)
+        main = torch.cuda.current_stream(self.device)
+
+        def load(xy):
+            with torch.cuda.stream(side):
+                return self._to_device(*xy)
+
+        nxt = next(batches, None)
+        ready = load(nxt) if nxt is not None else None
+        while ready is not None:
+            main.wait_stream(side)
+            x, y = ready
+            x.record_stream(main)  # the side stream's allocations are in use on the main stream now
+            y.record_stream(main)
+            nxt = next(batches, None)
+            ready = load(nxt) if nxt is not None else None
+            yield x, y
 
 
 def make_loader(data, split: str, *, batch_size: int, train: bool, seed: int = 0, device="cpu",

@@ -54,3 +54,34 @@ def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and cpu_has_bf16()
+
+
+class evaluation_precision:
+    """The numerics of every evaluation (`cnn eval`, the validation and test passes of `cnn train`): fp32, with
+    TF32 off for matrix products and convolutions, so a figure one reports the other reproduces."""
+
+    def __init__(self, device):
+        self.cuda = torch.device(device).type == "cuda"
+
+    def __enter__(self):
+        if self.cuda:
+            self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
+        return False
+
+
+def training_kernels(device: torch.device, deterministic: bool) -> None:
+    """Kernel settings for training on CUDA: TF32 for fp32 matrix products and convolutions on Ampere and newer
+    (autocast covers the rest), cuDNN's autotuner unless the run must be deterministic."""
+    if device.type != "cuda":
+        return
+    if torch.cuda.get_device_capability(device)[0] >= 8 and not deterministic:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = not deterministic

@@ -55,19 +55,23 @@ def metrics_from_logits(all_logits: torch.Tensor, labels: torch.Tensor, classes:
 
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, loader, classes: list[str], device) -> dict:
+    from cnncli.engine.device import evaluation_precision
+
     model = model.to(device).eval()  # BatchNorm uses its running statistics, not the batch's
     logits, labels = [], []
     t0 = time.perf_counter()
-    for x, y in loader:
-        logits.append(model(x.to(device)).float().cpu())
-        labels.append(y.cpu())
+    with evaluation_precision(device):  # the numerics `cnn train` validates with
+        for x, y in loader:  # results stay on the device until the end: no batch waits for the one before
+            logits.append(model(x.to(device, non_blocking=True)).float())
+            labels.append(y)
+        if not logits:
+            raise UsageError("the split is empty")
+        out = torch.cat(logits).cpu()
+        target = torch.cat([t.to(out.device) for t in labels])
     seconds = time.perf_counter() - t0
-    if not logits:
-        raise UsageError("the split is empty")
-    out = torch.cat(logits)
     if out.dim() == 4:  # a fully-convolutional model at the training size: one cell
         out = out.flatten(2).mean(2)
-    return metrics_from_logits(out, torch.cat(labels), classes, seconds)
+    return metrics_from_logits(out, target, classes, seconds)
 
 
 def onnx_logits(sess, x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +102,7 @@ def evaluate_onnx(path: str, loader, classes: list[str]) -> dict:
     out = torch.cat(logits)
     if out.dim() == 4:
         out = out.flatten(2).mean(2)
-    return metrics_from_logits(out, torch.cat(labels), classes, seconds)
+    return metrics_from_logits(out, target, classes, seconds)
 
 
 def label_map(model_classes: list[str], data_classes: list[str], path: str, data: str) -> list[int] | None:

@@ -25,7 +25,7 @@ from cnncli import fileio
 from cnncli.checkpoint import Checkpoint, ModelSpec
 from cnncli.config import EVAL_BATCH_MIN, SGD_MOMENTUM, RunFacts, TrainConfig, lr_at, resolve, validate
 from cnncli.engine import distributed as dist_utils
-from cnncli.engine.device import bf16_supported, pick_device
+from cnncli.engine.device import bf16_supported, pick_device, training_kernels
 from cnncli.errors import UsageError, WorkFailed
 
 
@@ -74,6 +74,9 @@ class TrainState:
     running: dict = field(default_factory=dict)  # the current epoch's sums: loss, correct, n
     train_images: int = 0                # this process's throughput figures (not saved)
     train_seconds: float = 0.0
+
+
+SYNC_EVERY = 32  # training steps between the host's reads of the running loss and accuracy
 
 
 class Interrupted(Exception):
@@ -154,10 +157,8 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    else:
-        torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def _autocast(device: torch.device, precision: str):
@@ -239,6 +240,7 @@ class Trainer:
         from cnncli.data import load_dataset
 
         _seed_everything(self.cfg.seed, self.cfg.deterministic)
+        training_kernels(self.device, self.cfg.deterministic)  # TF32, cuDNN autotuning (CUDA only)
         # the whole small-image dataset as one uint8 tensor on the device (folders stream from disk)
         img = tuple(self.cfg.img_size) if self.cfg.img_size else None
         self.data = load_dataset(self.cfg.data, self.cfg.data_dir, image_size=img)
@@ -380,23 +382,39 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------- train
     def train_one_epoch(self, state: TrainState, stop: StopRequest) -> dict:
         """One pass over the training split (from `state.step_in_epoch` on a resume); loss and accuracy reduced
-        across ranks. A stop request between steps writes a mid-epoch last.pt and raises Interrupted."""
+        across ranks. A stop request between steps writes a mid-epoch last.pt and raises Interrupted.
+
+        No step waits for the device: loss, correct counts and a non-finite-loss count accumulate on the device and
+        are read once every `SYNC_EVERY` steps, at the end of the epoch, and before any checkpoint (the only host
+        synchronisations). Divergence is caught at the next read, before anything is written: last.pt keeps the
+        last good state."""
         self.train_loader.set_epoch(state.epoch)
         self.model.train()
         self.forward_model.train()
         sums = state.running or {"loss": 0.0, "correct": 0.0, "n": 0.0}
         state.running = sums
+        pending = torch.zeros(3, device=self.device)  # loss * n, correct, non-finite losses since the last read
         steps, first = len(self.train_loader), state.step_in_epoch
-        seen, t0 = 0, time.perf_counter()
+        seen, t0, since, pending_n = 0, time.perf_counter(), first, 0
         for step, (x, y) in enumerate(self.train_loader.batches(first), start=first):
-            lr = self._train_step(x, y, sums, state, step)
+            lr = self._train_step(x, y, pending, state)
             seen += len(y)
+            pending_n += len(y)
             state.step_in_epoch = step + 1
-            self.report("step", {"epoch": state.epoch, "step": step + 1, "steps": steps, "lr": lr,
-                                 "loss": sums["loss"] / sums["n"], "accuracy": sums["correct"] / sums["n"],
-                                 "images_per_second": seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)})
             out_of_steps = self.cfg.max_steps is not None and state.global_step >= self.cfg.max_steps
-            if dist_utils.any_flag(bool(stop), self.device) and step + 1 < steps and not out_of_steps:
+            # every rank reads at the same steps (a collective must not wait for a rank that will never join it)
+            at_read = (step + 1) % SYNC_EVERY == 0 or step + 1 == steps or out_of_steps
+            stopping = bool(stop) and not self.dist.enabled
+            if at_read or stopping:
+                self._read_pending(pending, pending_n, sums, state, since, step)
+                since, pending_n = step + 1, 0
+                if at_read:
+                    stopping = dist_utils.any_flag(bool(stop), self.device)
+            self.report("step", {"epoch": state.epoch, "step": step + 1, "steps": steps, "lr": lr,
+                                 "loss": sums["loss"] / sums["n"] if sums["n"] else None,
+                                 "accuracy": sums["correct"] / sums["n"] if sums["n"] else None,
+                                 "images_per_second": seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)})
+            if stopping and step + 1 < steps and not out_of_steps:
                 if self.is_main:
                     self.checkpoint(state, {}, training_state=True).save(self.last_path)
                 raise Interrupted(self.run_dir)
@@ -409,41 +427,58 @@ class Trainer:
         return {"loss": loss / max(n, 1), "accuracy": correct / max(n, 1), "seconds": seconds,
                 "images_per_second": seen * self.dist.world_size / max(seconds, 1e-9)}
 
-    def _train_step(self, x, y, sums: dict, state: TrainState, step: int) -> float:
-        """One optimizer step at the schedule's learning rate; divergence stops the run (last.pt stays good)."""
+    def _read_pending(self, pending: torch.Tensor, n: int, sums: dict, state: TrainState, first: int, last: int) -> None:
+        """Move the device's running sums to the host (one synchronisation); a non-finite loss since the last read
+        stops the run before anything is written."""
+        loss, correct, bad = pending.tolist()
+        pending.zero_()
+        if bad:
+            kept = (f"the last good checkpoint stays in {self.last_path}" if os.path.exists(self.last_path)
+                    else "no checkpoint was written")
+            where = f"step {last + 1}" if first == last else f"steps {first + 1}-{last + 1}"
+            raise WorkFailed(f"training diverged: the loss became inf or nan at epoch {state.epoch + 1}, {where}",
+                             f"{kept}; try a lower --lr")
+        sums["loss"] += loss
+        sums["correct"] += correct
+        sums["n"] += n
+
+    def _train_step(self, x, y, pending: torch.Tensor, state: TrainState) -> float:
+        """One optimizer step at the schedule's learning rate. Nothing here reads a value back from the device:
+        the step's loss, correct count and finiteness are added to `pending`."""
         lr = lr_at(state.global_step, self.total_steps, self.cfg.lr, self.cfg.schedule)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         with _autocast(self.device, self.cfg.precision):
             logits = self.forward_model(x)
             loss = self.criterion(logits, y)
-        if not torch.isfinite(loss):
-            kept = (f"the last good checkpoint stays in {self.last_path}" if os.path.exists(self.last_path)
-                    else "no checkpoint was written")
-            raise WorkFailed(f"training diverged: loss is {loss.item()} at epoch {state.epoch + 1} step {step + 1}",
-                             f"{kept}; try a lower --lr")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         state.global_step += 1
-        sums["loss"] += loss.item() * len(y)
-        sums["correct"] += (logits.argmax(1) == y).sum().item()
-        sums["n"] += len(y)
+        with torch.no_grad():
+            loss = loss.detach().float()
+            pending += torch.stack((loss * len(y), (logits.argmax(1) == y).sum().float(), (~torch.isfinite(loss)).float()))
         return lr
 
     # ---------------------------------------------------------------------------------------------- evaluate
     @torch.no_grad()
     def evaluate(self, loader) -> dict:
-        """Loss and top-1 over a loader, reduced across ranks. BatchNorm in eval mode (running statistics), and
-        fp32 like `cnn eval`, so the figures a run reports are the ones `cnn eval` reproduces."""
+        """Loss and top-1 over a loader, reduced across ranks. BatchNorm in eval mode (running statistics), and the
+        precision `cnn eval` uses (`evaluation_precision`: fp32, no TF32), so the figures a run reports are the ones
+        `cnn eval` reproduces. Sums stay on the device until the end."""
+        from cnncli.engine.device import evaluation_precision
+
         self.model.eval()
-        loss_sum = correct = n = 0.0
-        for x, y in loader:
-            logits = self.model(x).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-            n += len(y)
+        totals = torch.zeros(2, dtype=torch.float64 if self.device.type != "mps" else torch.float32, device=self.device)
+        n = 0
+        with evaluation_precision(self.device):
+            for x, y in loader:
+                logits = self.model(x).float()
+                totals += torch.stack((F.cross_entropy(logits, y, reduction="sum"),
+                                       (logits.argmax(1) == y).sum().float())).to(totals.dtype)
+                n += len(y)
+        loss_sum, correct = totals.tolist()
         loss_sum, correct, n = dist_utils.all_reduce_sums([loss_sum, correct, n], self.device)
         return {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1)}
 
