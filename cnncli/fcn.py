@@ -20,10 +20,10 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnncli.arith import Field
 from cnncli.checkpoint import Checkpoint
 from cnncli.errors import UsageError, WorkFailed
 from cnncli.fileio import atomic_write
-from cnncli.arith import Field
 from cnncli.receptive import GLOBAL, module_fields, trace
 
 _ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.Tanh, nn.Sigmoid,

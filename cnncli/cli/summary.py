@@ -47,9 +47,9 @@ def summary_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Layer table with output shapes, params, MACs, receptive field and jump; totals."""
-    from cnncli.cli._common import check_file, model_request
-
     from dataclasses import replace
+
+    from cnncli.cli._common import check_file, model_request
 
     req = model_request(model=model_file, weights=weights, trust_pickle=trust_pickle, input_size=input_size,
                         num_classes=num_classes)

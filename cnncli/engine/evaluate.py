@@ -102,7 +102,7 @@ def evaluate_onnx(path: str, loader, classes: list[str]) -> dict:
     out = torch.cat(logits)
     if out.dim() == 4:
         out = out.flatten(2).mean(2)
-    return metrics_from_logits(out, target, classes, seconds)
+    return metrics_from_logits(out, torch.cat(labels), classes, seconds)
 
 
 def label_map(model_classes: list[str], data_classes: list[str], path: str, data: str) -> list[int] | None:
