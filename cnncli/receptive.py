@@ -1,7 +1,9 @@
 """Receptive field, jump and offset of every layer of a torch model, traced with torch.fx.
 
 Each FX node carries a field and a layout: which of its tensor's dimensions are the batch (`n`), features (`c`),
-image rows and columns (`h`, `w`), the two flattened into tokens (`s`), or a mix (`x`); a size-1 dimension is `1`.
+image rows and columns (`h`, `w`), the two flattened into tokens (`s`), a whole map flattened with its features
+(`f`, what a classifier's Linear reads), or another mix (`x`, e.g. windows cut out of the map); a size-1 dimension
+is `1`.
 
 - Sliding windows (convolutions, pooling) advance the field with the arithmetic of `cnn shape`; padding and
   cropping move its offset.
@@ -42,7 +44,8 @@ class _Mark:
 GLOBAL = _Mark("GLOBAL")  # every input position reaches every unit
 UNKNOWN = _Mark("UNKNOWN")  # an operation the arithmetic does not cover: measure it
 
-SPATIAL = ("h", "w", "s", "x")
+SPATIAL = ("h", "w", "s", "f", "x")
+WHOLE = ("s", "f")  # every position of the map
 
 
 def _pair(v) -> tuple[int, int]:
@@ -125,8 +128,11 @@ def _merge(labels) -> str:
         return labels[0]
     if labels == ["h", "w"]:
         return "s"
-    if labels in (["h"], ["w"], ["s"], ["x"]):
+    if labels in (["h"], ["w"], ["s"], ["f"], ["x"]):
         return labels[0]
+    rest = [lab for lab in labels if lab != "c"]
+    if rest in (["h", "w"], ["s"], ["f"]):
+        return "f"  # features and every position: a flattened map
     return "x"
 
 
@@ -282,7 +288,9 @@ class _Analysis:
             seq = 1 if m.batch_first else 0
             if lay is None or len(lay) < 2:
                 return Info(_unknown(join(fields)), lay)
-            return Info(_made_global(join(fields)) if _spatial(lay[seq]) else join(fields), lay)
+            label = lay[seq]
+            return Info(_made_global(join(fields)) if label in WHOLE else _unknown(join(fields)) if _spatial(label)
+                        else join(fields), lay)
         if isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
             return self._softmax(f, lay, m.dim)
         if isinstance(m, nn.Flatten):
@@ -317,14 +325,15 @@ class _Analysis:
         labels = {lay[d] for d in dims}
         if labels <= {"c", "1", "n"}:
             return f
-        if labels & {"s", "x"} or {"h", "w"} <= labels:
+        if "x" not in labels and (labels & set(WHOLE) or {"h", "w"} <= labels):
             return _made_global(f)
         return _unknown(f)
 
     def _softmax(self, f, lay, dim) -> Info:
         if lay is None or dim is None:
             return Info(_unknown(f), lay)
-        return Info(_made_global(f) if _spatial(lay[_dim(dim, len(lay))]) else f, lay)
+        label = lay[_dim(dim, len(lay))]
+        return Info(_made_global(f) if label in WHOLE else _unknown(f) if _spatial(label) else f, lay)
 
     def _reduce(self, node, f, lay) -> Info:
         """mean/sum/amax... over `dim`: global when an image axis is reduced."""
@@ -335,7 +344,11 @@ class _Analysis:
         if dims is None:
             return Info(_unknown(f), None)
         keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 and isinstance(node.args[2], bool) else False)
-        field = _made_global(f) if any(_spatial(lay[d]) for d in dims) else f
+        labels = {lay[d] for d in dims}
+        if "x" in labels or (labels & {"h", "w"} and not ({"h", "w"} <= labels)):
+            field = _unknown(f)  # a reduction over part of the positions (a window, one axis)
+        else:
+            field = _made_global(f) if labels & set(SPATIAL) else f
         layout = tuple("1" if i in dims else lab for i, lab in enumerate(lay)) if keep else \
             tuple(lab for i, lab in enumerate(lay) if i not in dims)
         return Info(field, layout)
@@ -408,7 +421,9 @@ class _Analysis:
             k = self.info(args[1])
             if k.layout is None or len(k.layout) < 2:
                 return Info(_unknown(join(fields)), lay)
-            return Info(_made_global(join(fields)) if _spatial(k.layout[-2]) else join(fields), lay)
+            seq = k.layout[-2]
+            return Info(_made_global(join(fields)) if seq in WHOLE else _unknown(join(fields)) if _spatial(seq)
+                        else join(fields), lay)
         if name == "einsum":
             return self._einsum(node)
         if name in ("cat", "concat", "concatenate"):
@@ -506,9 +521,13 @@ class _Analysis:
             dims = [len(b.layout) - 2] if len(b.layout) >= 2 else None
             return Info(self._per_position(b.field, b.layout, dims), b.layout)
         # two inputs (attention): the product pairs positions of one with positions of the other
-        if any(_spatial(v) for v in a.layout + b.layout):
-            return Info(_made_global(join(fields)), a.layout[:-1] + b.layout[-1:])
-        return Info(join(fields), a.layout[:-1] + b.layout[-1:])
+        labels = set(a.layout + b.layout)
+        out = a.layout[:-1] + b.layout[-1:]
+        if "x" in labels or labels & {"h", "w"}:
+            return Info(_unknown(join(fields)), out)  # positions within windows, or along one axis: measure
+        if labels & set(WHOLE):
+            return Info(_made_global(join(fields)), out)
+        return Info(join(fields), out)
 
     def _einsum(self, node) -> Info:
         eq, ops = node.args[0], node.args[1:]
@@ -531,9 +550,10 @@ class _Analysis:
         varying = [i for i in infos if i.field is not None]
         summed = set("".join(terms)) - set(out)
         layout = tuple(letter.get(ch, "c") for ch in out)
-        if len(varying) > 1 and any(_spatial(v) for v in letter.values()):
-            return Info(_made_global(join(fields)), layout)
-        if any(_spatial(letter.get(ch, "c")) for ch in summed):
+        involved = set(letter.values()) if len(varying) > 1 else {letter.get(ch, "c") for ch in summed}
+        if "x" in involved or involved & {"h", "w"} and not {"h", "w"} <= involved:
+            return Info(_unknown(join(fields)), layout)
+        if involved & set(SPATIAL):
             return Info(_made_global(join(fields)), layout)
         return Info(join(fields), layout)
 
@@ -699,6 +719,8 @@ def centre_unit(out: torch.Tensor, layout: tuple | None, step: int = 0) -> torch
     for lab, size in zip(lay, out.shape):
         if lab == "n":
             index.append(0)
+        elif lab == "s":  # tokens: the centre of a square map, after a class token if there is one
+            index.append(_centre_token(size))
         elif lab in SPATIAL or lab == "1":
             index.append(min(size // 2 + (step if lab in ("h", "w") else 0), size - 1))
         else:
@@ -706,6 +728,16 @@ def centre_unit(out: torch.Tensor, layout: tuple | None, step: int = 0) -> torch
     if not any(v in SPATIAL or v == "1" for v in lay):
         return out[0].sum()  # a vector per image (logits): every element has the same field
     return out[tuple(index)].sum()
+
+
+def _centre_token(n: int) -> int:
+    import math
+
+    for extra in (0, 1, 2):  # no token, a class token, class and distillation tokens ahead of the map
+        side = math.isqrt(n - extra)
+        if side * side == n - extra and side > 0:
+            return extra + (side // 2) * side + side // 2
+    return n // 2
 
 
 def no_inplace(model: nn.Module) -> nn.Module:

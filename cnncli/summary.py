@@ -60,11 +60,14 @@ def module_macs(model: nn.Module, input_size, device) -> tuple[dict[str, int], i
     return per, fc.get_total_flops() // 2
 
 
-def saved_for_backward(model: nn.Module, input_size, batch: int, device) -> int:
+def saved_for_backward(model: nn.Module, input_size, batch: int, device, fake: bool = True) -> int:
     """Bytes autograd keeps for the backward pass of one training-mode forward at `batch` on `device` (each storage
-    once; parameters and buffers excluded: they exist anyway). The step runs on fake tensors (no memory, no
-    arithmetic) placed on `device`, so the kernels that device would pick (e.g. its attention backend) decide what
-    is saved."""
+    once; parameters and buffers excluded: they exist anyway). With `fake`, the step runs on fake tensors (no
+    memory, no arithmetic) placed on `device`, so the kernels that device would pick (e.g. its attention backend)
+    decide what is saved; otherwise on real ones (for models whose code reads values), the model's buffers left as
+    they were."""
+    import contextlib
+
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.multiprocessing.reductions import StorageWeakRef
 
@@ -76,10 +79,14 @@ def saved_for_backward(model: nn.Module, input_size, batch: int, device) -> int:
     was = model.training
     model.train()
     try:
-        with FakeTensorMode(allow_non_fake_inputs=False):
-            tensors = {n: torch.empty(p.shape, dtype=p.dtype, device=dev, requires_grad=p.requires_grad)
-                       for n, p in model.named_parameters()}
-            tensors.update({n: torch.zeros(b.shape, dtype=b.dtype, device=dev) for n, b in model.named_buffers()})
+        with FakeTensorMode(allow_non_fake_inputs=False) if fake else contextlib.nullcontext():
+            if fake:
+                tensors = {n: torch.empty(p.shape, dtype=p.dtype, device=dev, requires_grad=p.requires_grad)
+                           for n, p in model.named_parameters()}
+            else:
+                tensors = dict(model.named_parameters())
+            tensors.update({n: torch.zeros(b.shape, dtype=b.dtype, device=dev) if fake else b.clone()
+                            for n, b in model.named_buffers()})
             own = {key(t) for t in tensors.values()}
 
             def pack(t):
@@ -99,19 +106,31 @@ def summarize(model: nn.Module, input_size: tuple[int, int, int], depth: int = 3
               batch: int = 1, measure: bool = True, real=None) -> dict:
     """Layer rows and totals for `cnn summary` (see CLI.md for the JSON keys). `model` may live on the meta device;
     `real()` then builds the model with weights, if a field must be measured."""
-    import torchinfo
-
     model = model.eval()
     if is_opaque(model):
         out = probe(model, input_size, device)
         return _opaque_summary(model, input_size, out)
     twin = meta_twin(model)
-    work, dev = (twin, "meta") if twin is not None else (model.to(device), device)
+    if twin is not None:
+        try:
+            return _summarize(twin, "meta", model, input_size, depth, device, batch, measure, real)
+        except Exception:  # code that reads values (data-dependent control flow) cannot run on meta tensors; a
+            pass           # model that fails on this input fails again below, with the reason
+    on_meta = any(p.device.type == "meta" for p in model.parameters())
+    subject = real() if on_meta and real else model
+    return _summarize(subject.to(device), device, subject, input_size, depth, device, batch, measure, None)
+
+
+def _summarize(work: nn.Module, dev, model: nn.Module, input_size, depth, device, batch, measure, real) -> dict:
+    """summarize() on `work`, a copy of `model` on the meta device or `model` itself on `dev`."""
+    import torchinfo
+
     try:
         stats = torchinfo.summary(work, input_size=(1, *input_size), depth=max(depth, 1), verbose=0, device=dev,
                                   mode="eval", col_names=("output_size", "num_params"))
     except Exception:
-        probe(work, input_size, dev)  # says why the model fails on this input
+        if dev != "meta":
+            probe(work, input_size, dev)  # says why the model fails on this input
         raise
     out_shape = _output_shape(stats)
     infos = stats.summary_list
@@ -134,14 +153,18 @@ def summarize(model: nn.Module, input_size: tuple[int, int, int], depth: int = 3
         own[i] = inclusive.get(q, 0) - sum(inclusive.get(c, 0) for c in children)
 
     fields = dict(traced.per_module) if traced else {}
-    unknown = [quals[i] for i in shown if quals[i] and fields.get(quals[i]) is UNKNOWN]
+    if traced is not None:
+        unknown = [quals[i] for i in shown if quals[i] and fields.get(quals[i]) is UNKNOWN]
+    else:  # not traceable at all: every row is measured (the first two levels: a backward pass each)
+        unknown = [quals[i] for i in shown if infos[i].depth <= 2]
     measured = {}
     if unknown and measure:
         on_meta = any(p.device.type == "meta" for p in model.parameters())
         subject = real() if on_meta and real else None if on_meta else model
         if subject is not None:
-            measured = measure_fields(subject.to(device), input_size, sorted(set(unknown)), traced.layouts,
-                                      dtype=torch.float32, copy_model=subject is model)
+            measured = measure_fields(subject.to(device), input_size, sorted(set(unknown)),
+                                      traced.layouts if traced else {}, dtype=torch.float32,
+                                      copy_model=subject is model)
 
     rows = []
     for i in shown:
@@ -162,7 +185,7 @@ def summarize(model: nn.Module, input_size: tuple[int, int, int], depth: int = 3
             "jump": jump,
             "receptive_field_kind": kind,
         })
-    rf, jump, kind = _field_values(traced.output if traced else None, None, input_size, None, traced, "")
+    rf, jump, kind = _field_values(traced.output if traced else None, measured.get(""), input_size, None, traced, "")
     return {
         "input": list(input_size),
         "output": out_shape,
@@ -194,7 +217,8 @@ def _field_values(f, measured: dict | None, input_size, output_size, traced, qua
     if isinstance(f, Field):
         return list(f.receptive_field), list(f.jump_value), "exact"
     if f is GLOBAL:  # the units still step by the stride of their map
-        hw = _map_size(output_size, traced.layouts.get(qual) if traced else None) if output_size and len(output_size) >= 3 else None
+        lay = traced.layouts.get(qual) if traced else None
+        hw = _map_size(output_size, lay) if output_size and len(output_size) >= 3 else None
         jump = [_ratio(input_size[1], hw[0]), _ratio(input_size[2], hw[1])] if hw and hw != (1, 1) else None
         return "global", jump, "global"
     if measured:
@@ -204,6 +228,8 @@ def _field_values(f, measured: dict | None, input_size, output_size, traced, qua
             hw = _map_size(output_size, lay)
             if hw:
                 jump = [j if j is not None else _ratio(input_size[1 + a], hw[a]) for a, j in enumerate(jump)]
+        if None in jump:
+            jump = None  # a vector of class scores has no stride
         kind = "at least" if any(measured["clipped"]) else "measured"
         return measured["receptive_field"], jump, kind
     return None, None, None
@@ -236,6 +262,11 @@ def _memory(work: nn.Module, input_size, batch: int, target, infos) -> dict:
         saved = saved_for_backward(work, input_size, batch, target)
     except Exception:
         saved = None  # a model that cannot run a training step on this device: unknown, not 0
+        if not any(p.device.type == "meta" for p in work.parameters()):
+            try:  # code that reads values cannot run on fake tensors: count a real step
+                saved = saved_for_backward(work, input_size, batch, target, fake=False)
+            except Exception:
+                pass
     return {"batch": batch, "params": size(work.parameters()), "buffers": size(work.buffers()),
             "input": batch * math.prod(input_size) * elem, "forward_backward": fwd, "saved_for_backward": saved}
 

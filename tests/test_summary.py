@@ -161,3 +161,34 @@ def test_training_memory_is_what_autograd_saves(name, size, batch):
     by_graph = _saved_by_graph(out, model)
     assert res["memory"]["saved_for_backward"] == by_graph
     assert saved_for_backward(model, (3, size, size), batch, "cpu") == by_graph  # the same count on real tensors
+
+
+UNTRACEABLE = """
+import torch
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        if x.sum() > -1e9:  # data-dependent control flow: torch.fx cannot trace it, the meta device cannot run it
+            x = torch.relu(self.conv2(x))
+        return self.fc(x.mean((2, 3)))
+"""
+
+
+def test_untraceable_model_is_measured_and_says_so(tmp_path):
+    (tmp_path / "net.py").write_text(UNTRACEABLE)
+    out = json.loads(run_cnn("summary", f"{tmp_path / 'net.py'}:Net", "--in", "3x32x32", "--json", check=0).stdout)
+    rows = {r["name"]: r for r in out["layers"]}
+    assert (rows["conv1"]["receptive_field"], rows["conv1"]["receptive_field_kind"]) == ([3, 3], "measured")
+    assert (rows["conv2"]["receptive_field"], rows["conv2"]["jump"]) == ([5, 5], [2, 2])
+    assert rows["fc"]["receptive_field_kind"] == "at least"  # the mean reaches the border: the field may be larger
+    assert out["macs"] == 32 * 32 * 8 * 27 + 16 * 16 * 8 * 72 + 80
+    assert out["memory"]["saved_for_backward"] > 0  # counted on a real step (fake tensors cannot run .sum() > x)

@@ -206,3 +206,14 @@ def test_cuda_training_picks_bf16_or_fp16_and_keeps_data_on_gpu(tmp_path):
     assert out["device"].startswith("cuda") and out["precision"] in ("bf16", "16")
     ev = _json(run_cnn("eval", out["best_checkpoint"], "--device", "cuda", "--json"))
     assert ev["samples"] == 2000
+
+
+def test_compile_trains_on_cpu(tmp_path):
+    """--compile: torch.compile (inductor, a C++ build on the CPU) runs the training steps; the checkpoint holds the
+    plain model's weights (no `_orig_mod.` prefix) and evaluates like any other."""
+    out = _json(run_cnn("train", "lenet5", "--data", "fake", "--compile", "--device", "cpu", "--precision", "32",
+                        "--epochs", "1", "--max-steps", "3", "--batch-size", "32", "--project", tmp_path, "--json"))
+    ck = torch.load(out["best_checkpoint"], weights_only=True)
+    assert all(not k.startswith("_orig_mod.") for k in ck["state_dict"])
+    ev = _json(run_cnn("eval", out["best_checkpoint"], "--json"))
+    assert ev["accuracy"] == pytest.approx(out["test_accuracy"], abs=1e-9)

@@ -136,7 +136,7 @@ def _render(res: dict) -> None:
                                                       if res.get("trainable_params") is not None else "")
             + f"; MACs {_both(res['macs'])}; receptive field "
             + _pair(res["receptive_field"], res.get("receptive_field_kind"))
-            + ("" if res["receptive_field"] in (None, "global") else f", jump {_jump(res['jump'])}"))
+            + ("" if res["jump"] is None or res["receptive_field"] == "global" else f", jump {_jump(res['jump'])}"))
     notes = [foot]
     mem = res.get("memory")
     if mem:
