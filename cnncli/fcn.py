@@ -24,7 +24,7 @@ from cnncli.arith import Field
 from cnncli.checkpoint import Checkpoint
 from cnncli.errors import UsageError, WorkFailed
 from cnncli.fileio import atomic_write
-from cnncli.receptive import GLOBAL, module_fields, trace
+from cnncli.receptive import GLOBAL, meta_twin, module_fields, trace
 
 _ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.Tanh, nn.Sigmoid,
                         nn.ELU, nn.Mish, nn.Dropout, nn.Dropout2d, nn.Identity)
@@ -291,8 +291,6 @@ def to_fully_convolutional(model: nn.Module, input_size: tuple[int, int, int], *
 
 def _stride_by_probing(fcn: nn.Module, input_size) -> tuple:
     """Output stride read off the score map's size on a much larger input, on the meta device (nothing computed)."""
-    from cnncli.summary import meta_twin
-
     twin = meta_twin(fcn)
     c, h, w = input_size
     grow = 4096

@@ -20,6 +20,7 @@ is `1`.
 
 from __future__ import annotations
 
+import copy
 import operator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -288,9 +289,7 @@ class _Analysis:
             seq = 1 if m.batch_first else 0
             if lay is None or len(lay) < 2:
                 return Info(_unknown(join(fields)), lay)
-            label = lay[seq]
-            return Info(_made_global(join(fields)) if label in WHOLE else _unknown(join(fields)) if _spatial(label)
-                        else join(fields), lay)
+            return Info(_over_positions(join(fields), lay[seq]), lay)
         if isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
             return self._softmax(f, lay, m.dim)
         if isinstance(m, nn.Flatten):
@@ -369,28 +368,8 @@ class _Analysis:
             return self._getitem(node, x)
         if name in _POINTWISE_NAMES or t in _POINTWISE_FUNCS:
             return Info(join(fields), _broadcast_layout(node, self))
-        if name in ("permute",):
-            dims = args[1:] if len(args) > 1 and isinstance(args[1], int) else (args[1] if len(args) > 1 else node.kwargs["dims"])
-            return Info(f, tuple(lay[_dim(d, len(lay))] for d in dims) if lay else None)
-        if name in ("transpose", "swapaxes", "swapdims"):
-            if lay is None:
-                return Info(_unknown(f), None)
-            a, b = _dim(args[1], len(lay)), _dim(args[2], len(lay))
-            new = list(lay)
-            new[a], new[b] = new[b], new[a]
-            return Info(f, tuple(new))
-        if name in ("movedim", "moveaxis"):
-            if lay is None:
-                return Info(_unknown(f), None)
-            src, dst = _dim(args[1], len(lay)), _dim(args[2], len(lay))
-            new = list(lay)
-            new.insert(dst, new.pop(src))
-            return Info(f, tuple(new))
-        if name in ("flatten", "view", "reshape", "unflatten", "view_as", "reshape_as"):
-            return Info(f, _reshape_layout(lay, in_shape, out_shape))
-        if name in ("unsqueeze", "squeeze", "expand", "expand_as", "contiguous", "clone", "to", "float", "double",
-                    "half", "bfloat16", "type", "type_as", "detach", "requires_grad_", "_assert"):
-            return Info(f, _shape_layout_like(lay, in_shape, out_shape))
+        if name in _LAYOUT_OPS:
+            return Info(f, _moved_layout(node, name, lay, in_shape, out_shape)) if lay else Info(_unknown(f), None)
         if t in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
             return Info(self._adaptive(f, lay, in_shape, out_shape), lay)
         if t in (F.max_pool2d, F.avg_pool2d, F.conv2d):
@@ -402,14 +381,8 @@ class _Analysis:
         if name in ("softmax", "log_softmax", "softmin"):
             dim = args[1] if len(args) > 1 else node.kwargs.get("dim")
             return self._softmax(f, lay, dim)
-        if t in (F.layer_norm,):
-            shape = args[1] if len(args) > 1 else node.kwargs["normalized_shape"]
-            n = len(shape)
-            return Info(self._per_position(f, lay, list(range(len(lay) - n, len(lay))) if lay else None), lay)
-        if t in (F.group_norm, F.instance_norm):
-            return Info(_made_global(f), lay)
-        if t is F.batch_norm or name == "batch_norm":
-            return Info(f, lay)
+        if t in (F.layer_norm, F.group_norm, F.instance_norm, F.batch_norm):
+            return self._norm(node, f, lay)
         if t is F.linear:
             w = self.info(args[1] if len(args) > 1 else node.kwargs["weight"])
             if w.field is not None:
@@ -417,13 +390,9 @@ class _Analysis:
             return Info(self._per_position(f, lay, [len(lay) - 1] if lay else None), _last_to(lay, "c"))
         if name in ("matmul", "bmm", "mm") or t is operator.matmul:
             return self._matmul(node)
-        if t is F.scaled_dot_product_attention:
+        if t is F.scaled_dot_product_attention:  # over the keys' positions, dim -2
             k = self.info(args[1])
-            if k.layout is None or len(k.layout) < 2:
-                return Info(_unknown(join(fields)), lay)
-            seq = k.layout[-2]
-            return Info(_made_global(join(fields)) if seq in WHOLE else _unknown(join(fields)) if _spatial(seq)
-                        else join(fields), lay)
+            return Info(_over_positions(join(fields), k.layout[-2] if k.layout and len(k.layout) >= 2 else None), lay)
         if name == "einsum":
             return self._einsum(node)
         if name in ("cat", "concat", "concatenate"):
@@ -443,6 +412,16 @@ class _Analysis:
                 return Info(f.through((2, 2), (2, 2)), lay)
             return Info(_unknown(f), lay)
         return Info(_unknown(join(fields)), lay if out_shape is not None and out_shape == in_shape else None)
+
+    def _norm(self, node, f, lay) -> Info:
+        """Functional normalisations: layer_norm over its last dims, group/instance norm over the map (global),
+        batch_norm per channel (eval: an affine map)."""
+        if node.target is F.layer_norm:
+            n = len(node.args[1] if len(node.args) > 1 else node.kwargs["normalized_shape"])
+            return Info(self._per_position(f, lay, list(range(len(lay) - n, len(lay))) if lay else None), lay)
+        if node.target is F.batch_norm:
+            return Info(f, lay)
+        return Info(_made_global(f), lay)
 
     def _getitem(self, node, x: Info) -> Info:
         src, idx = node.args[0], node.args[1]
@@ -587,6 +566,39 @@ class _Analysis:
             elif (pad[k] or pad[k + 1]) and _spatial(lay[d]):
                 return Info(_unknown(f), lay)
         return Info(f, lay)
+
+
+_LAYOUT_OPS = {"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "flatten", "view", "reshape",
+               "unflatten", "view_as", "reshape_as", "unsqueeze", "squeeze", "expand", "expand_as", "contiguous",
+               "clone", "to", "float", "double", "half", "bfloat16", "type", "type_as", "detach", "requires_grad_",
+               "_assert"}
+
+
+def _moved_layout(node, name: str, lay: tuple, in_shape, out_shape) -> tuple | None:
+    """The layout after an operation that moves, merges or splits dimensions without mixing positions."""
+    args = node.args
+    if name == "permute":
+        dims = args[1:] if len(args) > 1 and isinstance(args[1], int) else (args[1] if len(args) > 1 else node.kwargs["dims"])
+        return tuple(lay[_dim(d, len(lay))] for d in dims)
+    new = list(lay)
+    if name in ("transpose", "swapaxes", "swapdims"):
+        a, b = _dim(args[1], len(lay)), _dim(args[2], len(lay))
+        new[a], new[b] = new[b], new[a]
+        return tuple(new)
+    if name in ("movedim", "moveaxis"):
+        new.insert(_dim(args[2], len(lay)), new.pop(_dim(args[1], len(lay))))
+        return tuple(new)
+    if name in ("flatten", "view", "reshape", "unflatten", "view_as", "reshape_as"):
+        return _reshape_layout(lay, in_shape, out_shape)
+    return _shape_layout_like(lay, in_shape, out_shape)
+
+
+def _over_positions(f, label):
+    """The field after mixing along a dimension labelled `label` (attention over its positions): global over a whole
+    map, measured over part of one (windows, one axis), unchanged over features; unknown without a label."""
+    if label is None:
+        return _unknown(f)
+    return _made_global(f) if label in WHOLE else _unknown(f) if _spatial(label) else f
 
 
 def _last_to(lay, label) -> tuple | None:
@@ -740,6 +752,19 @@ def _centre_token(n: int) -> int:
     return n // 2
 
 
+def meta_twin(model: nn.Module) -> nn.Module | None:
+    """A copy of `model` whose tensors live on the meta device (None when it cannot be made)."""
+    if any(p.device.type == "meta" for p in model.parameters()):
+        return model
+    try:
+        memo = {id(t): (nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=t.requires_grad)
+                        if isinstance(t, nn.Parameter) else torch.empty_like(t, device="meta"))
+                for t in [*model.parameters(), *model.buffers()]}  # no data is copied
+        return copy.deepcopy(model, memo)
+    except Exception:
+        return None
+
+
 def no_inplace(model: nn.Module) -> nn.Module:
     """In-place activations would overwrite the outputs a hook keeps (and the graph a gradient needs)."""
     for m in model.modules():
@@ -764,8 +789,6 @@ def measure_fields(model: nn.Module, input_size: tuple[int, int, int], names: li
     together read (a global operation; a network may leave the last rows of an image unread), "jump": [h, w] (with
     `jumps`: how far the field moves from the centre unit to its lower-right neighbour; None where it cannot be
     seen)}}."""
-    import copy
-
     layouts = layouts or {}
     work = no_inplace((copy.deepcopy(model) if copy_model else model).to(dtype=dtype).eval())
     modules = dict(work.named_modules())

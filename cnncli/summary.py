@@ -15,7 +15,6 @@ nothing); only measured fields run the real model.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -25,20 +24,7 @@ from cnncli.arith import Field
 from cnncli.errors import UsageError
 from cnncli.models.files import ProgramModule
 from cnncli.models.open import probe
-from cnncli.receptive import GLOBAL, UNKNOWN, measure_fields, model_fields
-
-
-def meta_twin(model: nn.Module) -> nn.Module | None:
-    """A copy of `model` whose tensors live on the meta device (None when it cannot be made)."""
-    if any(p.device.type == "meta" for p in model.parameters()):
-        return model
-    try:
-        memo = {id(t): (nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=t.requires_grad)
-                        if isinstance(t, nn.Parameter) else torch.empty_like(t, device="meta"))
-                for t in [*model.parameters(), *model.buffers()]}  # no data is copied
-        return copy.deepcopy(model, memo)
-    except Exception:
-        return None
+from cnncli.receptive import GLOBAL, UNKNOWN, measure_fields, meta_twin, model_fields
 
 
 def module_macs(model: nn.Module, input_size, device) -> tuple[dict[str, int], int]:
@@ -140,31 +126,13 @@ def _summarize(work: nn.Module, dev, model: nn.Module, input_size, depth, device
     traced = model_fields(work, input_size, dev)
     shown = [i for i, info in enumerate(infos) if info.depth <= depth]
 
-    # a row's MACs: its module's, less those of the rows shown below it (so that rows add up to the total)
-    seen: set[str] = set()
-    own: dict[int, int] = {}
-    for i in shown:
-        q = quals[i]
-        if q in seen:
-            own[i] = 0  # a module called again: its calls are counted on its first row
-            continue
-        seen.add(q)
-        children = {quals[j] for j in shown if quals[j] != q and _parent(quals[j]) == q}
-        own[i] = inclusive.get(q, 0) - sum(inclusive.get(c, 0) for c in children)
-
+    own = _own_macs(shown, quals, inclusive)
     fields = dict(traced.per_module) if traced else {}
     if traced is not None:
         unknown = [quals[i] for i in shown if quals[i] and fields.get(quals[i]) is UNKNOWN]
     else:  # not traceable at all: every row is measured (the first two levels: a backward pass each)
         unknown = [quals[i] for i in shown if infos[i].depth <= 2]
-    measured = {}
-    if unknown and measure:
-        on_meta = any(p.device.type == "meta" for p in model.parameters())
-        subject = real() if on_meta and real else None if on_meta else model
-        if subject is not None:
-            measured = measure_fields(subject.to(device), input_size, sorted(set(unknown)),
-                                      traced.layouts if traced else {}, dtype=torch.float32,
-                                      copy_model=subject is model)
+    measured = _measure(model, real, unknown, input_size, device, traced) if unknown and measure else {}
 
     rows = []
     for i in shown:
@@ -198,6 +166,31 @@ def _summarize(work: nn.Module, dev, model: nn.Module, input_size, depth, device
         "memory": _memory(work, input_size, batch, device, infos),
         "layers": rows,
     }
+
+
+def _own_macs(shown: list[int], quals: list[str], inclusive: dict) -> dict[int, int]:
+    """A row's MACs: its module's, less those of the rows shown below it (so that rows add up to the total)."""
+    seen: set[str] = set()
+    own: dict[int, int] = {}
+    for i in shown:
+        q = quals[i]
+        if q in seen:
+            own[i] = 0  # a module called again: its calls are counted on its first row
+            continue
+        seen.add(q)
+        children = {quals[j] for j in shown if quals[j] != q and _parent(quals[j]) == q}
+        own[i] = inclusive.get(q, 0) - sum(inclusive.get(c, 0) for c in children)
+    return own
+
+
+def _measure(model: nn.Module, real, names: list[str], input_size, device, traced) -> dict:
+    """Measured fields of the named modules, on the model with weights (built by `real()` if `model` is on meta)."""
+    on_meta = any(p.device.type == "meta" for p in model.parameters())
+    subject = real() if on_meta and real else None if on_meta else model
+    if subject is None:
+        return {}
+    return measure_fields(subject.to(device), input_size, sorted(set(names)), traced.layouts if traced else {},
+                          dtype=torch.float32, copy_model=subject is model)
 
 
 def _output_shape(stats) -> list:
