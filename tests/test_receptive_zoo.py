@@ -154,6 +154,14 @@ def check_zoo_model(name: str, base: int) -> dict:
             break
         first_global = child
     checked = {}
+    kept: list[nn.Module] = []
+
+    def runnable() -> nn.Module:
+        """One model with real weights for every measuring pass (it runs at any size)."""
+        if not kept:
+            kept.append(_materialize(_build(name, base)))
+        return kept[0]
+
     # vision transformers take the square image they were built for (any multiple of their patch: built small)
     square = name.startswith("vit_") or any("patch_embed" in n for n, _ in model.named_modules())
     step = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).stride[0] if square else 32
@@ -178,7 +186,7 @@ def check_zoo_model(name: str, base: int) -> dict:
             size, backward = want, backward + per_pixel[stage]
         if not todo:
             continue
-        m = _materialize(_build(name, size[0] if square else base))
+        m = _materialize(_build(name, size[0])) if square else runnable()
         got = R.measure_fields(m, (in_ch, *size), todo, fields.layouts, jumps=True, copy_model=False)
         for stage in todo:
             rf, jump, g = finite[stage].receptive_field, finite[stage].jump_value, got[stage]
@@ -190,7 +198,7 @@ def check_zoo_model(name: str, base: int) -> dict:
             checked[(stage, axis)] = (rf[axis], jump[axis])
     size = short if square else base
     if first_global and per_pixel[first_global] * size * size <= BUDGET:
-        m = _materialize(_build(name, size))
+        m = _materialize(_build(name, size)) if square else runnable()
         got = R.measure_fields(m, (in_ch, size, size), [first_global], fields.layouts, copy_model=False, whole=True)
         assert got[first_global]["whole"], (name, first_global, got)
         checked[(first_global, "global")] = True
