@@ -95,7 +95,7 @@ def summarize(model: nn.Module, input_size: tuple[int, int, int], depth: int = 3
     model = model.eval()
     if is_opaque(model):
         out = probe(model, input_size, device)
-        return _opaque_summary(model, input_size, out)
+        return {**_opaque_summary(model, input_size, out), "macs": _counted_macs(model, input_size, device)}
     twin = meta_twin(model)
     if twin is not None:
         try:
@@ -270,6 +270,20 @@ def is_opaque(model: nn.Module) -> bool:
     import torch
 
     return isinstance(model, (torch.jit.ScriptModule, ProgramModule))
+
+
+def _counted_macs(model: nn.Module, input_size, device) -> int | None:
+    """Total multiply-adds of one image, counted from the operations a real forward pass dispatches (TorchScript
+    and torch.export programs run aten operations the counter sees, though no per-layer hooks); None if it fails."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = getattr(model, "static_batch", None) or 1
+    try:
+        with FlopCounterMode(display=False) as fc:
+            model(torch.zeros(batch, *input_size, device=device))
+    except Exception:
+        return None
+    return fc.get_total_flops() // 2 // batch
 
 
 def _opaque_summary(model: nn.Module, input_size, out) -> dict:

@@ -150,8 +150,9 @@ def _render(res: dict) -> None:
     if res["macs"] is not None and any(r["container"] and r["macs"] for r in res["layers"]):
         notes.append("a container's MACs are those of its own operations (e.g. attention's matrix products), not "
                      "of the rows below it")
-    if res["macs"] is None:
-        notes.append("MACs and receptive fields are unknown for this file: its layers run without Python hooks "
-                     "(give the state dict or checkpoint for the full table)")
+    if any(r["macs"] is None for r in res["layers"]):
+        counted = "" if res["macs"] is None else "; the total MACs are counted from the operations a forward pass ran"
+        notes.append("per-layer shapes, MACs and receptive fields are unknown for this file: its layers run without "
+                     f"Python hooks (give the state dict or checkpoint for the full table){counted}")
     render_table(columns, rows, title=f"{res['model']}  input {dims(res['input'])} -> output {dims(res['output'])}",
                  notes=notes)
