@@ -137,35 +137,37 @@ def _merge(labels) -> str:
     return "x"
 
 
+def _dim_groups(a, b) -> list[tuple[list[int], list[int]]] | None:
+    """Consecutive groups (dims of shape a, dims of shape b) whose sizes multiply to the same number: how a reshape
+    merges and splits dimensions; None where the shapes do not line up that way."""
+    groups, i, j = [], 0, 0
+    while i < len(a) or j < len(b):
+        gi, gj, pa, pb = [], [], 1, 1
+        while True:
+            if i < len(a) and (not gi or pa < pb):
+                gi.append(i)
+                pa, i = pa * a[i], i + 1
+            elif j < len(b) and (not gj or pb < pa):
+                gj.append(j)
+                pb, j = pb * b[j], j + 1
+            else:
+                break
+        if pa != pb:
+            return None
+        groups.append((gi, gj))
+    return groups
+
+
 def _reshape_layout(layout, in_shape, out_shape) -> tuple | None:
     """Layout after a view/reshape/flatten, by matching groups of input and output dims with equal products."""
     if layout is None or in_shape is None or out_shape is None:
         return None
-    i = j = 0
+    groups = _dim_groups(in_shape, out_shape)
+    if groups is None:
+        return None
     out: list[str] = []
-    n_in, n_out = len(in_shape), len(out_shape)
-    while i < n_in or j < n_out:
-        gi, gj = [], []
-        pi = pj = 1
-        if i < n_in:
-            gi.append(i)
-            pi *= in_shape[i]
-            i += 1
-        if j < n_out:
-            gj.append(j)
-            pj *= out_shape[j]
-            j += 1
-        while pi != pj:
-            if pi < pj and i < n_in:
-                gi.append(i)
-                pi *= in_shape[i]
-                i += 1
-            elif j < n_out:
-                gj.append(j)
-                pj *= out_shape[j]
-                j += 1
-            else:
-                return None
+    n_out = len(out_shape)
+    for gi, gj in groups:
         merged = _merge([layout[k] for k in gi]) if gi else "1"
         if len(gj) == 1:
             out.append(merged)
