@@ -31,7 +31,7 @@ from cnncli.cli._common import (
 @app.command("summary", epilog=epilog("Examples:\n\n  cnn summary resnet18 --in 3x224x224\n\n  cnn summary lenet5 --in 1x32x32 "
              "--num-classes 10\n\n  cnn summary runs/train/best.pt\n\n  cnn summary model.pt          # a state dict: "
              "architecture detected\n\n  cnn summary my_net.py:Net --in 3x64x64\n\n  cnn summary model.onnx        # "
-             "inputs, outputs, parameters"))
+             "inputs, outputs, parameters\n\n  cnn summary resnet50 --batch 32   # what a training step keeps for backward"))
 def summary_cmd(
     model: Annotated[str, typer.Argument(help="Registry name, family, file.py:Class, or a model file: checkpoint, state "
                                               "dict, TorchScript, .pt2, .onnx.")],
@@ -46,7 +46,12 @@ def summary_cmd(
     device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
 ) -> None:
-    """Layer table with output shapes, params, MACs, receptive field and jump; totals."""
+    """Layer table with output shapes, params, MACs, receptive field and jump; totals and memory.
+
+    Receptive fields are exact (the conv arithmetic), `global` (an operation that mixes every position: global
+    pooling, squeeze-and-excitation, attention), or measured from the input gradient where the arithmetic stops
+    (marked *). MACs count every multiply-add, attention's included; each row shows what no row below it shows.
+    """
     from dataclasses import replace
 
     from cnncli.cli._common import check_file, model_request
