@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from cnncli.errors import UsageError
-from cnncli.receptive import no_inplace
+from cnncli.receptive import GLOBAL, no_inplace
 
 MAX_PANELS = 64  # channels shown per layer
 
@@ -209,7 +209,7 @@ def unit_field(model: nn.Module, input_size, layer: str, at: tuple[int, int]) ->
     if field is None:
         raise UsageError(f"cannot compute the receptive field of {layer!r}", "the model could not be traced there")
     if not hasattr(field, "rf"):
-        if repr(field) == "GLOBAL":
+        if field is GLOBAL:
             raise UsageError(f"{layer!r} has a global receptive field: it pools every position (global pooling, "
                              "squeeze-and-excitation, attention), so every pixel reaches each unit",
                              "choose an earlier layer; `cnn summary MODEL` lists each layer's field")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import operator
 from dataclasses import dataclass
-from fractions import Fraction
 
 import torch
 import torch.fx
@@ -664,11 +663,6 @@ def node_infos(gm: torch.fx.GraphModule) -> dict[torch.fx.Node, Info]:
     return _Analysis(gm).run()
 
 
-def node_fields(gm: torch.fx.GraphModule) -> dict[torch.fx.Node, object]:
-    """A field (Field, GLOBAL, UNKNOWN or None) for every node of a shape-propagated graph."""
-    return {n: i.field for n, i in node_infos(gm).items()}
-
-
 @dataclass
 class Fields:
     """The traced fields of a model: {qualified module name: field at its (last) output}, the model output's field,
@@ -851,11 +845,5 @@ def _extent(out: torch.Tensor, x: torch.Tensor, layout, step: int):
     return (int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1]))
 
 
-def jump_of(in_size: int, out_size: int) -> int | float:
-    """The distance in input pixels between neighbouring output cells, read off the sizes."""
-    j = Fraction(in_size, out_size)
-    return int(j) if j.denominator == 1 else float(j)
-
-
-__all__ = ["GLOBAL", "UNKNOWN", "Info", "Fields", "trace", "join", "node_infos", "node_fields", "model_fields",
+__all__ = ["GLOBAL", "UNKNOWN", "Info", "Fields", "trace", "join", "node_infos", "model_fields",
            "module_fields", "measure_fields", "centre_unit"]

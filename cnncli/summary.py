@@ -27,11 +27,12 @@ from cnncli.models.open import probe
 from cnncli.receptive import GLOBAL, UNKNOWN, measure_fields, meta_twin, model_fields
 
 
-def module_macs(model: nn.Module, input_size, device) -> tuple[dict[str, int], int]:
-    """({qualified module name: multiply-adds of its calls, children included}, total) for one input."""
+def module_macs(model: nn.Module, input_size, device, batch: int = 1) -> tuple[dict[str, int], int]:
+    """({qualified module name: multiply-adds of its calls, children included}, total) per image, counted on a
+    batch of `batch` (a torch.export program takes its own batch size only)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.zeros(1, *input_size, device=device)
+    x = torch.zeros(batch, *input_size, device=device)
     with FlopCounterMode(display=False) as fc:
         model(x)  # autograd on: nn.MultiheadAttention's fused inference kernel is not counted
     counts = fc.get_flop_counts()
@@ -42,8 +43,8 @@ def module_macs(model: nn.Module, input_size, device) -> tuple[dict[str, int], i
             continue
         name = "" if key == root else key[len(root) + 1:] if key.startswith(root + ".") else None
         if name is not None:
-            per[name] = sum(ops.values()) // 2
-    return per, fc.get_total_flops() // 2
+            per[name] = sum(ops.values()) // 2 // batch
+    return per, fc.get_total_flops() // 2 // batch
 
 
 def saved_for_backward(model: nn.Module, input_size, batch: int, device, fake: bool = True) -> int:
@@ -275,15 +276,10 @@ def is_opaque(model: nn.Module) -> bool:
 def _counted_macs(model: nn.Module, input_size, device) -> int | None:
     """Total multiply-adds of one image, counted from the operations a real forward pass dispatches (TorchScript
     and torch.export programs run aten operations the counter sees, though no per-layer hooks); None if it fails."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    batch = getattr(model, "static_batch", None) or 1
     try:
-        with FlopCounterMode(display=False) as fc:
-            model(torch.zeros(batch, *input_size, device=device))
+        return module_macs(model, input_size, device, getattr(model, "static_batch", None) or 1)[1]
     except Exception:
         return None
-    return fc.get_total_flops() // 2 // batch
 
 
 def _opaque_summary(model: nn.Module, input_size, out) -> dict:
