@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from cnncli import __version__
-from cnncli.errors import UsageError
-from cnncli.fileio import atomic_write
+from cnncli.errors import UsageError, reading, shown
+from cnncli.fileio import atomic_write, check_input
 from cnncli.preprocess import Preprocess
 
 FORMAT = "cnncli-checkpoint/1"
@@ -123,17 +123,28 @@ class Checkpoint:
             c = spec.in_channels
             pre = Preprocess(tuple(d.get("input_size") or spec.input_size), tuple(norm.get("mean") or [0.0] * c),
                              tuple(norm.get("std") or [1.0] * c), tuple(d.get("classes") or ()))
-        except (KeyError, TypeError, ValueError) as e:
-            raise UsageError(f"{path} is not a cnncli checkpoint: malformed {type(e).__name__}: {e}",
+        except Exception as e:  # any field of the wrong type or shape: the file is malformed (exit 2)
+            raise UsageError(f"{shown(path)} is not a cnncli checkpoint: malformed {type(e).__name__}: {shown(e)}",
                              "expected a file written by cnn train or cnn fcn") from None
         state = d["state_dict"]
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise UsageError(f"{path} is not a cnncli checkpoint: its state_dict is not a dict of tensors",
                              "expected a file written by cnn train or cnn fcn")
-        training = {k: d[k] for k in TRAINING_KEYS if k in d} if "optimizer" in d else None
-        return cls(spec, d["state_dict"], pre, d.get("dataset") or "", d.get("args") or {}, d.get("metrics") or {},
-                   int(d.get("epoch", 0)), int(d.get("step_in_epoch", 0)), int(d.get("global_step", 0)),
-                   d.get("fcn"), training, d.get("versions") or {})
+        with reading(f"{shown(path)} is not a cnncli checkpoint: a malformed field",
+                     "expected a file written by cnn train or cnn fcn"):
+            training = {k: d[k] for k in TRAINING_KEYS if k in d} if "optimizer" in d else None
+            fields = [d.get("dataset") or "", d.get("args") or {}, d.get("metrics") or {}]
+            kinds = [("dataset", str), ("args", dict), ("metrics", dict)]
+            for (name, kind), value in zip(kinds, fields):
+                if not isinstance(value, kind):
+                    raise TypeError(f"{name!r} is a {type(value).__name__}, not a {kind.__name__}")
+            if d.get("fcn") is not None and not isinstance(d.get("fcn"), dict):
+                raise TypeError(f"'fcn' is a {type(d.get('fcn')).__name__}, not a dict")
+            if training is not None and not isinstance(training.get("optimizer"), dict):
+                raise TypeError("'optimizer' is not an optimizer state dict")
+            counters = [_counter(d, k) for k in ("epoch", "step_in_epoch", "global_step")]
+            return cls(spec, d["state_dict"], pre, *fields, *counters, d.get("fcn"), training,
+                       d.get("versions") if isinstance(d.get("versions"), dict) else {})
 
     def save(self, path: str) -> None:
         """Write atomically: a crash never leaves a half-written file under `path`."""
@@ -145,10 +156,19 @@ class Checkpoint:
         return cls.from_dict(load_dict(path, map_location), path)
 
 
+def _counter(d: dict, key: str) -> int:
+    """An epoch or step counter: a non-negative int (a bool, float or string there is a malformed file)."""
+    v = d.get(key, 0)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise TypeError(f"{key!r} is {shown(repr(v), 40)}, not a count")
+    return v
+
+
 def load_dict(path: str, map_location="cpu") -> dict:
     """A `.pt` file's contents, loaded safely: tensors and builtins only; pickled objects are refused, never run."""
     if not os.path.exists(path):
         raise UsageError(f"checkpoint not found: {path}", "check the path, e.g. runs/train/best.pt")
+    check_input(path, "checkpoint", kind="model", replaceable=True)  # a run's own last.pt is rewritten on resume
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

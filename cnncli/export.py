@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 
 from cnncli import __version__
-from cnncli.errors import UsageError, WorkFailed
-from cnncli.fileio import atomic_write, check_output, remove_stale_temp_files
+from cnncli.errors import CnnError, UsageError, WorkFailed, raise_if_interrupted
+from cnncli.fileio import atomic_write, check_output, ensure_free_space, remove_stale_temp_files
 
 
 @dataclass
@@ -105,7 +105,11 @@ def _max_diff(run: Callable[[torch.Tensor], torch.Tensor], reference: nn.Module,
             got = run(x).float()
         if tuple(got.shape) != tuple(ref.shape):
             return float("inf")
-        worst = max(worst, float((got - ref).abs().max()))
+        diff = (got - ref).abs()
+        # NaN-aware: max() would drop a NaN; a NaN or infinity on either side is no match, however equal the rest
+        if not bool(torch.isfinite(got).all() and torch.isfinite(ref).all()):
+            return float("nan")
+        worst = max(worst, float(diff.max()))
     return worst
 
 
@@ -203,9 +207,9 @@ def _onnx_check(path: str, job: ExportJob) -> float:
 
 
 def _onnx_describe(path: str) -> tuple[list[dict], list[dict]]:
-    import onnx
+    from cnncli.engine.runtime import read_onnx
 
-    m = onnx.load(path, load_external_data=False)
+    m = read_onnx(path)
 
     def desc(v):
         return {"name": v.name, "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]}
@@ -215,14 +219,9 @@ def _onnx_describe(path: str) -> tuple[list[dict], list[dict]]:
 
 def read_onnx_metadata(path: str, required=("input_size", "mean", "std")) -> dict:
     """The metadata of an ONNX file written by `cnn export` (JSON values decoded); `required` keys must be there."""
-    import onnx
+    from cnncli.engine.runtime import read_onnx
 
-    if not os.path.exists(path):
-        raise UsageError(f"ONNX file not found: {path}")
-    try:
-        m = onnx.load(path, load_external_data=False)
-    except Exception as e:
-        raise UsageError(f"unreadable ONNX file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    m = read_onnx(path)
     out = {}
     for p in m.metadata_props:
         try:
@@ -256,6 +255,8 @@ def _pt2_export(job: ExportJob, path: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.export.export(job.prepared, (job.example,), dynamic_shapes=_dynamic_shapes(job))
+    # torch.export's writer aborts the interpreter (a C++ backtrace) on a full disk: refuse before it starts
+    ensure_free_space(path, 2 * sum(t.numel() * t.element_size() for t in job.model.state_dict().values()) + (8 << 20))
     torch.export.save(program, path, extra_files={PT2_METADATA: json.dumps({**job.metadata, "exporter": "export"})})
 
 
@@ -364,14 +365,20 @@ def _write_verified(job: ExportJob, fmt: ExportFormat, writer: str, out: str, ch
     def write(tmp: str) -> None:
         try:
             fmt.writers[writer](job, tmp)
+        except CnnError:
+            raise
         except Exception as e:
+            raise_if_interrupted()  # Ctrl-C inside an exporter comes back as its ImportError or RuntimeError
             msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             raise _Rejected(f"{writer} exporter failed: {type(e).__name__}: {msg}") from None
         try:
             result["diff"] = fmt.check(tmp, job) if check else None
         except Exception as e:  # the file does not run on one of the checked shapes (e.g. a shape guard)
+            raise_if_interrupted()
             msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             raise _Rejected(f"{writer} file fails the check: {type(e).__name__}: {msg}") from None
+        if check and math.isnan(result["diff"]):
+            raise WorkFailed("the model's outputs are NaN or infinite on the check inputs", "no file was written")
         if check and not result["diff"] <= tolerance:
             raise _Rejected(f"{writer} graph differs from PyTorch by {result['diff']:.3g} (> {tolerance:g})")
 
@@ -402,6 +409,9 @@ def export_model(model_arg: str, fmt: str = "onnx", output: str | None = None, *
     out = check_output(output or default_output(model_arg, spec.suffix), [model_arg], force)
     job = _prepare(model_arg, spec, opset=opset, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size,
                    request=request, log=log)
+    from cnncli.engine.runtime import check_finite_weights
+
+    check_finite_weights(job.model, model_arg)
     if isinstance(job.model, torch.jit.ScriptModule) and exporter == "auto":  # torch.export cannot trace TorchScript
         writers = [w for w in writers if w != "dynamo"] or writers
     remove_stale_temp_files(os.path.dirname(os.path.abspath(out)), out)  # of an export that was killed

@@ -331,19 +331,10 @@ def score_map(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
 
 
 def load_image(path: str, channels: int) -> torch.Tensor:
-    """An image file as uint8 [C, H, W] with the model's channel count."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    """An image file as uint8 [C, H, W] with the model's channel count (the one image reader, data/images.py)."""
+    from cnncli.data.images import read_image
 
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("L" if channels == 1 else "RGB"))
-    except FileNotFoundError:
-        raise UsageError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise UsageError(f"cannot read image {path}: {e}") from None
-    t = torch.from_numpy(arr.copy())
-    return t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
+    return read_image(path, channels)
 
 
 def render_overlay(img: torch.Tensor, scores: torch.Tensor, facts: dict, classes: list[str], path: str,

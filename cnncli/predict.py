@@ -16,9 +16,9 @@ from typing import Callable
 
 import torch
 
-from cnncli.errors import UsageError
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+from cnncli.data.images import IMAGE_EXTENSIONS, is_image_name, walk_images
+from cnncli.errors import UsageError, shown
+from cnncli.fileio import check_input
 
 
 def image_files(sources: list[str]) -> list[str]:
@@ -27,15 +27,14 @@ def image_files(sources: list[str]) -> list[str]:
     for src in sources:
         path = os.path.expandvars(os.path.expanduser(src))
         if os.path.isdir(path):
-            found = sorted(os.path.join(d, f) for d, _, files in os.walk(path) for f in files
-                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            found = walk_images(path)  # hidden files skipped, link loops followed once
             if not found:
-                raise UsageError(f"no images in {src}", "images end in " + ", ".join(IMAGE_EXTENSIONS[:5]) + "...")
-        elif os.path.isfile(path):
-            found = [path]
+                raise UsageError(f"no images in {shown(src)}", "images end in " + ", ".join(IMAGE_EXTENSIONS[:5]) + "...")
+        elif os.path.lexists(path):
+            found = [check_input(path, "image", kind="image")]  # a FIFO, a device, a link loop: named here
         elif glob.has_magic(path):
             found = sorted(p for p in glob.glob(path, recursive=True)
-                           if os.path.isfile(p) and p.lower().endswith(IMAGE_EXTENSIONS))
+                           if os.path.isfile(p) and is_image_name(os.path.basename(p)))
             if not found:
                 raise UsageError(f"no images match {src}", "check the pattern (quote it so the shell leaves it)")
         else:
@@ -77,19 +76,24 @@ class _Runner:
     """Logits for normalized batches: a PyTorch model on a device, or an ONNX Runtime session."""
 
     def __init__(self, model_arg: str, request, device):
-        self.onnx = model_arg.lower().endswith(".onnx")
-        if self.onnx:
-            import onnxruntime as ort
+        from cnncli.fileio import check_input, is_onnx_file
 
+        self.onnx = is_onnx_file(check_input(model_arg, "model file", kind="model")) if os.path.lexists(
+            model_arg) else False
+        if self.onnx:
             from cnncli.engine.evaluate import onnx_preprocess
+            from cnncli.engine.runtime import onnx_session
 
             self.preprocess, _, self.num_classes, self.notes = onnx_preprocess(model_arg, request)
-            self.session = ort.InferenceSession(model_arg, providers=["CPUExecutionProvider"])
+            self.session = onnx_session(model_arg)
             self.device = torch.device("cpu")
             return
         from cnncli.models.open import open_model, resolve_preprocess
 
         opened = open_model(model_arg, request)
+        from cnncli.engine.runtime import check_finite_weights
+
+        check_finite_weights(opened.model, model_arg)
         self.preprocess = opened.preprocess or resolve_preprocess(opened.spec, request, {})[0]
         self.num_classes, self.notes = opened.spec.num_classes, list(opened.notes)
         if opened.origin == "registry" and not request.weights:
@@ -109,6 +113,9 @@ class _Runner:
         logits = logits.float()
         if logits.dim() == 4:  # a fully-convolutional model at its training size: one cell
             logits = logits.flatten(2).mean(2)
+        from cnncli.engine.runtime import check_finite_outputs
+
+        check_finite_outputs(logits, "the model")
         return logits.cpu()
 
 

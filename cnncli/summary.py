@@ -295,14 +295,9 @@ def _opaque_summary(model: nn.Module, input_size, out) -> dict:
 
 def onnx_summary(path: str) -> dict:
     """An ONNX file: its inputs, outputs and parameter count (the initializers' elements); nothing is run."""
-    import onnx
+    from cnncli.engine.runtime import read_onnx
 
-    try:
-        m = onnx.load(path, load_external_data=False)
-    except Exception as e:
-        from cnncli.errors import UsageError
-
-        raise UsageError(f"unreadable ONNX file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    m = read_onnx(path)
 
     def desc(v):
         return {"name": v.name, "shape": [d.dim_param or d.dim_value or None for d in v.type.tensor_type.shape.dim]}

@@ -80,7 +80,8 @@ def files(tmp_path_factory):
 
 
 def _model_args(name: str, form: str) -> list[str]:
-    extra = ["--trust-pickle"] if form == "pickle" else []
+    # files that carry code run only with --trust-code (a pickle also takes its old name, --trust-pickle)
+    extra = {"pickle": ["--trust-pickle"], "torchscript": ["--trust-code"], "program": ["--trust-code"]}.get(form, [])
     if form != "program":  # a program records its input size; the others are told
         extra += ["--in", f"3x{SIZE[name]}x{SIZE[name]}"]
     return extra
@@ -193,8 +194,29 @@ def test_fcn_and_scoremap_of_a_state_dict_and_a_registry_name(files, tmp_path):
 def test_a_pickled_model_is_refused_without_trust_pickle(files):
     p = run_cnn("export", files["resnet18", "pickle"], "--onnx", "-o", str(files["root"] / "never.onnx"))
     assert p.returncode == 2 and p.stdout == ""
-    assert "would run code" in p.stderr and "--trust-pickle" in p.stderr and "Traceback" not in p.stderr
+    assert "would run code" in p.stderr and "--trust-code" in p.stderr and "Traceback" not in p.stderr
     assert not os.path.exists(files["root"] / "never.onnx")
+
+
+@pytest.mark.parametrize("form", ["torchscript", "program"])
+@pytest.mark.parametrize("command", ["export", "summary", "eval", "predict", "inspect", "fcn", "scoremap", "weights"])
+def test_files_that_carry_code_are_refused_without_trust_code(files, form, command, tmp_path):
+    """TorchScript runs its own code at load and in forward; torch.export.load unpickles parts of a .pt2: every
+    command refuses both without --trust-code, naming the flag, before anything is loaded or written."""
+    from PIL import Image
+
+    f = files["resnet18", form]
+    img = tmp_path / "x.png"
+    Image.new("RGB", (40, 40)).save(img)
+    argv = {"export": ["export", f, "--onnx", "-o", tmp_path / "x.onnx"], "summary": ["summary", f],
+            "eval": ["eval", f, "--data", "fake"], "predict": ["predict", f, img],
+            "inspect": ["inspect", "kernels", f, "-o", tmp_path / "k"], "fcn": ["fcn", f, "-o", tmp_path / "f.pt"],
+            "scoremap": ["scoremap", f, img, "-o", tmp_path / "s"],
+            "weights": ["summary", "tv:resnet18", "--weights", f]}[command]
+    p = run_cnn(*argv)
+    assert p.returncode == 2 and p.stdout == "", p.stderr
+    assert "refusing to load" in p.stderr and "--trust-code" in p.stderr and len(p.stderr.splitlines()) == 1
+    assert sorted(os.listdir(tmp_path)) == ["x.png"]
 
 
 def test_registry_name_exports(tmp_path):

@@ -16,7 +16,7 @@ import typer.core
 
 from cnncli import __version__
 from cnncli.cli._common import result_stream
-from cnncli.errors import CnnError
+from cnncli.errors import CnnError, mark_interrupted, shown, was_interrupted
 
 # Help text is plain click formatting (rich_markup_mode=None); typer < 0.20 would still escape "[default: ...]"
 # for rich as "\\[default: ...]" whenever rich is installed. typer >= 0.20 costs ~75 ms on every start (pydantic).
@@ -80,15 +80,43 @@ def main(argv: list[str] | None = None) -> None:
 
         for category in (UserWarning, FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category, module=r"(torch|torchvision|onnx\w*)(\.|$)")
+    from cnncli import errors, fileio
+
+    errors.begin_command()
+    fileio.begin_command()
     previous = _exit_on_interrupt()
     try:
         _register(args)
         with result_stream(json_only="--json" in args):
             _run(argv)
+        _flush_stdout()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if was_interrupted():  # a signal that a library turned into something else (an ImportError, a fallback)
+        _fail("interrupted", 130)
     sys.exit(0)
+
+
+def _fail(message: str, code: int) -> None:
+    """The one error line: text from files inside it is escaped and capped (cnncli.errors.shown)."""
+    if not (code == 130 and not mark_interrupted()):  # the signal handler said it already
+        try:
+            print(f"error: {shown(message, 2000)}", file=sys.stderr, flush=True)
+        except OSError:
+            pass
+    sys.exit(code)
+
+
+def _flush_stdout() -> None:
+    """The result reached stdout, or the command says it did not (stdout on a full disk, /dev/full, a closed pipe)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")
+    except OSError as e:
+        sys.stdout = open(os.devnull, "w")
+        _fail(f"cannot write the result to standard output: {e.strerror or e}", 1)
 
 
 def _exit_on_interrupt() -> dict:
@@ -98,7 +126,8 @@ def _exit_on_interrupt() -> dict:
     trains (finish the step, write last.pt)."""
 
     def interrupted(signum, frame):
-        sys.stderr.write("error: interrupted\n")
+        if mark_interrupted():
+            sys.stderr.write("error: interrupted\n")
         raise SystemExit(130)
 
     previous = {}
@@ -108,14 +137,6 @@ def _exit_on_interrupt() -> dict:
         except ValueError:  # not the main thread (an embedding application): leave its signals alone
             pass
     return previous
-
-
-def _is_bad_place(e: OSError) -> bool:
-    """A path the user gave that cannot be used (read-only, a file where a folder is due...): bad input, exit 2."""
-    import errno
-
-    return isinstance(e, (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)) or \
-        e.errno in (errno.EROFS, errno.EACCES, errno.ENOTDIR, errno.EISDIR)
 
 
 def _run(argv: list[str] | None) -> None:
@@ -130,10 +151,9 @@ def _run(argv: list[str] | None) -> None:
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except CnnError as e:
-        if debug:
+        if debug and not was_interrupted():
             raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        _fail(str(e), 130 if was_interrupted() else e.exit_code)
     except cx.NoArgsIsHelpError as e:  # `cnn` alone: show help, exit 0 like --help would
         print(e.ctx.get_help())
         sys.exit(0)
@@ -141,24 +161,25 @@ def _run(argv: list[str] | None) -> None:
         if debug:
             raise
         cmd = e.ctx.command_path if e.ctx else "cnn"
-        print(f"error: {e.format_message()} (see '{cmd} --help')", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"{e.format_message()} (see '{cmd} --help')", 2)
     except (typer.Exit, getattr(cx, "Exit", typer.Exit)) as e:
         sys.exit(e.exit_code)
     except (typer.Abort, getattr(cx, "Abort", typer.Abort), KeyboardInterrupt):
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _fail("interrupted", 130)
     except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")
         sys.exit(0)
-    except OSError as e:
-        if debug or not _is_bad_place(e):
-            raise
-        where = f" {e.filename}" if e.filename else ""
-        print(f"error: cannot use{where}: {e.strerror or e} (check the path and its permissions)", file=sys.stderr)
-        sys.exit(2)
     except Exception as e:  # an unexpected failure still gets one line; CNN_DEBUG=1 shows the traceback
+        if was_interrupted():  # a signal surfacing as a library's exception is a signal, not a failure
+            _fail("interrupted", 130)
         if debug:
             raise
+        if isinstance(e, OSError) and not e.filename:  # writing the result: stdout on a full disk, /dev/full
+            _fail(f"cannot write the result: {e.strerror or e}", 1)
+        if isinstance(e, OSError):
+            from cnncli.fileio import os_error
+
+            err = os_error(e)
+            _fail(str(err), err.exit_code)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {type(e).__name__}: {msg} (run with CNN_DEBUG=1 for the traceback)", file=sys.stderr)
-        sys.exit(1)
+        _fail(f"{type(e).__name__}: {msg} (run with CNN_DEBUG=1 for the traceback)", 1)

@@ -6,7 +6,6 @@ the output is not a terminal).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ from typing import Annotated, Any, Iterable, Optional
 import click
 import typer
 
-from cnncli.errors import UsageError
+from cnncli.errors import UsageError, shown, shown_lines
 
 
 def is_terminal(stream=None) -> bool:
@@ -44,13 +43,14 @@ def console(stderr: bool = False):
 
 
 def log(message: str) -> None:
-    """A log line on stderr (never on stdout, which may carry the --json result)."""
-    print(message, file=sys.stderr, flush=True)
+    """A log line on stderr (never on stdout, which may carry the --json result). Everything cnn prints passes
+    `shown_lines`: text a file decided (class names, metadata) cannot drive the terminal, nor flood it."""
+    print(shown_lines(str(message)), file=sys.stderr, flush=True)
 
 
 def say(text: str) -> None:
     """Plain text on stdout."""
-    sys.stdout.write(text + "\n")
+    sys.stdout.write(shown_lines(text) + "\n")
 
 
 _result: list = []  # the real stdout while a --json command runs (anything else printed goes to stderr)
@@ -75,8 +75,10 @@ def result_stream(json_only: bool):
 
 def emit_json(obj: Any) -> None:
     """The one JSON object a --json command writes to stdout."""
+    from cnncli.fileio import json_text
+
     out = _result[-1] if _result else sys.stdout
-    out.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    out.write(json_text(obj, default=_json_default) + "\n")  # strict JSON: NaN and infinities are null
     out.flush()
 
 
@@ -101,16 +103,18 @@ class Column:
 def render_table(columns: list[Column], rows: Iterable[list[str]], *, title: str = "",
                  notes: Iterable[str] = ()) -> None:
     """A table on stdout: rich on a terminal, aligned plain text otherwise; `notes` are lines printed after it."""
-    rows = [[str(c) for c in r] for r in rows]
-    notes = list(notes)
+    rows = [[shown(c) for c in r] for r in rows]
+    notes = [shown_lines(n) for n in notes]
+    title = shown(title, 300)
     if is_terminal(sys.stdout):
         from rich.table import Table
+        from rich.text import Text
 
         t = Table(title=title or None, show_footer=any(c.footer for c in columns))
         for c in columns:
             t.add_column(c.name, justify="right" if c.right else "left", footer=c.footer)
         for r in rows:
-            t.add_row(*r)
+            t.add_row(*(Text(c) for c in r))  # cells are text, never rich markup ("[red]" in a class name)
         out = console()
         out.print(t)
         for line in notes:
@@ -155,10 +159,11 @@ def parse_input_size(text: str | None, default_channels: int | None = None):
     return parse_size(text, default_channels=default_channels)
 
 
-def check_file(path: str, what: str = "file") -> str:
-    if not os.path.exists(path):
-        raise UsageError(f"{what} not found: {path}", "check the path")
-    return path
+def check_file(path: str, what: str = "file", kind: str = "file") -> str:
+    """The reading gate (fileio.check_input) for a path given on the command line."""
+    from cnncli.fileio import check_input
+
+    return check_input(path, what, kind=kind)
 
 
 def pick_device(name: str):
@@ -206,8 +211,9 @@ ModelFileOpt = Annotated[Optional[str], typer.Option(
                     "tensors), or the file.py:Class a checkpoint was trained from. cnn imports a .py file only when "
                     "you name it.")]
 TrustPickleOpt = Annotated[bool, typer.Option(
-    "--trust-pickle", help="Load a whole pickled model (torch.save(model)). Unpickling runs code named by the file: "
-                           "only for files you trust.")]
+    "--trust-code", "--trust-pickle",
+    help="Run code a model file carries: a TorchScript archive, a torch.export program (.pt2) or a whole pickled "
+         "model (torch.save(model)). Only for files you trust (docs/security.md); --trust-pickle is the old name.")]
 WeightsOpt = Annotated[Optional[str], typer.Option(
     "--weights", help="Weights for a registry name, from any model file (state dict, checkpoint, TorchScript...).")]
 InOpt = Annotated[Optional[str], typer.Option("--in", help="Input CxHxW, for a file that does not record it.")]

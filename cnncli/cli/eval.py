@@ -69,8 +69,9 @@ def eval_cmd(
     req = model_request(model=model_file, trust_pickle=trust_pickle, input_size=input_size, mean=mean, std=std,
                         classes=classes)
     from cnncli.engine.evaluate import evaluate_file
+    from cnncli.fileio import is_onnx_file
 
-    dev = None if model.lower().endswith(".onnx") else pick_device(device)
+    dev = None if is_onnx_file(model) else pick_device(device)
     res = evaluate_file(model, data, split, data_dir=data_dir, batch_size=batch_size, request=req, device=dev, log=log)
     if dev is not None and not json_out:
         log_device(device, dev)

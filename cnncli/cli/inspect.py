@@ -48,7 +48,6 @@ def _open(model: str, *, model_file, trust_pickle, input_size, mean, std, weight
 
 def _image(opened, path: str):
     """The image as the model sees it: uint8 [C, H, W] at the model's input size, and normalized."""
-    import torch.nn.functional as F
 
     from cnncli.cli._common import check_file
     from cnncli.fcn import load_image
@@ -56,10 +55,9 @@ def _image(opened, path: str):
 
     check_file(path, "image")
     c, h, w = opened.input_size
-    img = load_image(path, c)
-    if tuple(img.shape[1:]) != (h, w):
-        img = F.interpolate(img[None].float(), size=(h, w), mode="bilinear", antialias=True,
-                            align_corners=False)[0].round().clamp(0, 255).byte()
+    from cnncli.data.images import resize
+
+    img = resize(load_image(path, c), (h, w))
     pre = opened.preprocess or resolve_preprocess(opened.spec, ModelRequest(), {})[0]
     return img, pre.normalize(img)
 

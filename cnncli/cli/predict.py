@@ -65,8 +65,10 @@ def predict_cmd(
                         mean=mean, std=std, classes=classes)
     if csv:
         check_output(csv, [model], force)
+    from cnncli.fileio import is_onnx_file
     from cnncli.predict import predict
-    dev = None if model.lower().endswith(".onnx") else pick_device(device)
+
+    dev = None if is_onnx_file(model) else pick_device(device)
     with _progress() as bar:
         res = predict(model, sources, request=req, topk=topk, batch_size=batch_size, device=dev or "cpu",
                       progress=bar)

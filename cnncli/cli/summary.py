@@ -59,7 +59,9 @@ def summary_cmd(
     req = model_request(model=model_file, weights=weights, trust_pickle=trust_pickle, input_size=input_size,
                         num_classes=num_classes)
     req = replace(req, on_meta=True)  # fresh weights are never looked at: built only if a field must be measured
-    if model.lower().endswith(".onnx"):
+    from cnncli.fileio import is_onnx_file
+
+    if is_onnx_file(model):
         from cnncli.summary import onnx_summary
 
         result = {"model": model, **onnx_summary(check_file(model, "model"))}

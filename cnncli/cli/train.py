@@ -55,7 +55,7 @@ def train_cmd(
     img_size: Annotated[Optional[str], typer.Option("--img-size", help="Folder datasets: resize images to HxW or N.")] = None,
     num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Override the number of classes.")] = D.num_classes,
     weights: Annotated[Optional[str], typer.Option("--weights", help="Start from a model file's weights (state dict, checkpoint, TorchScript...): fitting tensors load, a head for other classes is re-made.")] = D.weights,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="--weights may be a whole pickled model (runs code from the file: trusted files only).")] = D.trust_pickle,
+    trust_pickle: Annotated[bool, typer.Option("--trust-code", "--trust-pickle", help="--weights may be a file that carries code: TorchScript, a .pt2 program, a whole pickled model (trusted files only; docs/security.md).")] = D.trust_pickle,
     nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", help="Launch N DDP processes with torchrun.")] = None,
     device: DeviceOpt = D.device,
     json_out: JsonOpt = False,

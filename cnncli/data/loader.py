@@ -133,24 +133,24 @@ class _FileDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, i):
-        from PIL import Image
+        from cnncli.data.images import read_image
 
         path, label = self.samples[i]
-        try:
-            with Image.open(path) as im:
-                return self.transform(im.convert(self.mode)), label
-        except (OSError, ValueError, Image.DecompressionBombError) as e:  # truncated, empty, not an image, a bomb
-            raise UsageError(f"cannot read image {path}: {e}", "remove or replace the file") from None
+        return self.transform(read_image(path, 1 if self.mode == "L" else 3)), label
 
 
 def folder_transform(image_size, train: bool, flip: bool = True):
-    """PIL image -> uint8 tensor [C, H, W] at `image_size` (random resized crops and flips when training)."""
+    """uint8 tensor [C, H, W] (the one image reader's) -> uint8 [C, H, W] at `image_size` with the one resize policy
+    (data/images.py:resize), then random resized crops and flips when training."""
     import torchvision.transforms as T
 
-    ops = [T.Resize(tuple(image_size))]
+    from cnncli.data.images import resize
+
+    size = tuple(image_size)
+    ops = [lambda t: resize(t, size)]
     if train:
-        ops += [T.RandomResizedCrop(tuple(image_size), scale=(0.7, 1.0), antialias=True)] + ([T.RandomHorizontalFlip()] if flip else [])
-    return T.Compose(ops + [T.PILToTensor()])
+        ops += [T.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True)] + ([T.RandomHorizontalFlip()] if flip else [])
+    return T.Compose(ops)
 
 
 class FolderLoader:

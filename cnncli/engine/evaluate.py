@@ -34,7 +34,10 @@ def batches_for(data, split: str, preprocess: Preprocess, *, batch_size: int, de
 
 
 def metrics_from_logits(all_logits: torch.Tensor, labels: torch.Tensor, classes: list[str], seconds: float) -> dict:
-    """accuracy, top5, loss, per-class accuracy, confusion matrix from stacked logits."""
+    """accuracy, top5, loss, per-class accuracy, confusion matrix from stacked logits (never from NaN scores)."""
+    from cnncli.engine.runtime import check_finite_outputs
+
+    check_finite_outputs(all_logits, "the model")
     n, k = all_logits.shape
     pred = all_logits.argmax(1)
     acc = int((pred == labels).sum()) / n if n else 0.0
@@ -78,21 +81,23 @@ def onnx_logits(sess, x: torch.Tensor) -> torch.Tensor:
     """An ONNX Runtime session's first output for a batch; a static-batch export takes it in slices."""
     import numpy as np
 
+    from cnncli.engine.runtime import run_onnx
+
     arr = x.contiguous().cpu().numpy().astype(np.float32)
     inp = sess.get_inputs()[0]
     batch = inp.shape[0]
     if isinstance(batch, int) and batch != len(arr):
-        out = np.concatenate([sess.run(None, {inp.name: arr[i:i + batch]})[0] for i in range(0, len(arr), batch)])
+        out = np.concatenate([run_onnx(sess, {inp.name: arr[i:i + batch]})[0] for i in range(0, len(arr), batch)])
     else:
-        out = sess.run(None, {inp.name: arr})[0]
+        out = run_onnx(sess, {inp.name: arr})[0]
     return torch.from_numpy(out).float()
 
 
 def evaluate_onnx(path: str, loader, classes: list[str]) -> dict:
     """Run an exported model in ONNX Runtime over a loader."""
-    import onnxruntime as ort
+    from cnncli.engine.runtime import onnx_session
 
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    sess = onnx_session(path)
     logits, labels = [], []
     t0 = time.perf_counter()
     for x, y in loader:
@@ -147,12 +152,18 @@ def evaluate_file(path: str, data: str | None, split: str | None, *, data_dir: s
         from dataclasses import replace
 
         req = replace(req, fallback=Preprocess(ds.input_size, tuple(ds.mean), tuple(ds.std), tuple(ds.classes)))
-    if path.lower().endswith(".onnx"):
+    from cnncli.fileio import is_onnx_file
+
+    onnx = is_onnx_file(path)
+    if onnx:
         preprocess, trained_on, num_classes, notes = onnx_preprocess(path, req)
     else:
         from cnncli.models.open import open_model
 
         opened = open_model(path, req)
+        from cnncli.engine.runtime import check_finite_weights
+
+        check_finite_weights(opened.model, path)
         notes = opened.notes
         preprocess, num_classes = opened.preprocess, opened.spec.num_classes
         trained_on = opened.dataset
@@ -166,7 +177,6 @@ def evaluate_file(path: str, data: str | None, split: str | None, *, data_dir: s
     if not model_classes and ds.num_classes > num_classes:
         raise UsageError(f"{name} has {ds.num_classes} classes, the model {num_classes}",
                          "evaluate on the dataset the model was trained for")
-    onnx = path.lower().endswith(".onnx")
     loader = batches_for(ds, split, preprocess, batch_size=batch_size, device="cpu" if onnx else (device or "cpu"),
                          workers=workers)
     lut = label_map(model_classes, ds.classes, path, name)

@@ -6,11 +6,14 @@
 - a state dict: plain `torch.save(model.state_dict())`, or wrapped in a dict under `state_dict`,
   `model_state_dict`, `model`, `state_dict_ema`, `model_ema` or `module` (Lightning, timm, the PyTorch tutorials),
   with the `module.` (DDP), `model.` (Lightning) and `_orig_mod.` (torch.compile) prefixes left for `align_keys`;
-- a TorchScript archive (`torch.jit.save`), loaded by TorchScript's own loader;
-- a torch.export program (`torch.export.save`, `.pt2`), loaded by torch.export's own loader;
+- a TorchScript archive (`torch.jit.save`) and a torch.export program (`torch.export.save`, `.pt2`): both are code
+  (TorchScript runs its own code at load, `__setstate__`, and in forward; torch.export.load unpickles parts of the
+  archive with weights_only=False), so they are loaded by their own loaders only with `--trust-code`;
 - an ONNX file (for the commands that can run one);
 - a whole pickled module (`torch.save(model)`): refused, because unpickling it runs code named by the file, unless
-  the user passed `--trust-pickle`.
+  the user passed `--trust-code` (or its old name `--trust-pickle`).
+
+Every file passes the reading gate first (`fileio.check_input`: a regular file, never a FIFO or a device).
 
 Everything else is read with `torch.load(weights_only=True)`: tensors and plain values only. A few harmless types
 that training scripts commonly leave in their checkpoints (argparse.Namespace, numpy scalars) are allowed too.
@@ -18,7 +21,6 @@ that training scripts commonly leave in their checkpoints (argparse.Namespace, n
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -54,21 +56,32 @@ class ModelFile:
                 "program": "a torch.export program", "onnx": "an ONNX model", "pickle": "a pickled module"}[self.kind]
 
 
-def read_model_file(path: str, *, trust_pickle: bool = False) -> ModelFile:
-    """Open any model file (see the module docstring); UsageError for anything unreadable or refused."""
-    if not os.path.exists(path):
-        raise UsageError(f"model file not found: {path}", "check the path")
-    if os.path.isdir(path):
-        raise UsageError(f"{path} is a folder, not a model file")
-    if path.lower().endswith(".onnx"):
+def read_model_file(path: str, *, trust_pickle: bool = False, replaceable: bool = False) -> ModelFile:
+    """Open any model file (see the module docstring); UsageError for anything unreadable or refused.
+    `trust_pickle` is --trust-code: the file may run code (a whole pickle, TorchScript, a .pt2 program)."""
+    from cnncli.errors import reading, shown
+    from cnncli.fileio import check_input, is_onnx_file
+
+    check_input(path, "model file", kind="model", replaceable=replaceable)
+    if is_onnx_file(path):
         return ModelFile(path, "onnx")
     names = _zip_names(path)
-    if any(n.endswith("/archive_format") or n == "archive_format" for n in names):
-        return _read_program(path)
-    if any(n.endswith("/constants.pkl") or "/code/__torch__/" in n for n in names):
-        return _read_torchscript(path)
-    obj = _load_plain(path, trust_pickle)
-    return _classify(path, obj)
+    kind = ("program" if any(n.endswith("/archive_format") or n == "archive_format" for n in names) else
+            "torchscript" if any(n.endswith("/constants.pkl") or "/code/__torch__/" in n for n in names) else None)
+    if kind is not None and not trust_pickle:
+        what = "a torch.export program" if kind == "program" else "a TorchScript archive"
+        raise UsageError(f"refusing to load {shown(path)}: it is {what}, which carries code that runs when it is "
+                         "loaded or run",
+                         "pass --trust-code if you trust where the file came from, or give the state dict it was "
+                         "made from (docs/security.md)")
+    with reading(f"cannot read model file {shown(path)}", "expected a checkpoint, state dict, TorchScript, .pt2 or "
+                 ".onnx file"):
+        if kind == "program":
+            return _read_program(path)
+        if kind == "torchscript":
+            return _read_torchscript(path)
+        obj = _load_plain(path, trust_pickle)
+        return _classify(path, obj)
 
 
 def _zip_names(path: str) -> list[str]:
@@ -113,7 +126,7 @@ def _load_plain(path: str, trust_pickle: bool):
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         raise UsageError(f"refusing to load {path}: it holds pickled Python objects ({shown}); loading them would "
                          "run code from the file",
-                         "save model.state_dict() instead, or pass --trust-pickle if you trust where the file "
+                         "save model.state_dict() instead, or pass --trust-code if you trust where the file "
                          "came from") from None
     except Exception as e:
         raise _unreadable(path, e) from None

@@ -3,22 +3,44 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from cnncli.data._registry import register_dataset
-from cnncli.errors import UsageError
+from cnncli.errors import UsageError, shown
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 GRAY_MEAN, GRAY_STD = (0.5,), (0.25,)
 
 
-def _scan(root: str):
-    from torchvision.datasets import ImageFolder
+@dataclass
+class _Scan:
+    classes: list[str]
+    samples: list[tuple[str, int]]
 
+
+def _scan(root: str) -> _Scan:
+    """torchvision's ImageFolder layout (one sub-folder per class, images found recursively), read the way its
+    users expect: hidden files and folders (`._x.png`, `.DS_Store`, `.ipynb_checkpoints`) are not images or
+    classes, and a symbolic link loop is followed once, so no image is counted twice."""
+    from cnncli.data.images import is_hidden, walk_images
+    from cnncli.fileio import os_error
+
+    hint = "expected one sub-folder per class with .png/.jpg images"
     try:
-        return ImageFolder(root)
-    except (FileNotFoundError, RuntimeError) as e:
-        raise UsageError(f"cannot read images in {root}: {str(e).splitlines()[0]}",
-                         "expected one sub-folder per class with .png/.jpg images") from None
+        classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not is_hidden(e.name))
+    except OSError as e:
+        raise os_error(e, root, reading=True) from None
+    if not classes:
+        raise UsageError(f"cannot read images in {shown(root)}: no class sub-folders", hint)
+    samples, empty = [], []
+    for i, name in enumerate(classes):
+        files = walk_images(os.path.join(root, name))
+        empty += [] if files else [name]
+        samples += [(f, i) for f in files]
+    if empty:
+        listed = ", ".join(shown(n, 40) for n in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise UsageError(f"cannot read images in {shown(root)}: no images in the class folder(s) {listed}", hint)
+    return _Scan(classes, samples)
 
 
 SPLIT_FOLDERS = ("train", "val", "test")
@@ -59,21 +81,15 @@ def _splits(path: str) -> tuple[dict[str, list], list[str], tuple[str, ...]]:
 @register_dataset(name="folder", prefix=True, epochs=20, batch_size=64, flip=True, source="folder")
 def folder(info, *, data_dir, image_size=None, download=True, arg=None):
     """Your images: PATH/CLASS/*.png, or PATH/train/CLASS/... with optional val/ and test/."""
-    from PIL import Image
-
     from cnncli.data.datasets import FolderData
+    from cnncli.data.images import image_mode
 
     path = os.path.expandvars(os.path.expanduser(arg or ""))
     if not os.path.isdir(path):
         raise UsageError(f"image folder not found: {path}", "give folder:PATH with one sub-folder per class")
     splits, classes, present = _splits(path)
     first = next(iter(splits.values()))[0][0]
-    try:
-        with Image.open(first) as im:
-            channels = 1 if im.mode in ("L", "I", "I;16", "1") else 3
-            native = (im.height, im.width)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UsageError(f"cannot read image {first}: {e}", "remove or replace the file") from None
+    channels, native = image_mode(first)
     size = tuple(image_size) if image_size else native
     mean, std = (GRAY_MEAN, GRAY_STD) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
     return FolderData(f"folder:{arg}", splits, classes, mean, std, info.crop_padding, info.flip, info.epochs,
