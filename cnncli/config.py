@@ -96,6 +96,15 @@ def _at_least(flag: str, value, low) -> None:
         raise UsageError(f"{flag} must be at least {low}, got {value}")
 
 
+MIN_LR, MAX_RATE = 1.2e-38, 3.4e38     # --lr / --weight-decay: representable in float32 (the optimizer's arithmetic)
+MAX_SEED = 2**63 - 1                   # torch.manual_seed takes 64-bit seeds
+MAX_IMG_SIDE = 16384
+# (flag, field, largest value): counts beyond these are typos or overflows, not requests
+RANGE_LIMITS = (("--epochs", "epochs", 1_000_000), ("--batch-size", "batch_size", 1 << 24),
+                ("--max-steps", "max_steps", 10**12), ("--patience", "patience", 1_000_000),
+                ("--workers", "workers", 256), ("--num-classes", "num_classes", 1_000_000))
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Every check of a request, cheap ones first so bad usage fails in a moment, before any data is loaded.
 
@@ -114,17 +123,33 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                              ("--max-steps", cfg.max_steps, 1), ("--patience", cfg.patience, 0),
                              ("--workers", cfg.workers, 0), ("--num-classes", cfg.num_classes, 1)):
         _at_least(flag, value, low)
+    for flag, value, high in RANGE_LIMITS:
+        v = getattr(cfg, value)
+        if v is not None and v > high:
+            raise UsageError(f"{flag} must be at most {high:,}, got {v:,}", "a value this large cannot be meant")
     for flag, value in (("--lr", cfg.lr), ("--weight-decay", cfg.weight_decay)):
-        if value is not None and not (math.isfinite(value) and value >= (0 if flag == "--weight-decay" else 1e-300)):
-            raise UsageError(f"{flag} must be a positive number, got {value}")
+        # real ranges: a rate that overflows float32 (the optimizer's arithmetic) or underflows it is not a rate
+        low = 0 if flag == "--weight-decay" else MIN_LR
+        if value is not None and not (math.isfinite(value) and low <= value <= MAX_RATE and (value > 0 or low == 0)):
+            what = "a number >= 0" if low == 0 else "a positive number"
+            raise UsageError(f"{flag} must be {what} (at most {MAX_RATE:g}, float32's range), got {value}")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise UsageError(f"--seed must be in 0..{MAX_SEED}, got {cfg.seed}", "torch seeds are 64-bit")
     if not 0 <= cfg.label_smoothing < 1:
         raise UsageError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if cfg.img_size is not None and (len(cfg.img_size) != 2 or min(cfg.img_size) < 1):
         raise UsageError(f"--img-size must be HxW or N with positive sizes, got {cfg.img_size}")
+    if cfg.img_size is not None and max(cfg.img_size) > MAX_IMG_SIDE:
+        raise UsageError(f"--img-size {'x'.join(map(str, cfg.img_size))} is too large",
+                         f"at most {MAX_IMG_SIDE} pixels a side for training")
     if not cfg.name or cfg.name in (".", "..") or os.sep in cfg.name or (os.altsep and os.altsep in cfg.name):
         raise UsageError(f"--name must be a folder name, not a path: {cfg.name!r}", "use --project for the parent folder")
-    if cfg.weights is not None and not os.path.isfile(cfg.weights):
-        raise UsageError(f"--weights file not found: {cfg.weights}", "give a model file: state dict, checkpoint, ...")
+    if cfg.weights is not None:
+        from cnncli.fileio import check_input
+
+        if not os.path.lexists(cfg.weights):
+            raise UsageError(f"--weights file not found: {cfg.weights}", "give a model file: state dict, checkpoint, ...")
+        check_input(cfg.weights, "--weights file", kind="model")
     if os.path.exists(cfg.project) and not os.path.isdir(cfg.project):
         raise UsageError(f"--project {cfg.project} is a file", "give a folder for the runs")
     from cnncli.data import get_dataset_info  # the registries last: they are slower than the checks above
@@ -159,6 +184,9 @@ def resolve(cfg: TrainConfig, facts: RunFacts) -> TrainConfig:
     else:
         lr = cfg.lr or ADAMW_LR
         wd = ADAMW_WEIGHT_DECAY if cfg.weight_decay is None else cfg.weight_decay
+    if cfg.num_classes is not None and facts.num_classes and cfg.num_classes < facts.num_classes:
+        raise UsageError(f"--num-classes {cfg.num_classes} is fewer than the {facts.num_classes} classes of {cfg.data}",
+                         f"leave it out (the dataset's {facts.num_classes}) or give at least {facts.num_classes}")
     workers = default_workers(facts.world_size) if cfg.workers is None else cfg.workers
     return replace(cfg, epochs=cfg.epochs or facts.epochs, batch_size=batch, lr=lr, weight_decay=wd, workers=workers,
                    num_classes=cfg.num_classes or facts.num_classes,

@@ -49,6 +49,13 @@ _interrupt = {"set": False}
 def begin_command() -> None:
     """A new command in this process (an embedding application, the test suite): no signal seen yet."""
     _interrupt["set"] = False
+    _interrupt["command"] = _interrupt.get("command", 0) + 1
+
+
+def command_id() -> int:
+    """Which command of this process is running (per-command caches key on it: a user's .py is imported once
+    per command)."""
+    return _interrupt.get("command", 0)
 
 
 def mark_interrupted() -> bool:

@@ -10,6 +10,7 @@ so a consumer can prepare inputs without cnncli.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ import torch.nn as nn
 
 from cnncli import __version__
 from cnncli.errors import CnnError, UsageError, WorkFailed, raise_if_interrupted
-from cnncli.fileio import atomic_write, check_output, ensure_free_space, remove_stale_temp_files
+from cnncli.fileio import atomic_write, check_output, ensure_free_space, os_error, remove_stale_temp_files
 
 
 @dataclass
@@ -369,6 +370,9 @@ def _write_verified(job: ExportJob, fmt: ExportFormat, writer: str, out: str, ch
             raise
         except Exception as e:
             raise_if_interrupted()  # Ctrl-C inside an exporter comes back as its ImportError or RuntimeError
+            if _is_disk_error(e):  # a full disk is not the exporter's fault: no other exporter will do better
+                raise os_error(e if isinstance(e, OSError) else OSError(errno.ENOSPC, "No space left on device"),
+                               out) from None
             msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             raise _Rejected(f"{writer} exporter failed: {type(e).__name__}: {msg}") from None
         try:
@@ -388,6 +392,14 @@ def _write_verified(job: ExportJob, fmt: ExportFormat, writer: str, out: str, ch
 
 class _Rejected(Exception):
     pass
+
+
+def _is_disk_error(e: Exception) -> bool:
+    from cnncli.fileio import _disk_full_text
+
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES)
+    return isinstance(e, RuntimeError) and _disk_full_text(str(e))
 
 
 def export_model(model_arg: str, fmt: str = "onnx", output: str | None = None, *, opset: int = 18,

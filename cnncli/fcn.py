@@ -252,6 +252,9 @@ def to_fully_convolutional(model: nn.Module, input_size: tuple[int, int, int], *
         raise UsageError("the model is already fully convolutional", "give the classifier checkpoint")
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise UsageError(f"--tolerance must be a number >= 0, got {tolerance}")
+    from cnncli.engine.runtime import check_finite_weights
+
+    check_finite_weights(model, "the model")  # a NaN weight would fail the check as "logits differ by nan"
     model = model.eval()
     example = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
     try:

@@ -99,6 +99,8 @@ def is_onnx_file(path: str) -> bool:
     its ir_version field) rather than a PyTorch one (a zip archive or a pickle). The suffix decides only for a
     file that cannot be read (the reading gate then names the problem)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # never opened: a FIFO would block, a device never end
+            return path.lower().endswith(".onnx")
         with open(path, "rb") as f:
             head = f.read(4)
     except (OSError, ValueError):
@@ -135,12 +137,12 @@ def check_writable_place(path: str) -> None:
     """The folder a new file or folder would go in exists (or can be made) and is writable."""
     full = os.path.abspath(path)
     if len(os.fsencode(full)) >= PATH_MAX:
-        raise UsageError(f"cannot use {shown(path)}: the path is {len(os.fsencode(full))} bytes long",
+        raise UsageError(f"cannot use {shown(path)}: the path is too long ({len(os.fsencode(full))} bytes)",
                          f"paths are at most {PATH_MAX} bytes")
     for part in full.split(os.sep):
         if len(os.fsencode(part)) > NAME_MAX:
-            raise UsageError(f"cannot use {shown(path)}: the name {shown(part, 60)} is {len(os.fsencode(part))} "
-                             f"bytes long", f"file names are at most {NAME_MAX} bytes")
+            raise UsageError(f"cannot use {shown(path)}: the name {shown(part, 60)} is too long "
+                             f"({len(os.fsencode(part))} bytes)", f"file names are at most {NAME_MAX} bytes")
     parent = os.path.dirname(full)
     while parent and not os.path.lexists(parent):
         parent = os.path.dirname(parent)
@@ -212,7 +214,9 @@ def atomic_write(path: str, write: Callable[[str], None], suffix: str = ".tmp") 
 
 
 def _disk_full_text(text: str) -> bool:
-    return any(s in text for s in ("No space left", "ENOSPC", "file write failed", "Disk quota"))
+    # torch.save's zip writer reports a short write as "unexpected pos N vs M" or "failed writing file"
+    return any(s in text for s in ("No space left", "ENOSPC", "file write failed", "Disk quota", "unexpected pos",
+                                   "failed writing file", "File too large"))
 
 
 def ensure_free_space(path: str, needed: int) -> None:
@@ -226,6 +230,15 @@ def ensure_free_space(path: str, needed: int) -> None:
     except OSError:
         return
     free = st.f_bavail * st.f_frsize
+    try:  # a file-size limit (ulimit -f) ends such a write the same way
+        import resource
+
+        cap = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if cap != resource.RLIM_INFINITY and cap < needed:
+            raise os_error(OSError(errno.EFBIG, f"File too large (the file-size limit is {_size(cap)}, about "
+                                   f"{_size(needed)} needed)"), path)
+    except (ImportError, ValueError):
+        pass
     if free < needed:
         raise os_error(OSError(errno.ENOSPC, f"No space left on device ({_size(free)} free, about {_size(needed)} "
                                "needed)"), path)

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from cnncli.errors import UsageError
+from cnncli.fileio import atomic_write
 from cnncli.receptive import GLOBAL, no_inplace
 
 MAX_PANELS = 64  # channels shown per layer
@@ -102,7 +103,7 @@ def plot_kernels(weight: torch.Tensor, path: str, *, dft: bool = False, title: s
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return {"kernels": out_c, "shown": shown, "in_channels": in_c, "in_channels_shown": ins, "kernel_size": [kh, kw]}
 
@@ -191,7 +192,7 @@ def plot_features(maps: dict[str, torch.Tensor], path: str, *, pca: bool = False
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return facts
 
@@ -278,7 +279,7 @@ def plot_rf(image: torch.Tensor, grad: torch.Tensor, facts: dict, path: str, tit
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
 
 
@@ -294,5 +295,12 @@ def central_share(grad: torch.Tensor, box) -> float:
 
 
 def out_path(folder: str, name: str) -> str:
-    os.makedirs(folder, exist_ok=True)
+    """A picture's path in the -o folder (which must be a folder cnn can write in)."""
+    from cnncli.fileio import check_output_folder, os_error
+
+    check_output_folder(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise os_error(e, folder) from None
     return os.path.join(folder, name)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cnncli.errors import UsageError
+from cnncli.errors import UsageError, shown
 from cnncli.fcn import load_image, render_overlay, score_map, to_fully_convolutional
 from cnncli.fileio import atomic_write
 from cnncli.models.open import OpenedModel
@@ -53,16 +53,31 @@ class ScoreMapper:
             raise UsageError(f"{path} is {img.shape[1]}x{img.shape[2]}, smaller than the training size {th}x{tw}",
                              "score maps need images at least as large as the training images")
 
+    def output_paths(self, path: str, out_dir: str, *, only: int | None = None, stem: str | None = None):
+        """The .npy and .png one image's maps go to (a class name from the file is made a safe file name)."""
+        import re
+
+        stem = stem or os.path.splitext(os.path.basename(path))[0]
+        suffix = "-" + re.sub(r"[^\w.-]+", "_", self.classes[only])[:80].lstrip(".") if only is not None else ""
+        return os.path.join(out_dir, stem + ".npy"), os.path.join(out_dir, stem + suffix + "-scoremap.png")
+
+    def check_outputs(self, paths: list[str], out_dir: str, stems: list[str], only: int | None) -> None:
+        """No map may be written over an input image (a.png's map where another input is named a.npy, or -o the
+        images' own folder with an image called x-scoremap.png): refused before anything is written."""
+        inputs = {os.path.realpath(p) for p in paths}
+        for p, stem in zip(paths, stems):
+            for out in self.output_paths(p, out_dir, only=only, stem=stem):
+                if os.path.realpath(out) in inputs:
+                    raise UsageError(f"the score map of {shown(p)} would be written over the input {shown(out)}",
+                                     "give another -o folder")
+
     def run(self, path: str, img: torch.Tensor, out_dir: str, *, only: int | None = None,
             regions: torch.Tensor | None = None, stem: str | None = None) -> dict:
         """Score map of one uint8 image [C, H, W]: STEM.npy (probabilities [classes, H', W']) and an overlay PNG."""
         self.check_size(path, img)
         device = next(self.model.parameters()).device
         scores = score_map(self.model, self.opened.preprocess.normalize(img, device)).cpu()
-        stem = stem or os.path.splitext(os.path.basename(path))[0]
-        npy = os.path.join(out_dir, stem + ".npy")
-        suffix = "-" + self.classes[only] if only is not None else ""
-        png = os.path.join(out_dir, stem + suffix + "-scoremap.png")
+        npy, png = self.output_paths(path, out_dir, only=only, stem=stem)
         write_npy(npy, scores.numpy().astype(np.float32))
         render_overlay(img, scores, self.facts, self.classes, png, only)
         win = scores.argmax(0)

@@ -58,6 +58,8 @@ def _single_thread_torch():
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(2)
     yield
+    if "cnncli.errors" in sys.modules:  # an in-process command that was interrupted leaves its record behind
+        sys.modules["cnncli.errors"].begin_command()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -102,7 +102,7 @@ def _fail(message: str, code: int) -> None:
     """The one error line: text from files inside it is escaped and capped (cnncli.errors.shown)."""
     if not (code == 130 and not mark_interrupted()):  # the signal handler said it already
         try:
-            print(f"error: {shown(message, 2000)}", file=sys.stderr, flush=True)
+            print(f"error: {shown(message, 1000)}", file=sys.stderr, flush=True)
         except OSError:
             pass
     sys.exit(code)
@@ -119,21 +119,25 @@ def _flush_stdout() -> None:
         _fail(f"cannot write the result to standard output: {e.strerror or e}", 1)
 
 
+def on_signal(signum, frame):
+    """Ctrl-C / SIGTERM: recorded (cnncli.errors), said once, and the command unwinds with exit 130. Raised inside a
+    C extension (onnxruntime's import, an exporter), the SystemExit may come back as another exception: the record
+    makes it an interrupt all the same, and no file is committed after it (fileio.atomic_write)."""
+    if mark_interrupted():
+        sys.stderr.write("error: interrupted\n")
+    raise SystemExit(130)
+
+
 def _exit_on_interrupt() -> dict:
     """Ctrl-C and SIGTERM end the command at once with `error: interrupted` and exit 130, also while torch is being
     imported and also when the shell started cnn with SIGINT ignored (a background job): a signal is never lost.
     Writes are atomic, so nothing is left half-written; the trainer replaces these handlers with its own while it
     trains (finish the step, write last.pt)."""
 
-    def interrupted(signum, frame):
-        if mark_interrupted():
-            sys.stderr.write("error: interrupted\n")
-        raise SystemExit(130)
-
     previous = {}
     for s in (signal.SIGINT, signal.SIGTERM):
         try:
-            previous[s] = signal.signal(s, interrupted)
+            previous[s] = signal.signal(s, on_signal)
         except ValueError:  # not the main thread (an embedding application): leave its signals alone
             pass
     return previous

@@ -243,7 +243,10 @@ def parse_classes(text: str | None) -> tuple[str, ...] | None:
     """--classes: a file with one name per line (blank lines ignored), or a comma list."""
     if text is None:
         return None
-    if os.path.isfile(text):
+    if os.path.lexists(text):
+        from cnncli.fileio import check_input
+
+        check_input(text, "--classes file", kind="text")  # a FIFO, a device, a folder or a loop: named
         try:
             with open(text, encoding="utf-8") as f:
                 names = tuple(line.strip() for line in f if line.strip())

@@ -51,6 +51,7 @@ def eval_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size.", min=1)] = 256,
     confusion: Annotated[Optional[str], typer.Option("--confusion", help="Write the confusion matrix as a PNG.")] = None,
     min_accuracy: Annotated[Optional[float], typer.Option("--min-accuracy", help="CI gate: exit 1 when top-1 is below (0..1).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --confusion file.")] = False,
     model_file: ModelFileOpt = None,
     trust_pickle: TrustPickleOpt = False,
     input_size: InOpt = None,
@@ -63,7 +64,11 @@ def eval_cmd(
     """Top-1, top-5, loss, per-class accuracy and confusion matrix; --min-accuracy gates CI."""
     from cnncli.errors import UsageError, WorkFailed
 
-    check_file(model, "model")
+    check_file(model, "model", kind="model")
+    if confusion:
+        from cnncli.fileio import check_output
+
+        check_output(confusion, [model], force, flag="--confusion")
     if min_accuracy is not None and not 0 <= min_accuracy <= 1:
         raise UsageError(f"--min-accuracy must be between 0 and 1, got {min_accuracy}", "0.9 means 90%")
     req = model_request(model=model_file, trust_pickle=trust_pickle, input_size=input_size, mean=mean, std=std,

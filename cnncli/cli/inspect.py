@@ -73,6 +73,9 @@ def kernels_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """A grid PNG of a conv layer's kernels; small layers are also printed as numbers."""
+    from cnncli.fileio import check_output_folder
+
+    check_output_folder(output, "-o folder")  # before any work: nothing is run for an unusable -o
     from cnncli.inspect import conv_weight, dft_energy_axes, out_path, plot_kernels
 
     opened = _open(model, model_file=model_file, trust_pickle=trust_pickle, input_size=None, mean=None, std=None,
@@ -124,6 +127,9 @@ def features_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Feature maps of chosen layers for one image, as grids or (--pca) as RGB images side by side."""
+    from cnncli.fileio import check_output_folder
+
+    check_output_folder(output, "-o folder")  # before any work: nothing is run for an unusable -o
     import os
 
     from cnncli.inspect import feature_maps, out_path, plot_features
@@ -161,6 +167,9 @@ def rf_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """One unit's theoretical receptive field on the image, next to the measured one (input-gradient magnitude)."""
+    from cnncli.fileio import check_output_folder
+
+    check_output_folder(output, "-o folder")  # before any work: nothing is run for an unusable -o
     import os
 
     from cnncli.errors import UsageError

@@ -36,6 +36,9 @@ EPILOG = ("Examples:\n\n  cnn scoremap runs/train/best.pt scene.png             
           "Writes per image NAME.npy (class probabilities [classes, H', W']) and NAME-scoremap.png (overlay).")
 
 
+MAX_SCENE_SIDE = 8192  # a generated scene: 64 M pixels, a few hundred MB of score maps at most
+
+
 @app.command("scoremap", epilog=epilog(EPILOG))
 def scoremap_cmd(
     checkpoint: Annotated[str, typer.Argument(metavar="MODEL", help="A classifier (checkpoint or state dict, converted "
@@ -72,9 +75,14 @@ def scoremap_cmd(
         raise UsageError("give at least one IMAGE, or --scene lines")
     for im in images:
         check_file(im, "image")
-    if os.path.exists(output) and not os.path.isdir(output):
+    from cnncli.fileio import check_output_folder
+
+    if os.path.lexists(output) and not os.path.isdir(output):
         raise UsageError(f"cannot use {output}: it is a file", "-o takes a folder for the score maps")
+    check_output_folder(output, "-o folder")
     _, sh, sw = parse_size(scene_size)
+    if scene and max(sh, sw) > MAX_SCENE_SIDE:
+        raise UsageError(f"--scene-size {sh}x{sw} is too large", f"at most {MAX_SCENE_SIDE} pixels a side")
     from cnncli.models.open import open_model
     from cnncli.scoremap import ScoreMapper, images_from, lines_scene, output_stems
 
@@ -86,6 +94,8 @@ def scoremap_cmd(
     jobs = images_from(images, opened.input_size[0])  # every image read and checked before anything is written
     for path, img in jobs:
         mapper.check_size(path, img)
+    mapper.check_outputs(images, output, output_stems(([f"scene-lines-{seed}.png"] if scene else []) + images)[
+        1 if scene else 0:], only)
     log_notes(opened)
     if not json_out:
         log_device(device, dev)

@@ -95,9 +95,14 @@ def default_data_dir() -> str:
 def load_dataset(name: str, data_dir: str | None = None, *, image_size: tuple[int, int] | None = None,
                  download: bool = True):
     """Load a dataset by its `--data` name; missing files raise UsageError saying where to put them."""
+    from cnncli.errors import reading, shown
+
     info, arg = get_dataset_info(name)
-    return info.loader(info, data_dir=data_dir or default_data_dir(), image_size=image_size, download=download,
-                       arg=arg)
+    # the boundary: whatever reading the user's files raises (a malformed archive, a truncated IDX file, a label
+    # out of range) is exit 2 naming the dataset, by construction
+    with reading(f"cannot read dataset {shown(name)}", "check the files in --data-dir (or the folder)"):
+        return info.loader(info, data_dir=data_dir or default_data_dir(), image_size=image_size, download=download,
+                           arg=arg)
 
 
 def markdown_table() -> str:

@@ -93,11 +93,8 @@ def onnx_logits(sess, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out).float()
 
 
-def evaluate_onnx(path: str, loader, classes: list[str]) -> dict:
-    """Run an exported model in ONNX Runtime over a loader."""
-    from cnncli.engine.runtime import onnx_session
-
-    sess = onnx_session(path)
+def evaluate_onnx(sess, loader, classes: list[str]) -> dict:
+    """Run an exported model (an ONNX Runtime session, engine/runtime.py:onnx_session) over a loader."""
     logits, labels = [], []
     t0 = time.perf_counter()
     for x, y in loader:
@@ -180,10 +177,14 @@ def evaluate_file(path: str, data: str | None, split: str | None, *, data_dir: s
     loader = batches_for(ds, split, preprocess, batch_size=batch_size, device="cpu" if onnx else (device or "cpu"),
                          workers=workers)
     lut = label_map(model_classes, ds.classes, path, name)
+    if onnx:  # ONNX Runtime's refusals (an op it lacks, several inputs) come before any note: exit 2 alone
+        from cnncli.engine.runtime import onnx_session
+
+        session = onnx_session(path)
     for note in notes:  # what was detected or assumed, once the input is known to be good
         log(note)
     if onnx:
-        res = evaluate_onnx(path, Relabelled(loader, lut), model_classes or ds.classes)
+        res = evaluate_onnx(session, Relabelled(loader, lut), model_classes or ds.classes)
         res["device"] = "onnxruntime-cpu"
     else:
         res = evaluate_model(opened.model, Relabelled(loader, lut), model_classes or ds.classes, device or "cpu")

@@ -220,9 +220,9 @@ class Trainer:
     # ------------------------------------------------------------------------------------- the table of contents
     def fit(self) -> TrainResult:
         self.setup()
-        state = self.start_or_resume()
+        state = self.start_or_resume()  # takes the run folder's lock: one writer per run
         stopped = "completed"
-        with stop_on_signals() as stop:
+        with self.holding_run(), stop_on_signals() as stop:
             while state.epoch < self.cfg.epochs:
                 train_metrics = self.train_one_epoch(state, stop)
                 val = self.evaluate(self.val_loader)
@@ -232,7 +232,16 @@ class Trainer:
                 stopped = self.stop_reason(state)
                 if stopped != "completed":
                     break
-        return self.finish(state, stopped)
+            return self.finish(state, stopped)
+
+    @contextmanager
+    def holding_run(self):
+        """The run folder's lock, released however training ends (an error, a signal, the end)."""
+        try:
+            yield
+        finally:
+            if getattr(self, "lock", None) is not None:
+                self.lock.release()
 
     # ------------------------------------------------------------------------------------------------ set up
     def setup(self) -> None:
@@ -345,9 +354,16 @@ class Trainer:
         self.last_path = os.path.join(self.run_dir, "last.pt")
         self.best_path = os.path.join(self.run_dir, "best.pt")
         if self.is_main:
+            fileio.check_output_folder(self.run_dir, "run folder")
             os.makedirs(self.run_dir, exist_ok=True)
-            fileio.remove_stale_temp_files(self.run_dir)  # of a write that a SIGKILL interrupted
-            fileio.write_json(os.path.join(self.run_dir, "args.json"), self.cfg.to_dict())
+            # one writer per run: a second `--resume` of the same run (or a run racing for its name) is refused
+            self.lock = fileio.FolderLock(self.run_dir).acquire()
+            try:
+                fileio.remove_stale_temp_files(self.run_dir)  # of a write that a SIGKILL interrupted
+                fileio.write_json(os.path.join(self.run_dir, "args.json"), self.cfg.to_dict())
+            except BaseException:
+                self.lock.release()
+                raise
         resumed = (state.epoch, state.step_in_epoch) if self.resume_from is not None else None
         self.report("start", {"run_dir": self.run_dir, "device": str(self.device), "precision": self.cfg.precision,
                               "model": self.spec.name, "data": self.cfg.data, "epochs": self.cfg.epochs,

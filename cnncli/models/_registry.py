@@ -122,8 +122,11 @@ def resolve(name: str) -> ModelInfo:
     """The ModelInfo for a name, family, `tv:`/`timm:` name or `file.py:Class`; UsageError if unknown."""
     if is_user_model(name):
         path, cls = name.rsplit(":", 1)
-        if not os.path.exists(path):
+        if not os.path.lexists(path):
             raise UsageError(f"model file not found: {path}", "give path/to/file.py:ClassName")
+        from cnncli.fileio import check_input
+
+        check_input(path, "Python file", kind="text")
         return ModelInfo(name, cls, "file", (3, 32, 32), 10, None, f"user model {cls} from {path}")
     if name in _REGISTRY:
         return _REGISTRY[name]
@@ -211,21 +214,45 @@ def _adapt_in_channels(model, in_channels: int):
 
 def load_user_class(spec: str):
     """Import `path/to/file.py:ClassName`; a file that fails to import is UsageError naming file and reason."""
+    from cnncli.errors import raise_if_interrupted, shown
+    from cnncli.fileio import check_input
+
     path, cls_name = spec.rsplit(":", 1)
-    if not os.path.exists(path):
-        raise UsageError(f"model file not found: {path}", "give path/to/file.py:ClassName")
-    mod_name = "cnncli_user_" + os.path.splitext(os.path.basename(path))[0]
-    spec_ = importlib.util.spec_from_file_location(mod_name, path)
-    module = importlib.util.module_from_spec(spec_)
-    try:
-        sys.modules[mod_name] = module
-        spec_.loader.exec_module(module)
-    except (Exception, SystemExit) as e:  # a file that calls sys.exit() at import is a broken file, not an exit
-        sys.modules.pop(mod_name, None)
-        raise UsageError(f"cannot import {path}: {type(e).__name__}: {e}", "fix the file or its imports") from None
+    if not os.path.lexists(path):
+        raise UsageError(f"model file not found: {shown(path)}", "give path/to/file.py:ClassName")
+    check_input(path, "Python file", kind="text")
+    st = os.stat(path)
+    from cnncli.errors import command_id
+
+    # once per command (and again when the file changed): a training script's top level runs once, not per build
+    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size, command_id())
+    module = _user_modules.get(key)
+    if module is None:  # imported once per process, however many times the model is built
+        mod_name = "cnncli_user_" + os.path.splitext(os.path.basename(path))[0]
+        spec_ = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(spec_)
+        try:
+            sys.modules[mod_name] = module
+            spec_.loader.exec_module(module)
+        except (Exception, SystemExit) as e:  # a file that calls sys.exit() at import is a broken file, not an exit
+            sys.modules.pop(mod_name, None)
+            raise_if_interrupted()
+            raise UsageError(f"cannot import {shown(path)}: {type(e).__name__}: {shown(e)}",
+                             "fix the file or its imports") from None
+        _user_modules[key] = module
     if not hasattr(module, cls_name):
-        raise UsageError(f"{path} has no {cls_name!r}", "give path/to/file.py:ClassName")
-    return getattr(module, cls_name)
+        raise UsageError(f"{shown(path)} has no {shown(cls_name, 80)!r}", "give path/to/file.py:ClassName")
+    cls = getattr(module, cls_name)
+    import torch.nn as nn
+
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        what = f"a {type(cls).__name__}" if not isinstance(cls, type) else f"the class {cls.__name__}"
+        raise UsageError(f"{shown(spec)} is not a torch.nn.Module class ({what})",
+                         "give a class that subclasses torch.nn.Module")
+    return cls
+
+
+_user_modules: dict = {}
 
 
 def _build_user_model(spec: str, *, num_classes: int, in_channels: int, image_size):

@@ -109,7 +109,7 @@ class OpenedModel:
 def is_checkpoint_path(arg: str) -> bool:
     """A MODEL argument that names a file to load rather than an architecture."""
     return arg.lower().endswith((".pt", ".pth", ".pt2", ".ckpt", ".bin", ".onnx")) or (
-        os.path.isfile(arg) and ".py:" not in arg)
+        os.path.lexists(arg) and ".py:" not in arg)  # anything on disk, a FIFO too: the reading gate names it
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
