@@ -28,9 +28,22 @@ class Preprocess:
     classes: tuple[str, ...] = field(default=())
 
     def __post_init__(self):
+        """Every field is checked once, here, whatever made it (a checkpoint, ONNX metadata, the command line)."""
+        if len(self.input_size) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                for v in self.input_size):
+            raise ValueError(f"input size {self.input_size!r} is not C, H, W")
         c = self.input_size[0]
         if len(self.mean) != c or len(self.std) != c:
             raise ValueError(f"mean/std need {c} values, got {len(self.mean)}/{len(self.std)}")
+        import math
+
+        for v in (*self.mean, *self.std):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"mean/std values must be finite numbers, got {v!r}")
+        if any(v <= 0 for v in self.std):
+            raise ValueError(f"std values must be > 0, got {self.std}")
+        if not all(isinstance(n, str) for n in self.classes):
+            raise ValueError("class names must be strings")
 
     @property
     def channels(self) -> int:

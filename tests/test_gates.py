@@ -406,7 +406,6 @@ def test_an_interrupt_inside_an_exporter_is_exit_130_and_writes_nothing(ws, tmp_
     """Ctrl-C while the file is checked comes back from onnxruntime's import as an ImportError; it must not send
     the export on to the fallback exporter, nor leave a file."""
     import cnncli.export as export
-
     from cnncli.cli import on_signal
 
     def interrupted_check(path, job):
@@ -419,3 +418,35 @@ def test_an_interrupt_inside_an_exporter_is_exit_130_and_writes_nothing(ws, tmp_
     p = run_cnn("export", ws / "m.pt", "--onnx", "-o", tmp_path / "x.onnx")
     assert p.returncode == 130 and p.stderr.strip().splitlines()[-1] == "error: interrupted", p.stderr
     assert "torchscript" not in p.stderr and os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------- checkpoint fields
+
+WRONG = [None, "x", [1, 2], True, float("nan")]  # absent, a string, a list, a bool, not a number
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fields")
+    run_cnn("train", "lenet5", "--data", "fake", "--max-steps", "2", "--project", root, "--name", "r", check=0)
+    return root / "r"
+
+
+def test_every_checkpoint_field_of_the_wrong_type_is_exit_2_or_ignored(run_dir, tmp_path):
+    """The boundary by construction: every field of a last.pt, replaced by a value of each wrong type, is read
+    where it is read (checkpoint.from_dict, Preprocess, the trainer's _restore) and refused as input, or unused:
+    never a TypeError, a KeyError or a NaN taken for a number."""
+    d = torch.load(run_dir / "last.pt", weights_only=True)
+    bad = tmp_path / "b"
+    bad.mkdir()
+    broken = []
+    for key in d:
+        for value in WRONG:
+            torch.save({**d, key: value}, bad / "last.pt")
+            for argv in (["summary", bad / "last.pt"], ["train", "--resume", bad, "--epochs", "2"]):
+                p = run_cnn(*argv)
+                lines = p.stderr.strip().splitlines()
+                ok = p.returncode == 0 or (p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "))
+                if not ok or "Traceback" in p.stderr:
+                    broken.append((key, value, argv[0], p.returncode, lines[-1:]))
+    assert not broken, broken[:5]

@@ -9,6 +9,7 @@ every file). The library never prints: progress goes to a `reporter(kind, info)`
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -26,7 +27,7 @@ from cnncli.checkpoint import Checkpoint, ModelSpec
 from cnncli.config import EVAL_BATCH_MIN, SGD_MOMENTUM, RunFacts, TrainConfig, lr_at, resolve, validate
 from cnncli.engine import distributed as dist_utils
 from cnncli.engine.device import bf16_supported, pick_device, training_kernels
-from cnncli.errors import UsageError, WorkFailed
+from cnncli.errors import UsageError, WorkFailed, reading, shown
 
 
 @dataclass
@@ -77,6 +78,34 @@ class TrainState:
 
 
 SYNC_EVERY = 32  # training steps between the host's reads of the running loss and accuracy
+
+
+def _number(t: dict, key: str, kind=float):
+    v = t[key]
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (kind is int and v != int(v)):
+        raise TypeError(f"{key!r} is {type(v).__name__} {str(v)[:40]}, not a number")
+    return kind(v)
+
+
+def _history(rows) -> list[EpochResult]:
+    if not isinstance(rows, list) or not all(isinstance(h, dict) for h in rows):
+        raise TypeError("'history' is not a list of epoch records")
+    out = [EpochResult(**h) for h in rows]
+    for h in out:
+        for name, value in asdict(h).items():
+            _number({name: value}, name)
+    return out
+
+
+def _running(sums) -> dict:
+    """A partial epoch's sums: empty, or loss/correct/n numbers."""
+    if sums in (None, {}):
+        return {}
+    if not isinstance(sums, dict) or set(sums) != {"loss", "correct", "n"}:
+        raise TypeError("'running' is not the partial epoch's sums (loss, correct, n)")
+    return {k: _number(sums, k) for k in ("loss", "correct", "n")}
 
 
 class Interrupted(Exception):
@@ -377,12 +406,17 @@ class Trainer:
         if ckpt.model != self.spec:
             raise UsageError("the checkpoint's model does not match its own arguments", "was the dataset changed?")
         t = ckpt.training
-        self.model.load_state_dict(ckpt.state_dict)
-        self.optimizer.load_state_dict(t["optimizer"])
-        self.scaler.load_state_dict(t["scaler"])
-        _set_rng_state(t["rng"], self.device)
-        return TrainState(ckpt.epoch, ckpt.step_in_epoch, ckpt.global_step, t["best_accuracy"],
-                          t["epochs_without_improvement"], [EpochResult(**h) for h in t["history"]], t["running"] or {})
+        # the boundary: the training state is read and checked here, whole, so a malformed field is exit 2 naming
+        # the file, not a TypeError epochs later
+        with reading(f"cannot resume from {shown(self.run_dir)}: its last.pt holds a malformed training state",
+                     "resume from an intact last.pt, or start a new run"):
+            self.model.load_state_dict(ckpt.state_dict)
+            self.optimizer.load_state_dict(t["optimizer"])
+            self.scaler.load_state_dict(t["scaler"])
+            _set_rng_state(t["rng"], self.device)
+            return TrainState(ckpt.epoch, ckpt.step_in_epoch, ckpt.global_step, _number(t, "best_accuracy"),
+                              _number(t, "epochs_without_improvement", int), _history(t["history"]),
+                              _running(t["running"]))
 
     def checkpoint(self, state: TrainState, metrics: dict, *, training_state: bool) -> Checkpoint:
         """best.pt (weights, preprocessing, config) or, with the training state, last.pt."""
