@@ -5,7 +5,7 @@ Writes N_IMAGES (default 2000) 64x48 PNG images to a temp folder and a checkpoin
 CIFAR ResNet at 32x32), then times, in this process:
 - the reference: for each file, PIL open + convert + torchvision Resize + normalize + model(x[None]) + softmax/top-5,
   the loop people write first;
-- `cnncli.predict.predict` (what `cnn predict` runs): batches of 64, decoding in DataLoader workers overlapped
+- `cnncli.engine.predict.predict` (what `cnn predict` runs): batches of 64, decoding in DataLoader workers overlapped
   with the model.
 Three interleaved rounds; prints the median images/s of each and the median ratio, and checks both give the same
 top-1 on every image.
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from cnncli.checkpoint import Checkpoint, ModelSpec
+from cnncli.engine.predict import predict
 from cnncli.models import get_model
-from cnncli.predict import predict
 from cnncli.preprocess import Preprocess
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 2000

@@ -6,7 +6,7 @@ import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnncli import arith
+from cnncli.analysis import arith
 from cnncli.errors import ArithError, UsageError
 
 SETTINGS = settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])

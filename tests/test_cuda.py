@@ -87,8 +87,8 @@ def test_cuda_checkpoint_and_cuda_state_dict_export(tmp_path):
 def test_training_memory_figure_against_the_allocator(name, size, batch):
     """`cnn summary --device cuda --batch B`'s saved_for_backward against a real step: what the CUDA allocator
     holds after the forward pass beyond the weights, the input and the logits is what autograd saved."""
+    from cnncli.analysis.summary import summarize
     from cnncli.models import get_model
-    from cnncli.summary import summarize
 
     model = get_model(name)
     res = summarize(model, (3, size, size), batch=batch, device="cuda", measure=False)

@@ -35,9 +35,9 @@ def test_every_family_exports_and_passes_the_check(tmp_path, name, size):
 
 @pytest.mark.parametrize("name,size", [("lenet5", (3, 32, 32)), ("resnet18", (3, 32, 32)), ("vgg11", (3, 32, 32))])
 def test_fully_convolutional_export_has_dynamic_size(tmp_path, name, size):
+    from cnncli.analysis.fcn import fcn_checkpoint, to_fully_convolutional
     from cnncli.checkpoint import Checkpoint
     from cnncli.export import export_onnx
-    from cnncli.fcn import fcn_checkpoint, to_fully_convolutional
     from cnncli.models import model_from_checkpoint
 
     ck = Checkpoint.load(make_checkpoint(tmp_path / f"{name}.pt", name, size))
@@ -174,8 +174,8 @@ def test_format_flags_must_agree(tmp_path):
 def test_pt2_of_a_fully_convolutional_model(tmp_path):
     """--static-size: a program for the training size. Dynamic H/W: torch.export may specialize the size (it does
     for LeNet in current torch); then the check rejects it, exit 1, a hint, and no file is left behind."""
+    from cnncli.analysis.fcn import fcn_checkpoint, to_fully_convolutional
     from cnncli.checkpoint import Checkpoint
-    from cnncli.fcn import fcn_checkpoint, to_fully_convolutional
     from cnncli.models import model_from_checkpoint
 
     ck = Checkpoint.load(make_checkpoint(tmp_path / "l.pt", "lenet5"))

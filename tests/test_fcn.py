@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import make_checkpoint, run_cnn
 
+from cnncli.analysis.fcn import to_fully_convolutional, window_origin
 from cnncli.checkpoint import Checkpoint
 from cnncli.errors import UsageError
-from cnncli.fcn import to_fully_convolutional, window_origin
 from cnncli.models import get_model, model_from_checkpoint
 
 

@@ -291,11 +291,11 @@ def test_the_same_image_reaches_the_model_as_the_same_tensor_everywhere(ws, tmp_
     pre = opened.preprocess
     x, _ = next(iter(FolderLoader([(path, 0)], image_size=pre.input_size[1:], channels=3, batch_size=1,
                                   mean=pre.mean, std=pre.std, train=False, workers=0)))
-    from cnncli.cli.inspect import _image
+    from cnncli.cli.inspect_ import _image
 
     _, inspected = _image(opened, path)
     assert torch.equal(x[0], inspected)
-    from cnncli.scoremap import images_from
+    from cnncli.engine.scoremap import images_from
 
     assert torch.equal(images_from([path], 3)[0][1], read_image(path, 3))
     assert torch.equal(pre.normalize(resize(read_image(path, 3), pre.input_size[1:])), inspected)

@@ -121,7 +121,7 @@ def test_summary_and_eval_on_the_same_files(files, name, form):
     s = json.loads(p.stdout)
     assert s["params"] == sum(t.numel() for t in files[name].parameters())
     assert s["output"] == [10]
-    from cnncli.summary import module_macs
+    from cnncli.analysis.summary import module_macs
 
     _, macs = module_macs(files[name], (3, SIZE[name], SIZE[name]), "cpu")
     assert s["macs"] == macs  # TorchScript and programs too: counted from the aten operations a forward runs

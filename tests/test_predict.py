@@ -87,7 +87,7 @@ def test_table_on_stdout(shots):
 
 def test_many_images_go_through_workers(shots, tmp_path):
     """More images than two batches: decoded in DataLoader workers; order and results as without them."""
-    from cnncli.predict import predict
+    from cnncli.engine.predict import predict
 
     a = predict(shots["ck"], [str(shots["root"] / "imgs")], batch_size=2, workers=0)
     b = predict(shots["ck"], [str(shots["root"] / "imgs")], batch_size=2, workers=2)

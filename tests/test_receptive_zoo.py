@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from cnncli import receptive as R
-from cnncli.arith import Field
+from cnncli.analysis import receptive as R
+from cnncli.analysis.arith import Field
 
 FULL = os.environ.get("CNN_RF_FULL") == "1"
 BUDGET = float("inf") if FULL else 5.0e8  # multiply-adds of one model's measuring passes (float64, 2 cores: ~0.5 s)
@@ -249,7 +249,7 @@ OPS = _published_ops()
 def test_macs_match_torchvision_ops(name, weights, crop, gops):
     """Total multiply-adds at the weights' crop size against the `_ops` torchvision publishes with them (GMACs, to
     3 decimals: within 1%, or within the rounding of the published figure)."""
-    from cnncli.summary import module_macs
+    from cnncli.analysis.summary import module_macs
 
     total = MACS.get((name, crop))  # counted by the fields test when it ran at this size
     if total is None:
@@ -260,7 +260,7 @@ def test_macs_match_torchvision_ops(name, weights, crop, gops):
 def test_swin_fields_are_measured_and_said_to_be():
     """Shifted windows are not a sliding window: their fields are measured, labelled, and grow stage by stage;
     the pooled output is global."""
-    from cnncli.summary import summarize
+    from cnncli.analysis.summary import summarize
 
     model = torchvision.models.swin_t().eval()
     res = summarize(model, (3, 224, 224), depth=2)

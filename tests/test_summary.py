@@ -5,9 +5,9 @@ import json
 import pytest
 from conftest import run_cnn
 
-from cnncli import arith
+from cnncli.analysis import arith
+from cnncli.analysis.summary import summarize
 from cnncli.models import get_model
-from cnncli.summary import summarize
 
 
 @pytest.mark.parametrize("name,params,gmacs", [("resnet18", 11_689_512, 1.81), ("resnet50", 25_557_032, 4.09),
@@ -150,8 +150,8 @@ def test_training_memory_is_what_autograd_saves(name, size, batch):
     walked for the tensors it saved."""
     import torch
 
+    from cnncli.analysis.summary import saved_for_backward
     from cnncli.models import get_model as build
-    from cnncli.summary import saved_for_backward
 
     model = build(name)
     res = summarize(model, (3, size, size), batch=batch, measure=False)

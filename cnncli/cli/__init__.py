@@ -1,7 +1,8 @@
 """The `cnn` command: a Typer app, one module per command, errors mapped to exit codes in one place.
 
 Every module in this folder whose name does not start with `_` is a command of the same name and registers it
-with `@app.command(NAME)`; `main` finds them by listing the folder (a test checks each one registers itself).
+with `@app.command(NAME)`; `main` finds them by listing the folder (a test checks each one registers itself). A
+trailing underscore keeps a module from shadowing the standard library's (`inspect_.py` is `cnn inspect`).
 """
 
 from __future__ import annotations
@@ -54,9 +55,16 @@ HELP_ORDER = ("shape", "models", "summary", "train", "eval", "predict", "inspect
 
 
 def commands() -> list[str]:
-    """The command modules in this folder, in help order."""
-    found = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    """The commands (one module each in this folder), in help order."""
+    found = sorted(command_module(m.name, back=True) for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
     return sorted(found, key=lambda n: HELP_ORDER.index(n) if n in HELP_ORDER else len(HELP_ORDER))
+
+
+def command_module(name: str, back: bool = False) -> str:
+    """A command's module name (`inspect` -> `inspect_`, kept off the standard library's names), or back."""
+    if back:
+        return name[:-1] if name.endswith("_") else name
+    return name + "_" if name in sys.stdlib_module_names else name
 
 
 def _register(argv: list[str]) -> None:
@@ -67,7 +75,7 @@ def _register(argv: list[str]) -> None:
     names = commands()
     first = next((a for a in argv if not a.startswith("-")), None)
     for name in ([first] if first in names else names):
-        importlib.import_module(f"cnncli.cli.{name}")
+        importlib.import_module(f"cnncli.cli.{command_module(name)}")
 
 
 def main(argv: list[str] | None = None) -> None:

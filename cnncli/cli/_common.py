@@ -152,7 +152,7 @@ def dims(shape) -> str:
 
 def parse_input_size(text: str | None, default_channels: int | None = None):
     """--in as (C, H, W)."""
-    from cnncli.arith import parse_size
+    from cnncli.analysis.arith import parse_size
 
     if text is None:
         return None
@@ -293,3 +293,72 @@ def epilog(text: str) -> str:
         else:
             out.append(para)
     return "\n\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------ the model options
+
+# The options every command that opens a model takes, declared once: name -> (typer annotation, default).
+MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "model_file": (ModelFileOpt, None), "trust_pickle": (TrustPickleOpt, False), "weights": (WeightsOpt, None),
+    "input_size": (InOpt, None), "mean": (MeanOpt, None), "std": (StdOpt, None), "classes": (ClassesOpt, None),
+}
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """What the model options said, for one command (every field None/False when not given)."""
+
+    model_file: Optional[str] = None
+    trust_pickle: bool = False
+    weights: Optional[str] = None
+    input_size: Optional[str] = None
+    mean: Optional[str] = None
+    std: Optional[str] = None
+    classes: Optional[str] = None
+
+    def request(self, **extra):
+        """The parsed ModelRequest (cnncli.models.open) for these options; `extra` adds fields (num_classes...)."""
+        return model_request(model=self.model_file, weights=self.weights, trust_pickle=self.trust_pickle,
+                             input_size=self.input_size, mean=self.mean, std=self.std, classes=self.classes, **extra)
+
+    def check(self, model: str, **extra):
+        """Before any work: the options parsed into a ModelRequest, and MODEL through the reading gate when it
+        names a file (a FIFO, a device, a missing file fail here)."""
+        from cnncli.models.open import is_checkpoint_path
+
+        req = self.request(**extra)
+        if is_checkpoint_path(model):
+            check_file(model, "model", kind="model")
+        return req
+
+    def open(self, model: str, **extra):
+        """The one opening sequence: `check`, then open_model with these options."""
+        from cnncli.models.open import open_model
+
+        return open_model(model, self.check(model, **extra))
+
+
+def model_options(*, skip: Iterable[str] = ()):
+    """Give a command the model options (MODEL_OPTIONS, less `skip`) as one `opts: ModelOptions` argument: the
+    options are declared once, here, and typer sees them as ordinary keyword options after the command's own."""
+    import functools
+    import inspect
+
+    names = [n for n in MODEL_OPTIONS if n not in set(skip)]
+
+    def decorate(fn):
+        sig = inspect.signature(fn, eval_str=True)  # typer reads the Option() inside each annotation
+        own = [p for p in sig.parameters.values() if p.name != "opts"]
+        added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=MODEL_OPTIONS[n][1],
+                                   annotation=MODEL_OPTIONS[n][0]) for n in names]
+
+        @functools.wraps(fn)
+        def command(*args, **kwargs):
+            opts = ModelOptions(**{n: kwargs.pop(n) for n in names})
+            return fn(*args, opts=opts, **kwargs)
+
+        command.__signature__ = sig.replace(parameters=own + added)
+        command.__annotations__ = {p.name: p.annotation for p in own + added}
+        return command
+
+    return decorate

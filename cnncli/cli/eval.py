@@ -9,15 +9,9 @@ import typer
 from cnncli.cli import app
 from cnncli.cli._common import (
     DEFAULT_DEVICE,
-    ClassesOpt,
     Column,
     DeviceOpt,
-    InOpt,
     JsonOpt,
-    MeanOpt,
-    ModelFileOpt,
-    StdOpt,
-    TrustPickleOpt,
     check_file,
     choice,
     dims,
@@ -25,7 +19,7 @@ from cnncli.cli._common import (
     epilog,
     log,
     log_device,
-    model_request,
+    model_options,
     pick_device,
     render_table,
     say,
@@ -42,6 +36,7 @@ EPILOG = ("Examples:\n\n  cnn eval runs/train/best.pt --data digits\n\n"
 
 
 @app.command("eval", epilog=epilog(EPILOG))
+@model_options(skip=('weights',))
 def eval_cmd(
     model: Annotated[str, typer.Argument(help="A model file: checkpoint, state dict, TorchScript, .pt2, .onnx "
                                               "(see cnn summary for what each shows).")],
@@ -52,14 +47,9 @@ def eval_cmd(
     confusion: Annotated[Optional[str], typer.Option("--confusion", help="Write the confusion matrix as a PNG.")] = None,
     min_accuracy: Annotated[Optional[float], typer.Option("--min-accuracy", help="CI gate: exit 1 when top-1 is below (0..1).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --confusion file.")] = False,
-    model_file: ModelFileOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    input_size: InOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    classes: ClassesOpt = None,
     device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
+    opts=None,
 ) -> None:
     """Top-1, top-5, loss, per-class accuracy and confusion matrix; --min-accuracy gates CI."""
     from cnncli.errors import UsageError, WorkFailed
@@ -71,8 +61,7 @@ def eval_cmd(
         check_output(confusion, [model], force, flag="--confusion")
     if min_accuracy is not None and not 0 <= min_accuracy <= 1:
         raise UsageError(f"--min-accuracy must be between 0 and 1, got {min_accuracy}", "0.9 means 90%")
-    req = model_request(model=model_file, trust_pickle=trust_pickle, input_size=input_size, mean=mean, std=std,
-                        classes=classes)
+    req = opts.request()
     from cnncli.engine.evaluate import evaluate_file
     from cnncli.fileio import is_onnx_file
 

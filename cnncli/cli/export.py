@@ -8,19 +8,12 @@ import typer
 
 from cnncli.cli import app
 from cnncli.cli._common import (
-    ClassesOpt,
-    InOpt,
     JsonOpt,
-    MeanOpt,
-    ModelFileOpt,
-    StdOpt,
-    TrustPickleOpt,
-    WeightsOpt,
     choice,
     emit_json,
     epilog,
     log,
-    model_request,
+    model_options,
 )
 
 # the format table lives in cnncli.export (torch); its names are repeated here so --help starts without torch,
@@ -41,6 +34,7 @@ EPILOG = ("Examples:\n\n  cnn export runs/train/best.pt --onnx                 #
 
 
 @app.command("export", epilog=epilog(EPILOG))
+@model_options()
 def export_cmd(
     checkpoint: Annotated[str, typer.Argument(metavar="MODEL", help="A model file (checkpoint, state dict, TorchScript, "
                                               ".pt2; --trust-pickle for a pickled module) or a registry name.")],
@@ -54,17 +48,10 @@ def export_cmd(
     tolerance: Annotated[float, typer.Option("--tolerance", help="Largest allowed max |file - PyTorch| on the logits.")] = 1e-4,
     exporter: Annotated[str, typer.Option("--exporter", click_type=choice("exporter", EXPORTERS), help="auto tries the format's exporters in order.")] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
-    model_file: ModelFileOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    input_size: InOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    classes: ClassesOpt = None,
-    weights: WeightsOpt = None,
     json_out: JsonOpt = False,
+    opts=None,
 ) -> None:
     """Export any model file or registry model to ONNX or a torch.export program with metadata, verified against PyTorch."""
-    from cnncli.cli._common import check_file
     from cnncli.errors import UsageError
 
     if onnx and fmt not in (None, "onnx"):
@@ -72,12 +59,7 @@ def export_cmd(
     fmt = "onnx" if onnx else fmt
     if fmt is None:
         raise UsageError("choose a format", "--format onnx (or --onnx), --format pt2")
-    req = model_request(model=model_file, weights=weights, trust_pickle=trust_pickle, input_size=input_size, mean=mean,
-                        std=std, classes=classes)
-    from cnncli.models.open import is_checkpoint_path
-
-    if is_checkpoint_path(checkpoint):
-        check_file(checkpoint, "model")
+    req = opts.check(checkpoint)
     from cnncli.export import export_model
 
     res = export_model(checkpoint, fmt, output, opset=opset, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size,

@@ -8,19 +8,12 @@ import typer
 
 from cnncli.cli import app
 from cnncli.cli._common import (
-    ClassesOpt,
-    InOpt,
     JsonOpt,
-    MeanOpt,
-    ModelFileOpt,
-    StdOpt,
-    TrustPickleOpt,
-    WeightsOpt,
     emit_json,
     epilog,
     log,
     log_notes,
-    model_request,
+    model_options,
 )
 
 EPILOG = ("Examples:\n\n  cnn fcn runs/train/best.pt                  # writes runs/train/best-fcn.pt\n\n"
@@ -29,6 +22,7 @@ EPILOG = ("Examples:\n\n  cnn fcn runs/train/best.pt                  # writes r
 
 
 @app.command("fcn", epilog=epilog(EPILOG))
+@model_options()
 def fcn_cmd(
     checkpoint: Annotated[str, typer.Argument(metavar="MODEL", help="A trained classifier: a checkpoint from cnn train, "
                                               "a state dict (architecture detected, or --model NAME), or a "
@@ -36,29 +30,16 @@ def fcn_cmd(
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="Where to write (default: MODEL-fcn.pt).")] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", help="Largest allowed logit difference at the training size (relative to the logit scale).")] = 1e-4,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
-    model_file: ModelFileOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    input_size: InOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    classes: ClassesOpt = None,
-    weights: WeightsOpt = None,
     json_out: JsonOpt = False,
+    opts=None,
 ) -> None:
     """Rewrite the classifier head as convolutions, verify identical logits, record stride and receptive field."""
-    from cnncli.cli._common import check_file
     from cnncli.errors import UsageError
-    from cnncli.fileio import check_output
-
-    req = model_request(model=model_file, weights=weights, trust_pickle=trust_pickle, input_size=input_size,
-                        mean=mean, std=std, classes=classes)
     from cnncli.export import default_output
-    from cnncli.models.open import is_checkpoint_path
-
-    if is_checkpoint_path(checkpoint):
-        check_file(checkpoint, "model")
+    from cnncli.fileio import check_output
+    req = opts.check(checkpoint)
     out = check_output(output or default_output(checkpoint, "-fcn.pt"), [checkpoint], force)
-    from cnncli.fcn import fcn_checkpoint, to_fully_convolutional
+    from cnncli.analysis.fcn import fcn_checkpoint, to_fully_convolutional
     from cnncli.models.open import open_model
 
     opened = open_model(checkpoint, req)

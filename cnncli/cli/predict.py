@@ -10,23 +10,16 @@ import typer
 from cnncli.cli import app
 from cnncli.cli._common import (
     DEFAULT_DEVICE,
-    ClassesOpt,
     Column,
     DeviceOpt,
-    InOpt,
     JsonOpt,
-    MeanOpt,
-    ModelFileOpt,
-    StdOpt,
-    TrustPickleOpt,
-    WeightsOpt,
     console,
     emit_json,
     epilog,
     is_terminal,
     log,
     log_device,
-    model_request,
+    model_options,
     pick_device,
     render_table,
 )
@@ -40,6 +33,7 @@ EPILOG = ("Examples:\n\n  cnn predict runs/train/best.pt photo.jpg\n\n"
 
 
 @app.command("predict", epilog=epilog(EPILOG))
+@model_options()
 def predict_cmd(
     model: Annotated[str, typer.Argument(help="Any model file (checkpoint, state dict, TorchScript, .pt2, .onnx) or a "
                                               "registry name with --weights.")],
@@ -48,25 +42,18 @@ def predict_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch.", min=1)] = 64,
     csv: Annotated[Optional[str], typer.Option("--csv", help="Also write one row per image to this CSV file.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --csv file.")] = False,
-    model_file: ModelFileOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    input_size: InOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    classes: ClassesOpt = None,
-    weights: WeightsOpt = None,
     device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
+    opts=None,
 ) -> None:
     """Top-k classes with probabilities for each image: a table, --json or --csv."""
     from cnncli.fileio import check_output
 
-    req = model_request(model=model_file, weights=weights, trust_pickle=trust_pickle, input_size=input_size,
-                        mean=mean, std=std, classes=classes)
+    req = opts.request()
     if csv:
         check_output(csv, [model], force)
+    from cnncli.engine.predict import predict
     from cnncli.fileio import is_onnx_file
-    from cnncli.predict import predict
 
     dev = None if is_onnx_file(model) else pick_device(device)
     with _progress() as bar:

@@ -10,22 +10,15 @@ import typer
 from cnncli.cli import app
 from cnncli.cli._common import (
     DEFAULT_DEVICE,
-    ClassesOpt,
     DeviceOpt,
-    InOpt,
     JsonOpt,
-    MeanOpt,
-    ModelFileOpt,
-    StdOpt,
-    TrustPickleOpt,
-    WeightsOpt,
     choice,
     emit_json,
     epilog,
     log,
     log_device,
     log_notes,
-    model_request,
+    model_options,
     pick_device,
 )
 
@@ -40,6 +33,7 @@ MAX_SCENE_SIDE = 8192  # a generated scene: 64 M pixels, a few hundred MB of sco
 
 
 @app.command("scoremap", epilog=epilog(EPILOG))
+@model_options()
 def scoremap_cmd(
     checkpoint: Annotated[str, typer.Argument(metavar="MODEL", help="A classifier (checkpoint or state dict, converted "
                                               "on the fly) or a checkpoint from cnn fcn.")],
@@ -49,27 +43,16 @@ def scoremap_cmd(
     scene: Annotated[Optional[str], typer.Option("--scene", click_type=choice("scene", SCENES), help="Generate a test scene (regions of horizontal/vertical lines).")] = None,
     scene_size: Annotated[str, typer.Option("--scene-size", help="Scene size HxW.")] = "256x256",
     seed: Annotated[int, typer.Option("--seed", help="Scene seed.")] = 0,
-    model_file: ModelFileOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    input_size: InOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    classes: ClassesOpt = None,
-    weights: WeightsOpt = None,
     device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
+    opts=None,
 ) -> None:
     """Write per image a .npy score map [classes, H', W'] and a PNG overlay of the winning class per cell."""
-    from cnncli.arith import parse_size
+    from cnncli.analysis.arith import parse_size
     from cnncli.cli._common import check_file
     from cnncli.errors import UsageError
 
-    req = model_request(model=model_file, weights=weights, trust_pickle=trust_pickle, input_size=input_size,
-                        mean=mean, std=std, classes=classes)
-    from cnncli.models.open import is_checkpoint_path
-
-    if is_checkpoint_path(checkpoint):
-        check_file(checkpoint, "model")
+    req = opts.check(checkpoint)
     images = list(images or [])
     if not images and not scene:
         raise UsageError("give at least one IMAGE, or --scene lines")
@@ -83,8 +66,8 @@ def scoremap_cmd(
     _, sh, sw = parse_size(scene_size)
     if scene and max(sh, sw) > MAX_SCENE_SIDE:
         raise UsageError(f"--scene-size {sh}x{sw} is too large", f"at most {MAX_SCENE_SIDE} pixels a side")
+    from cnncli.engine.scoremap import ScoreMapper, images_from, lines_scene, output_stems
     from cnncli.models.open import open_model
-    from cnncli.scoremap import ScoreMapper, images_from, lines_scene, output_stems
 
     dev = pick_device(device)
     opened = open_model(checkpoint, req)

@@ -39,7 +39,7 @@ def shape_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Output size, formula, parameters, MACs and receptive field of conv/pool layers (no torch needed)."""
-    from cnncli import arith
+    from cnncli.analysis import arith
     from cnncli.errors import UsageError
 
     shape = arith.parse_size(input_size)

@@ -11,17 +11,14 @@ from cnncli.cli._common import (
     DEFAULT_DEVICE,
     Column,
     DeviceOpt,
-    InOpt,
     JsonOpt,
-    ModelFileOpt,
-    TrustPickleOpt,
-    WeightsOpt,
     dims,
     emit_json,
     epilog,
     human,
     log_device,
     log_notes,
+    model_options,
     pick_device,
     render_table,
     say,
@@ -32,19 +29,17 @@ from cnncli.cli._common import (
              "--num-classes 10\n\n  cnn summary runs/train/best.pt\n\n  cnn summary model.pt          # a state dict: "
              "architecture detected\n\n  cnn summary my_net.py:Net --in 3x64x64\n\n  cnn summary model.onnx        # "
              "inputs, outputs, parameters\n\n  cnn summary resnet50 --batch 32   # what a training step keeps for backward"))
+@model_options(skip=('mean', 'std', 'classes'))
 def summary_cmd(
     model: Annotated[str, typer.Argument(help="Registry name, family, file.py:Class, or a model file: checkpoint, state "
                                               "dict, TorchScript, .pt2, .onnx.")],
-    input_size: InOpt = None,
     num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the output layer.", min=1)] = None,
     depth: Annotated[int, typer.Option("--depth", help="How deep to show nested modules.")] = 3,
     batch: Annotated[int, typer.Option("--batch", help="Batch size for the memory figures (a training step keeps "
                                                        "what autograd saves, per batch).", min=1)] = 1,
-    weights: WeightsOpt = None,
-    model_file: ModelFileOpt = None,
-    trust_pickle: TrustPickleOpt = False,
     device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
+    opts=None,
 ) -> None:
     """Layer table with output shapes, params, MACs, receptive field and jump; totals and memory.
 
@@ -54,21 +49,20 @@ def summary_cmd(
     """
     from dataclasses import replace
 
-    from cnncli.cli._common import check_file, model_request
+    from cnncli.cli._common import check_file
 
-    req = model_request(model=model_file, weights=weights, trust_pickle=trust_pickle, input_size=input_size,
-                        num_classes=num_classes)
+    req = opts.request(num_classes=num_classes)
     req = replace(req, on_meta=True)  # fresh weights are never looked at: built only if a field must be measured
     from cnncli.fileio import is_onnx_file
 
     if is_onnx_file(model):
-        from cnncli.summary import onnx_summary
+        from cnncli.analysis.summary import onnx_summary
 
         result = {"model": model, **onnx_summary(check_file(model, "model"))}
         emit_json(result) if json_out else _render(result)
         return
+    from cnncli.analysis.summary import summarize
     from cnncli.models.open import open_model
-    from cnncli.summary import summarize
 
     dev = pick_device(device)
     opened = open_model(model, req)
@@ -78,7 +72,7 @@ def summary_cmd(
         c, h, w = size[0] or c, size[1], size[2]
     from cnncli.models.open import build_model
 
-    real = (lambda: build_model(opened.spec)) if opened.origin == "registry" and not weights else None
+    real = (lambda: build_model(opened.spec)) if opened.origin == "registry" and not opts.weights else None
     result = {"model": opened.name, **summarize(opened.model, (c, h, w), depth=depth, device=str(dev),
                                                        batch=batch, real=real)}
     log_notes(opened)

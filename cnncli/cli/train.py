@@ -66,7 +66,7 @@ def train_cmd(
         return
     size = None
     if img_size:
-        from cnncli.arith import parse_size
+        from cnncli.analysis.arith import parse_size
 
         _, h, w = parse_size(img_size)
         size = [h, w]

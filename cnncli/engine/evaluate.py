@@ -219,8 +219,8 @@ def pick_split(ds, split: str | None) -> tuple[str, str]:
 def onnx_preprocess(path: str, req) -> tuple[Preprocess, str, int, list[str]]:
     """An ONNX file's preprocessing: the metadata cnn export wrote, else the command line, the graph's input shape
     and the dataset's. Returns (preprocess, dataset it was trained on, number of outputs, notes on what was assumed)."""
+    from cnncli.analysis.summary import onnx_summary
     from cnncli.export import read_onnx_metadata
-    from cnncli.summary import onnx_summary
 
     meta = read_onnx_metadata(path, required=())
     facts = onnx_summary(path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from cnncli import arith
+from cnncli.analysis import arith
 from cnncli.models._registry import register_model
 
 

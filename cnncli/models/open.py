@@ -129,7 +129,7 @@ def model_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
     """Rebuild the model a checkpoint describes (re-converting it if it is fully convolutional) and load its weights."""
     model = build_model(ckpt.model)
     if ckpt.fully_convolutional:
-        from cnncli.fcn import to_fully_convolutional
+        from cnncli.analysis.fcn import to_fully_convolutional
 
         model = to_fully_convolutional(model, ckpt.model.input_size, verify=False).model
     try:

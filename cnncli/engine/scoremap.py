@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cnncli.analysis.fcn import load_image, render_overlay, score_map, to_fully_convolutional
 from cnncli.errors import UsageError, shown
-from cnncli.fcn import load_image, render_overlay, score_map, to_fully_convolutional
 from cnncli.fileio import atomic_write
 from cnncli.models.open import OpenedModel
 
@@ -119,7 +119,7 @@ def _listed(v):
 
 def region_agreement(win: torch.Tensor, labels: torch.Tensor, facts: dict) -> float:
     """Fraction of cells whose winning class is the region label at the centre of the cell's window."""
-    from cnncli.fcn import placement
+    from cnncli.analysis.fcn import placement
 
     s, (o, rf) = facts["stride"], placement(facts)
     hp, wp = win.shape

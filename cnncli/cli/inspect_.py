@@ -10,18 +10,12 @@ from cnncli.cli import app
 from cnncli.cli._common import (
     DEFAULT_DEVICE,
     DeviceOpt,
-    InOpt,
     JsonOpt,
-    MeanOpt,
-    ModelFileOpt,
-    StdOpt,
-    TrustPickleOpt,
-    WeightsOpt,
     emit_json,
     epilog,
     log_device,
     log_notes,
-    model_request,
+    model_options,
     pick_device,
     say,
 )
@@ -36,12 +30,9 @@ ModelArg = Annotated[str, typer.Argument(help="Any model form: checkpoint, state
 ImageArg = Annotated[str, typer.Argument(help="An image file.")]
 
 
-def _open(model: str, *, model_file, trust_pickle, input_size, mean, std, weights):
-    from cnncli.models.open import open_model
-
-    req = model_request(model=model_file, weights=weights, trust_pickle=trust_pickle, input_size=input_size,
-                        mean=mean, std=std)
-    opened = open_model(model, req)
+def _open(model: str, opts):
+    """The model through the shared opening sequence; inspect rewrites nothing but needs the real layers."""
+    opened = opts.open(model)
     opened.require_rebuildable("inspect")
     return opened
 
@@ -49,8 +40,8 @@ def _open(model: str, *, model_file, trust_pickle, input_size, mean, std, weight
 def _image(opened, path: str):
     """The image as the model sees it: uint8 [C, H, W] at the model's input size, and normalized."""
 
+    from cnncli.analysis.fcn import load_image
     from cnncli.cli._common import check_file
-    from cnncli.fcn import load_image
     from cnncli.models.open import ModelRequest, resolve_preprocess
 
     check_file(path, "image")
@@ -64,22 +55,22 @@ def _image(opened, path: str):
 
 @inspect_app.command("kernels", epilog=epilog("Examples:\n\n  cnn inspect kernels runs/lines/best.pt --dft\n\n"
                                               "  cnn inspect kernels tv:resnet18 --layer layer1.0.conv1 -o kernels"))
+@model_options(skip=('input_size', 'mean', 'std', 'classes'))
 def kernels_cmd(
     model: ModelArg,
     layer: Annotated[Optional[str], typer.Option("--layer", help="A Conv2d layer (default: the first).")] = None,
     dft: Annotated[bool, typer.Option("--dft", help="Each kernel's DFT magnitude beside it (zero frequency centred).")] = False,
     output: OutOpt = "inspect",
-    model_file: ModelFileOpt = None, trust_pickle: TrustPickleOpt = False, weights: WeightsOpt = None,
     json_out: JsonOpt = False,
+    opts=None,
 ) -> None:
     """A grid PNG of a conv layer's kernels; small layers are also printed as numbers."""
     from cnncli.fileio import check_output_folder
 
     check_output_folder(output, "-o folder")  # before any work: nothing is run for an unusable -o
-    from cnncli.inspect import conv_weight, dft_energy_axes, out_path, plot_kernels
+    from cnncli.analysis.inspection import conv_weight, dft_energy_axes, out_path, plot_kernels
 
-    opened = _open(model, model_file=model_file, trust_pickle=trust_pickle, input_size=None, mean=None, std=None,
-                   weights=weights)
+    opened = _open(model, opts)
     name, weight = conv_weight(opened.model, layer)
     log_notes(opened)
     path = out_path(output, f"kernels-{name.replace('.', '_')}{'-dft' if dft else ''}.png")
@@ -116,15 +107,16 @@ def _last_linear(model) -> dict | None:
 
 @inspect_app.command("features", epilog=epilog("Examples:\n\n  cnn inspect features runs/lines/best.pt img.png\n\n"
                                                "  cnn inspect features tv:resnet18 cat.jpg --pca --in 3x224x224"))
+@model_options(skip=('classes',))
 def features_cmd(
     model: ModelArg,
     image: ImageArg,
     layers: Annotated[Optional[str], typer.Option("--layers", help="Comma-separated layer names (default: each top-level stage).")] = None,
     pca: Annotated[bool, typer.Option("--pca", help="Each layer's channels reduced to 3 principal components, as RGB.")] = False,
     output: OutOpt = "inspect",
-    model_file: ModelFileOpt = None, trust_pickle: TrustPickleOpt = False, weights: WeightsOpt = None,
-    input_size: InOpt = None, mean: MeanOpt = None, std: StdOpt = None, device: DeviceOpt = DEFAULT_DEVICE,
+    device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
+    opts=None,
 ) -> None:
     """Feature maps of chosen layers for one image, as grids or (--pca) as RGB images side by side."""
     from cnncli.fileio import check_output_folder
@@ -132,11 +124,10 @@ def features_cmd(
     check_output_folder(output, "-o folder")  # before any work: nothing is run for an unusable -o
     import os
 
-    from cnncli.inspect import feature_maps, out_path, plot_features
+    from cnncli.analysis.inspection import feature_maps, out_path, plot_features
 
     dev = pick_device(device)
-    opened = _open(model, model_file=model_file, trust_pickle=trust_pickle, input_size=input_size, mean=mean, std=std,
-                   weights=weights)
+    opened = _open(model, opts)
     _, x = _image(opened, image)
     opened.model.to(dev)
     x = x.to(dev)
@@ -156,15 +147,16 @@ def features_cmd(
 
 @inspect_app.command("rf", epilog=epilog("Examples:\n\n  cnn inspect rf runs/lines/best.pt img.png\n\n"
                                          "  cnn inspect rf tv:resnet18 cat.jpg --layer layer3 --at 7,7 --in 3x224x224"))
+@model_options(skip=('classes',))
 def rf_cmd(
     model: ModelArg,
     image: ImageArg,
     layer: Annotated[Optional[str], typer.Option("--layer", help="Layer of the unit (default: the deepest spatial one).")] = None,
     at: Annotated[Optional[str], typer.Option("--at", help="Unit position Y,X in that layer's map (default: the centre).")] = None,
     output: OutOpt = "inspect",
-    model_file: ModelFileOpt = None, trust_pickle: TrustPickleOpt = False, weights: WeightsOpt = None,
-    input_size: InOpt = None, mean: MeanOpt = None, std: StdOpt = None, device: DeviceOpt = DEFAULT_DEVICE,
+    device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
+    opts=None,
 ) -> None:
     """One unit's theoretical receptive field on the image, next to the measured one (input-gradient magnitude)."""
     from cnncli.fileio import check_output_folder
@@ -172,8 +164,15 @@ def rf_cmd(
     check_output_folder(output, "-o folder")  # before any work: nothing is run for an unusable -o
     import os
 
+    from cnncli.analysis.inspection import (
+        central_share,
+        default_rf_layer,
+        measured_field,
+        out_path,
+        plot_rf,
+        unit_field,
+    )
     from cnncli.errors import UsageError
-    from cnncli.inspect import central_share, default_rf_layer, measured_field, out_path, plot_rf, unit_field
 
     pos = None
     if at is not None:
@@ -183,8 +182,7 @@ def rf_cmd(
         except (ValueError, AssertionError):
             raise UsageError(f"--at takes Y,X, got {at!r}", "e.g. --at 3,4") from None
     dev = pick_device(device)
-    opened = _open(model, model_file=model_file, trust_pickle=trust_pickle, input_size=input_size, mean=mean, std=std,
-                   weights=weights)
+    opened = _open(model, opts)
     img, x = _image(opened, image)
     opened.model.to(dev)
     x = x.to(dev)

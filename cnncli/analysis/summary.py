@@ -4,7 +4,7 @@
   (convolutions, linears, attention's matrix products, einsum, functional calls), with autograd enabled so that
   `nn.MultiheadAttention` takes the path it counts; MACs = FLOPs / 2, as torchvision's `_ops` tables. Each row shows
   the operations of that module not listed in a row below it, so rows sum to the total.
-- Receptive fields come from `cnncli.receptive` (exact arithmetic, or global); the layers it cannot compute are
+- Receptive fields come from `cnncli.analysis.receptive` (exact arithmetic, or global); the layers it cannot compute are
   measured from the input gradient and labelled so.
 - Memory: parameters, buffers, the input, torchinfo's forward/backward estimate, and what autograd saves for the
   backward pass of a training step at `batch` (counted with `torch.autograd.graph.saved_tensors_hooks`).
@@ -20,11 +20,11 @@ import math
 import torch
 import torch.nn as nn
 
-from cnncli.arith import Field
+from cnncli.analysis.arith import Field
+from cnncli.analysis.receptive import GLOBAL, UNKNOWN, measure_fields, meta_twin, model_fields
 from cnncli.errors import UsageError
 from cnncli.models.files import ProgramModule
 from cnncli.models.open import probe
-from cnncli.receptive import GLOBAL, UNKNOWN, measure_fields, meta_twin, model_fields
 
 
 def module_macs(model: nn.Module, input_size, device, batch: int = 1) -> tuple[dict[str, int], int]:

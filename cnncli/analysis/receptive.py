@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-from cnncli.arith import Field
+from cnncli.analysis.arith import Field
 
 
 class _Mark:
@@ -701,7 +701,7 @@ def model_fields(model: nn.Module, input_size: tuple[int, int, int], device: str
 
 def module_fields(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[dict[str, object], object] | None:
     """({qualified module name: field at its (last) output}, field of the model output); None if untraceable.
-    Fields are `cnncli.arith.Field`, GLOBAL or UNKNOWN."""
+    Fields are `cnncli.analysis.arith.Field`, GLOBAL or UNKNOWN."""
     got = model_fields(model, input_size)
     return None if got is None else (got.per_module, got.output)
 

@@ -16,9 +16,9 @@ import os
 import torch
 import torch.nn as nn
 
+from cnncli.analysis.receptive import GLOBAL, no_inplace
 from cnncli.errors import UsageError
 from cnncli.fileio import atomic_write
-from cnncli.receptive import GLOBAL, no_inplace
 
 MAX_PANELS = 64  # channels shown per layer
 
@@ -203,7 +203,7 @@ def plot_features(maps: dict[str, torch.Tensor], path: str, *, pca: bool = False
 def unit_field(model: nn.Module, input_size, layer: str, at: tuple[int, int]) -> dict:
     """The theoretical receptive field of unit `at` of `layer`: its box in input pixels (clipped to the image) and
     its size, stride and centre."""
-    from cnncli.receptive import module_fields
+    from cnncli.analysis.receptive import module_fields
 
     traced = module_fields(model, tuple(input_size))
     field = traced[0].get(layer) if traced else None

@@ -20,11 +20,11 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnncli.arith import Field
+from cnncli.analysis.arith import Field
+from cnncli.analysis.receptive import GLOBAL, meta_twin, module_fields, trace
 from cnncli.checkpoint import Checkpoint
 from cnncli.errors import UsageError, WorkFailed
 from cnncli.fileio import atomic_write
-from cnncli.receptive import GLOBAL, meta_twin, module_fields, trace
 
 _ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.Tanh, nn.Sigmoid,
                         nn.ELU, nn.Mish, nn.Dropout, nn.Dropout2d, nn.Identity)
