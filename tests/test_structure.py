@@ -231,3 +231,33 @@ def test_extending_md_examples_work(tmp_path):
     finally:
         app.registered_commands[:] = before
         unregister_dataset("colours")
+
+
+def test_the_architecture_page_names_every_module():
+    """docs/architecture.md stays true to the tree: every module of cnncli is named on it by its file name (the
+    command modules of cli/ are found by listing, the model families by their names)."""
+    text = (PKG.parent / "docs" / "architecture.md").read_text()
+    missing = []
+    for p in sorted(PKG.rglob("*.py")):
+        rel = p.relative_to(PKG)
+        if p.name == "__init__.py":
+            wanted = f"{rel.parent.name}/" if rel.parent.parts else "__init__.py"
+        elif rel.parts[0] == "cli" and not p.stem.startswith("_"):
+            continue
+        elif rel.parts[0] == "models" and not p.stem.startswith("_") and p.stem not in ("open", "files", "detect",
+                                                                                       "transfer"):
+            wanted = p.stem
+        else:
+            wanted = p.name
+        if wanted not in text:
+            missing.append(str(rel))
+    assert not missing, missing
+
+
+def test_few_flat_modules_and_none_named_like_the_standard_library():
+    import sys
+
+    flat = sorted(p.stem for p in PKG.glob("*.py") if not p.stem.startswith("__"))
+    assert len(flat) + 2 <= 8, flat  # with __init__ and __main__
+    every = [p.stem for p in PKG.rglob("*.py") if not p.stem.startswith("__")]
+    assert not [n for n in every if n in sys.stdlib_module_names], every
