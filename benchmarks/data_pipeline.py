@@ -25,7 +25,9 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 class DS(torch.utils.data.Dataset):
-    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+    tf = T.Compose(
+        [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)]
+    )
 
     def __len__(self):
         return N
@@ -44,8 +46,17 @@ def baseline() -> float:
 
 def ours() -> float:
     x = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()
-    loader = TensorLoader(x, torch.from_numpy(labels), batch_size=256, mean=MEAN, std=STD, train=True, crop_padding=4,
-                          flip=True, drop_last=False)
+    loader = TensorLoader(
+        x,
+        torch.from_numpy(labels),
+        batch_size=256,
+        mean=MEAN,
+        std=STD,
+        train=True,
+        crop_padding=4,
+        flip=True,
+        drop_last=False,
+    )
     t, n = time.perf_counter(), 0
     for xb, _ in loader:
         n += len(xb)
@@ -55,4 +66,6 @@ def ours() -> float:
 if __name__ == "__main__":
     a = baseline()
     b = ours()
-    print(f"A DataLoader+PIL (workers={W}): {a:,.0f} img/s   B cnncli TensorLoader: {b:,.0f} img/s   B/A = {b / a:.1f}x (target >= 5x)")
+    print(
+        f"A DataLoader+PIL (workers={W}): {a:,.0f} img/s   B cnncli TensorLoader: {b:,.0f} img/s   B/A = {b / a:.1f}x (target >= 5x)"
+    )

@@ -32,7 +32,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-REFERENCE = r'''
+REFERENCE = r"""
 import sys, time, torch, torch.nn as nn
 name, steps, batch, device = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 torch.manual_seed(0)
@@ -73,9 +73,9 @@ for _ in range(steps):
     step()
 if cuda: torch.cuda.synchronize()
 print(steps * batch / (time.perf_counter() - t))
-'''
+"""
 
-TRAINER = r'''
+TRAINER = r"""
 import json, statistics, sys
 import torch
 from cnncli.config import TrainConfig
@@ -100,12 +100,17 @@ res = train(cfg)
 # counters: its images/s is wall time over finished work. The first epoch warms up (cuDNN autotuning).
 print(json.dumps({"images_per_second": statistics.median(h.images_per_second for h in res.history[1:]),
                   "precision": res.precision}))
-'''
+"""
 
 
 def run(code: str, *args) -> str:
-    p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                       env={**os.environ, "CI": "1"})
+    p = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "CI": "1"},
+    )
     if p.returncode != 0:
         raise SystemExit(f"benchmark step failed:\n{p.stderr[-3000:]}")
     return p.stdout.strip().splitlines()[-1]
@@ -120,9 +125,11 @@ def throughput(model: str, ours: str, batch: int, steps: int, runs: int, device:
         mine.append(out["images_per_second"])
         prec = out["precision"]
     r, m = statistics.median(ref), statistics.median(mine)
-    print(f"{model:10s} batch {batch:5d}  reference {r:11,.0f} img/s   cnn train {m:11,.0f} img/s   "
-          f"ratio {m / r:.3f} (target >= 0.95)   [cnn train precision {prec}; runs: "
-          f"{', '.join(f'{a / b:.3f}' for a, b in zip(mine, ref))}]")
+    print(
+        f"{model:10s} batch {batch:5d}  reference {r:11,.0f} img/s   cnn train {m:11,.0f} img/s   "
+        f"ratio {m / r:.3f} (target >= 0.95)   [cnn train precision {prec}; runs: "
+        f"{', '.join(f'{a / b:.3f}' for a, b in zip(mine, ref))}]"
+    )
 
 
 def cifar_epochs(device: str, epochs: int, n_train: int, tmp: str) -> None:
@@ -131,18 +138,43 @@ def cifar_epochs(device: str, epochs: int, n_train: int, tmp: str) -> None:
 
     data = os.path.join(tmp, "data")
     write_cifar10(data, n_train=n_train, n_test=max(n_train // 5, 100))
-    p = subprocess.run([sys.executable, "-m", "cnncli", "train", "resnet", "--data", "cifar10", "--data-dir", data,
-                        "--epochs", str(epochs), "--device", device, "--project", tmp, "--name", "cifar", "--json"],
-                       capture_output=True, text=True, cwd=ROOT, env={**os.environ, "CI": "1"})
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cnncli",
+            "train",
+            "resnet",
+            "--data",
+            "cifar10",
+            "--data-dir",
+            data,
+            "--epochs",
+            str(epochs),
+            "--device",
+            device,
+            "--project",
+            tmp,
+            "--name",
+            "cifar",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "CI": "1"},
+    )
     if p.returncode != 0:
         raise SystemExit(f"cifar10 run failed:\n{p.stderr[-3000:]}")
     res = json.loads(p.stdout)
     with open(os.path.join(res["run_dir"], "summary.json")) as f:
         history = json.load(f)["history"]
     later = [h["seconds"] for h in history[1:]] or [history[0]["seconds"]]
-    print(f"cnn train resnet --data cifar10 ({n_train:,} training images): "
-          f"{len(later) / sum(later):.2f} epochs/s after the first epoch ({history[0]['seconds']:.1f} s), "
-          f"{res['images_per_second']:,.0f} img/s, precision {res['precision']}")
+    print(
+        f"cnn train resnet --data cifar10 ({n_train:,} training images): "
+        f"{len(later) / sum(later):.2f} epochs/s after the first epoch ({history[0]['seconds']:.1f} s), "
+        f"{res['images_per_second']:,.0f} img/s, precision {res['precision']}"
+    )
 
 
 def main() -> None:
@@ -155,7 +187,9 @@ def main() -> None:
     import torch
 
     if a.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("no CUDA device here: run this on a GPU machine (or --device cpu --quick to check the script)")
+        raise SystemExit(
+            "no CUDA device here: run this on a GPU machine (or --device cpu --quick to check the script)"
+        )
     steps, runs, n_train = (40, 1, 2000) if a.quick else (a.steps, a.runs, 50_000)
     name = torch.cuda.get_device_name() if a.device.startswith("cuda") else "CPU"
     print(f"device: {name}; torch {torch.__version__}; {steps} timed steps, median of {runs} run(s)")

@@ -48,8 +48,10 @@ if __name__ == "__main__":
         x = torch.randn(batch, 3, 224, 224)
         xn = x.numpy()
         with torch.inference_mode():
-            t_torch = timed(lambda: model(x), RUNS if batch > 1 else RUNS * 4)
-        t_ort = timed(lambda: sess.run(None, {"input": xn}), RUNS if batch > 1 else RUNS * 4)
+            t_torch = timed(lambda x=x: model(x), RUNS if batch > 1 else RUNS * 4)
+        t_ort = timed(lambda xn=xn: sess.run(None, {"input": xn}), RUNS if batch > 1 else RUNS * 4)
         a, b = batch / t_torch, batch / t_ort
-        print(f"batch {batch:>2}: PyTorch eager {a:8.1f} img/s   ONNX Runtime {b:8.1f} img/s   ratio ORT/PyTorch {b / a:.2f}")
+        print(
+            f"batch {batch:>2}: PyTorch eager {a:8.1f} img/s   ONNX Runtime {b:8.1f} img/s   ratio ORT/PyTorch {b / a:.2f}"
+        )
     _ = np

@@ -73,8 +73,11 @@ if __name__ == "__main__":
     torch.manual_seed(0)
     model = get_model(MODEL, num_classes=10, in_channels=3, image_size=(32, 32))
     ck = os.path.join(tmp, "m.pt")
-    Checkpoint(ModelSpec(MODEL, 10, 3, (32, 32)), model.state_dict(),
-               Preprocess((3, 32, 32), (0.5,) * 3, (0.25,) * 3, tuple(f"c{i}" for i in range(10)))).save(ck)
+    Checkpoint(
+        ModelSpec(MODEL, 10, 3, (32, 32)),
+        model.state_dict(),
+        Preprocess((3, 32, 32), (0.5,) * 3, (0.25,) * 3, tuple(f"c{i}" for i in range(10))),
+    ).save(ck)
     reference(ck, paths[:50])  # warm-up: first-call costs off both clocks
     predict(ck, [folder], batch_size=64)
     ref_rates, cnn_rates = [], []
@@ -87,8 +90,12 @@ if __name__ == "__main__":
         cnn_rates.append(N / (time.perf_counter() - t))
     same = sum(a == p.topk[0]["index"] for a, p in zip(ref, res.predictions))
     ratios = sorted(c / r for c, r in zip(cnn_rates, ref_rates))
-    print(f"{N} images ({MODEL} at 32x32, {os.cpu_count()} CPU cores, torch {torch.__version__}), {ROUNDS} rounds")
+    print(
+        f"{N} images ({MODEL} at 32x32, {os.cpu_count()} CPU cores, torch {torch.__version__}), {ROUNDS} rounds"
+    )
     print(f"reference per-image loop: median {statistics.median(ref_rates):8.1f} img/s")
     print(f"cnn predict (batch 64):   median {statistics.median(cnn_rates):8.1f} img/s")
-    print(f"ratio cnn predict / reference: median {statistics.median(ratios):.2f}x (rounds: "
-          f"{', '.join(f'{r:.2f}' for r in ratios)}); same top-1 on {same}/{N} images")
+    print(
+        f"ratio cnn predict / reference: median {statistics.median(ratios):.2f}x (rounds: "
+        f"{', '.join(f'{r:.2f}' for r in ratios)}); same top-1 on {same}/{N} images"
+    )

@@ -40,6 +40,8 @@ def median_time(cmd: list[str]) -> float:
 results = {name: median_time(cmd) for name, cmd in cases.items()}
 base, torch_t = results["python -c pass"], results['python -c "import torch"']
 for name, t in results.items():
-    print(f"{name:<28} median {t * 1000:7.1f} ms   x{t / base:5.2f} of python -c pass   {t / torch_t:5.2f} of import torch")
+    print(
+        f"{name:<28} median {t * 1000:7.1f} ms   x{t / base:5.2f} of python -c pass   {t / torch_t:5.2f} of import torch"
+    )
 verdict = "OK" if results["cnn shape"] < 0.15 else "OVER TARGET"
 print(f"cnn shape median {results['cnn shape']:.3f} s (target < 0.15 s): {verdict}")

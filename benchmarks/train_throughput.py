@@ -20,7 +20,7 @@ BATCH = int(sys.argv[3]) if len(sys.argv) > 3 else (256 if MODEL == "lenet" else
 RUNS = int(sys.argv[4]) if len(sys.argv) > 4 else 3
 OURS = {"lenet": "lenet5", "resnet18c": "resnet18"}[MODEL]
 
-TRAINER = r'''
+TRAINER = r"""
 import json, sys, time
 from cnncli.config import TrainConfig
 from cnncli.engine.trainer import train
@@ -34,18 +34,37 @@ cfg = TrainConfig(model=sys.argv[5], data="fake", batch_size=batch, max_steps=st
 train(cfg, rep)
 # the same window as the reference: after 3 warm-up steps, STEPS steps
 print(json.dumps({"images_per_second": steps * batch / (stamps[steps + 2] - stamps[2])}))
-'''
+"""
 
 
 def reference(opts):
-    out = subprocess.run([sys.executable, os.path.join(HERE, "reference_train_loop.py"), MODEL, str(STEPS), str(BATCH), *opts],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, os.path.join(HERE, "reference_train_loop.py"), MODEL, str(STEPS), str(BATCH), *opts],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return float(out.strip().split("images/s=")[1])
 
 
 def ours(channels_last: bool, precision: str, tmp: str):
-    out = subprocess.run([sys.executable, "-c", TRAINER, str(STEPS), str(BATCH), "1" if channels_last else "0", precision,
-                          OURS, tmp], capture_output=True, text=True, check=True, env={**os.environ, "CI": "1"}).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            TRAINER,
+            str(STEPS),
+            str(BATCH),
+            "1" if channels_last else "0",
+            precision,
+            OURS,
+            tmp,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "CI": "1"},
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])["images_per_second"]
 
 
@@ -62,13 +81,21 @@ if __name__ == "__main__":
     print(f"{MODEL}: batch {BATCH}, {STEPS} steps, median of {RUNS} runs; CPU bf16: {cpu_has_bf16()}")
     ref32 = median(reference, [])
     our32 = median(ours, False, "32", tmp)
-    print(f"same settings (fp32, NCHW):     reference {ref32:9.1f} img/s   cnn train {our32:9.1f} img/s   ratio {our32 / ref32:.3f} (target >= 0.95)")
+    print(
+        f"same settings (fp32, NCHW):     reference {ref32:9.1f} img/s   cnn train {our32:9.1f} img/s   ratio {our32 / ref32:.3f} (target >= 0.95)"
+    )
     ref_cl = median(reference, ["channels_last"])
     our_cl = median(ours, True, "32", tmp)
-    print(f"same settings (fp32, NHWC):     reference {ref_cl:9.1f} img/s   cnn train {our_cl:9.1f} img/s   ratio {our_cl / ref_cl:.3f}")
+    print(
+        f"same settings (fp32, NHWC):     reference {ref_cl:9.1f} img/s   cnn train {our_cl:9.1f} img/s   ratio {our_cl / ref_cl:.3f}"
+    )
     if cpu_has_bf16():
         ref_bf = median(reference, ["channels_last", "bf16"])
         our_bf = median(ours, True, "bf16", tmp)
-        print(f"same settings (bf16, NHWC):     reference {ref_bf:9.1f} img/s   cnn train {our_bf:9.1f} img/s   ratio {our_bf / ref_bf:.3f}")
+        print(
+            f"same settings (bf16, NHWC):     reference {ref_bf:9.1f} img/s   cnn train {our_bf:9.1f} img/s   ratio {our_bf / ref_bf:.3f}"
+        )
     our_default = median(ours, True, "auto", tmp)
-    print(f"cnn train defaults vs reference fp32 NCHW: {our_default:9.1f} / {ref32:9.1f} img/s = {our_default / ref32:.3f}")
+    print(
+        f"cnn train defaults vs reference fp32 NCHW: {our_default:9.1f} / {ref32:9.1f} img/s = {our_default / ref32:.3f}"
+    )

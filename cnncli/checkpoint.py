@@ -24,8 +24,16 @@ from cnncli.preprocess import Preprocess
 
 FORMAT = "cnncli-checkpoint/1"
 # what last.pt has beyond best.pt: everything needed to continue the run exactly
-TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "rng", "best_accuracy", "epochs_without_improvement", "history",
-                 "running")
+TRAINING_KEYS = (
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "rng",
+    "best_accuracy",
+    "epochs_without_improvement",
+    "history",
+    "running",
+)
 
 
 @dataclass(frozen=True)
@@ -45,8 +53,12 @@ class ModelSpec:
         return (self.in_channels, *self.image_size)
 
     def to_dict(self) -> dict:
-        d = {"name": self.name, "num_classes": int(self.num_classes), "in_channels": int(self.in_channels),
-             "image_size": [int(v) for v in self.image_size]}
+        d = {
+            "name": self.name,
+            "num_classes": int(self.num_classes),
+            "in_channels": int(self.in_channels),
+            "image_size": [int(v) for v in self.image_size],
+        }
         if self.build_size is not None:
             d["build_size"] = [int(v) for v in self.build_size]
         return d
@@ -62,8 +74,13 @@ class ModelSpec:
         build = d.get("build_size")
         if build is not None and (isinstance(build, (str, bytes)) or len(build) != 2):
             raise ValueError(f"build_size {build!r}")
-        return cls(name, _count(d["num_classes"]), _count(d["in_channels"]), tuple(_count(v) for v in size),
-                   None if build is None else tuple(_count(v) for v in build))
+        return cls(
+            name,
+            _count(d["num_classes"]),
+            _count(d["in_channels"]),
+            tuple(_count(v) for v in size),
+            None if build is None else tuple(_count(v) for v in build),
+        )
 
 
 def _count(v) -> int:
@@ -79,13 +96,13 @@ class Checkpoint:
     state_dict: dict
     preprocess: Preprocess
     dataset: str = ""
-    args: dict = field(default_factory=dict)      # the resolved TrainConfig
+    args: dict = field(default_factory=dict)  # the resolved TrainConfig
     metrics: dict = field(default_factory=dict)
-    epoch: int = 0                                # epochs finished
-    step_in_epoch: int = 0                        # > 0: written mid-epoch (Ctrl-C, SIGTERM)
+    epoch: int = 0  # epochs finished
+    step_in_epoch: int = 0  # > 0: written mid-epoch (Ctrl-C, SIGTERM)
     global_step: int = 0
-    fcn: dict | None = None                       # the fully-convolutional conversion's facts (stride, RF, offset)
-    training: dict | None = None                  # last.pt only: TRAINING_KEYS
+    fcn: dict | None = None  # the fully-convolutional conversion's facts (stride, RF, offset)
+    training: dict | None = None  # last.pt only: TRAINING_KEYS
     versions: dict = field(default_factory=dict)
 
     @property
@@ -97,15 +114,22 @@ class Checkpoint:
 
     def to_dict(self) -> dict:
         p = self.preprocess
-        d = {"format": FORMAT,
-             "versions": {"cnncli": __version__, "torch": str(torch.__version__)},
-             "model": self.model.to_dict(),
-             "state_dict": {k: v.detach().cpu().contiguous() for k, v in self.state_dict.items()},
-             "classes": list(p.classes), "input_size": list(p.input_size),
-             "normalization": {"mean": list(p.mean), "std": list(p.std)},
-             "dataset": self.dataset, "args": dict(self.args), "metrics": dict(self.metrics),
-             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-             "fcn": self.fcn}
+        d = {
+            "format": FORMAT,
+            "versions": {"cnncli": __version__, "torch": str(torch.__version__)},
+            "model": self.model.to_dict(),
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in self.state_dict.items()},
+            "classes": list(p.classes),
+            "input_size": list(p.input_size),
+            "normalization": {"mean": list(p.mean), "std": list(p.std)},
+            "dataset": self.dataset,
+            "args": dict(self.args),
+            "metrics": dict(self.metrics),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "fcn": self.fcn,
+        }
         if self.training is not None:
             missing = set(TRAINING_KEYS) - set(self.training)
             if missing:
@@ -116,22 +140,34 @@ class Checkpoint:
     @classmethod
     def from_dict(cls, d: dict, path: str = "checkpoint") -> Checkpoint:
         if not isinstance(d, dict) or "model" not in d or "state_dict" not in d:
-            raise UsageError(f"{path} is not a cnncli checkpoint", "expected a file written by cnn train or cnn fcn")
+            raise UsageError(
+                f"{path} is not a cnncli checkpoint", "expected a file written by cnn train or cnn fcn"
+            )
         try:
             spec = ModelSpec.from_dict(d["model"])
             norm = d.get("normalization") or {}
             c = spec.in_channels
-            pre = Preprocess(tuple(d.get("input_size") or spec.input_size), tuple(norm.get("mean") or [0.0] * c),
-                             tuple(norm.get("std") or [1.0] * c), tuple(d.get("classes") or ()))
+            pre = Preprocess(
+                tuple(d.get("input_size") or spec.input_size),
+                tuple(norm.get("mean") or [0.0] * c),
+                tuple(norm.get("std") or [1.0] * c),
+                tuple(d.get("classes") or ()),
+            )
         except Exception as e:  # any field of the wrong type or shape: the file is malformed (exit 2)
-            raise UsageError(f"{shown(path)} is not a cnncli checkpoint: malformed {type(e).__name__}: {shown(e)}",
-                             "expected a file written by cnn train or cnn fcn") from None
+            raise UsageError(
+                f"{shown(path)} is not a cnncli checkpoint: malformed {type(e).__name__}: {shown(e)}",
+                "expected a file written by cnn train or cnn fcn",
+            ) from None
         state = d["state_dict"]
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise UsageError(f"{path} is not a cnncli checkpoint: its state_dict is not a dict of tensors",
-                             "expected a file written by cnn train or cnn fcn")
-        with reading(f"{shown(path)} is not a cnncli checkpoint: a malformed field",
-                     "expected a file written by cnn train or cnn fcn"):
+            raise UsageError(
+                f"{path} is not a cnncli checkpoint: its state_dict is not a dict of tensors",
+                "expected a file written by cnn train or cnn fcn",
+            )
+        with reading(
+            f"{shown(path)} is not a cnncli checkpoint: a malformed field",
+            "expected a file written by cnn train or cnn fcn",
+        ):
             training = {k: d[k] for k in TRAINING_KEYS if k in d} if "optimizer" in d else None
             fields = [d.get("dataset") or "", d.get("args") or {}, d.get("metrics") or {}]
             kinds = [("dataset", str), ("args", dict), ("metrics", dict)]
@@ -143,8 +179,16 @@ class Checkpoint:
             if training is not None and not isinstance(training.get("optimizer"), dict):
                 raise TypeError("'optimizer' is not an optimizer state dict")
             counters = [_counter(d, k) for k in ("epoch", "step_in_epoch", "global_step")]
-            return cls(spec, d["state_dict"], pre, *fields, *counters, d.get("fcn"), training,
-                       d.get("versions") if isinstance(d.get("versions"), dict) else {})
+            return cls(
+                spec,
+                d["state_dict"],
+                pre,
+                *fields,
+                *counters,
+                d.get("fcn"),
+                training,
+                d.get("versions") if isinstance(d.get("versions"), dict) else {},
+            )
 
     def save(self, path: str) -> None:
         """Write atomically: a crash never leaves a half-written file under `path`."""
@@ -168,18 +212,26 @@ def load_dict(path: str, map_location="cpu") -> dict:
     """A `.pt` file's contents, loaded safely: tensors and builtins only; pickled objects are refused, never run."""
     if not os.path.exists(path):
         raise UsageError(f"checkpoint not found: {path}", "check the path, e.g. runs/train/best.pt")
-    check_input(path, "checkpoint", kind="model", replaceable=True)  # a run's own last.pt is rewritten on resume
+    check_input(
+        path, "checkpoint", kind="model", replaceable=True
+    )  # a run's own last.pt is rewritten on resume
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         lines = str(e).strip().splitlines()
         detail = next((ln.strip() for ln in lines if "GLOBAL" in ln), "")
         if not detail:
-            raise UsageError(f"unreadable checkpoint {path}: not a torch checkpoint file",
-                             "is it a file written by cnn train?") from None
+            raise UsageError(
+                f"unreadable checkpoint {path}: not a torch checkpoint file",
+                "is it a file written by cnn train?",
+            ) from None
         detail = detail.split(" was not")[0].replace("WeightsUnpickler error: ", "")
-        raise UsageError(f"refusing to load {path}: it contains pickled Python objects, which could run code",
-                         f"cnncli checkpoints hold only tensors and plain values; {detail}".rstrip("; ")) from None
+        raise UsageError(
+            f"refusing to load {path}: it contains pickled Python objects, which could run code",
+            f"cnncli checkpoints hold only tensors and plain values; {detail}".rstrip("; "),
+        ) from None
     except Exception as e:
-        raise UsageError(f"unreadable checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                         "is it a file written by cnn train?") from None
+        raise UsageError(
+            f"unreadable checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            "is it a file written by cnn train?",
+        ) from None

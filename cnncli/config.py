@@ -22,19 +22,21 @@ SCHEDULES = ("onecycle", "cosine", "none")
 PRECISIONS = ("auto", "32", "bf16", "16")
 PRECISION_ALIASES = {"fp32": "32", "float32": "32", "bfloat16": "bf16", "fp16": "16", "float16": "16"}
 
-SGD_LR = 0.1                  # peak learning rate for SGD at the reference batch size
-SGD_LR_REFERENCE_BATCH = 256  # above it the SGD learning rate grows linearly with the batch (Goyal et al. 2017)
-SGD_MOMENTUM = 0.9            # Nesterov momentum
-SGD_WEIGHT_DECAY = 5e-4       # the classic CIFAR/ResNet value
+SGD_LR = 0.1  # peak learning rate for SGD at the reference batch size
+SGD_LR_REFERENCE_BATCH = (
+    256  # above it the SGD learning rate grows linearly with the batch (Goyal et al. 2017)
+)
+SGD_MOMENTUM = 0.9  # Nesterov momentum
+SGD_WEIGHT_DECAY = 5e-4  # the classic CIFAR/ResNet value
 ADAMW_LR = 2e-3
-ADAMW_WEIGHT_DECAY = 0.05     # decoupled decay: larger values than SGD's L2 are usual
-EVAL_BATCH_MIN = 256          # evaluation keeps no activations for backward: bigger batches are free
-MIN_STEPS_PER_EPOCH = 8       # small data: the default batch halves until an epoch has this many steps...
-MIN_BATCH = 4                 # ...but never below 4 images per process
-ONECYCLE_WARMUP = 0.25        # one-cycle (Smith): linear warm-up over the first quarter...
-ONECYCLE_START_DIV = 25       # ...from lr/25...
-ONECYCLE_END_DIV = 1e4        # ...then cosine down to lr/1e4
-COSINE_WARMUP = 0.05          # cosine: linear warm-up over 5% of the steps...
+ADAMW_WEIGHT_DECAY = 0.05  # decoupled decay: larger values than SGD's L2 are usual
+EVAL_BATCH_MIN = 256  # evaluation keeps no activations for backward: bigger batches are free
+MIN_STEPS_PER_EPOCH = 8  # small data: the default batch halves until an epoch has this many steps...
+MIN_BATCH = 4  # ...but never below 4 images per process
+ONECYCLE_WARMUP = 0.25  # one-cycle (Smith): linear warm-up over the first quarter...
+ONECYCLE_START_DIV = 25  # ...from lr/25...
+ONECYCLE_END_DIV = 1e4  # ...then cosine down to lr/1e4
+COSINE_WARMUP = 0.05  # cosine: linear warm-up over 5% of the steps...
 COSINE_WARMUP_MAX_STEPS = 200  # ...but never more than 200 steps
 
 
@@ -42,31 +44,37 @@ COSINE_WARMUP_MAX_STEPS = 200  # ...but never more than 200 steps
 class TrainConfig:
     """Everything that defines a run. `None` = decided by `resolve` from the dataset and the recipe above."""
 
-    model: str | None = None             # registry name, family, file.py:Class
-    data: str | None = None              # dataset name or folder:PATH (see `cnn train --help`)
-    data_dir: str | None = None          # default: $CNN_DATA_DIR or ~/.cache/cnncli/data
-    epochs: int | None = None            # default: the dataset's (lines 4, digits 40, cifar10 30, ...)
-    batch_size: int | None = None        # global batch size (split across ranks under torchrun); default: the dataset's
-    lr: float | None = None              # peak learning rate; default SGD_LR (scaled above batch 256) or ADAMW_LR
-    optimizer: str = "sgd"               # sgd (Nesterov momentum) | adamw
-    schedule: str = "onecycle"           # onecycle | cosine | none
-    weight_decay: float | None = None    # default SGD_WEIGHT_DECAY or ADAMW_WEIGHT_DECAY (never on biases and norms)
+    model: str | None = None  # registry name, family, file.py:Class
+    data: str | None = None  # dataset name or folder:PATH (see `cnn train --help`)
+    data_dir: str | None = None  # default: $CNN_DATA_DIR or ~/.cache/cnncli/data
+    epochs: int | None = None  # default: the dataset's (lines 4, digits 40, cifar10 30, ...)
+    batch_size: int | None = (
+        None  # global batch size (split across ranks under torchrun); default: the dataset's
+    )
+    lr: float | None = None  # peak learning rate; default SGD_LR (scaled above batch 256) or ADAMW_LR
+    optimizer: str = "sgd"  # sgd (Nesterov momentum) | adamw
+    schedule: str = "onecycle"  # onecycle | cosine | none
+    weight_decay: float | None = (
+        None  # default SGD_WEIGHT_DECAY or ADAMW_WEIGHT_DECAY (never on biases and norms)
+    )
     label_smoothing: float = 0.1
-    precision: str = "auto"              # auto | 32 | bf16 | 16; auto: bf16 where supported, fp16 on older GPUs
-    channels_last: bool = True           # NHWC is faster for convolutions on CPU (oneDNN) and tensor cores
-    compile: bool = False                # torch.compile the model
+    precision: str = "auto"  # auto | 32 | bf16 | 16; auto: bf16 where supported, fp16 on older GPUs
+    channels_last: bool = True  # NHWC is faster for convolutions on CPU (oneDNN) and tensor cores
+    compile: bool = False  # torch.compile the model
     seed: int = 0
-    deterministic: bool = False          # deterministic algorithms: bit-repeatable on CPU
-    workers: int | None = None           # DataLoader workers for folder datasets (None: default_workers())
-    patience: int | None = None          # stop after this many epochs without a better val accuracy
-    max_steps: int | None = None         # stop after this many optimizer steps (quick runs, tests)
-    project: str = "runs"                # folder of runs
-    name: str = "train"                  # run folder name; an existing one gets a numbered sibling
-    device: str = "auto"                 # auto | cpu | cuda | cuda:N | mps
-    img_size: list[int] | None = None    # folder datasets: resize to [H, W] (default: the images' own size)
-    num_classes: int | None = None       # default: the dataset's
-    weights: str | None = None           # start from any model file's weights (fitting tensors load, the head is re-made)
-    trust_pickle: bool = False           # --weights may be a whole pickled model (unpickling runs its code)
+    deterministic: bool = False  # deterministic algorithms: bit-repeatable on CPU
+    workers: int | None = None  # DataLoader workers for folder datasets (None: default_workers())
+    patience: int | None = None  # stop after this many epochs without a better val accuracy
+    max_steps: int | None = None  # stop after this many optimizer steps (quick runs, tests)
+    project: str = "runs"  # folder of runs
+    name: str = "train"  # run folder name; an existing one gets a numbered sibling
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    img_size: list[int] | None = None  # folder datasets: resize to [H, W] (default: the images' own size)
+    num_classes: int | None = None  # default: the dataset's
+    weights: str | None = (
+        None  # start from any model file's weights (fitting tensors load, the head is re-made)
+    )
+    trust_pickle: bool = False  # --weights may be a whole pickled model (unpickling runs its code)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -82,12 +90,12 @@ class TrainConfig:
 class RunFacts:
     """What `resolve` needs to know besides the request: the dataset's defaults and the machine's abilities."""
 
-    epochs: int                      # the dataset's default epochs
-    batch_size: int                  # the dataset's default batch size
-    num_classes: int                 # the dataset's classes
-    device_type: str = "cpu"         # cpu | cuda | mps
-    bf16: bool = False               # the device computes bf16 natively
-    world_size: int = 1              # processes under torchrun
+    epochs: int  # the dataset's default epochs
+    batch_size: int  # the dataset's default batch size
+    num_classes: int  # the dataset's classes
+    device_type: str = "cpu"  # cpu | cuda | mps
+    bf16: bool = False  # the device computes bf16 natively
+    world_size: int = 1  # processes under torchrun
     train_samples: int | None = None  # images in the training split (small data gets smaller batches)
 
 
@@ -96,13 +104,21 @@ def _at_least(flag: str, value, low) -> None:
         raise UsageError(f"{flag} must be at least {low}, got {value}")
 
 
-MIN_LR, MAX_RATE = 1.2e-38, 3.4e38     # --lr / --weight-decay: representable in float32 (the optimizer's arithmetic)
-MAX_SEED = 2**63 - 1                   # torch.manual_seed takes 64-bit seeds
+MIN_LR, MAX_RATE = (
+    1.2e-38,
+    3.4e38,
+)  # --lr / --weight-decay: representable in float32 (the optimizer's arithmetic)
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64-bit seeds
 MAX_IMG_SIDE = 16384
 # (flag, field, largest value): counts beyond these are typos or overflows, not requests
-RANGE_LIMITS = (("--epochs", "epochs", 1_000_000), ("--batch-size", "batch_size", 1 << 24),
-                ("--max-steps", "max_steps", 10**12), ("--patience", "patience", 1_000_000),
-                ("--workers", "workers", 256), ("--num-classes", "num_classes", 1_000_000))
+RANGE_LIMITS = (
+    ("--epochs", "epochs", 1_000_000),
+    ("--batch-size", "batch_size", 1 << 24),
+    ("--max-steps", "max_steps", 10**12),
+    ("--patience", "patience", 1_000_000),
+    ("--workers", "workers", 256),
+    ("--num-classes", "num_classes", 1_000_000),
+)
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
@@ -111,7 +127,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     Returns the config with aliases normalized (`--precision fp16` -> `16`); the input is not changed.
     """
     if not cfg.model or not cfg.data:
-        raise UsageError("give a MODEL and --data", "e.g. cnn train linenet --data lines, or --resume runs/train")
+        raise UsageError(
+            "give a MODEL and --data", "e.g. cnn train linenet --data lines, or --resume runs/train"
+        )
     if cfg.optimizer not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {cfg.optimizer!r}", "use " + " or ".join(OPTIMIZERS))
     if cfg.schedule not in SCHEDULES:
@@ -119,18 +137,27 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     precision = PRECISION_ALIASES.get(str(cfg.precision).lower(), str(cfg.precision).lower())
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {cfg.precision!r}", "use " + ", ".join(PRECISIONS))
-    for flag, value, low in (("--epochs", cfg.epochs, 1), ("--batch-size", cfg.batch_size, 1),
-                             ("--max-steps", cfg.max_steps, 1), ("--patience", cfg.patience, 0),
-                             ("--workers", cfg.workers, 0), ("--num-classes", cfg.num_classes, 1)):
+    for flag, value, low in (
+        ("--epochs", cfg.epochs, 1),
+        ("--batch-size", cfg.batch_size, 1),
+        ("--max-steps", cfg.max_steps, 1),
+        ("--patience", cfg.patience, 0),
+        ("--workers", cfg.workers, 0),
+        ("--num-classes", cfg.num_classes, 1),
+    ):
         _at_least(flag, value, low)
     for flag, value, high in RANGE_LIMITS:
         v = getattr(cfg, value)
         if v is not None and v > high:
-            raise UsageError(f"{flag} must be at most {high:,}, got {v:,}", "a value this large cannot be meant")
+            raise UsageError(
+                f"{flag} must be at most {high:,}, got {v:,}", "a value this large cannot be meant"
+            )
     for flag, value in (("--lr", cfg.lr), ("--weight-decay", cfg.weight_decay)):
         # real ranges: a rate that overflows float32 (the optimizer's arithmetic) or underflows it is not a rate
         low = 0 if flag == "--weight-decay" else MIN_LR
-        if value is not None and not (math.isfinite(value) and low <= value <= MAX_RATE and (value > 0 or low == 0)):
+        if value is not None and not (
+            math.isfinite(value) and low <= value <= MAX_RATE and (value > 0 or low == 0)
+        ):
             what = "a number >= 0" if low == 0 else "a positive number"
             raise UsageError(f"{flag} must be {what} (at most {MAX_RATE:g}, float32's range), got {value}")
     if not 0 <= cfg.seed <= MAX_SEED:
@@ -140,15 +167,21 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.img_size is not None and (len(cfg.img_size) != 2 or min(cfg.img_size) < 1):
         raise UsageError(f"--img-size must be HxW or N with positive sizes, got {cfg.img_size}")
     if cfg.img_size is not None and max(cfg.img_size) > MAX_IMG_SIDE:
-        raise UsageError(f"--img-size {'x'.join(map(str, cfg.img_size))} is too large",
-                         f"at most {MAX_IMG_SIDE} pixels a side for training")
+        raise UsageError(
+            f"--img-size {'x'.join(map(str, cfg.img_size))} is too large",
+            f"at most {MAX_IMG_SIDE} pixels a side for training",
+        )
     if not cfg.name or cfg.name in (".", "..") or os.sep in cfg.name or (os.altsep and os.altsep in cfg.name):
-        raise UsageError(f"--name must be a folder name, not a path: {cfg.name!r}", "use --project for the parent folder")
+        raise UsageError(
+            f"--name must be a folder name, not a path: {cfg.name!r}", "use --project for the parent folder"
+        )
     if cfg.weights is not None:
         from cnncli.fileio import check_input
 
         if not os.path.lexists(cfg.weights):
-            raise UsageError(f"--weights file not found: {cfg.weights}", "give a model file: state dict, checkpoint, ...")
+            raise UsageError(
+                f"--weights file not found: {cfg.weights}", "give a model file: state dict, checkpoint, ..."
+            )
         check_input(cfg.weights, "--weights file", kind="model")
     if os.path.exists(cfg.project) and not os.path.isdir(cfg.project):
         raise UsageError(f"--project {cfg.project} is a file", "give a folder for the runs")
@@ -185,12 +218,21 @@ def resolve(cfg: TrainConfig, facts: RunFacts) -> TrainConfig:
         lr = cfg.lr or ADAMW_LR
         wd = ADAMW_WEIGHT_DECAY if cfg.weight_decay is None else cfg.weight_decay
     if cfg.num_classes is not None and facts.num_classes and cfg.num_classes < facts.num_classes:
-        raise UsageError(f"--num-classes {cfg.num_classes} is fewer than the {facts.num_classes} classes of {cfg.data}",
-                         f"leave it out (the dataset's {facts.num_classes}) or give at least {facts.num_classes}")
+        raise UsageError(
+            f"--num-classes {cfg.num_classes} is fewer than the {facts.num_classes} classes of {cfg.data}",
+            f"leave it out (the dataset's {facts.num_classes}) or give at least {facts.num_classes}",
+        )
     workers = default_workers(facts.world_size) if cfg.workers is None else cfg.workers
-    return replace(cfg, epochs=cfg.epochs or facts.epochs, batch_size=batch, lr=lr, weight_decay=wd, workers=workers,
-                   num_classes=cfg.num_classes or facts.num_classes,
-                   precision=resolve_precision(cfg.precision, facts.device_type, facts.bf16))
+    return replace(
+        cfg,
+        epochs=cfg.epochs or facts.epochs,
+        batch_size=batch,
+        lr=lr,
+        weight_decay=wd,
+        workers=workers,
+        num_classes=cfg.num_classes or facts.num_classes,
+        precision=resolve_precision(cfg.precision, facts.device_type, facts.bf16),
+    )
 
 
 def default_workers(world_size: int = 1) -> int:
@@ -226,4 +268,6 @@ def lr_at(step: int, total: int, base_lr: float, schedule: str) -> float:
     start, end = base_lr / ONECYCLE_START_DIV, base_lr / ONECYCLE_END_DIV
     if t < ONECYCLE_WARMUP:
         return start + (base_lr - start) * t / ONECYCLE_WARMUP
-    return end + (base_lr - end) * 0.5 * (1 + math.cos(math.pi * (t - ONECYCLE_WARMUP) / (1 - ONECYCLE_WARMUP)))
+    return end + (base_lr - end) * 0.5 * (
+        1 + math.cos(math.pi * (t - ONECYCLE_WARMUP) / (1 - ONECYCLE_WARMUP))
+    )

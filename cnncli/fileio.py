@@ -22,7 +22,8 @@ import math
 import os
 import stat
 import tempfile
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from cnncli.errors import CnnError, UsageError, WorkFailed, raise_if_interrupted, shown
 
@@ -40,8 +41,12 @@ def begin_command() -> None:
 
 def _kind_of_mode(mode: int) -> str | None:
     """What a non-regular file is, in words (None for a regular file or a folder)."""
-    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return None if (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) else "not a regular file"
@@ -54,8 +59,9 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
-def check_input(path: str, what: str = "file", *, kind: str = "file", folder: bool = False,
-                replaceable: bool = False) -> str:
+def check_input(
+    path: str, what: str = "file", *, kind: str = "file", folder: bool = False, replaceable: bool = False
+) -> str:
     """The one gate for every file cnn reads: it exists, is a regular file (or a folder when `folder`), can be
     opened, and is not absurdly large for its kind. Returns the path; UsageError (exit 2) otherwise.
     `replaceable`: a file the command updates in place (a run's last.pt when resuming) and may write again."""
@@ -66,8 +72,10 @@ def check_input(path: str, what: str = "file", *, kind: str = "file", folder: bo
     elif (odd := _kind_of_mode(st.st_mode)) is not None:
         raise UsageError(f"{shown(path)} is {odd}, not a {what}", "cnn reads regular files only")
     elif st.st_size > LIMITS.get(kind, LIMITS["file"]):
-        raise UsageError(f"{shown(path)} is {_size(st.st_size)}: too large for a {what}",
-                         f"cnn reads {what}s up to {_size(LIMITS.get(kind, LIMITS['file']))}")
+        raise UsageError(
+            f"{shown(path)} is {_size(st.st_size)}: too large for a {what}",
+            f"cnn reads {what}s up to {_size(LIMITS.get(kind, LIMITS['file']))}",
+        )
     else:
         try:
             with open(path, "rb"):
@@ -115,18 +123,30 @@ def os_error(e: OSError, path: str | None = None, *, reading: bool = False) -> C
     why = e.strerror or str(e)
     no = e.errno
     if no in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return WorkFailed(f"cannot write {where}: {why}", "free some space (or raise the quota), or write elsewhere; "
-                          "no earlier file was replaced")
+        return WorkFailed(
+            f"cannot write {where}: {why}",
+            "free some space (or raise the quota), or write elsewhere; no earlier file was replaced",
+        )
     if no == errno.ENAMETOOLONG:
-        return UsageError(f"cannot use {where}: the name or path is too long",
-                          f"file names are at most {NAME_MAX} bytes and paths {PATH_MAX}")
+        return UsageError(
+            f"cannot use {where}: the name or path is too long",
+            f"file names are at most {NAME_MAX} bytes and paths {PATH_MAX}",
+        )
     if no == errno.ELOOP:
         return UsageError(f"cannot use {where}: a symbolic link loop", "check the links on the path")
     if no == errno.EROFS:
         return UsageError(f"cannot write {where}: the file system is read-only", "write elsewhere")
     if no in (errno.EACCES, errno.EPERM):
         return UsageError(f"cannot {'read' if reading else 'write'} {where}: {why}", "check its permissions")
-    if no in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.EXDEV, errno.EBUSY, errno.ETXTBSY):
+    if no in (
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EEXIST,
+        errno.ENOENT,
+        errno.EXDEV,
+        errno.EBUSY,
+        errno.ETXTBSY,
+    ):
         return UsageError(f"cannot use {where}: {why}", "check the path")
     if no == errno.EIO:
         return WorkFailed(f"input/output error on {where}", "the disk or the device may be failing")
@@ -137,20 +157,30 @@ def check_writable_place(path: str) -> None:
     """The folder a new file or folder would go in exists (or can be made) and is writable."""
     full = os.path.abspath(path)
     if len(os.fsencode(full)) >= PATH_MAX:
-        raise UsageError(f"cannot use {shown(path)}: the path is too long ({len(os.fsencode(full))} bytes)",
-                         f"paths are at most {PATH_MAX} bytes")
+        raise UsageError(
+            f"cannot use {shown(path)}: the path is too long ({len(os.fsencode(full))} bytes)",
+            f"paths are at most {PATH_MAX} bytes",
+        )
     for part in full.split(os.sep):
         if len(os.fsencode(part)) > NAME_MAX:
-            raise UsageError(f"cannot use {shown(path)}: the name {shown(part, 60)} is too long "
-                             f"({len(os.fsencode(part))} bytes)", f"file names are at most {NAME_MAX} bytes")
+            raise UsageError(
+                f"cannot use {shown(path)}: the name {shown(part, 60)} is too long "
+                f"({len(os.fsencode(part))} bytes)",
+                f"file names are at most {NAME_MAX} bytes",
+            )
     parent = os.path.dirname(full)
     while parent and not os.path.lexists(parent):
         parent = os.path.dirname(parent)
     if parent and not os.path.isdir(parent):
         raise UsageError(f"cannot use {shown(path)}: {shown(parent)} is not a folder", "check the path")
     if parent and not os.access(parent, os.W_OK):
-        raise os_error(OSError(errno.EROFS if _read_only(parent) else errno.EACCES,
-                               "read-only file system" if _read_only(parent) else "permission denied"), parent)
+        raise os_error(
+            OSError(
+                errno.EROFS if _read_only(parent) else errno.EACCES,
+                "read-only file system" if _read_only(parent) else "permission denied",
+            ),
+            parent,
+        )
 
 
 def _read_only(folder: str) -> bool:
@@ -172,10 +202,14 @@ def _refuse_target(path: str) -> None:
     if stat.S_ISDIR(st.st_mode):
         raise UsageError(f"the output {shown(path)} is a folder", "give a file name with -o")
     if (odd := _kind_of_mode(st.st_mode)) is not None:
-        raise UsageError(f"the output {shown(path)} is {odd}", "cnn writes regular files only; give a file name")
+        raise UsageError(
+            f"the output {shown(path)} is {odd}", "cnn writes regular files only; give a file name"
+        )
     if os.path.realpath(path) in _inputs:
-        raise UsageError(f"the output {shown(path)} is an input of this command",
-                         "give another output name; an input is never replaced")
+        raise UsageError(
+            f"the output {shown(path)} is an input of this command",
+            "give another output name; an input is never replaced",
+        )
 
 
 def atomic_write(path: str, write: Callable[[str], None], suffix: str = ".tmp") -> None:
@@ -201,7 +235,7 @@ def atomic_write(path: str, write: Callable[[str], None], suffix: str = ".tmp") 
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask like any other file
         raise_if_interrupted()  # a signal arrived while writing: nothing is committed
-        _refuse_target(path)    # what appeared at the path meanwhile is not replaced either
+        _refuse_target(path)  # what appeared at the path meanwhile is not replaced either
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):
@@ -215,8 +249,18 @@ def atomic_write(path: str, write: Callable[[str], None], suffix: str = ".tmp") 
 
 def _disk_full_text(text: str) -> bool:
     # torch.save's zip writer reports a short write as "unexpected pos N vs M" or "failed writing file"
-    return any(s in text for s in ("No space left", "ENOSPC", "file write failed", "Disk quota", "unexpected pos",
-                                   "failed writing file", "File too large"))
+    return any(
+        s in text
+        for s in (
+            "No space left",
+            "ENOSPC",
+            "file write failed",
+            "Disk quota",
+            "unexpected pos",
+            "failed writing file",
+            "File too large",
+        )
+    )
 
 
 def ensure_free_space(path: str, needed: int) -> None:
@@ -235,13 +279,22 @@ def ensure_free_space(path: str, needed: int) -> None:
 
         cap = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
         if cap != resource.RLIM_INFINITY and cap < needed:
-            raise os_error(OSError(errno.EFBIG, f"File too large (the file-size limit is {_size(cap)}, about "
-                                   f"{_size(needed)} needed)"), path)
+            raise os_error(
+                OSError(
+                    errno.EFBIG,
+                    f"File too large (the file-size limit is {_size(cap)}, about {_size(needed)} needed)",
+                ),
+                path,
+            )
     except (ImportError, ValueError):
         pass
     if free < needed:
-        raise os_error(OSError(errno.ENOSPC, f"No space left on device ({_size(free)} free, about {_size(needed)} "
-                               "needed)"), path)
+        raise os_error(
+            OSError(
+                errno.ENOSPC, f"No space left on device ({_size(free)} free, about {_size(needed)} needed)"
+            ),
+            path,
+        )
 
 
 def check_output(path: str, inputs: Iterable[str] = (), force: bool = False, flag: str = "-o") -> str:
@@ -249,8 +302,10 @@ def check_output(path: str, inputs: Iterable[str] = (), force: bool = False, fla
     a device, a FIFO or a socket, in a place that can be written, existing only with `force`."""
     for src in inputs:
         if src and os.path.exists(src) and os.path.realpath(src) == os.path.realpath(path):
-            raise UsageError(f"the output {shown(path)} is the input file",
-                             f"give another {flag}; an input is never replaced")
+            raise UsageError(
+                f"the output {shown(path)} is the input file",
+                f"give another {flag}; an input is never replaced",
+            )
     check_writable_place(path)
     _refuse_target(path)
     if os.path.lexists(path) and not force:
@@ -262,10 +317,17 @@ def check_output_folder(path: str, what: str = "output folder") -> str:
     """A folder outputs go into: absent (made later) or a folder, in a place that can be written."""
     check_writable_place(path)
     if os.path.lexists(path) and not os.path.isdir(path):
-        raise UsageError(f"cannot use {shown(path)}: it is a file, not a folder", f"give a folder as the {what}")
+        raise UsageError(
+            f"cannot use {shown(path)}: it is a file, not a folder", f"give a folder as the {what}"
+        )
     if os.path.isdir(path) and not os.access(path, os.W_OK):
-        raise os_error(OSError(errno.EROFS if _read_only(path) else errno.EACCES,
-                               "read-only file system" if _read_only(path) else "permission denied"), path)
+        raise os_error(
+            OSError(
+                errno.EROFS if _read_only(path) else errno.EACCES,
+                "read-only file system" if _read_only(path) else "permission denied",
+            ),
+            path,
+        )
     return path
 
 
@@ -293,7 +355,7 @@ class FolderLock:
     def __init__(self, folder: str, what: str = "run folder"):
         self.folder, self.what, self.fd = folder, what, None
 
-    def acquire(self) -> "FolderLock":
+    def acquire(self) -> FolderLock:
         import fcntl
 
         path = os.path.join(self.folder, ".lock")
@@ -306,8 +368,10 @@ class FolderLock:
         except OSError:
             os.close(self.fd)
             self.fd = None
-            raise UsageError(f"the {self.what} {shown(self.folder)} is in use by another cnn process",
-                             "wait for it to finish, or give another --name") from None
+            raise UsageError(
+                f"the {self.what} {shown(self.folder)} is in use by another cnn process",
+                "wait for it to finish, or give another --name",
+            ) from None
         return self
 
     def release(self) -> None:

@@ -22,15 +22,16 @@ def affine(mean, std, device="cpu"):
 
 @dataclass(frozen=True)
 class Preprocess:
-    input_size: tuple[int, int, int]          # (C, H, W) the model was trained at
+    input_size: tuple[int, int, int]  # (C, H, W) the model was trained at
     mean: tuple[float, ...]
     std: tuple[float, ...]
     classes: tuple[str, ...] = field(default=())
 
     def __post_init__(self):
         """Every field is checked once, here, whatever made it (a checkpoint, ONNX metadata, the command line)."""
-        if len(self.input_size) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                                                for v in self.input_size):
+        if len(self.input_size) != 3 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in self.input_size
+        ):
             raise ValueError(f"input size {self.input_size!r} is not C, H, W")
         c = self.input_size[0]
         if len(self.mean) != c or len(self.std) != c:
@@ -51,7 +52,9 @@ class Preprocess:
 
     def class_names(self, num_classes: int) -> list[str]:
         """The class names, or "0".."k-1" when none are recorded."""
-        return list(self.classes) if len(self.classes) == num_classes else [str(i) for i in range(num_classes)]
+        return (
+            list(self.classes) if len(self.classes) == num_classes else [str(i) for i in range(num_classes)]
+        )
 
     def affine(self, device="cpu"):
         """(scale, shift) as [1, C, 1, 1] float tensors with `pixels * scale + shift` = normalized input."""
@@ -68,10 +71,18 @@ class Preprocess:
 
     def to_metadata(self) -> dict:
         """The keys `cnn export` writes into a file's metadata (and `from_metadata` reads back)."""
-        return {"classes": list(self.classes), "input_size": list(self.input_size), "mean": list(self.mean),
-                "std": list(self.std)}
+        return {
+            "classes": list(self.classes),
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
     @classmethod
     def from_metadata(cls, meta: dict) -> Preprocess:
-        return cls(tuple(int(v) for v in meta["input_size"]), tuple(float(v) for v in meta["mean"]),
-                   tuple(float(v) for v in meta["std"]), tuple(str(v) for v in meta.get("classes") or ()))
+        return cls(
+            tuple(int(v) for v in meta["input_size"]),
+            tuple(float(v) for v in meta["mean"]),
+            tuple(float(v) for v in meta["std"]),
+            tuple(str(v) for v in meta.get("classes") or ()),
+        )

@@ -32,7 +32,9 @@ def lenet_sliding() -> None:
     for (i, j), colour in (((0, 0), "tab:blue"), ((0, 1), "tab:orange"), ((4, 8), "tab:green")):
         b.add_patch(patches.Rectangle((j - 0.5, i - 0.5), 1, 1, color=colour, alpha=0.7))
     b.set_aspect("equal")
-    fig.suptitle("LeNet trained on 32x32, converted: flatten+fc(120) -> conv 16x5x5, fc(84), fc(10) -> 1x1 convs")
+    fig.suptitle(
+        "LeNet trained on 32x32, converted: flatten+fc(120) -> conv 16x5x5, fc(84), fc(10) -> 1x1 convs"
+    )
     fig.tight_layout()
     fig.savefig(os.path.join(IMG, "fcn-lenet.png"), dpi=80)
 
@@ -40,10 +42,39 @@ def lenet_sliding() -> None:
 def lines_scoremap() -> None:
     tmp = tempfile.mkdtemp()
     env = {**os.environ, "CI": "1"}
-    subprocess.run([sys.executable, "-m", "cnncli", "train", "linenet", "--data", "lines", "--project", tmp, "--name", "l"],
-                   check=True, env=env, capture_output=True)
-    subprocess.run([sys.executable, "-m", "cnncli", "scoremap", os.path.join(tmp, "l", "best.pt"), "--scene", "lines",
-                    "-o", tmp], check=True, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cnncli",
+            "train",
+            "linenet",
+            "--data",
+            "lines",
+            "--project",
+            tmp,
+            "--name",
+            "l",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cnncli",
+            "scoremap",
+            os.path.join(tmp, "l", "best.pt"),
+            "--scene",
+            "lines",
+            "-o",
+            tmp,
+        ],
+        check=True,
+        env=env,
+    )
     os.replace(os.path.join(tmp, "scene-lines-0-scoremap.png"), os.path.join(IMG, "scoremap-lines.png"))
 
 
@@ -51,8 +82,12 @@ def lines_experiments() -> None:
     """Samples of lines, lines-modulated, its unmodulated control and lines-ood (docs/inspect.md)."""
     from cnncli.data import lines
 
-    rows = [("lines", lines.generate), ("lines-modulated", lines.modulated),
-            ("control: unmodulated", lambda n, seed: lines.modulated(n, seed, period=None)), ("lines-ood", lines.ood)]
+    rows = [
+        ("lines", lines.generate),
+        ("lines-modulated", lines.modulated),
+        ("control: unmodulated", lambda n, seed: lines.modulated(n, seed, period=None)),
+        ("lines-ood", lines.ood),
+    ]
     fig, axes = plt.subplots(len(rows), 8, figsize=(12, 6.4))
     for r, (name, make) in enumerate(rows):
         x, y = make(8, seed=4)
@@ -89,13 +124,36 @@ def inspect_pictures() -> None:
     cnn("inspect", "kernels", ck, "--dft", "-o", out)
     cnn("inspect", "features", ck, os.path.join(tmp, "line.png"), "-o", out)
     cnn("inspect", "rf", ck, os.path.join(tmp, "line.png"), "-o", out)
-    cnn("inspect", "features", "tv:resnet18", os.path.join(tmp, "scene.png"), "--pca", "--in", "3x128x128", "-o", out)
-    cnn("inspect", "rf", "tv:resnet18", os.path.join(tmp, "scene.png"), "--layer", "layer2", "--in", "3x128x128",
-        "-o", out)
-    for src, dst in (("kernels-features_0-dft.png", "inspect-kernels-linenet.png"),
-                     ("features-line.png", "inspect-features-linenet.png"), ("rf-line-features_1.png", "inspect-rf-linenet.png"),
-                     ("features-scene-pca.png", "inspect-features-resnet18-pca.png"),
-                     ("rf-scene-layer2.png", "inspect-rf-resnet18.png")):
+    cnn(
+        "inspect",
+        "features",
+        "tv:resnet18",
+        os.path.join(tmp, "scene.png"),
+        "--pca",
+        "--in",
+        "3x128x128",
+        "-o",
+        out,
+    )
+    cnn(
+        "inspect",
+        "rf",
+        "tv:resnet18",
+        os.path.join(tmp, "scene.png"),
+        "--layer",
+        "layer2",
+        "--in",
+        "3x128x128",
+        "-o",
+        out,
+    )
+    for src, dst in (
+        ("kernels-features_0-dft.png", "inspect-kernels-linenet.png"),
+        ("features-line.png", "inspect-features-linenet.png"),
+        ("rf-line-features_1.png", "inspect-rf-linenet.png"),
+        ("features-scene-pca.png", "inspect-features-resnet18-pca.png"),
+        ("rf-scene-layer2.png", "inspect-rf-resnet18.png"),
+    ):
         os.replace(os.path.join(out, src), os.path.join(IMG, dst))
 
 

@@ -19,8 +19,14 @@ def run_cnn(*args, env=None, cwd=None, timeout=600, check=None, sub=False):
     e.pop("CNN_DEBUG", None)
     e.setdefault("CI", "1")
     e.update(env or {})
-    p = subprocess.run([sys.executable, "-m", "cnncli", *map(str, args)], capture_output=True, text=True,
-                       env=e, cwd=cwd or ROOT, timeout=timeout)
+    p = subprocess.run(
+        [sys.executable, "-m", "cnncli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=e,
+        cwd=cwd or ROOT,
+        timeout=timeout,
+    )
     if check is not None and p.returncode != check:
         raise AssertionError(f"exit {p.returncode} != {check}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}")
     return p
@@ -92,8 +98,12 @@ def make_checkpoint(path, name, size=(3, 32, 32), num_classes=10, seed=0, datase
             m.running_var.uniform_(0.5, 1.5)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.2, 0.2)
-    pre = Preprocess(tuple(size), (0.5,) * size[0], (0.25,) * size[0], tuple(f"c{i}" for i in range(num_classes)))
-    Checkpoint(ModelSpec(name, num_classes, size[0], tuple(size[1:])), model.state_dict(), pre, dataset).save(str(path))
+    pre = Preprocess(
+        tuple(size), (0.5,) * size[0], (0.25,) * size[0], tuple(f"c{i}" for i in range(num_classes))
+    )
+    Checkpoint(ModelSpec(name, num_classes, size[0], tuple(size[1:])), model.state_dict(), pre, dataset).save(
+        str(path)
+    )
     return str(path)
 
 
@@ -110,8 +120,20 @@ def lines_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("digits")
-    p = run_cnn("train", "lenet", "--data", "digits", "--epochs", "20", "--project", tmp, "--name", "d", "--json",
-                check=0)
+    p = run_cnn(
+        "train",
+        "lenet",
+        "--data",
+        "digits",
+        "--epochs",
+        "20",
+        "--project",
+        tmp,
+        "--name",
+        "d",
+        "--json",
+        check=0,
+    )
     import json
 
     return json.loads(p.stdout)

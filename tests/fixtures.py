@@ -23,8 +23,12 @@ def write_cifar10(root: str, n_train: int = 500, n_test: int = 200, seed: int = 
         for i, y in enumerate(labels):
             x[i, y % 3, : 8 + 2 * y] += 120
         # the release was pickled by Python 2: its keys load as str with encoding="latin1"
-        return {"batch_label": "fixture", "labels": labels.tolist(), "data": x.reshape(n, -1),
-                "filenames": [f"img{i}.png" for i in range(n)]}
+        return {
+            "batch_label": "fixture",
+            "labels": labels.tolist(),
+            "data": x.reshape(n, -1),
+            "filenames": [f"img{i}.png" for i in range(n)],
+        }
 
     per = n_train // 5
     for i in range(1, 6):
@@ -45,7 +49,9 @@ def _idx(path: str, arr: np.ndarray) -> None:
         f.write(arr.astype(np.uint8).tobytes())
 
 
-def write_mnist(root: str, n_train: int = 600, n_test: int = 200, folder: str = "MNIST", seed: int = 0) -> str:
+def write_mnist(
+    root: str, n_train: int = 600, n_test: int = 200, folder: str = "MNIST", seed: int = 0
+) -> str:
     """MNIST/raw/ (or FashionMNIST/raw/) with the four uncompressed IDX files."""
     rng = np.random.default_rng(seed)
     raw = os.path.join(root, folder, "raw")
@@ -54,13 +60,15 @@ def write_mnist(root: str, n_train: int = 600, n_test: int = 200, folder: str = 
         y = rng.integers(0, 10, n).astype(np.uint8)
         x = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
         for i, label in enumerate(y):
-            x[i, 2 + 2 * label: 5 + 2 * label, 4:24] = 250  # a bar whose height encodes the class
+            x[i, 2 + 2 * label : 5 + 2 * label, 4:24] = 250  # a bar whose height encodes the class
         _idx(os.path.join(raw, f"{prefix}-images-idx3-ubyte"), x)
         _idx(os.path.join(raw, f"{prefix}-labels-idx1-ubyte"), y)
     return root
 
 
-def write_image_folder(root: str, classes=("cats", "dogs"), per_class: int = 12, size=(40, 48), with_val=False) -> str:
+def write_image_folder(
+    root: str, classes=("cats", "dogs"), per_class: int = 12, size=(40, 48), with_val=False
+) -> str:
     from PIL import Image
 
     rng = np.random.default_rng(0)

@@ -33,14 +33,24 @@ def _nparams(m):
 
 
 @SETTINGS
-@given(c=st.integers(1, 4), h=st.integers(1, 24), w=st.integers(1, 24), k=pair, s=pair,
-       p=st.tuples(st.integers(0, 3), st.integers(0, 3)), d=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-       out_mult=st.integers(1, 3), groups=st.sampled_from([1, 2, 3, 4]), bias=st.booleans())
+@given(
+    c=st.integers(1, 4),
+    h=st.integers(1, 24),
+    w=st.integers(1, 24),
+    k=pair,
+    s=pair,
+    p=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    d=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    out_mult=st.integers(1, 3),
+    groups=st.sampled_from([1, 2, 3, 4]),
+    bias=st.booleans(),
+)
 def test_conv2d_matches_torch(c, h, w, k, s, p, d, out_mult, groups, bias):
     out = groups * out_mult
     try:
-        layer = arith.conv2d((c, h, w), out_channels=out, kernel=k, stride=s, padding=p, dilation=d, groups=groups,
-                             bias=bias)
+        layer = arith.conv2d(
+            (c, h, w), out_channels=out, kernel=k, stride=s, padding=p, dilation=d, groups=groups, bias=bias
+        )
     except ArithError:
         with pytest.raises((RuntimeError, ValueError)):
             m = nn.Conv2d(c, out, k, s, p, d, groups, bias)
@@ -52,8 +62,14 @@ def test_conv2d_matches_torch(c, h, w, k, s, p, d, out_mult, groups, bias):
 
 
 @settings(max_examples=300, deadline=None)
-@given(c=st.integers(1, 3), h=st.integers(1, 20), w=st.integers(1, 20), k=pair, d=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-       out=st.integers(1, 4))
+@given(
+    c=st.integers(1, 3),
+    h=st.integers(1, 20),
+    w=st.integers(1, 20),
+    k=pair,
+    d=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    out=st.integers(1, 4),
+)
 def test_conv2d_same_and_valid(c, h, w, k, d, out):
     for mode in ("same", "valid"):
         try:
@@ -66,9 +82,17 @@ def test_conv2d_same_and_valid(c, h, w, k, d, out):
 
 
 @SETTINGS
-@given(c=st.integers(1, 3), h=st.integers(1, 24), w=st.integers(1, 24), k=pair,
-       s=st.one_of(st.none(), pair), p=st.tuples(st.integers(0, 3), st.integers(0, 3)),
-       d=st.tuples(st.integers(1, 3), st.integers(1, 3)), ceil=st.booleans(), kind=st.sampled_from(["max", "avg"]))
+@given(
+    c=st.integers(1, 3),
+    h=st.integers(1, 24),
+    w=st.integers(1, 24),
+    k=pair,
+    s=st.one_of(st.none(), pair),
+    p=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    d=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    ceil=st.booleans(),
+    kind=st.sampled_from(["max", "avg"]),
+)
 def test_pool2d_matches_torch(c, h, w, k, s, p, d, ceil, kind):
     if kind == "avg":
         d = (1, 1)
@@ -76,7 +100,11 @@ def test_pool2d_matches_torch(c, h, w, k, s, p, d, ceil, kind):
         layer = arith.pool2d((c, h, w), kind=kind, kernel=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
     except ArithError:
         with pytest.raises((RuntimeError, ValueError)):
-            m = (nn.MaxPool2d(k, s, p, d, ceil_mode=ceil) if kind == "max" else nn.AvgPool2d(k, s, p, ceil_mode=ceil))
+            m = (
+                nn.MaxPool2d(k, s, p, d, ceil_mode=ceil)
+                if kind == "max"
+                else nn.AvgPool2d(k, s, p, ceil_mode=ceil)
+            )
             _torch_out(m, c, h, w)
         return
     m = nn.MaxPool2d(k, s, p, d, ceil_mode=ceil) if kind == "max" else nn.AvgPool2d(k, s, p, ceil_mode=ceil)
@@ -84,15 +112,33 @@ def test_pool2d_matches_torch(c, h, w, k, s, p, d, ceil, kind):
 
 
 @SETTINGS
-@given(c=st.integers(1, 4), h=st.integers(1, 12), w=st.integers(1, 12), k=pair, s=pair,
-       p=st.tuples(st.integers(0, 3), st.integers(0, 3)), d=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-       op=st.tuples(st.integers(0, 3), st.integers(0, 3)), out_mult=st.integers(1, 3),
-       groups=st.sampled_from([1, 2]), bias=st.booleans())
+@given(
+    c=st.integers(1, 4),
+    h=st.integers(1, 12),
+    w=st.integers(1, 12),
+    k=pair,
+    s=pair,
+    p=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    d=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    op=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    out_mult=st.integers(1, 3),
+    groups=st.sampled_from([1, 2]),
+    bias=st.booleans(),
+)
 def test_conv_transpose2d_matches_torch(c, h, w, k, s, p, d, op, out_mult, groups, bias):
     out = groups * out_mult
     try:
-        layer = arith.conv_transpose2d((c, h, w), out_channels=out, kernel=k, stride=s, padding=p, dilation=d,
-                                       output_padding=op, groups=groups, bias=bias)
+        layer = arith.conv_transpose2d(
+            (c, h, w),
+            out_channels=out,
+            kernel=k,
+            stride=s,
+            padding=p,
+            dilation=d,
+            output_padding=op,
+            groups=groups,
+            bias=bias,
+        )
     except ArithError:
         _torch_rejects(lambda: _torch_out(nn.ConvTranspose2d(c, out, k, s, p, op, groups, bias, d), c, h, w))
         return
@@ -118,10 +164,21 @@ def test_single_conv_example_from_issue():
 
 
 def test_lenet_stack_classic_numbers():
-    rows = arith.run_layers((1, 32, 32), "conv(6,k=5) relu maxpool(2) conv(16,k=5) maxpool(2) flatten fc(120) fc(84) fc(10)")
+    rows = arith.run_layers(
+        (1, 32, 32), "conv(6,k=5) relu maxpool(2) conv(16,k=5) maxpool(2) flatten fc(120) fc(84) fc(10)"
+    )
     # LeNet-5 (LeCun et al. 1998 layout with a full C3): 156 + 2,416 + 48,120 + 10,164 + 850
-    assert [r.output for r in rows] == [(6, 28, 28), (6, 28, 28), (6, 14, 14), (16, 10, 10), (16, 5, 5), (400,),
-                                        (120,), (84,), (10,)]
+    assert [r.output for r in rows] == [
+        (6, 28, 28),
+        (6, 28, 28),
+        (6, 14, 14),
+        (16, 10, 10),
+        (16, 5, 5),
+        (400,),
+        (120,),
+        (84,),
+        (10,),
+    ]
     assert [r.params for r in rows] == [156, 0, 0, 2416, 0, 0, 48120, 10164, 850]
     assert arith.totals(rows)["params"] == 61706
     assert [r.receptive_field for r in rows][-1] == (32, 32)
@@ -133,7 +190,9 @@ def _torch_stack(spec_rows, c):
     for r in spec_rows:
         a = r.args
         if r.op == "conv":
-            layers.append(nn.Conv2d(c, int(a["out"]), int(a.get("k", 3)), int(a.get("s", 1)), int(a.get("p", 0))))
+            layers.append(
+                nn.Conv2d(c, int(a["out"]), int(a.get("k", 3)), int(a.get("s", 1)), int(a.get("p", 0)))
+            )
             c = int(a["out"])
         elif r.op == "maxpool":
             layers.append(nn.MaxPool2d(int(a.get("k", 2))))
@@ -153,8 +212,16 @@ def _torch_stack(spec_rows, c):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.sampled_from(["conv(4,k=3)", "conv(5,k=3,p=1)", "conv(3,k=2,s=2)", "maxpool(2)", "avgpool(2)",
-                                 "bn", "relu"]), min_size=1, max_size=6), st.integers(8, 40))
+@given(
+    st.lists(
+        st.sampled_from(
+            ["conv(4,k=3)", "conv(5,k=3,p=1)", "conv(3,k=2,s=2)", "maxpool(2)", "avgpool(2)", "bn", "relu"]
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.integers(8, 40),
+)
 def test_random_stacks_match_torch(ops, size):
     spec = " ".join(ops) + " flatten fc(7)"
     try:
@@ -173,7 +240,9 @@ def test_receptive_field_against_gradient():
     """The receptive field is exactly the input region whose pixels change output cell (0, 0)."""
     spec = "conv(2,k=3) avgpool(2) conv(2,k=3,d=2) conv(2,k=5,s=2)"
     rows = arith.run_layers((1, 64, 64), spec)
-    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2), nn.Conv2d(2, 2, 3, dilation=2), nn.Conv2d(2, 2, 5, 2))
+    m = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.AvgPool2d(2), nn.Conv2d(2, 2, 3, dilation=2), nn.Conv2d(2, 2, 5, 2)
+    )
     x = torch.randn(1, 1, 64, 64, requires_grad=True)
     y = m(x)
     y[0, 0, 2, 3].backward()

@@ -12,7 +12,9 @@ LENET = "conv(6,k=5) relu maxpool(2) conv(16,k=5) maxpool(2) flatten fc(120) fc(
 
 
 def test_single_conv_text():
-    p = run_cnn("shape", "--in", "3x32x32", "--k", "5", "--s", "1", "--p", "2", "--out-channels", "10", check=0)
+    p = run_cnn(
+        "shape", "--in", "3x32x32", "--k", "5", "--s", "1", "--p", "2", "--out-channels", "10", check=0
+    )
     assert "3x32x32 -> 10x32x32" in p.stdout
     assert "floor((32 + 2*2 - 1*(5-1) - 1) / 1) + 1 = 32" in p.stdout
     assert "= 760" in p.stdout
@@ -30,7 +32,13 @@ def test_layers_json_lenet():
     out = json.loads(p.stdout)
     assert out["params"] == 61706
     assert out["output"] == [10]
-    assert [layer["output"] for layer in out["layers"]][:5] == [[6, 28, 28], [6, 28, 28], [6, 14, 14], [16, 10, 10], [16, 5, 5]]
+    assert [layer["output"] for layer in out["layers"]][:5] == [
+        [6, 28, 28],
+        [6, 28, 28],
+        [6, 14, 14],
+        [16, 10, 10],
+        [16, 5, 5],
+    ]
     assert set(out["layers"][0]) >= {"name", "output", "params", "macs", "receptive_field", "jump"}
     assert out["layers"][-1]["receptive_field"] == [32, 32]
 
@@ -41,27 +49,59 @@ def test_layers_table_has_totals():
 
 
 def test_pool_ceil_and_convT():
-    p = run_cnn("shape", "--in", "64x56x56", "--k", "3", "--s", "2", "--p", "1", "--op", "maxpool", "--ceil-mode",
-                "--json", check=0)
+    p = run_cnn(
+        "shape",
+        "--in",
+        "64x56x56",
+        "--k",
+        "3",
+        "--s",
+        "2",
+        "--p",
+        "1",
+        "--op",
+        "maxpool",
+        "--ceil-mode",
+        "--json",
+        check=0,
+    )
     assert json.loads(p.stdout)["output"] == [64, 29, 29]
-    p = run_cnn("shape", "--in", "16x8x8", "--k", "4", "--s", "2", "--p", "1", "--op", "convT", "--out-channels", "8",
-                "--json", check=0)
+    p = run_cnn(
+        "shape",
+        "--in",
+        "16x8x8",
+        "--k",
+        "4",
+        "--s",
+        "2",
+        "--p",
+        "1",
+        "--op",
+        "convT",
+        "--out-channels",
+        "8",
+        "--json",
+        check=0,
+    )
     assert json.loads(p.stdout)["output"] == [8, 16, 16]
     assert json.loads(p.stdout)["params"] == 16 * 8 * 16 + 8
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--in", "3x32"], "malformed size"),
-    (["--in", "axb"], "malformed size"),
-    (["--in", "-1"], "malformed size"),
-    (["--in", "3x4x4", "--k", "7"], "larger than the padded input"),
-    (["--in", "3x8x8", "--groups", "2", "--out-channels", "4"], "does not divide"),
-    (["--in", "3x8x8", "--s", "0"], "stride must be at least 1"),
-    (["--in", "3x8x8", "--k", "x"], "malformed kernel"),
-    (["--in", "3x8x8", "--op", "bogus"], "unknown --op"),
-    (["--in", "3x8x8", "--layers", "conv(4) wobble"], "unknown layer"),
-    (["--no-such-option"], "No such option"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--in", "3x32"], "malformed size"),
+        (["--in", "axb"], "malformed size"),
+        (["--in", "-1"], "malformed size"),
+        (["--in", "3x4x4", "--k", "7"], "larger than the padded input"),
+        (["--in", "3x8x8", "--groups", "2", "--out-channels", "4"], "does not divide"),
+        (["--in", "3x8x8", "--s", "0"], "stride must be at least 1"),
+        (["--in", "3x8x8", "--k", "x"], "malformed kernel"),
+        (["--in", "3x8x8", "--op", "bogus"], "unknown --op"),
+        (["--in", "3x8x8", "--layers", "conv(4) wobble"], "unknown layer"),
+        (["--no-such-option"], "No such option"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(args, needle):
     p = run_cnn("shape", *args, sub=True)
     assert p.returncode == 2, p.stderr
@@ -85,8 +125,16 @@ def test_version_and_help():
     assert "--out-channels" in run_cnn("shape", "--help", check=0).stdout
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["shape", "--in", "3x32x32", "--k", "3"], ["models", "--help"],
-                                  ["shape", "--in", "3x32x32", "--layers", LENET, "--json"], ["train", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["shape", "--in", "3x32x32", "--k", "3"],
+        ["models", "--help"],
+        ["shape", "--in", "3x32x32", "--layers", LENET, "--json"],
+        ["train", "--help"],
+    ],
+)
 def test_startup_never_imports_torch(argv):
     code = (
         "import sys\n"
@@ -95,14 +143,17 @@ def test_startup_never_imports_torch(argv):
         "heavy = sorted(m for m in ('torch', 'torchvision', 'onnx', 'onnxruntime', 'numpy', 'matplotlib') if m in sys.modules)\n"
         "print('HEAVY', heavy, file=sys.stderr)\n"
     )
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                       env={**os.environ, "CI": "1"})
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env={**os.environ, "CI": "1"}
+    )
     assert "HEAVY []" in p.stderr, p.stderr
 
 
 def test_console_script_and_module_agree():
     exe = os.path.join(os.path.dirname(sys.executable), "cnn")
-    a = subprocess.run([exe, "shape", "--in", "3x32x32", "--k", "5", "--json"], capture_output=True, text=True)
+    a = subprocess.run(
+        [exe, "shape", "--in", "3x32x32", "--k", "5", "--json"], capture_output=True, text=True
+    )
     b = run_cnn("shape", "--in", "3x32x32", "--k", "5", "--json", sub=True)
     assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
 
@@ -114,7 +165,9 @@ def test_ruff_bans_heavy_imports_in_cli(tmp_path):
     with open(bad, "w") as f:
         f.write("import torch  # noqa: F401\n")
     try:
-        p = subprocess.run([ruff, "check", "--no-cache", "--select", "TID253", bad], capture_output=True, text=True, cwd=ROOT)
+        p = subprocess.run(
+            [ruff, "check", "--no-cache", "--select", "TID253", bad], capture_output=True, text=True, cwd=ROOT
+        )
     finally:
         os.remove(bad)
     assert p.returncode != 0 and "TID253" in p.stdout

@@ -22,8 +22,16 @@ def test_training_step_never_synchronises_on_cuda(tmp_path):
     from cnncli.config import TrainConfig
     from cnncli.engine.trainer import StopRequest, Trainer
 
-    cfg = TrainConfig(model="resnet18", data="fake", epochs=1, batch_size=128, max_steps=40, device="cuda",
-                      project=str(tmp_path), name="sync")
+    cfg = TrainConfig(
+        model="resnet18",
+        data="fake",
+        epochs=1,
+        batch_size=128,
+        max_steps=40,
+        device="cuda",
+        project=str(tmp_path),
+        name="sync",
+    )
     trainer = Trainer(cfg)
     trainer.setup()
     assert trainer.cfg.precision in ("bf16", "16") and trainer.channels_last
@@ -50,18 +58,57 @@ def test_folder_training_on_cuda_prefetches(tmp_path):
     from fixtures import write_image_folder
 
     root = write_image_folder(str(tmp_path / "imgs"), with_val=True)
-    out = _json(run_cnn("train", "smallcnn", "--data", f"folder:{root}", "--device", "cuda", "--epochs", "3",
-                        "--project", tmp_path, "--json"))
+    out = _json(
+        run_cnn(
+            "train",
+            "smallcnn",
+            "--data",
+            f"folder:{root}",
+            "--device",
+            "cuda",
+            "--epochs",
+            "3",
+            "--project",
+            tmp_path,
+            "--json",
+        )
+    )
     assert out["device"].startswith("cuda")
-    ev = _json(run_cnn("eval", out["best_checkpoint"], "--data", f"folder:{root}", "--split", "val", "--device",
-                       "cuda", "--json"))
+    ev = _json(
+        run_cnn(
+            "eval",
+            out["best_checkpoint"],
+            "--data",
+            f"folder:{root}",
+            "--split",
+            "val",
+            "--device",
+            "cuda",
+            "--json",
+        )
+    )
     assert ev["accuracy"] == pytest.approx(out["best_accuracy"], abs=1e-9)
 
 
 def test_eval_on_cuda_matches_cpu(tmp_path):
     """The same checkpoint evaluated on the GPU and the CPU: fp32 without TF32 on both (evaluation_precision)."""
-    out = _json(run_cnn("train", "resnet20", "--data", "fake", "--device", "cuda", "--epochs", "1", "--max-steps",
-                        "30", "--project", tmp_path, "--json"))
+    out = _json(
+        run_cnn(
+            "train",
+            "resnet20",
+            "--data",
+            "fake",
+            "--device",
+            "cuda",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "30",
+            "--project",
+            tmp_path,
+            "--json",
+        )
+    )
     gpu = _json(run_cnn("eval", out["best_checkpoint"], "--device", "cuda", "--json"))
     cpu = _json(run_cnn("eval", out["best_checkpoint"], "--device", "cpu", "--json"))
     assert abs(gpu["accuracy"] - cpu["accuracy"]) <= 1 / gpu["samples"]
@@ -71,8 +118,23 @@ def test_eval_on_cuda_matches_cpu(tmp_path):
 
 def test_cuda_checkpoint_and_cuda_state_dict_export(tmp_path):
     """A run trained on the GPU, and a state dict saved with its tensors still on the GPU, export with parity."""
-    out = _json(run_cnn("train", "smallcnn", "--data", "fake", "--device", "cuda", "--epochs", "1", "--max-steps",
-                        "10", "--project", tmp_path, "--json"))
+    out = _json(
+        run_cnn(
+            "train",
+            "smallcnn",
+            "--data",
+            "fake",
+            "--device",
+            "cuda",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "10",
+            "--project",
+            tmp_path,
+            "--json",
+        )
+    )
     ex = _json(run_cnn("export", out["best_checkpoint"], "--onnx", "-o", tmp_path / "a.onnx", "--json"))
     assert ex["max_abs_diff"] < 1e-3
     import torchvision
@@ -102,6 +164,8 @@ def test_training_memory_figure_against_the_allocator(name, size, batch):
     torch.cuda.reset_peak_memory_stats()
     out.float().sum().backward()
     saved = res["memory"]["saved_for_backward"]
-    print(f"{name} batch {batch}: saved_for_backward {saved / 2**20:.1f} MiB, allocator {held / 2**20:.1f} MiB, "
-          f"peak in backward {torch.cuda.max_memory_allocated() / 2**20:.1f} MiB")
+    print(
+        f"{name} batch {batch}: saved_for_backward {saved / 2**20:.1f} MiB, allocator {held / 2**20:.1f} MiB, "
+        f"peak in backward {torch.cuda.max_memory_allocated() / 2**20:.1f} MiB"
+    )
     assert held == pytest.approx(saved, rel=0.05)

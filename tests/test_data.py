@@ -43,7 +43,11 @@ def test_a_crafted_cifar_file_is_refused_without_running_it(tmp_path):
         pickle.dump({"data": _Payload(marker), "labels": [0]}, f)
     ck = make_checkpoint(tmp_path / "m.pt", "resnet20", dataset="cifar10")
     for args in (["train", "resnet20", "--data", "cifar10", "--project", tmp_path / "runs"], ["eval", ck]):
-        p = run_cnn(*args, "--data-dir", data, "--split", "train") if args[0] == "eval" else run_cnn(*args, "--data-dir", data)
+        p = (
+            run_cnn(*args, "--data-dir", data, "--split", "train")
+            if args[0] == "eval"
+            else run_cnn(*args, "--data-dir", data)
+        )
         assert p.returncode == 2, p.stderr
         assert "refusing to load" in p.stderr and "posix.system" in p.stderr and "Traceback" not in p.stderr
     assert not marker.exists() and not (tmp_path / "runs").exists()
@@ -121,8 +125,16 @@ def test_tensor_loader_crop_pads_with_zeros_and_shifts():
     x = torch.full((8, 1, 8, 8), 255, dtype=torch.uint8)
     from cnncli.data.loader import TensorLoader
 
-    lo = TensorLoader(x, torch.zeros(8, dtype=torch.long), batch_size=8, mean=(0.0,), std=(1 / 255,), train=True,
-                      crop_padding=2, seed=0)
+    lo = TensorLoader(
+        x,
+        torch.zeros(8, dtype=torch.long),
+        batch_size=8,
+        mean=(0.0,),
+        std=(1 / 255,),
+        train=True,
+        crop_padding=2,
+        seed=0,
+    )
     xb, _ = next(iter(lo))
     assert xb.shape == (8, 1, 8, 8)
     assert (xb == 0).any() and (xb == 255).any()  # some rows/cols came from the zero padding
@@ -130,7 +142,9 @@ def test_tensor_loader_crop_pads_with_zeros_and_shifts():
 
 def test_distributed_shards_cover_the_epoch():
     d = load_dataset("fake")
-    shards = [make_loader(d, "train", batch_size=100, train=True, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    shards = [
+        make_loader(d, "train", batch_size=100, train=True, seed=1, rank=r, world_size=2) for r in (0, 1)
+    ]
     idx = [s._indices() for s in shards]
     assert len(idx[0]) == len(idx[1]) and not set(idx[0].tolist()) & set(idx[1].tolist())
     assert len(set(idx[0].tolist()) | set(idx[1].tolist())) == len(d.split("train")[0])

@@ -12,15 +12,44 @@ import pytest
 import torch
 from conftest import ROOT, run_cnn
 
-ARGS = ["linenet", "--data", "lines", "--epochs", "2", "--deterministic", "--device", "cpu", "--precision", "32"]
+ARGS = [
+    "linenet",
+    "--data",
+    "lines",
+    "--epochs",
+    "2",
+    "--deterministic",
+    "--device",
+    "cpu",
+    "--precision",
+    "32",
+]
 
 
 def _torchrun(*args, **kw):
     env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "CNN_DIST_TIMEOUT": "120"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "cnncli", "train", *map(str, args)]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, **kw)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "cnncli",
+        "train",
+        *map(str, args),
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **kw,
+    )
 
 
 def _rows(run):
@@ -41,14 +70,22 @@ def test_two_rank_job_writes_one_run_and_matches_single_process(ddp_run, tmp_pat
     res, project, err = ddp_run
     assert os.listdir(project) == ["ddp"]  # one run folder, written by rank 0 only
     run = res["run_dir"]
-    assert sorted(f for f in os.listdir(run) if not f.startswith(".")) == \
-        ["args.json", "best.pt", "curves.png", "last.pt", "metrics.csv", "summary.json"]
+    assert sorted(f for f in os.listdir(run) if not f.startswith(".")) == [
+        "args.json",
+        "best.pt",
+        "curves.png",
+        "last.pt",
+        "metrics.csv",
+        "summary.json",
+    ]
     assert len(_rows(run)) == 2
     assert "global batch 64 split across 2 ranks: 32 per rank" in err
     assert err.count("epoch 1/2") == 1  # only rank 0 reports
     assert res["test_accuracy"] >= 0.99
     # the same global batch in one process: comparable accuracy, (nearly) the same weights
-    single = json.loads(run_cnn("train", *ARGS, "--project", tmp_path, "--name", "single", "--json", check=0).stdout)
+    single = json.loads(
+        run_cnn("train", *ARGS, "--project", tmp_path, "--name", "single", "--json", check=0).stdout
+    )
     assert abs(single["test_accuracy"] - res["test_accuracy"]) <= 0.005
     a = torch.load(os.path.join(run, "last.pt"), weights_only=True)
     b = torch.load(os.path.join(single["run_dir"], "last.pt"), weights_only=True)
@@ -65,7 +102,9 @@ def test_resume_under_torchrun(ddp_run, tmp_path):
     p = _torchrun(*ARGS, "--project", tmp_path, "--name", "r")
     run = os.path.join(tmp_path, "r")
     deadline = time.time() + 300
-    while not os.path.exists(os.path.join(run, "metrics.csv")) and p.poll() is None and time.time() < deadline:
+    while (
+        not os.path.exists(os.path.join(run, "metrics.csv")) and p.poll() is None and time.time() < deadline
+    ):
         time.sleep(0.05)
     assert p.poll() is None, "the job finished before it could be stopped"
     time.sleep(0.5)
@@ -85,7 +124,7 @@ def test_resume_under_torchrun(ddp_run, tmp_path):
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-4, atol=1e-5)
 
 
-FAILING_MODEL = '''
+FAILING_MODEL = """
 import os
 import torch.nn as nn
 
@@ -102,14 +141,16 @@ class Net(nn.Module):
         if os.environ.get("RANK") == "1" and self.training and self.calls > 5:
             raise RuntimeError("rank 1 lost its device")
         return self.fc(self.conv(x).mean((2, 3)))
-'''
+"""
 
 
 def test_a_failing_rank_ends_the_job_instead_of_hanging(tmp_path):
     model = tmp_path / "failing.py"
     model.write_text(FAILING_MODEL)
     t = time.time()
-    p = _torchrun(f"{model}:Net", "--data", "lines", "--epochs", "1", "--device", "cpu", "--project", tmp_path)
+    p = _torchrun(
+        f"{model}:Net", "--data", "lines", "--epochs", "1", "--device", "cpu", "--project", tmp_path
+    )
     _, err = p.communicate(timeout=300)
     assert p.returncode != 0
     assert "rank 1 lost its device" in err
@@ -132,13 +173,51 @@ def test_two_nodes_on_one_host(tmp_path):
     env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "CNN_DIST_TIMEOUT": "120"}
     procs = []
     for node in (0, 1):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "cnn-two-nodes",
-               "--rdzv-conf", f"is_host={1 if node == 0 else 0}",
-               "-m", "cnncli", "train", "linenet", "--data", "lines", "--epochs", "1", "--device", "cpu",
-               "--precision", "32", "--project", str(tmp_path), "--name", "nodes", "--json"]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, start_new_session=True))
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "1",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{port}",
+            "--rdzv-id",
+            "cnn-two-nodes",
+            "--rdzv-conf",
+            f"is_host={1 if node == 0 else 0}",
+            "-m",
+            "cnncli",
+            "train",
+            "linenet",
+            "--data",
+            "lines",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--precision",
+            "32",
+            "--project",
+            str(tmp_path),
+            "--name",
+            "nodes",
+            "--json",
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+        )
     outs = []
     try:
         for p in procs:

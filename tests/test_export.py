@@ -10,9 +10,16 @@ import onnx
 import pytest
 from conftest import ROOT, make_checkpoint, run_cnn
 
-FAMILIES = [("lenet5", (3, 32, 32)), ("linenet", (1, 32, 32)), ("smallcnn", (3, 32, 32)), ("mlp", (3, 32, 32)),
-            ("vgg11_bn", (3, 32, 32)), ("resnet18", (3, 32, 32)), ("resnet20", (3, 32, 32)),
-            ("mobilenet_v2", (3, 32, 32))]
+FAMILIES = [
+    ("lenet5", (3, 32, 32)),
+    ("linenet", (1, 32, 32)),
+    ("smallcnn", (3, 32, 32)),
+    ("mlp", (3, 32, 32)),
+    ("vgg11_bn", (3, 32, 32)),
+    ("resnet18", (3, 32, 32)),
+    ("resnet20", (3, 32, 32)),
+    ("mobilenet_v2", (3, 32, 32)),
+]
 
 
 @pytest.mark.parametrize("name,size", FAMILIES)
@@ -30,10 +37,16 @@ def test_every_family_exports_and_passes_the_check(tmp_path, name, size):
     assert "BatchNormalization" not in ops  # folded
     meta = {p.key: p.value for p in m.metadata_props}
     assert json.loads(meta["classes"])[:2] == ["c0", "c1"] and json.loads(meta["input_size"]) == list(size)
-    assert json.loads(meta["mean"]) == [0.5] * size[0] and json.loads(meta["model_name"]) == name and meta["cnncli_version"]
+    assert (
+        json.loads(meta["mean"]) == [0.5] * size[0]
+        and json.loads(meta["model_name"]) == name
+        and meta["cnncli_version"]
+    )
 
 
-@pytest.mark.parametrize("name,size", [("lenet5", (3, 32, 32)), ("resnet18", (3, 32, 32)), ("vgg11", (3, 32, 32))])
+@pytest.mark.parametrize(
+    "name,size", [("lenet5", (3, 32, 32)), ("resnet18", (3, 32, 32)), ("vgg11", (3, 32, 32))]
+)
 def test_fully_convolutional_export_has_dynamic_size(tmp_path, name, size):
     from cnncli.analysis.fcn import fcn_checkpoint, to_fully_convolutional
     from cnncli.checkpoint import Checkpoint
@@ -60,14 +73,24 @@ def test_no_overwrite_and_no_file_on_failed_check(tmp_path):
     p = run_cnn("export", ck, "--onnx")
     assert p.returncode == 2 and "exists" in p.stderr
     # an impossible tolerance: the check fails, exit 1, and nothing is left behind
-    p = run_cnn("export", ck, "--onnx", "-o", tmp_path / "strict.onnx", "--tolerance", "0", "--exporter", "torchscript")
+    p = run_cnn(
+        "export",
+        ck,
+        "--onnx",
+        "-o",
+        tmp_path / "strict.onnx",
+        "--tolerance",
+        "0",
+        "--exporter",
+        "torchscript",
+    )
     assert p.returncode == 1 and "differs from PyTorch" in p.stderr and "no file was written" in p.stderr
     assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m.pt"]
     p = run_cnn("export", ck, "--onnx", "--dynamic-size", "-o", tmp_path / "dyn.onnx")
     assert p.returncode == 2 and "fully-convolutional" in p.stderr
 
 
-CONSUMER = r'''
+CONSUMER = r"""
 import json, sys
 import numpy as np
 import onnxruntime as ort
@@ -80,20 +103,26 @@ x = (x - np.array(meta["mean"], np.float32).reshape(1, c, 1, 1)) / np.array(meta
 logits = sess.run(None, {sess.get_inputs()[0].name: x})[0]
 np.save(sys.argv[3], logits.argmax(1))
 print(json.dumps({"classes": meta["classes"]}))
-'''
+"""
 
 
 def test_plain_onnxruntime_script_reproduces_eval(tmp_path, digits_run):
     from cnncli.data import load_dataset
 
     best = digits_run["best_checkpoint"]
-    onnx_path = json.loads(run_cnn("export", best, "--onnx", "-o", tmp_path / "d.onnx", "--json", check=0).stdout)["path"]
+    onnx_path = json.loads(
+        run_cnn("export", best, "--onnx", "-o", tmp_path / "d.onnx", "--json", check=0).stdout
+    )["path"]
     x, y = load_dataset("digits").split("test")
     np.save(tmp_path / "x.npy", x.numpy())
     script = tmp_path / "consumer.py"
     script.write_text(CONSUMER)
-    p = subprocess.run([sys.executable, str(script), onnx_path, str(tmp_path / "x.npy"), str(tmp_path / "pred.npy")],
-                       capture_output=True, text=True, cwd=tmp_path)
+    p = subprocess.run(
+        [sys.executable, str(script), onnx_path, str(tmp_path / "x.npy"), str(tmp_path / "pred.npy")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr
     pred = np.load(tmp_path / "pred.npy")
     ev = json.loads(run_cnn("eval", best, "--data", "digits", "--json", check=0).stdout)
@@ -117,7 +146,9 @@ def test_plain_onnxruntime_script_reproduces_eval(tmp_path, digits_run):
 def test_static_batch_export_runs_at_batch_1(tmp_path):
     """The documented `--static-batch --opset 17 --json`: a file fixed to batch 1, checked at batch 1."""
     ck = make_checkpoint(tmp_path / "m.pt", "resnet20")
-    out = json.loads(run_cnn("export", ck, "--onnx", "--static-batch", "--opset", "17", "--json", check=0).stdout)
+    out = json.loads(
+        run_cnn("export", ck, "--onnx", "--static-batch", "--opset", "17", "--json", check=0).stdout
+    )
     assert out["inputs"][0]["shape"] == [1, 3, 32, 32] and out["checked_shapes"] == [[1, 3, 32, 32]]
     assert out["opset"] == 17 and out["max_abs_diff"] < 1e-4
 
@@ -165,7 +196,11 @@ def test_format_flags_must_agree(tmp_path):
     p = run_cnn("export", ck)
     assert p.returncode == 2 and "choose a format" in p.stderr
     p = run_cnn("export", ck, "--format", "tflite")
-    assert p.returncode == 2 and "unknown format 'tflite'" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert (
+        p.returncode == 2
+        and "unknown format 'tflite'" in p.stderr
+        and len(p.stderr.strip().splitlines()) == 1
+    )
     p = run_cnn("export", ck, "--format", "pt2", "--exporter", "dynamo")
     assert p.returncode == 2 and "has no exporter" in p.stderr
     assert sorted(os.listdir(tmp_path)) == ["m.pt"]
@@ -181,9 +216,17 @@ def test_pt2_of_a_fully_convolutional_model(tmp_path):
     ck = Checkpoint.load(make_checkpoint(tmp_path / "l.pt", "lenet5"))
     fcn = str(tmp_path / "l-fcn.pt")
     fcn_checkpoint(ck, to_fully_convolutional(model_from_checkpoint(ck), (3, 32, 32))).save(fcn)
-    out = json.loads(run_cnn("export", fcn, "--format", "pt2", "--static-size", "--json", "-o", tmp_path / "s.pt2",
-                             check=0).stdout)
-    assert out["inputs"][0]["shape"] == ["batch", 3, 32, 32] and out["outputs"][0]["shape"] == ["batch", 10, 1, 1]
+    out = json.loads(
+        run_cnn(
+            "export", fcn, "--format", "pt2", "--static-size", "--json", "-o", tmp_path / "s.pt2", check=0
+        ).stdout
+    )
+    assert out["inputs"][0]["shape"] == ["batch", 3, 32, 32] and out["outputs"][0]["shape"] == [
+        "batch",
+        10,
+        1,
+        1,
+    ]
     p = run_cnn("export", fcn, "--format", "pt2", "--json", "-o", tmp_path / "d.pt2")
     if p.returncode == 0:  # a torch that keeps H and W symbolic: every checked size matched PyTorch
         assert json.loads(p.stdout)["inputs"][0]["shape"] == ["batch", 3, "height", "width"]

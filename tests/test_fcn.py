@@ -29,7 +29,7 @@ def test_lenet_score_cell_equals_classifier_on_its_window():
                 for j in range(maps.shape[3]):
                     top, left = window_origin(conv.as_dict(), i, j)  # from the recorded stride and offset
                     assert (top, left) == (4 * i, 4 * j)
-                    win = x[:, :, top:top + 32, left:left + 32]
+                    win = x[:, :, top : top + 32, left : left + 32]
                     torch.testing.assert_close(maps[:, :, i, j], clf(win), rtol=1e-4, atol=1e-5)
 
 
@@ -48,9 +48,19 @@ def test_lenet_64x64_gives_10x9x9(tmp_path):
     assert again.returncode == 2 and "exists" in again.stderr
 
 
-@pytest.mark.parametrize("name,size", [("resnet18", (3, 32, 32)), ("resnet18", (3, 224, 224)), ("vgg11_bn", (3, 32, 32)),
-                                       ("vgg16", (3, 224, 224)), ("mobilenet_v2", (3, 64, 64)), ("resnet20", (3, 32, 32)),
-                                       ("smallcnn", (3, 32, 32)), ("mlp", (1, 28, 28))])
+@pytest.mark.parametrize(
+    "name,size",
+    [
+        ("resnet18", (3, 32, 32)),
+        ("resnet18", (3, 224, 224)),
+        ("vgg11_bn", (3, 32, 32)),
+        ("vgg16", (3, 224, 224)),
+        ("mobilenet_v2", (3, 64, 64)),
+        ("resnet20", (3, 32, 32)),
+        ("smallcnn", (3, 32, 32)),
+        ("mlp", (1, 28, 28)),
+    ],
+)
 def test_families_convert_and_verify(name, size):
     torch.manual_seed(0)
     model = get_model(name, num_classes=10, in_channels=size[0], image_size=size[1:])
@@ -73,14 +83,27 @@ def test_unrecognised_head_is_exit_2_naming_the_layer(tmp_path):
         "        self.norm = nn.LayerNorm(4 * 30 * 30)\n"
         "        self.fc = nn.Linear(4 * 30 * 30, num_classes)\n"
         "    def forward(self, x):\n"
-        "        return self.fc(self.norm(self.conv(x).flatten(1)))\n")
+        "        return self.fc(self.norm(self.conv(x).flatten(1)))\n"
+    )
     with pytest.raises(UsageError, match=r"norm \(LayerNorm\)"):
         to_fully_convolutional(get_model(f"{f}:Odd"), (3, 32, 32))
 
 
 def test_scoremap_finds_the_regions_of_a_lines_scene(lines_run, tmp_path):
-    out = json.loads(run_cnn("scoremap", lines_run["best_checkpoint"], "--scene", "lines", "--scene-size", "192x256",
-                             "-o", tmp_path, "--json", check=0).stdout)
+    out = json.loads(
+        run_cnn(
+            "scoremap",
+            lines_run["best_checkpoint"],
+            "--scene",
+            "lines",
+            "--scene-size",
+            "192x256",
+            "-o",
+            tmp_path,
+            "--json",
+            check=0,
+        ).stdout
+    )
     assert out["scores_shape"] == [2, 192 - 31, 256 - 31]
     assert out["region_agreement"] >= 0.85
     scores = np.load(out["npy"])
@@ -90,7 +113,9 @@ def test_scoremap_finds_the_regions_of_a_lines_scene(lines_run, tmp_path):
 
 
 def test_converted_checkpoint_evaluates_like_the_classifier(lines_run, tmp_path):
-    fcn = json.loads(run_cnn("fcn", lines_run["best_checkpoint"], "-o", tmp_path / "f.pt", "--json", check=0).stdout)
+    fcn = json.loads(
+        run_cnn("fcn", lines_run["best_checkpoint"], "-o", tmp_path / "f.pt", "--json", check=0).stdout
+    )
     assert fcn["stride"] == [1, 1] and fcn["receptive_field"] == [40, 40]  # 9x9 filters, then the 32x32 pool
     ev = json.loads(run_cnn("eval", fcn["path"], "--json", check=0).stdout)
     assert ev["accuracy"] == pytest.approx(lines_run["test_accuracy"], abs=2e-4)
@@ -100,8 +125,12 @@ def test_scoremap_images_and_class_heatmap(tmp_path):
     from PIL import Image
 
     ck = make_checkpoint(tmp_path / "lenet.pt", "lenet5")
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8)).save(tmp_path / "a.png")
-    p = run_cnn("scoremap", ck, tmp_path / "a.png", "-o", tmp_path / "maps", "--class", "c3", "--json", check=0)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8)).save(
+        tmp_path / "a.png"
+    )
+    p = run_cnn(
+        "scoremap", ck, tmp_path / "a.png", "-o", tmp_path / "maps", "--class", "c3", "--json", check=0
+    )
     out = json.loads(p.stdout)
     assert out["scores_shape"] == [10, (80 - 32) // 4 + 1, (100 - 32) // 4 + 1]
     assert os.path.exists(out["png"]) and "c3" in out["png"]

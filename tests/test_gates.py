@@ -54,8 +54,9 @@ def ws(tmp_path_factory):
     from cnncli.checkpoint import Checkpoint
 
     ck = Checkpoint.load(str(w / "m.pt"))  # named as the `fake` dataset's classes, so eval runs on it
-    Checkpoint(ck.model, ck.state_dict, replace(ck.preprocess, classes=tuple(f"class{i}" for i in range(10))),
-               "fake").save(str(w / "m.pt"))
+    Checkpoint(
+        ck.model, ck.state_dict, replace(ck.preprocess, classes=tuple(f"class{i}" for i in range(10))), "fake"
+    ).save(str(w / "m.pt"))
     Image.new("RGB", (40, 40), (90, 30, 200)).save(w / "img.png")
     (w / "names.txt").write_text("\n".join(f"c{i}" for i in range(10)))
     (w / "net.py").write_text("import torch.nn as nn\nclass Net(nn.Module):\n    pass\n")
@@ -86,11 +87,26 @@ FOLDER_OUTPUTS = {
     "inspect kernels -o": lambda w, out: ["inspect", "kernels", w / "m.pt", "-o", out],
     "inspect features -o": lambda w, out: ["inspect", "features", w / "m.pt", w / "img.png", "-o", out],
     "inspect rf -o": lambda w, out: ["inspect", "rf", w / "m.pt", w / "img.png", "-o", out],
-    "train --project": lambda w, out: ["train", "lenet5", "--data", "fake", "--epochs", "1", "--project", out],
+    "train --project": lambda w, out: [
+        "train",
+        "lenet5",
+        "--data",
+        "fake",
+        "--epochs",
+        "1",
+        "--project",
+        out,
+    ],
 }
-BAD_FILE_TARGETS = {"device": ("dev", "character device"), "fifo": ("fifo", "FIFO"), "folder": ("folder", "folder"),
-                    "input": ("m.pt", "input"), "link loop": ("loop_a", "loop"),
-                    "under a file": ("img.png/x", "not a folder"), "long name": ("x" * 300, "too long")}
+BAD_FILE_TARGETS = {
+    "device": ("dev", "character device"),
+    "fifo": ("fifo", "FIFO"),
+    "folder": ("folder", "folder"),
+    "input": ("m.pt", "input"),
+    "link loop": ("loop_a", "loop"),
+    "under a file": ("img.png/x", "not a folder"),
+    "long name": ("x" * 300, "too long"),
+}
 
 
 @pytest.mark.parametrize("target", BAD_FILE_TARGETS)
@@ -106,8 +122,13 @@ def test_no_output_option_writes_over_a_device_fifo_folder_or_input(ws, option, 
 @pytest.mark.parametrize("target", ["device", "fifo", "file", "under a file", "long name"])
 @pytest.mark.parametrize("option", FOLDER_OUTPUTS)
 def test_no_output_folder_is_a_device_fifo_or_file(ws, option, target):
-    name = {"device": "dev", "fifo": "fifo", "file": "img.png", "under a file": "img.png/sub",
-            "long name": "y" * 300}[target]
+    name = {
+        "device": "dev",
+        "fifo": "fifo",
+        "file": "img.png",
+        "under a file": "img.png/sub",
+        "long name": "y" * 300,
+    }[target]
     before = _snapshot(ws)
     line = _one_error(run_cnn(*FOLDER_OUTPUTS[option](ws, ws / name)))
     assert any(s in line for s in ("not a folder", "is a file", "too long")), line
@@ -143,20 +164,29 @@ main(sys.argv[1:])
 """
 
 
-@pytest.mark.parametrize("option", ["export -o", "export --format pt2 -o", "fcn -o", "predict --csv",
-                                    "eval --confusion"])
+@pytest.mark.parametrize(
+    "option", ["export -o", "export --format pt2 -o", "fcn -o", "predict --csv", "eval --confusion"]
+)
 def test_a_write_that_runs_out_of_space_is_exit_1_and_keeps_the_old_file(ws, tmp_path, option):
     out = tmp_path / "out.bin"
     out.write_bytes(b"the previous good file")
     argv = [str(a) for a in FILE_OUTPUTS[option](ws, out)]
     limit = 4096 if option in ("predict --csv", "eval --confusion") else 60_000
-    p = subprocess.run([sys.executable, "-c", SCRIPT.replace("CAP", str(limit)), *argv], capture_output=True,
-                       text=True, cwd=ROOT, env={**os.environ, "CI": "1"}, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", SCRIPT.replace("CAP", str(limit)), *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "CI": "1"},
+        timeout=300,
+    )
     if option == "predict --csv":  # a one-image CSV fits in 4 KiB: the limit is for the others
         assert p.returncode == 0, p.stderr
         return
     line = p.stderr.strip().splitlines()[-1]
-    assert p.returncode == 1 and line.startswith("error: cannot write") and "Traceback" not in p.stderr, p.stderr
+    assert p.returncode == 1 and line.startswith("error: cannot write") and "Traceback" not in p.stderr, (
+        p.stderr
+    )
     assert "File too large" in line or "No space" in line, line
     assert out.read_bytes() == b"the previous good file"
     assert sorted(os.listdir(tmp_path)) == ["out.bin"]  # no temp file left
@@ -164,8 +194,14 @@ def test_a_write_that_runs_out_of_space_is_exit_1_and_keeps_the_old_file(ws, tmp
 
 def test_stdout_on_a_full_device_is_one_error_line():
     with open("/dev/full", "w") as full:
-        p = subprocess.run([sys.executable, "-m", "cnncli", "shape", "--in", "3x32x32", "--k", "3"], stdout=full,
-                           stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=60)
+        p = subprocess.run(
+            [sys.executable, "-m", "cnncli", "shape", "--in", "3x32x32", "--k", "3"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
     assert p.returncode == 1 and p.stderr.strip().startswith("error: cannot write the result"), p.stderr
     assert "Traceback" not in p.stderr
 
@@ -173,7 +209,9 @@ def test_stdout_on_a_full_device_is_one_error_line():
 def test_a_run_folder_has_one_writer(tmp_path):
     from cnncli.fileio import FolderLock
 
-    p = run_cnn("train", "lenet5", "--data", "fake", "--epochs", "1", "--project", tmp_path, "--name", "r", check=0)
+    p = run_cnn(
+        "train", "lenet5", "--data", "fake", "--epochs", "1", "--project", tmp_path, "--name", "r", check=0
+    )
     run = tmp_path / "r"
     before = _snapshot(run)
     lock = FolderLock(str(run)).acquire()  # another cnn train still holds the run
@@ -197,15 +235,29 @@ READERS = {
     "scoremap MODEL": lambda w, f: ["scoremap", f, w / "img.png", "-o", w / "never"],
     "inspect MODEL": lambda w, f: ["inspect", "kernels", f, "-o", w / "never"],
     "--weights": lambda w, f: ["summary", "lenet5", "--weights", f],
-    "train --weights": lambda w, f: ["train", "lenet5", "--data", "fake", "--weights", f, "--project", w / "never"],
+    "train --weights": lambda w, f: [
+        "train",
+        "lenet5",
+        "--data",
+        "fake",
+        "--weights",
+        f,
+        "--project",
+        w / "never",
+    ],
     "predict IMAGE": lambda w, f: ["predict", w / "m.pt", f],
     "scoremap IMAGE": lambda w, f: ["scoremap", w / "m.pt", f, "-o", w / "never"],
     "inspect IMAGE": lambda w, f: ["inspect", "features", w / "m.pt", f, "-o", w / "never"],
     "--classes": lambda w, f: ["export", w / "m.pt", "--onnx", "--classes", f, "-o", w / "never.onnx"],
     "user .py": lambda w, f: ["summary", f"{f}:Net"],
 }
-BAD_SOURCES = {"fifo": ("fifo", "FIFO"), "device": ("dev", "character device"), "link loop": ("loop_a", "loop"),
-               "folder": ("folder", "folder"), "huge": ("huge", "too large")}
+BAD_SOURCES = {
+    "fifo": ("fifo", "FIFO"),
+    "device": ("dev", "character device"),
+    "link loop": ("loop_a", "loop"),
+    "folder": ("folder", "folder"),
+    "huge": ("huge", "too large"),
+}
 
 
 @pytest.mark.parametrize("source", BAD_SOURCES)
@@ -289,8 +341,20 @@ def test_the_same_image_reaches_the_model_as_the_same_tensor_everywhere(ws, tmp_
     path = str(tmp_path / "photo.png")
     opened = open_model(str(ws / "m.pt"), ModelRequest())
     pre = opened.preprocess
-    x, _ = next(iter(FolderLoader([(path, 0)], image_size=pre.input_size[1:], channels=3, batch_size=1,
-                                  mean=pre.mean, std=pre.std, train=False, workers=0)))
+    x, _ = next(
+        iter(
+            FolderLoader(
+                [(path, 0)],
+                image_size=pre.input_size[1:],
+                channels=3,
+                batch_size=1,
+                mean=pre.mean,
+                std=pre.std,
+                train=False,
+                workers=0,
+            )
+        )
+    )
     from cnncli.cli.inspect_ import _image
 
     _, inspected = _image(opened, path)
@@ -311,12 +375,17 @@ def test_names_from_a_file_never_drive_the_terminal_nor_flood_it(tmp_path):
     evil = ["\x1b]0;pwned\x07\x1b[2J", "x" * 1_000_000] + [f"c{i}" for i in range(2, 10)]
     from dataclasses import replace
 
-    Checkpoint(ck.model, ck.state_dict, replace(ck.preprocess, classes=tuple(evil))).save(str(tmp_path / "e.pt"))
+    Checkpoint(ck.model, ck.state_dict, replace(ck.preprocess, classes=tuple(evil))).save(
+        str(tmp_path / "e.pt")
+    )
     from PIL import Image
 
     Image.new("RGB", (32, 32)).save(tmp_path / "i.png")
-    for argv in (["predict", tmp_path / "e.pt", tmp_path / "i.png", "--topk", "10"], ["summary", tmp_path / "e.pt"],
-                 ["eval", tmp_path / "e.pt", "--data", "fake"]):
+    for argv in (
+        ["predict", tmp_path / "e.pt", tmp_path / "i.png", "--topk", "10"],
+        ["summary", tmp_path / "e.pt"],
+        ["eval", tmp_path / "e.pt", "--data", "fake"],
+    ):
         p = run_cnn(*argv)
         text = p.stdout + p.stderr
         assert "\x1b" not in text and "\x07" not in text, argv
@@ -344,10 +413,13 @@ def test_nan_or_inf_weights_are_named_and_never_scored(tmp_path, command, value)
 
     Image.new("RGB", (32, 32), (100, 100, 100)).save(tmp_path / "i.png")
     before = sorted(os.listdir(tmp_path))
-    argv = {"eval": ["eval", tmp_path / "bad.pt", "--data", "fake", "--json"],
-            "predict": ["predict", tmp_path / "bad.pt", tmp_path / "i.png", "--json"],
-            "export": ["export", tmp_path / "bad.pt", "--onnx"], "fcn": ["fcn", tmp_path / "bad.pt"],
-            "scoremap": ["scoremap", tmp_path / "bad.pt", tmp_path / "i.png", "-o", tmp_path / "maps"]}[command]
+    argv = {
+        "eval": ["eval", tmp_path / "bad.pt", "--data", "fake", "--json"],
+        "predict": ["predict", tmp_path / "bad.pt", tmp_path / "i.png", "--json"],
+        "export": ["export", tmp_path / "bad.pt", "--onnx"],
+        "fcn": ["fcn", tmp_path / "bad.pt"],
+        "scoremap": ["scoremap", tmp_path / "bad.pt", tmp_path / "i.png", "-o", tmp_path / "maps"],
+    }[command]
     p = run_cnn(*argv)
     line = _one_error(p, code=1)
     assert "NaN or infinite" in line and name in line, line
@@ -373,11 +445,18 @@ def _onnx_files(w):
     x2 = helper.make_tensor_value_info("x2", TensorProto.FLOAT, [1, 3, 32, 32])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])
     files = {}
-    g = helper.make_graph([helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example.unknown")], "g", [x], [y])
-    files["unknown op domain"] = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18),
-                                                                     helper.make_opsetid("com.example.unknown", 1)])
-    g = helper.make_graph([helper.make_node("Add", ["x", "x2"], ["s"]), helper.make_node("Flatten", ["s"], ["y"])],
-                          "g", [x, x2], [y])
+    g = helper.make_graph(
+        [helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example.unknown")], "g", [x], [y]
+    )
+    files["unknown op domain"] = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.example.unknown", 1)]
+    )
+    g = helper.make_graph(
+        [helper.make_node("Add", ["x", "x2"], ["s"]), helper.make_node("Flatten", ["s"], ["y"])],
+        "g",
+        [x, x2],
+        [y],
+    )
     files["two inputs"] = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
     g = helper.make_graph([helper.make_node("Relu", ["nowhere"], ["y"])], "g", [x], [y])
     files["invalid graph"] = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
@@ -394,7 +473,9 @@ def _onnx_files(w):
 @pytest.mark.parametrize("command", ["eval", "predict"])
 def test_onnx_files_the_runtime_refuses_are_exit_2_with_the_reason(ws, tmp_path, command):
     for kind, path in _onnx_files(tmp_path).items():
-        argv = {"eval": ["eval", path, "--data", "fake"], "predict": ["predict", path, ws / "img.png"]}[command]
+        argv = {"eval": ["eval", path, "--data", "fake"], "predict": ["predict", path, ws / "img.png"]}[
+            command
+        ]
         line = _one_error(run_cnn(*argv))
         assert str(path) in line and ("ONNX" in line or "graph inputs" in line), (kind, line)
 
@@ -428,7 +509,9 @@ WRONG = [None, "x", float("nan")]  # absent, a string, not a number
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("fields")
-    run_cnn("train", "lenet5", "--data", "fake", "--max-steps", "2", "--project", root, "--name", "r", check=0)
+    run_cnn(
+        "train", "lenet5", "--data", "fake", "--max-steps", "2", "--project", root, "--name", "r", check=0
+    )
     return root / "r"
 
 
@@ -446,7 +529,9 @@ def test_every_checkpoint_field_of_the_wrong_type_is_exit_2_or_ignored(run_dir, 
             for argv in (["summary", bad / "last.pt"], ["train", "--resume", bad, "--epochs", "2"]):
                 p = run_cnn(*argv)
                 lines = p.stderr.strip().splitlines()
-                ok = p.returncode == 0 or (p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "))
+                ok = p.returncode == 0 or (
+                    p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+                )
                 if not ok or "Traceback" in p.stderr:
                     broken.append((key, value, argv[0], p.returncode, lines[-1:]))
     assert not broken, broken[:5]

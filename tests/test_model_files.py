@@ -20,7 +20,11 @@ from fixtures import write_cifar10
 
 MODELS = ("resnet18", "mobilenet_v2", "squeezenet1_1")
 FORMS = ("plain", "tutorial_ddp", "lightning", "timm_ema", "compiled", "torchscript", "program", "pickle")
-SIZE = {"resnet18": 32, "mobilenet_v2": 96, "squeezenet1_1": 64}  # mobilenet >= 96 px: see test_ambiguous_layout
+SIZE = {
+    "resnet18": 32,
+    "mobilenet_v2": 96,
+    "squeezenet1_1": 64,
+}  # mobilenet >= 96 px: see test_ambiguous_layout
 MARKER_CLASS = "tests_payload_marker"
 
 
@@ -43,21 +47,45 @@ def _save(model: torch.nn.Module, name: str, form: str, path: str) -> None:
         if form == "plain":
             torch.save(sd, path)
         elif form == "tutorial_ddp":  # the PyTorch tutorials' dict, saved from a DDP-wrapped model
-            torch.save({"epoch": 5, "model_state_dict": {"module." + k: v for k, v in sd.items()},
-                        "optimizer_state_dict": {"state": {}, "param_groups": []}, "loss": 0.3}, path)
+            torch.save(
+                {
+                    "epoch": 5,
+                    "model_state_dict": {"module." + k: v for k, v in sd.items()},
+                    "optimizer_state_dict": {"state": {}, "param_groups": []},
+                    "loss": 0.3,
+                },
+                path,
+            )
         elif form == "lightning":
-            torch.save({"state_dict": {"model." + k: v for k, v in sd.items()}, "epoch": 3, "global_step": 10,
-                        "hyper_parameters": {"lr": 0.1}}, path)
+            torch.save(
+                {
+                    "state_dict": {"model." + k: v for k, v in sd.items()},
+                    "epoch": 3,
+                    "global_step": 10,
+                    "hyper_parameters": {"lr": 0.1},
+                },
+                path,
+            )
         elif form == "timm_ema":  # timm's train.py: the EMA copy, argparse args next to it
-            torch.save({"epoch": 9, "arch": name, "state_dict_ema": sd, "args": argparse.Namespace(lr=0.1, arch=name),
-                        "metric": np.float64(71.5)}, path)
+            torch.save(
+                {
+                    "epoch": 9,
+                    "arch": name,
+                    "state_dict_ema": sd,
+                    "args": argparse.Namespace(lr=0.1, arch=name),
+                    "metric": np.float64(71.5),
+                },
+                path,
+            )
         elif form == "compiled":
             torch.save({"model": {"_orig_mod." + k: v for k, v in sd.items()}}, path)
         elif form == "torchscript":
             torch.jit.save(torch.jit.script(model), path)
         elif form == "program":
             batch = torch.export.Dim("batch", min=1, max=64)
-            program = torch.export.export(model, (torch.randn(2, 3, size, size),), dynamic_shapes=({0: batch},))
+            program = torch.export.export(
+                model, (torch.randn(2, 3, size, size),), dynamic_shapes=({0: batch},)
+            )
             torch.export.save(program, path)
         elif form == "pickle":
             torch.save(model, path)
@@ -81,7 +109,9 @@ def files(tmp_path_factory):
 
 def _model_args(name: str, form: str) -> list[str]:
     # files that carry code run only with --trust-code (a pickle also takes its old name, --trust-pickle)
-    extra = {"pickle": ["--trust-pickle"], "torchscript": ["--trust-code"], "program": ["--trust-code"]}.get(form, [])
+    extra = {"pickle": ["--trust-pickle"], "torchscript": ["--trust-code"], "program": ["--trust-code"]}.get(
+        form, []
+    )
     if form != "program":  # a program records its input size; the others are told
         extra += ["--in", f"3x{SIZE[name]}x{SIZE[name]}"]
     return extra
@@ -96,7 +126,9 @@ def test_export_any_form_matches_the_original_in_onnx_runtime(files, name, form)
     out = str(files["root"] / f"{name}-{form}.onnx")
     dynamo = form == "plain" and name == "squeezenet1_1"  # the default exporter once: it is the slow one
     exporter = [] if dynamo else ["--exporter", "torchscript"]
-    p = run_cnn("export", path, "--onnx", "-o", out, "--force", "--json", *exporter, *_model_args(name, form), check=0)
+    p = run_cnn(
+        "export", path, "--onnx", "-o", out, "--force", "--json", *exporter, *_model_args(name, form), check=0
+    )
     res = json.loads(p.stdout)
     assert res["max_abs_diff"] < 1e-4 and os.path.exists(out)
     sess = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
@@ -107,8 +139,12 @@ def test_export_any_form_matches_the_original_in_onnx_runtime(files, name, form)
     assert got.shape == (3, 10)
     assert float(np.abs(got - ref.numpy()).max()) < 1e-3
     meta = {p.key: json.loads(p.value) for p in __import__("onnx").load(out).metadata_props}
-    assert meta["source"]["file"] == path and meta["source"]["kind"] in ("state_dict", "torchscript", "program",
-                                                                          "pickled module")
+    assert meta["source"]["file"] == path and meta["source"]["kind"] in (
+        "state_dict",
+        "torchscript",
+        "program",
+        "pickled module",
+    )
     if form not in ("torchscript", "program"):  # detected (or rebuilt from the pickle) as torchvision's model
         assert meta["source"]["architecture"] == f"tv:{name}" and meta["mean"] == [0.485, 0.456, 0.406]
 
@@ -128,14 +164,32 @@ def test_summary_and_eval_on_the_same_files(files, name, form):
     if form in ("torchscript", "program"):  # but nothing per layer: unknown, never 0
         assert all(r["macs"] is None and r["receptive_field"] is None for r in s["layers"])
     data = str(files["root"] / "data")
-    told = ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"] if form in ("torchscript", "program") else []
-    p = run_cnn("eval", path, "--data", "cifar10", "--data-dir", data, "--json", "--device", "cpu",
-                *_model_args(name, form), *told, check=0)  # TorchScript and programs do not say their normalization
+    told = (
+        ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
+        if form in ("torchscript", "program")
+        else []
+    )
+    p = run_cnn(
+        "eval",
+        path,
+        "--data",
+        "cifar10",
+        "--data-dir",
+        data,
+        "--json",
+        "--device",
+        "cpu",
+        *_model_args(name, form),
+        *told,
+        check=0,
+    )  # TorchScript and programs do not say their normalization
     res = json.loads(p.stdout)
     assert res["samples"] == 60
     accuracy, loss = _by_hand(files[name], data, SIZE[name])
     assert res["loss"] == pytest.approx(loss, rel=1e-4)  # the same model on the same inputs
-    assert abs(res["accuracy"] - accuracy) <= 3 / 60 + 1e-9  # (random weights: ties under ReLU may break either way)
+    assert (
+        abs(res["accuracy"] - accuracy) <= 3 / 60 + 1e-9
+    )  # (random weights: ties under ReLU may break either way)
 
 
 def _by_hand(model, data: str, size: int) -> tuple[float, float]:
@@ -148,7 +202,9 @@ def _by_hand(model, data: str, size: int) -> tuple[float, float]:
     x = torch.from_numpy(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
     targets = torch.tensor(batch["labels"])
     if size != 32:
-        x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False)
+        x = torch.nn.functional.interpolate(
+            x.float(), size=(size, size), mode="bilinear", align_corners=False
+        )
         x = x.round().clamp(0, 255)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -163,11 +219,29 @@ def test_eval_of_an_onnx_file_written_elsewhere(files):
     path = str(files["root"] / "plain-torch.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(files["resnet18"], (torch.randn(1, 3, 32, 32),), path, dynamo=False,
-                          input_names=["x"], dynamic_axes={"x": {0: "n"}})
+        torch.onnx.export(
+            files["resnet18"],
+            (torch.randn(1, 3, 32, 32),),
+            path,
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "n"}},
+        )
     data = str(files["root"] / "data")
-    p = run_cnn("eval", path, "--data", "cifar10", "--data-dir", data, "--json", "--mean", "0.485,0.456,0.406",
-                "--std", "0.229,0.224,0.225", check=0)
+    p = run_cnn(
+        "eval",
+        path,
+        "--data",
+        "cifar10",
+        "--data-dir",
+        data,
+        "--json",
+        "--mean",
+        "0.485,0.456,0.406",
+        "--std",
+        "0.229,0.224,0.225",
+        check=0,
+    )
     res = json.loads(p.stdout)
     accuracy, loss = _by_hand(files["resnet18"], data, 32)
     assert res["loss"] == pytest.approx(loss, rel=1e-4) and res["samples"] == 60
@@ -199,7 +273,9 @@ def test_a_pickled_model_is_refused_without_trust_pickle(files):
 
 
 @pytest.mark.parametrize("form", ["torchscript", "program"])
-@pytest.mark.parametrize("command", ["export", "summary", "eval", "predict", "inspect", "fcn", "scoremap", "weights"])
+@pytest.mark.parametrize(
+    "command", ["export", "summary", "eval", "predict", "inspect", "fcn", "scoremap", "weights"]
+)
 def test_files_that_carry_code_are_refused_without_trust_code(files, form, command, tmp_path):
     """TorchScript runs its own code at load and in forward; torch.export.load unpickles parts of a .pt2: every
     command refuses both without --trust-code, naming the flag, before anything is loaded or written."""
@@ -208,11 +284,16 @@ def test_files_that_carry_code_are_refused_without_trust_code(files, form, comma
     f = files["resnet18", form]
     img = tmp_path / "x.png"
     Image.new("RGB", (40, 40)).save(img)
-    argv = {"export": ["export", f, "--onnx", "-o", tmp_path / "x.onnx"], "summary": ["summary", f],
-            "eval": ["eval", f, "--data", "fake"], "predict": ["predict", f, img],
-            "inspect": ["inspect", "kernels", f, "-o", tmp_path / "k"], "fcn": ["fcn", f, "-o", tmp_path / "f.pt"],
-            "scoremap": ["scoremap", f, img, "-o", tmp_path / "s"],
-            "weights": ["summary", "tv:resnet18", "--weights", f]}[command]
+    argv = {
+        "export": ["export", f, "--onnx", "-o", tmp_path / "x.onnx"],
+        "summary": ["summary", f],
+        "eval": ["eval", f, "--data", "fake"],
+        "predict": ["predict", f, img],
+        "inspect": ["inspect", "kernels", f, "-o", tmp_path / "k"],
+        "fcn": ["fcn", f, "-o", tmp_path / "f.pt"],
+        "scoremap": ["scoremap", f, img, "-o", tmp_path / "s"],
+        "weights": ["summary", "tv:resnet18", "--weights", f],
+    }[command]
     p = run_cnn(*argv)
     assert p.returncode == 2 and p.stdout == "", p.stderr
     assert "refusing to load" in p.stderr and "--trust-code" in p.stderr and len(p.stderr.splitlines()) == 1
@@ -256,7 +337,9 @@ def test_unknown_state_dict_names_the_nearest_candidates(tmp_path):
     torch.save(sd, tmp_path / "odd.pt")
     p = run_cnn("export", tmp_path / "odd.pt", "--onnx")
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
-    assert "matches no known architecture" in p.stderr and "resnet18" in p.stderr and "extra.weight" in p.stderr
+    assert (
+        "matches no known architecture" in p.stderr and "resnet18" in p.stderr and "extra.weight" in p.stderr
+    )
     assert not os.path.exists(tmp_path / "odd.onnx")
 
 
@@ -267,11 +350,35 @@ def test_train_weights_remakes_the_head_and_loads_the_rest(tmp_path):
 
     torch.manual_seed(3)
     src = get_model("lenet5", num_classes=7, in_channels=3, image_size=(32, 32)).state_dict()
-    torch.save({"model_state_dict": {"module." + k: v for k, v in src.items()}, "epoch": 1}, tmp_path / "w.pt")
+    torch.save(
+        {"model_state_dict": {"module." + k: v for k, v in src.items()}, "epoch": 1}, tmp_path / "w.pt"
+    )
     data = write_cifar10(str(tmp_path / "data"), n_train=100, n_test=20)
-    p = run_cnn("train", "lenet5", "--data", "cifar10", "--data-dir", data, "--weights", tmp_path / "w.pt",
-                "--epochs", "1", "--batch-size", "50", "--lr", "1e-30", "--weight-decay", "0", "--project", tmp_path / "runs",
-                "--precision", "32", "--device", "cpu", check=0)
+    p = run_cnn(
+        "train",
+        "lenet5",
+        "--data",
+        "cifar10",
+        "--data-dir",
+        data,
+        "--weights",
+        tmp_path / "w.pt",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+        "--lr",
+        "1e-30",
+        "--weight-decay",
+        "0",
+        "--project",
+        tmp_path / "runs",
+        "--precision",
+        "32",
+        "--device",
+        "cpu",
+        check=0,
+    )
     assert "loaded 8 tensors, re-made 2 (classifier.5.weight, classifier.5.bias)" in p.stderr
     best = torch.load(tmp_path / "runs" / "train" / "best.pt", weights_only=True)["state_dict"]
     for k, v in src.items():
@@ -288,10 +395,31 @@ def test_train_weights_keep_their_layout(tmp_path):
     records the layout so every later command rebuilds it."""
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "tv.pt")
     data = write_cifar10(str(tmp_path / "data"), n_train=100, n_test=20)
-    p = run_cnn("train", "resnet18", "--data", "cifar10", "--data-dir", data, "--weights", tmp_path / "tv.pt",
-                "--epochs", "1", "--max-steps", "1", "--batch-size", "50", "--project", tmp_path / "runs",
-                "--device", "cpu", check=0)
-    assert "layout built for 224x224" in p.stderr and "loaded 120 tensors, re-made 2 (fc.weight, fc.bias)" in p.stderr
+    p = run_cnn(
+        "train",
+        "resnet18",
+        "--data",
+        "cifar10",
+        "--data-dir",
+        data,
+        "--weights",
+        tmp_path / "tv.pt",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "50",
+        "--project",
+        tmp_path / "runs",
+        "--device",
+        "cpu",
+        check=0,
+    )
+    assert (
+        "layout built for 224x224" in p.stderr
+        and "loaded 120 tensors, re-made 2 (fc.weight, fc.bias)" in p.stderr
+    )
     ck = torch.load(tmp_path / "runs" / "train" / "best.pt", weights_only=True)
     assert ck["model"]["build_size"] == [224, 224] and ck["state_dict"]["conv1.weight"].shape[-1] == 7
     out = json.loads(run_cnn("summary", tmp_path / "runs" / "train" / "best.pt", "--json", check=0).stdout)
@@ -306,7 +434,9 @@ def test_train_weights_adapts_the_input_conv(tmp_path):
     gray = get_model("lenet5", num_classes=10, in_channels=1, image_size=(32, 32))
     done = transfer_weights(gray, src)
     assert done.adapted == ["features.0.weight: 3 -> 1 channels"] and not done.remade
-    torch.testing.assert_close(gray.state_dict()["features.0.weight"], src["features.0.weight"].sum(1, keepdim=True))
+    torch.testing.assert_close(
+        gray.state_dict()["features.0.weight"], src["features.0.weight"].sum(1, keepdim=True)
+    )
 
 
 def test_detection_on_every_torchvision_classification_model():
@@ -356,10 +486,15 @@ def test_a_payload_in_any_container_is_exit_2_and_never_runs(tmp_path, container
     if container in ("wrapped", "weights", "train_weights"):
         torch.save({"model_state_dict": {"w": torch.zeros(1)}, "x": _Payload(marker)}, path)
     elif container == "torchscript":  # a zip laid out like a TorchScript archive
-        _zip_with(path, {"evil/data.pkl": payload, "evil/constants.pkl": payload, "evil/code/__torch__/m.py": "x"})
+        _zip_with(
+            path, {"evil/data.pkl": payload, "evil/constants.pkl": payload, "evil/code/__torch__/m.py": "x"}
+        )
     else:  # laid out like a torch.export archive
         path = tmp_path / "evil.pt2"
-        _zip_with(path, {"evil/archive_format": "pt2", "evil/models/model.json": "{}", "evil/data/weights/w": payload})
+        _zip_with(
+            path,
+            {"evil/archive_format": "pt2", "evil/models/model.json": "{}", "evil/data/weights/w": payload},
+        )
     before = sorted(os.listdir(tmp_path))
     if container == "weights":
         args = ["summary", "lenet5", "--weights", path]

@@ -39,14 +39,24 @@ def test_builtin_model_adapts_to_small_grey_data(name):
 def test_resnet_imagenet_stem_is_torchvision_exactly():
     ours = get_model("resnet50")
     ref = torchvision.models.resnet50()
-    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [
+        (k, v.shape) for k, v in ref.state_dict().items()
+    ]
     small = get_model("resnet18", num_classes=10, image_size=(32, 32))
     assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
     assert isinstance(small.maxpool, torch.nn.Identity)
 
 
-@pytest.mark.parametrize("name,params", [("resnet18", 11_689_512), ("resnet50", 25_557_032), ("vgg16", 138_357_544),
-                                         ("mobilenet_v2", 3_504_872), ("resnet20", 269_722)])
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("resnet18", 11_689_512),
+        ("resnet50", 25_557_032),
+        ("vgg16", 138_357_544),
+        ("mobilenet_v2", 3_504_872),
+        ("resnet20", 269_722),
+    ],
+)
 def test_published_parameter_counts(name, params):
     assert sum(p.numel() for p in get_model(name).parameters()) == params
 
@@ -78,6 +88,7 @@ def test_torchvision_models_through_the_same_interface():
 
 def test_duplicate_registration_rejected():
     with pytest.raises(ValueError, match="twice"):
+
         @register_model(family="lenet")
         def lenet5(*, num_classes: int = 10, in_channels: int = 3, image_size=(32, 32)):
             return None
@@ -93,7 +104,8 @@ def test_user_model_file(tmp_path):
         "        self.body = nn.Sequential(nn.Conv2d(in_channels, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())\n"
         "        self.fc = nn.Linear(8, num_classes)\n"
         "    def forward(self, x):\n"
-        "        return self.fc(self.body(x))\n")
+        "        return self.fc(self.body(x))\n"
+    )
     m = get_model(f"{f}:Net", num_classes=4, in_channels=1, image_size=(16, 16))
     assert m(torch.randn(1, 1, 16, 16)).shape == (1, 4)
     p = run_cnn("summary", f"{f}:Net", "--in", "1x16x16", "--num-classes", "4", "--json", check=0)

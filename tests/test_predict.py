@@ -91,14 +91,22 @@ def test_many_images_go_through_workers(shots, tmp_path):
 
     a = predict(shots["ck"], [str(shots["root"] / "imgs")], batch_size=2, workers=0)
     b = predict(shots["ck"], [str(shots["root"] / "imgs")], batch_size=2, workers=2)
-    assert [(p.image, p.topk[0]["index"]) for p in a.predictions] == [(p.image, p.topk[0]["index"]) for p in b.predictions]
+    assert [(p.image, p.topk[0]["index"]) for p in a.predictions] == [
+        (p.image, p.topk[0]["index"]) for p in b.predictions
+    ]
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["{root}/nothing"], "image not found"), (["{root}/imgs/notes.txt"], "cannot read image"),
-    (["{root}/empty"], "no images in"), (["{root}/*.gif"], "no images match"),
-    (["{root}/imgs", "--topk", "0"], "--topk"), (["{root}/imgs", "--csv", "{root}/m.pt"], "is the input file"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["{root}/nothing"], "image not found"),
+        (["{root}/imgs/notes.txt"], "cannot read image"),
+        (["{root}/empty"], "no images in"),
+        (["{root}/*.gif"], "no images match"),
+        (["{root}/imgs", "--topk", "0"], "--topk"),
+        (["{root}/imgs", "--csv", "{root}/m.pt"], "is the input file"),
+    ],
+)
 def test_bad_input(shots, args, needle):
     root = shots["root"]
     (root / "empty").mkdir(exist_ok=True)

@@ -27,7 +27,9 @@ from cnncli.analysis import receptive as R
 from cnncli.analysis.arith import Field
 
 FULL = os.environ.get("CNN_RF_FULL") == "1"
-BUDGET = float("inf") if FULL else 5.0e8  # multiply-adds of one model's measuring passes (float64, 2 cores: ~0.5 s)
+BUDGET = (
+    float("inf") if FULL else 5.0e8
+)  # multiply-adds of one model's measuring passes (float64, 2 cores: ~0.5 s)
 
 TORCHVISION = torchvision.models.list_models(module=torchvision.models)
 BUILTIN = ["lenet5", "linenet", "resnet18", "resnet20", "smallcnn", "vgg11_bn"]  # at 32x32: the CIFAR layouts
@@ -41,13 +43,13 @@ def _build(name: str, size: int, device="meta") -> nn.Module:
             import timm
 
             try:  # transformers are built for one image size
-                return timm.create_model(name[len("timm:"):], pretrained=False, img_size=size)
+                return timm.create_model(name[len("timm:") :], pretrained=False, img_size=size)
             except TypeError:
-                return timm.create_model(name[len("timm:"):], pretrained=False)
+                return timm.create_model(name[len("timm:") :], pretrained=False)
         if name.startswith("builtin:"):
             from cnncli.models._registry import get_model
 
-            return get_model(name[len("builtin:"):], image_size=(size, size))
+            return get_model(name[len("builtin:") :], image_size=(size, size))
         kw = {"image_size": size} if name.startswith("vit_") else {}
         return torchvision.models.get_model(name, weights=None, **kw)
 
@@ -86,6 +88,7 @@ def _prefix_macs(name: str, model: nn.Module, size: tuple[int, int], names: list
     got: dict[str, float] = {}
     modules = dict(model.named_modules())
     with FlopCounterMode(display=False) as fc:
+
         def seen(n):  # a forward hook's return value would replace the output: return nothing
             got.setdefault(n, fc.get_total_flops() / 2 / (size[0] * size[1]))
 
@@ -109,7 +112,8 @@ def _materialize(model: nn.Module) -> nn.Module:
     def fill(module, *_):
         # torch.nn's own modules may use their children's weights directly (MultiheadAttention's out_proj)
         builtin = type(module).__module__.startswith("torch.nn") and not isinstance(
-            module, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
+            module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+        )
         for m in module.modules() if builtin else [module]:
             fill_own(m)
 
@@ -129,8 +133,11 @@ def _materialize(model: nn.Module) -> nn.Module:
             setattr(m, pname, nn.Parameter(t, requires_grad=False))
         for bname, b in list(m.named_buffers(recurse=False)):
             if b is not None and b.device.type == "meta":
-                m._buffers[bname] = (torch.ones(b.shape, dtype=torch.float64) if "var" in bname
-                                     else torch.zeros(b.shape, dtype=b.dtype if not b.is_floating_point() else torch.float64))
+                m._buffers[bname] = (
+                    torch.ones(b.shape, dtype=torch.float64)
+                    if "var" in bname
+                    else torch.zeros(b.shape, dtype=b.dtype if not b.is_floating_point() else torch.float64)
+                )
 
     for m in model.modules():
         m.register_forward_pre_hook(fill)
@@ -149,7 +156,10 @@ def check_zoo_model(name: str, base: int) -> dict:
     # the first module computed global: measure it (later stages depend on it, so they are global too)
     first_global = next((n for n in order if fields.per_module.get(n) is R.GLOBAL), None)
     while first_global is not None:  # a container is global through one of its children: go down to the first
-        child = next((n for n in order if n.startswith(first_global + ".") and fields.per_module.get(n) is R.GLOBAL), None)
+        child = next(
+            (n for n in order if n.startswith(first_global + ".") and fields.per_module.get(n) is R.GLOBAL),
+            None,
+        )
         if child is None:
             break
         first_global = child
@@ -172,7 +182,9 @@ def check_zoo_model(name: str, base: int) -> dict:
         n = int(f.rf[axis] + 4 * f.jump[axis] + 2 * abs(float(f.start[axis]))) + 1
         return max(-(-n // step) * step, short)
 
-    per_pixel = _prefix_macs(name, model, (base, base), list(finite) + ([first_global] if first_global else []))
+    per_pixel = _prefix_macs(
+        name, model, (base, base), list(finite) + ([first_global] if first_global else [])
+    )
     for axis in (0, 1):
         # one pass per axis on a strip sized for the last stage within the budget; one backward per stage
         # cost: the forward pass to the last stage, and two backward passes (centre unit, neighbour) per stage
@@ -199,20 +211,37 @@ def check_zoo_model(name: str, base: int) -> dict:
     size = short if square else base
     if first_global and per_pixel[first_global] * size * size <= BUDGET:
         m = _materialize(_build(name, size)) if square else runnable()
-        got = R.measure_fields(m, (in_ch, size, size), [first_global], fields.layouts, copy_model=False, whole=True)
+        got = R.measure_fields(
+            m, (in_ch, size, size), [first_global], fields.layouts, copy_model=False, whole=True
+        )
         assert got[first_global]["whole"], (name, first_global, got)
         checked[(first_global, "global")] = True
     return checked
 
 
 ZOO = [(n, 299 if n.startswith("inception") else 224) for n in TORCHVISION] + [
-    ("builtin:" + n, 32) for n in BUILTIN]
+    ("builtin:" + n, 32) for n in BUILTIN
+]
 
 
 # timm (not a dependency): a model of each family kind the zoo has, when timm is installed
-TIMM = ["resnet50d", "convnext_atto", "efficientnet_b0", "mobilenetv3_small_100", "regnety_002", "vit_tiny_patch16_224",
-        "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "resnest14d", "densenet121", "repvgg_a0",
-        "mixnet_s", "ghostnet_100", "levit_128s", "coat_lite_tiny"]
+TIMM = [
+    "resnet50d",
+    "convnext_atto",
+    "efficientnet_b0",
+    "mobilenetv3_small_100",
+    "regnety_002",
+    "vit_tiny_patch16_224",
+    "deit_tiny_patch16_224",
+    "swin_tiny_patch4_window7_224",
+    "resnest14d",
+    "densenet121",
+    "repvgg_a0",
+    "mixnet_s",
+    "ghostnet_100",
+    "levit_128s",
+    "coat_lite_tiny",
+]
 try:
     import timm  # noqa: F401
 
@@ -238,7 +267,9 @@ def _published_ops():
     for name in TORCHVISION:
         weights = torchvision.models.get_model_weights(name).DEFAULT
         if "_ops" in weights.meta:
-            out.append((name, str(weights).split(".")[-1], weights.transforms().crop_size[0], weights.meta["_ops"]))
+            out.append(
+                (name, str(weights).split(".")[-1], weights.transforms().crop_size[0], weights.meta["_ops"])
+            )
     return out
 
 
@@ -265,7 +296,10 @@ def test_swin_fields_are_measured_and_said_to_be():
     model = torchvision.models.swin_t().eval()
     res = summarize(model, (3, 224, 224), depth=2)
     rows = {r["name"]: r for r in res["layers"]}
-    assert rows["features.0"]["receptive_field"] == [4, 4] and rows["features.0"]["receptive_field_kind"] == "exact"
+    assert (
+        rows["features.0"]["receptive_field"] == [4, 4]
+        and rows["features.0"]["receptive_field_kind"] == "exact"
+    )
     stage1 = rows["features.1"]
     assert stage1["receptive_field_kind"] == "measured"
     # two blocks of 7x7-patch windows, the second shifted by 3 patches: 14 patches of 4 pixels

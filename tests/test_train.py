@@ -22,14 +22,24 @@ def _json(p):
 def test_linenet_on_lines_reaches_99_9(tmp_path, lines_run):
     out = lines_run  # `cnn train linenet --data lines --json`, the defaults, run once per session
     assert out["test_accuracy"] >= 0.999 and out["best_accuracy"] >= 0.999
-    assert set(out) >= {"run_dir", "best_checkpoint", "epochs", "best_accuracy", "final_accuracy",
-                        "images_per_second", "device", "precision"}
+    assert set(out) >= {
+        "run_dir",
+        "best_checkpoint",
+        "epochs",
+        "best_accuracy",
+        "final_accuracy",
+        "images_per_second",
+        "device",
+        "precision",
+    }
     run = out["run_dir"]
     for f in ("args.json", "metrics.csv", "last.pt", "best.pt", "curves.png", "summary.json"):
         assert os.path.getsize(os.path.join(run, f)) > 0, f
     with open(os.path.join(run, "metrics.csv")) as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == out["epochs"] == 4 and float(rows[-1]["val_accuracy"]) == pytest.approx(out["final_accuracy"], abs=1e-5)
+    assert len(rows) == out["epochs"] == 4 and float(rows[-1]["val_accuracy"]) == pytest.approx(
+        out["final_accuracy"], abs=1e-5
+    )
     with open(os.path.join(run, "curves.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     # the checkpoint is a plain dict: weights_only loading, and everything needed to rebuild the model
@@ -41,11 +51,22 @@ def test_linenet_on_lines_reaches_99_9(tmp_path, lines_run):
     assert {"optimizer", "scheduler", "scaler", "rng"} <= set(last)
 
     # eval on the checkpoint, with its own preprocessing; CI gate both ways
-    ev = _json(run_cnn("eval", os.path.join(run, "best.pt"), "--data", "lines", "--json",
-                       "--confusion", tmp_path / "conf.png"))
+    ev = _json(
+        run_cnn(
+            "eval",
+            os.path.join(run, "best.pt"),
+            "--data",
+            "lines",
+            "--json",
+            "--confusion",
+            tmp_path / "conf.png",
+        )
+    )
     assert ev["accuracy"] == pytest.approx(out["test_accuracy"], abs=1e-6)
     assert set(ev) >= {"accuracy", "top5", "loss", "per_class", "samples", "images_per_second"}
-    assert ev["samples"] == 10000 and ev["top5"] is None and set(ev["per_class"]) == {"horizontal", "vertical"}
+    assert (
+        ev["samples"] == 10000 and ev["top5"] is None and set(ev["per_class"]) == {"horizontal", "vertical"}
+    )
     assert (tmp_path / "conf.png").read_bytes()[:4] == b"\x89PNG"
     assert run_cnn("eval", os.path.join(run, "best.pt"), "--min-accuracy", "0.99").returncode == 0
     gate = run_cnn("eval", os.path.join(run, "best.pt"), "--min-accuracy", "1.0")
@@ -54,10 +75,25 @@ def test_linenet_on_lines_reaches_99_9(tmp_path, lines_run):
 
     # an existing run name gets a numbered sibling, never overwritten
     project = os.path.dirname(run)
-    again = _json(run_cnn("train", "linenet", "--data", "lines", "--project", project, "--name", "lines",
-                          "--max-steps", "5", "--json"))
+    again = _json(
+        run_cnn(
+            "train",
+            "linenet",
+            "--data",
+            "lines",
+            "--project",
+            project,
+            "--name",
+            "lines",
+            "--max-steps",
+            "5",
+            "--json",
+        )
+    )
     assert again["run_dir"] == os.path.join(project, "lines2")
-    assert torch.load(os.path.join(run, "best.pt"), weights_only=True)["metrics"] == ck["metrics"]  # untouched
+    assert (
+        torch.load(os.path.join(run, "best.pt"), weights_only=True)["metrics"] == ck["metrics"]
+    )  # untouched
 
 
 def test_lenet_on_digits(digits_run):
@@ -82,9 +118,29 @@ def _wait_for_first_epoch(p, run):
 
 def _start(tmp_path, name):
     env = {**os.environ, "CI": "1"}
-    args = [sys.executable, "-m", "cnncli", "train", "linenet", "--data", "lines", "--epochs", "3", "--deterministic",
-            "--project", str(tmp_path), "--name", name, "--device", "cpu", "--precision", "32"]
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        sys.executable,
+        "-m",
+        "cnncli",
+        "train",
+        "linenet",
+        "--data",
+        "lines",
+        "--epochs",
+        "3",
+        "--deterministic",
+        "--project",
+        str(tmp_path),
+        "--name",
+        name,
+        "--device",
+        "cpu",
+        "--precision",
+        "32",
+    ]
+    return subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _final_state(run):
@@ -106,8 +162,10 @@ def uninterrupted(tmp_path_factory):
 def _assert_same_run(a, b):
     ck_a, rows_a = a
     ck_b, rows_b = b
-    assert rows_a == [{**r, "images_per_second": rows_a[i]["images_per_second"], "seconds": rows_a[i]["seconds"]}
-                      for i, r in enumerate(rows_b)]
+    assert rows_a == [
+        {**r, "images_per_second": rows_a[i]["images_per_second"], "seconds": rows_a[i]["seconds"]}
+        for i, r in enumerate(rows_b)
+    ]
     for k, v in ck_a["state_dict"].items():
         assert torch.equal(v, ck_b["state_dict"][k]), k
 
@@ -118,7 +176,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, uninterrupted):
     _wait_for_first_epoch(p, run)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    torch.load(os.path.join(run, "last.pt"), weights_only=True)  # never half-written (a kill may leave a .tmp)
+    torch.load(
+        os.path.join(run, "last.pt"), weights_only=True
+    )  # never half-written (a kill may leave a .tmp)
     r = run_cnn("train", "--resume", run, "--json")
     assert r.returncode == 0, r.stderr
     assert not [f for f in os.listdir(run) if f.endswith(".tmp")]  # stale temp files are cleaned on resume
@@ -152,7 +212,12 @@ def test_pickled_checkpoint_is_refused_without_running(tmp_path):
     os.environ["CNN_EVIL_MARKER"] = str(marker)
     evil = tmp_path / "evil.pt"
     torch.save({"model": {"name": "lenet5"}, "state_dict": {}, "payload": _Evil()}, evil)
-    for cmd in (["eval", evil, "--data", "digits"], ["summary", evil], ["export", evil, "--onnx"], ["fcn", evil]):
+    for cmd in (
+        ["eval", evil, "--data", "digits"],
+        ["summary", evil],
+        ["export", evil, "--onnx"],
+        ["fcn", evil],
+    ):
         p = run_cnn(*cmd)
         assert p.returncode == 2, p.stderr
         assert "refusing to load" in p.stderr and "pickled" in p.stderr and "Traceback" not in p.stderr
@@ -160,7 +225,9 @@ def test_pickled_checkpoint_is_refused_without_running(tmp_path):
 
 
 def test_divergence_exits_1_with_clear_message(tmp_path):
-    p = run_cnn("train", "linenet", "--data", "lines", "--lr", "1e30", "--project", tmp_path, "--max-steps", "200")
+    p = run_cnn(
+        "train", "linenet", "--data", "lines", "--lr", "1e30", "--project", tmp_path, "--max-steps", "200"
+    )
     assert p.returncode == 1, p.stderr
     assert "diverged" in p.stderr and "Traceback" not in p.stderr
     run = tmp_path / "train"
@@ -169,29 +236,68 @@ def test_divergence_exits_1_with_clear_message(tmp_path):
 
 def test_torchvision_cifar10_files_train_a_resnet(tmp_path):
     write_cifar10(str(tmp_path / "data"))
-    out = _json(run_cnn("train", "resnet20", "--data", "cifar10", "--data-dir", tmp_path / "data", "--epochs", "1",
-                        "--batch-size", "64", "--project", tmp_path, "--json", "--max-steps", "4"))
-    ev = _json(run_cnn("eval", out["best_checkpoint"], "--data-dir", tmp_path / "data", "--json", "--split", "val"))
+    out = _json(
+        run_cnn(
+            "train",
+            "resnet20",
+            "--data",
+            "cifar10",
+            "--data-dir",
+            tmp_path / "data",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--project",
+            tmp_path,
+            "--json",
+            "--max-steps",
+            "4",
+        )
+    )
+    ev = _json(
+        run_cnn("eval", out["best_checkpoint"], "--data-dir", tmp_path / "data", "--json", "--split", "val")
+    )
     assert ev["samples"] == 50 and ev["top5"] is not None and len(ev["per_class"]) == 10
 
 
 def test_folder_dataset_trains(tmp_path):
     write_image_folder(str(tmp_path / "imgs"), with_val=True)
-    out = _json(run_cnn("train", "smallcnn", "--data", f"folder:{tmp_path / 'imgs'}", "--img-size", "32",
-                        "--epochs", "1", "--batch-size", "8", "--workers", "0", "--project", tmp_path, "--json"))
+    out = _json(
+        run_cnn(
+            "train",
+            "smallcnn",
+            "--data",
+            f"folder:{tmp_path / 'imgs'}",
+            "--img-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--project",
+            tmp_path,
+            "--json",
+        )
+    )
     ck = torch.load(out["best_checkpoint"], weights_only=True)
     assert ck["classes"] == ["cats", "dogs"] and ck["model"]["image_size"] == [32, 32]
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["train", "resnett", "--data", "lines"], "unknown model"),
-    (["train", "lenet", "--data", "cifar11"], "unknown dataset"),
-    (["train", "--resume", "/nonexistent/run"], "nothing to resume"),
-    (["train", "lenet", "--data", "digits", "--optimizer", "adam"], "unknown optimizer"),
-    (["train", "lenet", "--data", "digits", "--epochs", "0"], "--epochs"),
-    (["train", "lenet"], "give a MODEL and --data"),
-    (["eval", "/nonexistent.pt", "--data", "digits"], "not found"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "resnett", "--data", "lines"], "unknown model"),
+        (["train", "lenet", "--data", "cifar11"], "unknown dataset"),
+        (["train", "--resume", "/nonexistent/run"], "nothing to resume"),
+        (["train", "lenet", "--data", "digits", "--optimizer", "adam"], "unknown optimizer"),
+        (["train", "lenet", "--data", "digits", "--epochs", "0"], "--epochs"),
+        (["train", "lenet"], "give a MODEL and --data"),
+        (["eval", "/nonexistent.pt", "--data", "digits"], "not found"),
+    ],
+)
 def test_bad_input_exit_2(tmp_path, args, needle):
     p = run_cnn(*args, "--project", tmp_path) if args[0] == "train" else run_cnn(*args)
     assert p.returncode == 2, p.stderr
@@ -201,8 +307,23 @@ def test_bad_input_exit_2(tmp_path, args, needle):
 
 @pytest.mark.cuda
 def test_cuda_training_picks_bf16_or_fp16_and_keeps_data_on_gpu(tmp_path):
-    out = _json(run_cnn("train", "smallcnn", "--data", "fake", "--device", "cuda", "--epochs", "1", "--max-steps", "20",
-                        "--project", tmp_path, "--json"))
+    out = _json(
+        run_cnn(
+            "train",
+            "smallcnn",
+            "--data",
+            "fake",
+            "--device",
+            "cuda",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "20",
+            "--project",
+            tmp_path,
+            "--json",
+        )
+    )
     assert out["device"].startswith("cuda") and out["precision"] in ("bf16", "16")
     ev = _json(run_cnn("eval", out["best_checkpoint"], "--device", "cuda", "--json"))
     assert ev["samples"] == 2000
@@ -211,8 +332,28 @@ def test_cuda_training_picks_bf16_or_fp16_and_keeps_data_on_gpu(tmp_path):
 def test_compile_trains_on_cpu(tmp_path):
     """--compile: torch.compile (inductor, a C++ build on the CPU) runs the training steps; the checkpoint holds the
     plain model's weights (no `_orig_mod.` prefix) and evaluates like any other."""
-    out = _json(run_cnn("train", "lenet5", "--data", "fake", "--compile", "--device", "cpu", "--precision", "32",
-                        "--epochs", "1", "--max-steps", "3", "--batch-size", "32", "--project", tmp_path, "--json"))
+    out = _json(
+        run_cnn(
+            "train",
+            "lenet5",
+            "--data",
+            "fake",
+            "--compile",
+            "--device",
+            "cpu",
+            "--precision",
+            "32",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "32",
+            "--project",
+            tmp_path,
+            "--json",
+        )
+    )
     ck = torch.load(out["best_checkpoint"], weights_only=True)
     assert all(not k.startswith("_orig_mod.") for k in ck["state_dict"])
     ev = _json(run_cnn("eval", out["best_checkpoint"], "--json"))

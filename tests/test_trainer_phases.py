@@ -20,7 +20,14 @@ def test_resolve_is_pure_and_decides_every_default():
     cfg = TrainConfig(model="lenet5", data="digits")
     facts = RunFacts(epochs=40, batch_size=64, num_classes=10, device_type="cpu", bf16=False)
     r = resolve(cfg, facts)
-    assert (r.epochs, r.batch_size, r.lr, r.weight_decay, r.num_classes, r.precision) == (40, 64, 0.1, 5e-4, 10, "32")
+    assert (r.epochs, r.batch_size, r.lr, r.weight_decay, r.num_classes, r.precision) == (
+        40,
+        64,
+        0.1,
+        5e-4,
+        10,
+        "32",
+    )
     assert cfg.epochs is None and cfg.lr is None and cfg.precision == "auto"  # the request is unchanged
     assert resolve(r, facts) == r  # a resolved config (args.json, a checkpoint's args) resolves to itself
     assert resolve(TrainConfig(model="lenet5", data="digits", batch_size=512), facts).lr == pytest.approx(0.2)
@@ -34,12 +41,22 @@ def test_resolve_is_pure_and_decides_every_default():
         resolve(TrainConfig(model="lenet5", data="digits", batch_size=2), RunFacts(40, 64, 10, world_size=4))
 
 
-@pytest.mark.parametrize("change,needle", [
-    ({"optimizer": "adam"}, "unknown optimizer"), ({"schedule": "step"}, "unknown schedule"),
-    ({"precision": "int8"}, "unknown precision"), ({"epochs": 0}, "--epochs"), ({"batch_size": 0}, "--batch-size"),
-    ({"lr": -1.0}, "--lr"), ({"label_smoothing": 1.0}, "--label-smoothing"), ({"name": "../escaped"}, "--name"),
-    ({"data": "cifar11"}, "unknown dataset"), ({"model": "resnett"}, "unknown model"), ({"model": None}, "MODEL"),
-])
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"optimizer": "adam"}, "unknown optimizer"),
+        ({"schedule": "step"}, "unknown schedule"),
+        ({"precision": "int8"}, "unknown precision"),
+        ({"epochs": 0}, "--epochs"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"lr": -1.0}, "--lr"),
+        ({"label_smoothing": 1.0}, "--label-smoothing"),
+        ({"name": "../escaped"}, "--name"),
+        ({"data": "cifar11"}, "unknown dataset"),
+        ({"model": "resnett"}, "unknown model"),
+        ({"model": None}, "MODEL"),
+    ],
+)
 def test_validate_holds_every_check(change, needle):
     cfg = TrainConfig(model="lenet5", data="digits")
     for k, v in change.items():
@@ -69,8 +86,16 @@ def test_stop_on_signals_turns_sigterm_into_a_request_and_restores_the_handler()
 
 
 def test_phases_one_by_one_on_fake(tmp_path):
-    cfg = TrainConfig(model="mlp", data="fake", epochs=2, batch_size=1024, project=str(tmp_path), device="cpu",
-                      precision="32", patience=1)
+    cfg = TrainConfig(
+        model="mlp",
+        data="fake",
+        epochs=2,
+        batch_size=1024,
+        project=str(tmp_path),
+        device="cpu",
+        precision="32",
+        patience=1,
+    )
     tr = Trainer(cfg)
     tr.setup()
     assert (tr.cfg.epochs, tr.cfg.lr, tr.cfg.num_classes, tr.cfg.precision) == (2, 0.4, 10, "32")
@@ -100,8 +125,17 @@ def test_phases_one_by_one_on_fake(tmp_path):
 
 
 def test_a_stop_request_mid_epoch_writes_a_resumable_last_pt(tmp_path):
-    tr = Trainer(TrainConfig(model="mlp", data="fake", epochs=1, batch_size=1000, project=str(tmp_path),
-                             device="cpu", precision="32"))
+    tr = Trainer(
+        TrainConfig(
+            model="mlp",
+            data="fake",
+            epochs=1,
+            batch_size=1000,
+            project=str(tmp_path),
+            device="cpu",
+            precision="32",
+        )
+    )
     tr.setup()
     state = tr.start_or_resume()
     stop = StopRequest()
@@ -140,7 +174,9 @@ def colours_dataset():
 
 
 def test_a_registered_dataset_trains_and_evaluates(tmp_path, colours_dataset):
-    p = run_cnn("train", "smallcnn", "--data", colours_dataset, "--project", tmp_path, "--precision", "32", "--json")
+    p = run_cnn(
+        "train", "smallcnn", "--data", colours_dataset, "--project", tmp_path, "--precision", "32", "--json"
+    )
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["epochs"] == 5 and out["test_accuracy"] >= 0.9
@@ -158,8 +194,21 @@ def test_registering_a_name_twice_is_refused(colours_dataset):
 def test_reported_accuracy_is_what_cnn_eval_reproduces_whatever_the_training_precision(tmp_path):
     """bf16 training (forced, so the test means the same on every CPU): the run's test accuracy is measured in
     fp32 like `cnn eval`, so the two agree exactly (they did not when evaluation ran under bf16 autocast)."""
-    p = run_cnn("train", "linenet", "--data", "lines", "--precision", "bf16", "--max-steps", "40", "--project",
-                tmp_path, "--device", "cpu", "--json")
+    p = run_cnn(
+        "train",
+        "linenet",
+        "--data",
+        "lines",
+        "--precision",
+        "bf16",
+        "--max-steps",
+        "40",
+        "--project",
+        tmp_path,
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["precision"] == "bf16"
@@ -197,10 +246,20 @@ def test_no_host_synchronisation_in_a_training_step(tmp_path, monkeypatch):
                 return fn(*a, **k)
             finally:
                 where.pop()
+
         return run
 
-    cfg = TrainConfig(model="smallcnn", data="fake", epochs=1, batch_size=16, max_steps=70, device="cpu",
-                      precision="32", project=str(tmp_path), name="sync")
+    cfg = TrainConfig(
+        model="smallcnn",
+        data="fake",
+        epochs=1,
+        batch_size=16,
+        max_steps=70,
+        device="cpu",
+        precision="32",
+        project=str(tmp_path),
+        name="sync",
+    )
     trainer = Trainer(cfg)
     trainer.setup()
     trainer._train_step = inside("step", trainer._train_step)
@@ -217,8 +276,19 @@ def test_divergence_is_caught_at_the_next_read_and_nothing_is_written(tmp_path):
     checkpoint is written from the diverged weights."""
     from cnncli.errors import WorkFailed
 
-    cfg = TrainConfig(model="smallcnn", data="fake", epochs=1, batch_size=16, max_steps=40, device="cpu",
-                      precision="32", lr=1e6, optimizer="sgd", project=str(tmp_path), name="nan")
+    cfg = TrainConfig(
+        model="smallcnn",
+        data="fake",
+        epochs=1,
+        batch_size=16,
+        max_steps=40,
+        device="cpu",
+        precision="32",
+        lr=1e6,
+        optimizer="sgd",
+        project=str(tmp_path),
+        name="nan",
+    )
     trainer = Trainer(cfg)
     trainer.setup()
     state = trainer.start_or_resume()

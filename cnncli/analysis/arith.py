@@ -27,15 +27,31 @@ from cnncli.errors import ArithError, UsageError
 Pair = tuple[int, int]
 
 __all__ = [
-    "Pair", "Field", "Layer", "parse_size", "parse_pair", "parse_padding", "conv_out", "pool_out",
-    "conv_transpose_out", "conv2d", "pool2d", "conv_transpose2d", "linear", "parse_layers", "run_layers",
-    "LAYER_OPS", "totals",
+    "Pair",
+    "Field",
+    "Layer",
+    "parse_size",
+    "parse_pair",
+    "parse_padding",
+    "conv_out",
+    "pool_out",
+    "conv_transpose_out",
+    "conv2d",
+    "pool2d",
+    "conv_transpose2d",
+    "linear",
+    "parse_layers",
+    "run_layers",
+    "LAYER_OPS",
+    "totals",
 ]
 
 _SIZE_RE = re.compile(r"^\s*(\d+)(?:\s*[x×,]\s*(\d+))?(?:\s*[x×,]\s*(\d+))?\s*$")
 
 
-MAX_DIGITS = 18  # sizes beyond int64 are typos, and Python refuses int() of 4,300+ digits with a raw ValueError
+MAX_DIGITS = (
+    18  # sizes beyond int64 are typos, and Python refuses int() of 4,300+ digits with a raw ValueError
+)
 
 
 def _number(digits: str, text) -> int:
@@ -102,35 +118,43 @@ def conv_out(i: int, k: int, s: int = 1, p: int = 0, d: int = 1, *, axis: str = 
     return (i + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-def pool_out(i: int, k: int, s: int | None = None, p: int = 0, d: int = 1, ceil_mode: bool = False,
-             *, axis: str = "") -> int:
+def pool_out(
+    i: int, k: int, s: int | None = None, p: int = 0, d: int = 1, ceil_mode: bool = False, *, axis: str = ""
+) -> int:
     """Output size of max/avg pooling along one axis (``torch.nn.MaxPool2d`` rules, incl. ``ceil_mode``)."""
     s = k if s is None else s
     _check_positive(k=k, s=s, d=d)
     if p < 0:
         raise ArithError(f"padding must be >= 0, got {p}")
     if p > k // 2:
-        raise ArithError(f"pooling padding{_ax(axis)} {p} is more than half the kernel {k}",
-                         "torch allows at most kernel // 2")
+        raise ArithError(
+            f"pooling padding{_ax(axis)} {p} is more than half the kernel {k}",
+            "torch allows at most kernel // 2",
+        )
     num = i + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)
     o = num // s + 1
     if ceil_mode and (o - 1) * s >= i + p:
         o -= 1  # the last window must start inside the input or the left padding
     if o < 1:
-        raise ArithError(f"output size{_ax(axis)} would be {o} (< 1): the pooling window does not fit the input {i}",
-                         "use a smaller kernel or more padding")
+        raise ArithError(
+            f"output size{_ax(axis)} would be {o} (< 1): the pooling window does not fit the input {i}",
+            "use a smaller kernel or more padding",
+        )
     return o
 
 
-def conv_transpose_out(i: int, k: int, s: int = 1, p: int = 0, d: int = 1, output_padding: int = 0,
-                       *, axis: str = "") -> int:
+def conv_transpose_out(
+    i: int, k: int, s: int = 1, p: int = 0, d: int = 1, output_padding: int = 0, *, axis: str = ""
+) -> int:
     """Output size of a transposed convolution along one axis (``torch.nn.ConvTranspose2d``)."""
     _check_positive(k=k, s=s, d=d)
     if p < 0 or output_padding < 0:
         raise ArithError("padding and output padding must be >= 0")
     if output_padding >= max(s, d):
-        raise ArithError(f"output padding{_ax(axis)} {output_padding} must be smaller than stride or dilation",
-                         "as torch.nn.ConvTranspose2d requires")
+        raise ArithError(
+            f"output padding{_ax(axis)} {output_padding} must be smaller than stride or dilation",
+            "as torch.nn.ConvTranspose2d requires",
+        )
     o = (i - 1) * s - 2 * p + d * (k - 1) + output_padding + 1
     if o < 1:
         raise ArithError(f"output size{_ax(axis)} would be {o} (< 1)", "use less padding")
@@ -164,7 +188,9 @@ class Field:
     jump: tuple[Fraction, Fraction] = (Fraction(1), Fraction(1))
     start: tuple[Fraction, Fraction] = (Fraction(0), Fraction(0))
 
-    def through(self, kernel: Pair, stride: Pair = (1, 1), padding: Pair = (0, 0), dilation: Pair = (1, 1)) -> Field:
+    def through(
+        self, kernel: Pair, stride: Pair = (1, 1), padding: Pair = (0, 0), dilation: Pair = (1, 1)
+    ) -> Field:
         """The field after a sliding window (conv or pooling) with these settings."""
         rf, jump, start = [], [], []
         for a in range(2):
@@ -268,13 +294,25 @@ class Layer:
 
 def _spatial(shape: Shape, op: str) -> tuple[int | None, int, int]:
     if len(shape) != 3:
-        raise ArithError(f"{op} needs a CxHxW feature map, but the input is flat ({shape[0]} features)",
-                         "put it before flatten/fc")
+        raise ArithError(
+            f"{op} needs a CxHxW feature map, but the input is flat ({shape[0]} features)",
+            "put it before flatten/fc",
+        )
     return shape
 
 
-def _formula_lines(kind: str, ih: int, iw: int, oh: int, ow: int, k: Pair, s: Pair, p: Pair, d: Pair,
-                   extra: dict | None = None) -> list[str]:
+def _formula_lines(
+    kind: str,
+    ih: int,
+    iw: int,
+    oh: int,
+    ow: int,
+    k: Pair,
+    s: Pair,
+    p: Pair,
+    d: Pair,
+    extra: dict | None = None,
+) -> list[str]:
     lines = []
     axes = [("H", ih, oh, 0), ("W", iw, ow, 1)]
     if ih == iw and k[0] == k[1] and s[0] == s[1] and p[0] == p[1] and d[0] == d[1]:
@@ -296,18 +334,35 @@ def _resolve_padding(padding, k: Pair, s: Pair, d: Pair, op: str) -> tuple[Pair,
         return (0, 0), (0, 0)
     if padding == "same":
         if s != (1, 1):
-            raise ArithError(f"{op}: padding 'same' needs stride 1", "as in torch.nn.Conv2d; give the padding as a number")
+            raise ArithError(
+                f"{op}: padding 'same' needs stride 1", "as in torch.nn.Conv2d; give the padding as a number"
+            )
         total = [d[a] * (k[a] - 1) for a in range(2)]
         lo = tuple(t // 2 for t in total)
         return lo, tuple(t - lo_ for t, lo_ in zip(total, lo))
     return padding, padding
 
 
-def conv2d(shape: Shape, *, out_channels: int | None, kernel, stride=1, padding=0, dilation=1, groups: int = 1,
-           bias: bool = True, field_in: Field | None = None, name: str = "conv") -> Layer:
+def conv2d(
+    shape: Shape,
+    *,
+    out_channels: int | None,
+    kernel,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    bias: bool = True,
+    field_in: Field | None = None,
+    name: str = "conv",
+) -> Layer:
     """A ``Conv2d`` layer on ``shape`` = (C, H, W); ``out_channels=None`` computes the spatial size only."""
     c, h, w = _spatial(shape, "conv")
-    k, s, d = parse_pair(kernel, "kernel size"), parse_pair(stride, "stride"), parse_pair(dilation, "dilation")
+    k, s, d = (
+        parse_pair(kernel, "kernel size"),
+        parse_pair(stride, "stride"),
+        parse_pair(dilation, "dilation"),
+    )
     pad = parse_padding(padding)
     lo, hi = _resolve_padding(pad, k, s, d, "conv")
     if groups < 1:
@@ -337,8 +392,18 @@ def conv2d(shape: Shape, *, out_channels: int | None, kernel, stride=1, padding=
     return Layer(name, "conv", (c, h, w), (out_channels, oh, ow), params, macs, fi, formulas)
 
 
-def pool2d(shape: Shape, *, kind: str = "max", kernel, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
-           field_in: Field | None = None, name: str | None = None) -> Layer:
+def pool2d(
+    shape: Shape,
+    *,
+    kind: str = "max",
+    kernel,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode: bool = False,
+    field_in: Field | None = None,
+    name: str | None = None,
+) -> Layer:
     """A ``MaxPool2d`` / ``AvgPool2d`` layer (stride defaults to the kernel size, as in torch)."""
     c, h, w = _spatial(shape, f"{kind}pool")
     k = parse_pair(kernel, "kernel size")
@@ -357,12 +422,27 @@ def pool2d(shape: Shape, *, kind: str = "max", kernel, stride=None, padding=0, d
     return Layer(name or f"{kind}pool", f"{kind}pool", (c, h, w), (c, oh, ow), 0, 0, fi, formulas)
 
 
-def conv_transpose2d(shape: Shape, *, out_channels: int | None, kernel, stride=1, padding=0, dilation=1,
-                     output_padding=0, groups: int = 1, bias: bool = True, field_in: Field | None = None,
-                     name: str = "convT") -> Layer:
+def conv_transpose2d(
+    shape: Shape,
+    *,
+    out_channels: int | None,
+    kernel,
+    stride=1,
+    padding=0,
+    dilation=1,
+    output_padding=0,
+    groups: int = 1,
+    bias: bool = True,
+    field_in: Field | None = None,
+    name: str = "convT",
+) -> Layer:
     """A ``ConvTranspose2d`` layer: ``o = (i-1)s - 2p + d(k-1) + output_padding + 1``."""
     c, h, w = _spatial(shape, "convT")
-    k, s, d = parse_pair(kernel, "kernel size"), parse_pair(stride, "stride"), parse_pair(dilation, "dilation")
+    k, s, d = (
+        parse_pair(kernel, "kernel size"),
+        parse_pair(stride, "stride"),
+        parse_pair(dilation, "dilation"),
+    )
     pad = parse_padding(padding)
     if isinstance(pad, str):
         raise ArithError("convT takes numeric padding only", "as torch.nn.ConvTranspose2d")
@@ -388,8 +468,9 @@ def conv_transpose2d(shape: Shape, *, out_channels: int | None, kernel, stride=1
     return Layer(name, "convT", (c, h, w), (out_channels, oh, ow), params, macs, fi, formulas)
 
 
-def linear(shape: Shape, *, out_features: int, bias: bool = True, field_in: Field | None = None,
-           name: str = "fc") -> Layer:
+def linear(
+    shape: Shape, *, out_features: int, bias: bool = True, field_in: Field | None = None, name: str = "fc"
+) -> Layer:
     """A ``Linear`` layer; a CxHxW input is flattened first, and the field grows to cover the whole map."""
     if out_features < 1:
         raise ArithError(f"fc output features must be at least 1, got {out_features}")
@@ -402,15 +483,32 @@ def linear(shape: Shape, *, out_features: int, bias: bool = True, field_in: Fiel
         n = shape[0]
     params = n * out_features + (out_features if bias else 0)
     macs = n * out_features
-    formulas = [f"params: {n}*{out_features}" + (f" + {out_features}" if bias else "") + f" = {params:,}",
-                f"MACs: {n}*{out_features} = {macs:,}"]
+    formulas = [
+        f"params: {n}*{out_features}" + (f" + {out_features}" if bias else "") + f" = {params:,}",
+        f"MACs: {n}*{out_features} = {macs:,}",
+    ]
     return Layer(name, "fc", shape, (out_features,), params, macs, fi, formulas)
 
 
 # ----------------------------------------------------------------------------------- --layers parsing
 
-_ACTIVATIONS = {"relu", "relu6", "sigmoid", "tanh", "gelu", "silu", "swish", "elu", "leakyrelu", "leaky_relu",
-                "hardswish", "mish", "softmax", "identity", "prelu"}
+_ACTIVATIONS = {
+    "relu",
+    "relu6",
+    "sigmoid",
+    "tanh",
+    "gelu",
+    "silu",
+    "swish",
+    "elu",
+    "leakyrelu",
+    "leaky_relu",
+    "hardswish",
+    "mish",
+    "softmax",
+    "identity",
+    "prelu",
+}
 # op name -> (canonical, positional argument names)
 LAYER_OPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "conv": ("conv", ("out", "k", "s", "p", "d", "g")),
@@ -430,10 +528,20 @@ LAYER_OPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "flatten": ("flatten", ()),
     "fc": ("fc", ("out",)),
     "linear": ("fc", ("out",)),
-    **{a: ("act", ()) for a in _ACTIVATIONS},
+    **dict.fromkeys(_ACTIVATIONS, ("act", ())),
 }
-_KW_ALIASES = {"kernel": "k", "kernel_size": "k", "stride": "s", "padding": "p", "dilation": "d", "groups": "g",
-               "out_channels": "out", "out_features": "out", "output_padding": "op", "ceil_mode": "ceil"}
+_KW_ALIASES = {
+    "kernel": "k",
+    "kernel_size": "k",
+    "stride": "s",
+    "padding": "p",
+    "dilation": "d",
+    "groups": "g",
+    "out_channels": "out",
+    "out_features": "out",
+    "output_padding": "op",
+    "ceil_mode": "ceil",
+}
 _TOKEN_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(([^)]*)\))?")
 
 
@@ -455,25 +563,36 @@ def parse_layers(spec: str) -> list[LayerSpec]:
             continue
         m = _TOKEN_RE.match(spec, pos)
         if not m:
-            raise UsageError(f"cannot read layer at {spec[pos:pos + 20]!r}", "write layers like conv(6,k=5) relu maxpool(2)")
+            raise UsageError(
+                f"cannot read layer at {spec[pos : pos + 20]!r}",
+                "write layers like conv(6,k=5) relu maxpool(2)",
+            )
         pos = m.end()
         name, argtext = m.group(1), m.group(2)
         key = name.lower()
         if key not in LAYER_OPS:
-            raise UsageError(f"unknown layer {name!r}", "known: " + ", ".join(sorted({v[0] for v in LAYER_OPS.values()})))
+            raise UsageError(
+                f"unknown layer {name!r}", "known: " + ", ".join(sorted({v[0] for v in LAYER_OPS.values()}))
+            )
         op, positional = LAYER_OPS[key]
         args = _layer_args(m.group(0), op, positional, argtext)
         if op == "act":
             args["act"] = key
         specs.append(LayerSpec(op, m.group(0).replace(" ", ""), args))
     if not specs:
-        raise UsageError("no layers given", "e.g. --layers \"conv(6,k=5) relu maxpool(2)\"")
+        raise UsageError("no layers given", 'e.g. --layers "conv(6,k=5) relu maxpool(2)"')
     return specs
 
 
 # the keywords each layer takes besides its positional ones; anything else is a typo, never silently ignored
-_EXTRA_KW = {"conv": ("bias",), "dwconv": ("bias",), "convT": ("bias",), "maxpool": ("ceil",),
-             "avgpool": ("ceil",), "fc": ("bias",)}
+_EXTRA_KW = {
+    "conv": ("bias",),
+    "dwconv": ("bias",),
+    "convT": ("bias",),
+    "maxpool": ("ceil",),
+    "avgpool": ("ceil",),
+    "fc": ("bias",),
+}
 
 
 def _layer_args(text: str, op: str, positional: tuple, argtext: str | None) -> dict:
@@ -490,8 +609,12 @@ def _layer_args(text: str, op: str, positional: tuple, argtext: str | None) -> d
                 import difflib
 
                 close = difflib.get_close_matches(k, sorted(allowed) + sorted(_KW_ALIASES), n=1)
-                raise UsageError(f"unknown keyword {k!r} in {text!r}", (f"did you mean {close[0]}? " if close else "")
-                                 + "it takes " + (", ".join(sorted(allowed)) or "no arguments"))
+                raise UsageError(
+                    f"unknown keyword {k!r} in {text!r}",
+                    (f"did you mean {close[0]}? " if close else "")
+                    + "it takes "
+                    + (", ".join(sorted(allowed)) or "no arguments"),
+                )
         else:
             if i >= len(positional):
                 raise UsageError(f"too many arguments in {text!r}")
@@ -535,30 +658,64 @@ def run_layers(input_shape: Shape, specs: list[LayerSpec] | str) -> list[Layer]:
         a = sp.args
         try:
             if sp.op == "conv":
-                layer = conv2d(shape, out_channels=_int(a, "out", what="conv output channels"), kernel=a.get("k", 3),
-                               stride=a.get("s", 1), padding=a.get("p", 0), dilation=a.get("d", 1),
-                               groups=_int(a, "g", 1), bias=_bool(a.get("bias", True)), field_in=fi)
+                layer = conv2d(
+                    shape,
+                    out_channels=_int(a, "out", what="conv output channels"),
+                    kernel=a.get("k", 3),
+                    stride=a.get("s", 1),
+                    padding=a.get("p", 0),
+                    dilation=a.get("d", 1),
+                    groups=_int(a, "g", 1),
+                    bias=_bool(a.get("bias", True)),
+                    field_in=fi,
+                )
             elif sp.op == "dwconv":
                 c = _spatial(shape, "dwconv")[0]
-                layer = conv2d(shape, out_channels=c, kernel=a.get("k", 3), stride=a.get("s", 1),
-                               padding=a.get("p", 0), dilation=a.get("d", 1), groups=c,
-                               bias=_bool(a.get("bias", True)), field_in=fi)
+                layer = conv2d(
+                    shape,
+                    out_channels=c,
+                    kernel=a.get("k", 3),
+                    stride=a.get("s", 1),
+                    padding=a.get("p", 0),
+                    dilation=a.get("d", 1),
+                    groups=c,
+                    bias=_bool(a.get("bias", True)),
+                    field_in=fi,
+                )
             elif sp.op == "convT":
-                layer = conv_transpose2d(shape, out_channels=_int(a, "out", what="convT output channels"),
-                                         kernel=a.get("k", 2), stride=a.get("s", 1), padding=a.get("p", 0),
-                                         dilation=a.get("d", 1), output_padding=a.get("op", 0),
-                                         groups=_int(a, "g", 1), bias=_bool(a.get("bias", True)), field_in=fi)
+                layer = conv_transpose2d(
+                    shape,
+                    out_channels=_int(a, "out", what="convT output channels"),
+                    kernel=a.get("k", 2),
+                    stride=a.get("s", 1),
+                    padding=a.get("p", 0),
+                    dilation=a.get("d", 1),
+                    output_padding=a.get("op", 0),
+                    groups=_int(a, "g", 1),
+                    bias=_bool(a.get("bias", True)),
+                    field_in=fi,
+                )
             elif sp.op in ("maxpool", "avgpool"):
-                layer = pool2d(shape, kind=sp.op[:3], kernel=a.get("k", 2), stride=a.get("s"),
-                               padding=a.get("p", 0), dilation=a.get("d", 1), ceil_mode=_bool(a.get("ceil", False)),
-                               field_in=fi)
+                layer = pool2d(
+                    shape,
+                    kind=sp.op[:3],
+                    kernel=a.get("k", 2),
+                    stride=a.get("s"),
+                    padding=a.get("p", 0),
+                    dilation=a.get("d", 1),
+                    ceil_mode=_bool(a.get("ceil", False)),
+                    field_in=fi,
+                )
             elif sp.op == "gap":
                 c, h, w = _spatial(shape, "gap")
-                layer = Layer("gap", "gap", shape, (c, 1, 1), 0, 0, fi.through((h, w)),
-                              [f"global average over {h}x{w}"])
+                layer = Layer(
+                    "gap", "gap", shape, (c, 1, 1), 0, 0, fi.through((h, w)), [f"global average over {h}x{w}"]
+                )
             elif sp.op == "bn":
                 c = _spatial(shape, "batchnorm")[0]
-                layer = Layer("bn", "bn", shape, shape, 2 * c, 0, fi, [f"params: 2*{c} = {2 * c} (scale, shift)"])
+                layer = Layer(
+                    "bn", "bn", shape, shape, 2 * c, 0, fi, [f"params: 2*{c} = {2 * c} (scale, shift)"]
+                )
             elif sp.op == "flatten":
                 n = math.prod(shape)
                 if len(shape) == 3:
@@ -568,8 +725,12 @@ def run_layers(input_shape: Shape, specs: list[LayerSpec] | str) -> list[Layer]:
                 if flattened_map is not None and len(shape) == 1:
                     fi = fi.through(flattened_map)
                     flattened_map = None
-                layer = linear(shape, out_features=_int(a, "out", what="fc output features"),
-                               bias=_bool(a.get("bias", True)), field_in=fi)
+                layer = linear(
+                    shape,
+                    out_features=_int(a, "out", what="fc output features"),
+                    bias=_bool(a.get("bias", True)),
+                    field_in=fi,
+                )
             elif sp.op == "act" and a["act"] == "prelu":
                 layer = Layer("prelu", "act", shape, shape, 1, 0, fi, [])
             else:  # activations, dropout: shape and field unchanged

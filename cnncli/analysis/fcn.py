@@ -26,9 +26,32 @@ from cnncli.checkpoint import Checkpoint
 from cnncli.errors import UsageError, WorkFailed
 from cnncli.fileio import atomic_write
 
-_ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.Tanh, nn.Sigmoid,
-                        nn.ELU, nn.Mish, nn.Dropout, nn.Dropout2d, nn.Identity)
-_ELEMENTWISE_FUNCS = {F.relu, torch.relu, F.dropout, F.gelu, F.silu, torch.sigmoid, torch.tanh, F.relu6, F.hardswish}
+_ELEMENTWISE_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.LeakyReLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.ELU,
+    nn.Mish,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
+)
+_ELEMENTWISE_FUNCS = {
+    F.relu,
+    torch.relu,
+    F.dropout,
+    F.gelu,
+    F.silu,
+    torch.sigmoid,
+    torch.tanh,
+    F.relu6,
+    F.hardswish,
+}
 
 
 class FullyConvolutional(nn.Module):
@@ -55,9 +78,14 @@ class Conversion:
 
     def as_dict(self) -> dict:
         rf = self.receptive_field if isinstance(self.receptive_field, str) else list(self.receptive_field)
-        return {"training_size": list(self.training_size), "stride": list(self.stride),
-                "receptive_field": rf, "offset": list(self.offset),
-                "max_abs_diff": self.max_abs_diff, "steps": self.steps}
+        return {
+            "training_size": list(self.training_size),
+            "stride": list(self.stride),
+            "receptive_field": rf,
+            "offset": list(self.offset),
+            "max_abs_diff": self.max_abs_diff,
+            "steps": self.steps,
+        }
 
 
 def _describe(node, modules) -> str:
@@ -118,16 +146,20 @@ def _find_head(gm: torch.fx.GraphModule):
             # reached the feature map: it must be 4-D; otherwise something unknown sits in the head
             if shape is not None and len(shape) == 4 and chain:
                 break
-            raise UsageError(f"cannot convert layer {_describe(node, modules)}: not a recognised classifier head op",
-                             "cnn fcn converts flatten + Linear and global pooling + Linear heads")
+            raise UsageError(
+                f"cannot convert layer {_describe(node, modules)}: not a recognised classifier head op",
+                "cnn fcn converts flatten + Linear and global pooling + Linear heads",
+            )
         chain.append((node, kind))
-        inputs = [a for a in node.all_input_nodes]
+        inputs = list(node.all_input_nodes)
         if len(inputs) != 1:
             raise UsageError(f"cannot convert layer {_describe(node, modules)}: it has {len(inputs)} inputs")
         node = inputs[0]
     chain.reverse()
     if not any(kind == "linear" for _, kind in chain):
-        raise UsageError("cannot convert: the head has no Linear layer", "the model is already fully convolutional?")
+        raise UsageError(
+            "cannot convert: the head has no Linear layer", "the model is already fully convolutional?"
+        )
     return node, chain
 
 
@@ -150,8 +182,10 @@ def _pool_layer(node, kind, modules, state, steps):
         steps.append(f"{desc}: identity at the training size, removed")
         return None
     if ih % out_hw[0] or iw % out_hw[1]:
-        raise UsageError(f"cannot convert layer {desc}: adaptive pooling {ih}x{iw} -> {out_hw[0]}x{out_hw[1]} "
-                         "does not divide evenly")
+        raise UsageError(
+            f"cannot convert layer {desc}: adaptive pooling {ih}x{iw} -> {out_hw[0]}x{out_hw[1]} "
+            "does not divide evenly"
+        )
     cls = nn.MaxPool2d if is_max else nn.AvgPool2d
     if out_hw == (1, 1):
         pool = cls((ih, iw), stride=1)
@@ -173,20 +207,26 @@ def _linear_as_conv(node, modules, state, steps):
     if state["flat_from"] is not None:
         fc, fh, fw = state["flat_from"]
         if fc * fh * fw != lin.in_features:
-            raise UsageError(f"cannot convert layer {desc}: {lin.in_features} inputs but the map is {fc}x{fh}x{fw}")
+            raise UsageError(
+                f"cannot convert layer {desc}: {lin.in_features} inputs but the map is {fc}x{fh}x{fw}"
+            )
         kernel = (fh, fw)
         state["flat_from"] = None
     else:
         fc, kernel = lin.in_features, (1, 1)
         if state["c"] != fc:
-            raise UsageError(f"cannot convert layer {desc}: expects {fc} features, the map has {state['c']} channels")
+            raise UsageError(
+                f"cannot convert layer {desc}: expects {fc} features, the map has {state['c']} channels"
+            )
     conv = nn.Conv2d(fc, lin.out_features, kernel, bias=lin.bias is not None)
     with torch.no_grad():
         conv.weight.copy_(lin.weight.view(lin.out_features, fc, *kernel))
         if lin.bias is not None:
             conv.bias.copy_(lin.bias)
-    steps.append(f"{desc}: Linear({lin.in_features}, {lin.out_features}) -> Conv2d({fc}, {lin.out_features}, "
-                 f"kernel {kernel[0]}x{kernel[1]})")
+    steps.append(
+        f"{desc}: Linear({lin.in_features}, {lin.out_features}) -> Conv2d({fc}, {lin.out_features}, "
+        f"kernel {kernel[0]}x{kernel[1]})"
+    )
     state["c"] = lin.out_features
     return conv
 
@@ -205,7 +245,9 @@ def _head_modules(gm, feature, chain) -> tuple[list[nn.Module], list[str]]:
             in_shape = _shape(node.all_input_nodes[0])
             if in_shape is not None and len(in_shape) == 4:
                 state["flat_from"] = (in_shape[1], *in_shape[2:])
-            steps.append(f"{_describe(node, modules)}: flatten removed (the next Linear becomes a convolution)")
+            steps.append(
+                f"{_describe(node, modules)}: flatten removed (the next Linear becomes a convolution)"
+            )
             layer = None
         elif kind == "linear":
             layer = _linear_as_conv(node, modules, state, steps)
@@ -245,8 +287,9 @@ def _body(gm: torch.fx.GraphModule, feature: torch.fx.Node) -> torch.fx.GraphMod
     return body
 
 
-def to_fully_convolutional(model: nn.Module, input_size: tuple[int, int, int], *, verify: bool = True,
-                           tolerance: float = 1e-4) -> Conversion:
+def to_fully_convolutional(
+    model: nn.Module, input_size: tuple[int, int, int], *, verify: bool = True, tolerance: float = 1e-4
+) -> Conversion:
     """Rewrite a classifier's head as convolutions; with `verify`, check identical logits at the training size."""
     if isinstance(model, FullyConvolutional):
         raise UsageError("the model is already fully convolutional", "give the classifier checkpoint")
@@ -260,8 +303,10 @@ def to_fully_convolutional(model: nn.Module, input_size: tuple[int, int, int], *
     try:
         gm = trace(model, example)
     except Exception as e:
-        raise UsageError(f"cannot trace the model with torch.fx: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                         "data-dependent control flow in forward() cannot be converted") from None
+        raise UsageError(
+            f"cannot trace the model with torch.fx: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            "data-dependent control flow in forward() cannot be converted",
+        ) from None
     feature, chain = _find_head(gm)
     layers, steps = _head_modules(gm, feature, chain)
     fcn = FullyConvolutional(_body(gm, feature), nn.Sequential(*layers)).eval()
@@ -272,24 +317,42 @@ def to_fully_convolutional(model: nn.Module, input_size: tuple[int, int, int], *
             ref = model(example)
             got = fcn(example)
         if got.dim() != 4 or got.shape[2:] != (1, 1):
-            raise WorkFailed(f"conversion check failed: output is {tuple(got.shape)}, expected one cell at the training size")
+            raise WorkFailed(
+                f"conversion check failed: output is {tuple(got.shape)}, expected one cell at the training size"
+            )
         got = got.flatten(1)
         diff = float((ref - got).abs().max())
         scale = max(1.0, float(ref.abs().max()))
         if not diff <= tolerance * scale:
-            raise WorkFailed(f"conversion check failed: logits differ by {diff:.3g} (tolerance {tolerance * scale:.3g})",
-                             "nothing was written")
+            raise WorkFailed(
+                f"conversion check failed: logits differ by {diff:.3g} (tolerance {tolerance * scale:.3g})",
+                "nothing was written",
+            )
     traced = module_fields(fcn, input_size)
     if traced is None:
         raise UsageError("cannot compute the receptive field of the converted model")
     out_field = traced[1]
     if isinstance(out_field, Field):
-        return Conversion(fcn, tuple(input_size), out_field.jump_value, out_field.receptive_field, out_field.offset,
-                          diff, steps)
+        return Conversion(
+            fcn,
+            tuple(input_size),
+            out_field.jump_value,
+            out_field.receptive_field,
+            out_field.offset,
+            diff,
+            steps,
+        )
     # squeeze-and-excitation or attention in the body: every score reads the whole image, not a window. The cells
     # still step by the body's stride; each is placed where the classifier's own input would be.
-    return Conversion(fcn, tuple(input_size), _stride_by_probing(fcn, input_size),
-                      "global" if out_field is GLOBAL else "unknown", (0, 0), diff, steps)
+    return Conversion(
+        fcn,
+        tuple(input_size),
+        _stride_by_probing(fcn, input_size),
+        "global" if out_field is GLOBAL else "unknown",
+        (0, 0),
+        diff,
+        steps,
+    )
 
 
 def _stride_by_probing(fcn: nn.Module, input_size) -> tuple:
@@ -300,7 +363,9 @@ def _stride_by_probing(fcn: nn.Module, input_size) -> tuple:
     with torch.no_grad():
         out = twin(torch.zeros(1, c, h + grow, w + grow, device="meta"))
     cells = out.shape[2:]
-    return tuple(int(grow // (n - 1)) if n > 1 and grow % (n - 1) == 0 else grow / max(n - 1, 1) for n in cells)
+    return tuple(
+        int(grow // (n - 1)) if n > 1 and grow % (n - 1) == 0 else grow / max(n - 1, 1) for n in cells
+    )
 
 
 def placement(facts: dict) -> tuple[tuple, tuple]:
@@ -313,8 +378,11 @@ def placement(facts: dict) -> tuple[tuple, tuple]:
 
 def fcn_checkpoint(ckpt: Checkpoint, conversion: Conversion) -> Checkpoint:
     """A checkpoint for the converted model: same model spec and preprocessing, the FCN's weights, the facts."""
-    return replace(ckpt.without_training(), fcn=conversion.as_dict(),
-                   state_dict={k: v.detach().cpu().contiguous() for k, v in conversion.model.state_dict().items()})
+    return replace(
+        ckpt.without_training(),
+        fcn=conversion.as_dict(),
+        state_dict={k: v.detach().cpu().contiguous() for k, v in conversion.model.state_dict().items()},
+    )
 
 
 # ------------------------------------------------------------------------------------------- score maps
@@ -340,8 +408,15 @@ def load_image(path: str, channels: int) -> torch.Tensor:
     return read_image(path, channels)
 
 
-def render_overlay(img: torch.Tensor, scores: torch.Tensor, facts: dict, classes: list[str], path: str,
-                   only_class: int | None = None, title: str = "") -> None:
+def render_overlay(
+    img: torch.Tensor,
+    scores: torch.Tensor,
+    facts: dict,
+    classes: list[str],
+    path: str,
+    only_class: int | None = None,
+    title: str = "",
+) -> None:
     """The image with the winning class per cell (colour) and its confidence (opacity), or one class's heat map."""
     import matplotlib
 
@@ -354,13 +429,23 @@ def render_overlay(img: torch.Tensor, scores: torch.Tensor, facts: dict, classes
     s, (o, rf) = facts["stride"], placement(facts)
     # each cell is drawn as a stride x stride square centred on its window's centre
     cy, cx = o[0] + (rf[0] - 1) / 2, o[1] + (rf[1] - 1) / 2
-    extent = (cx - s[1] / 2 - 0.5, cx + (wp - 1) * s[1] + s[1] / 2 - 0.5,
-              cy + (hp - 1) * s[0] + s[0] / 2 - 0.5, cy - s[0] / 2 - 0.5)
+    extent = (
+        cx - s[1] / 2 - 0.5,
+        cx + (wp - 1) * s[1] + s[1] / 2 - 0.5,
+        cy + (hp - 1) * s[0] + s[0] / 2 - 0.5,
+        cy - s[0] / 2 - 0.5,
+    )
     base = img.permute(1, 2, 0).numpy()
     h, w = base.shape[:2]
     fig_w = 7 if only_class is not None else 8.5
     fig, ax = plt.subplots(figsize=(fig_w, fig_w * h / w * 0.9 + 0.6))
-    ax.imshow(base[..., 0] if base.shape[2] == 1 else base, cmap="gray", vmin=0, vmax=255, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    ax.imshow(
+        base[..., 0] if base.shape[2] == 1 else base,
+        cmap="gray",
+        vmin=0,
+        vmax=255,
+        extent=(-0.5, w - 0.5, h - 0.5, -0.5),
+    )
     probs = scores.numpy()
     if only_class is None:
         cmap = plt.get_cmap("tab10" if k <= 10 else "tab20")
@@ -372,11 +457,20 @@ def render_overlay(img: torch.Tensor, scores: torch.Tensor, facts: dict, classes
         ax.imshow(rgba, extent=extent, interpolation="nearest")
         present = sorted(set(win.flatten().tolist()))
         handles = [Patch(color=colours[i], label=f"{classes[i]} ({(win == i).mean():.0%})") for i in present]
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), title="winning class", fontsize=9)
+        ax.legend(
+            handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), title="winning class", fontsize=9
+        )
         ax.set_title(title or f"winning class per cell (opacity = confidence), stride {s[0]}, RF {rf[0]}")
     else:
-        im = ax.imshow(probs[only_class], extent=extent, cmap="inferno", alpha=0.55, vmin=0, vmax=1,
-                       interpolation="nearest")
+        im = ax.imshow(
+            probs[only_class],
+            extent=extent,
+            cmap="inferno",
+            alpha=0.55,
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+        )
         fig.colorbar(im, ax=ax, fraction=0.046, label=f"P({classes[only_class]})")
         ax.set_title(title or f"score map of class '{classes[only_class]}', stride {s[0]}, RF {rf[0]}")
     ax.set_xlim(-0.5, w - 0.5)

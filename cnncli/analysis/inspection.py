@@ -40,8 +40,10 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     layers = named_layers(model)
     if name not in layers:
         close = difflib.get_close_matches(name, list(layers), n=3, cutoff=0.4)
-        raise UsageError(f"no layer {name!r} in the model",
-                         ("did you mean " + ", ".join(close) + "? " if close else "") + "see cnn summary for the names")
+        raise UsageError(
+            f"no layer {name!r} in the model",
+            ("did you mean " + ", ".join(close) + "? " if close else "") + "see cnn summary for the names",
+        )
     return layers[name]
 
 
@@ -56,8 +58,10 @@ def conv_weight(model: nn.Module, layer: str | None) -> tuple[str, torch.Tensor]
         module = find_layer(model, layer)
         if not isinstance(module, nn.Conv2d):
             convs = [n for n, m in named_layers(model).items() if isinstance(m, nn.Conv2d)][:5]
-            raise UsageError(f"layer {layer!r} is a {type(module).__name__}, which has no kernels",
-                             "conv layers: " + ", ".join(convs))
+            raise UsageError(
+                f"layer {layer!r} is a {type(module).__name__}, which has no kernels",
+                "conv layers: " + ", ".join(convs),
+            )
     return layer, module.weight.detach().float().cpu()
 
 
@@ -105,7 +109,13 @@ def plot_kernels(weight: torch.Tensor, path: str, *, dft: bool = False, title: s
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    return {"kernels": out_c, "shown": shown, "in_channels": in_c, "in_channels_shown": ins, "kernel_size": [kh, kw]}
+    return {
+        "kernels": out_c,
+        "shown": shown,
+        "in_channels": in_c,
+        "in_channels_shown": ins,
+        "kernel_size": [kh, kw],
+    }
 
 
 def dft_energy_axes(kernel: torch.Tensor) -> tuple[float, float]:
@@ -127,21 +137,28 @@ def feature_maps(model: nn.Module, x: torch.Tensor, layers: list[str] | None) ->
     no_inplace(model)
     targets = {n: find_layer(model, n) for n in layers} if layers else dict(model.named_children())
     out: dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda mod, args, res, n=n: out.__setitem__(n, res))
-             for n, m in targets.items()]
+    hooks = [
+        m.register_forward_hook(lambda mod, args, res, n=n: out.__setitem__(n, res))
+        for n, m in targets.items()
+    ]
     try:
         with torch.no_grad():
             model.eval()(x[None])
     finally:
         for h in hooks:
             h.remove()
-    maps = {n: v[0].detach().float().cpu() for n, v in out.items() if isinstance(v, torch.Tensor) and v.dim() == 4
-            and (layers or v.shape[2] * v.shape[3] > 1)}  # by default, maps with more than one position
+    maps = {
+        n: v[0].detach().float().cpu()
+        for n, v in out.items()
+        if isinstance(v, torch.Tensor) and v.dim() == 4 and (layers or v.shape[2] * v.shape[3] > 1)
+    }  # by default, maps with more than one position
     if layers:
         flat = [n for n in layers if n not in maps]
         if flat:
-            raise UsageError(f"layer {flat[0]!r} does not output a feature map (C x H x W)",
-                             "choose conv, pooling or block layers (cnn summary lists them)")
+            raise UsageError(
+                f"layer {flat[0]!r} does not output a feature map (C x H x W)",
+                "choose conv, pooling or block layers (cnn summary lists them)",
+            )
     if not maps:
         raise UsageError("no top-level layer of the model outputs a feature map", "name layers with --layers")
     return maps
@@ -164,7 +181,9 @@ def pca_rgb(fmap: torch.Tensor) -> torch.Tensor:
     return ((comps - lo) / (hi - lo + 1e-12)).reshape(h, w, 3)
 
 
-def plot_features(maps: dict[str, torch.Tensor], path: str, *, pca: bool = False, title: str = "") -> list[dict]:
+def plot_features(
+    maps: dict[str, torch.Tensor], path: str, *, pca: bool = False, title: str = ""
+) -> list[dict]:
     plt = _plt()
     facts = [{"layer": n, "shape": list(m.shape)} for n, m in maps.items()]
     if pca:
@@ -208,18 +227,29 @@ def unit_field(model: nn.Module, input_size, layer: str, at: tuple[int, int]) ->
     traced = module_fields(model, tuple(input_size))
     field = traced[0].get(layer) if traced else None
     if field is None:
-        raise UsageError(f"cannot compute the receptive field of {layer!r}", "the model could not be traced there")
+        raise UsageError(
+            f"cannot compute the receptive field of {layer!r}", "the model could not be traced there"
+        )
     if not hasattr(field, "rf"):
         if field is GLOBAL:
-            raise UsageError(f"{layer!r} has a global receptive field: it pools every position (global pooling, "
-                             "squeeze-and-excitation, attention), so every pixel reaches each unit",
-                             "choose an earlier layer; `cnn summary MODEL` lists each layer's field")
-        raise UsageError(f"{layer!r} has a receptive field the arithmetic does not cover (shifted windows, "
-                         "upsampling...)", "cnn summary MODEL shows it measured")
+            raise UsageError(
+                f"{layer!r} has a global receptive field: it pools every position (global pooling, "
+                "squeeze-and-excitation, attention), so every pixel reaches each unit",
+                "choose an earlier layer; `cnn summary MODEL` lists each layer's field",
+            )
+        raise UsageError(
+            f"{layer!r} has a receptive field the arithmetic does not cover (shifted windows, upsampling...)",
+            "cnn summary MODEL shows it measured",
+        )
     rf, jump, start = field.rf, field.jump, field.start
     centre = [float(start[a] + at[a] * jump[a]) for a in range(2)]
     box = [[centre[a] - (float(rf[a]) - 1) / 2, centre[a] + (float(rf[a]) - 1) / 2] for a in range(2)]
-    return {"receptive_field": [float(v) for v in rf], "jump": [float(v) for v in jump], "centre": centre, "box": box}
+    return {
+        "receptive_field": [float(v) for v in rf],
+        "jump": [float(v) for v in jump],
+        "centre": centre,
+        "box": box,
+    }
 
 
 def measured_field(model: nn.Module, x: torch.Tensor, layer: str, at: tuple[int, int] | None) -> tuple:
@@ -234,11 +264,15 @@ def measured_field(model: nn.Module, x: torch.Tensor, layer: str, at: tuple[int,
         hook.remove()
     out = got.get("out")
     if not isinstance(out, torch.Tensor) or out.dim() != 4:
-        raise UsageError(f"layer {layer!r} does not output a feature map (C x H x W)", "choose a conv or pooling layer")
+        raise UsageError(
+            f"layer {layer!r} does not output a feature map (C x H x W)", "choose a conv or pooling layer"
+        )
     _, _, h, w = out.shape
     at = at or (h // 2, w // 2)
     if not (0 <= at[0] < h and 0 <= at[1] < w):
-        raise UsageError(f"--at {at[0]},{at[1]} is outside {layer}'s {h}x{w} map", f"use 0..{h - 1},0..{w - 1}")
+        raise UsageError(
+            f"--at {at[0]},{at[1]} is outside {layer}'s {h}x{w} map", f"use 0..{h - 1},0..{w - 1}"
+        )
     out[0, :, at[0], at[1]].sum().backward()
     return xi.grad[0].abs().sum(0).detach(), at, (h, w)
 
@@ -246,15 +280,22 @@ def measured_field(model: nn.Module, x: torch.Tensor, layer: str, at: tuple[int,
 def default_rf_layer(model: nn.Module, x: torch.Tensor) -> str:
     """The deepest module (in order) that outputs a feature map larger than 1x1."""
     names = {}
-    hooks = [m.register_forward_hook(lambda mod, a, r, n=n: names.__setitem__(n, r))
-             for n, m in named_layers(model).items() if not list(m.children())]
+    hooks = [
+        m.register_forward_hook(lambda mod, a, r, n=n: names.__setitem__(n, r))
+        for n, m in named_layers(model).items()
+        if not list(m.children())
+    ]
     try:
         with torch.no_grad():
             model.eval()(x[None])
     finally:
         for h in hooks:
             h.remove()
-    maps = [n for n, r in names.items() if isinstance(r, torch.Tensor) and r.dim() == 4 and r.shape[2] * r.shape[3] > 1]
+    maps = [
+        n
+        for n, r in names.items()
+        if isinstance(r, torch.Tensor) and r.dim() == 4 and r.shape[2] * r.shape[3] > 1
+    ]
     if not maps:
         raise UsageError("no layer of the model outputs a spatial feature map", "give --layer")
     return maps[-1]
@@ -270,12 +311,16 @@ def plot_rf(image: torch.Tensor, grad: torch.Tensor, facts: dict, path: str, tit
     (y0, y1), (x0, x1) = facts["box"]
     for ax in axes:
         ax.imshow(shown, cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
-        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, edgecolor="red", lw=1.5))
+        ax.add_patch(
+            Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, edgecolor="red", lw=1.5)
+        )
         ax.set_xticks([]), ax.set_yticks([])
     axes[1].imshow(grad.numpy(), cmap="inferno", alpha=0.75)
     rf = facts["receptive_field"]
     axes[0].set_title(f"theoretical field {rf[0]:g}x{rf[1]:g}", fontsize=9)
-    axes[1].set_title(f"measured: |d unit / d input|, {facts['effective']:.0%} of it in the central half", fontsize=9)
+    axes[1].set_title(
+        f"measured: |d unit / d input|, {facts['effective']:.0%} of it in the central half", fontsize=9
+    )
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

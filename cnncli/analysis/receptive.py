@@ -256,20 +256,28 @@ class _Analysis:
         x = self.info(node.args[0]) if node.args else Info()
         f, lay = x.field, x.layout
         in_shape, out_shape = _shape(node.args[0]) if node.args else None, _shape(node)
-        image = lay is not None and len(lay) == 4 and lay[2:] in (("h", "w"), ("h", "1"), ("1", "w"), ("1", "1"))
+        image = (
+            lay is not None and len(lay) == 4 and lay[2:] in (("h", "w"), ("h", "1"), ("1", "w"), ("1", "1"))
+        )
         if isinstance(m, nn.Conv2d):
             if not image:
                 return Info(_unknown(f), lay)
             pad = m.padding
             if isinstance(pad, str):
-                pad = (0, 0) if pad == "valid" else tuple(d * (k - 1) // 2 for d, k in zip(m.dilation, m.kernel_size))
+                pad = (
+                    (0, 0)
+                    if pad == "valid"
+                    else tuple(d * (k - 1) // 2 for d, k in zip(m.dilation, m.kernel_size))
+                )
             return Info(_through(f, m.kernel_size, m.stride, pad, m.dilation), lay)
         if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)):
             if not image:
                 return Info(_unknown(f), lay)
             k = _pair(m.kernel_size)
             s = _pair(m.stride if m.stride else m.kernel_size)
-            return Info(_through(f, k, s, _pair(getattr(m, "padding", 0)), _pair(getattr(m, "dilation", 1))), lay)
+            return Info(
+                _through(f, k, s, _pair(getattr(m, "padding", 0)), _pair(getattr(m, "dilation", 1))), lay
+            )
         if isinstance(m, nn.ConvTranspose2d):
             if not image or not isinstance(f, Field):
                 return Info(_unknown(f), lay)
@@ -302,7 +310,10 @@ class _Analysis:
         if isinstance(m, _POINTWISE_MODULES):
             return Info(join(self.arg_fields(node)), lay)
         # not covered: measured; a result shaped like its input is taken to keep its layout
-        return Info(_unknown(join(self.arg_fields(node))), lay if out_shape is not None and out_shape == in_shape else None)
+        return Info(
+            _unknown(join(self.arg_fields(node))),
+            lay if out_shape is not None and out_shape == in_shape else None,
+        )
 
     def _adaptive(self, f, lay, in_shape, out_shape):
         if f is None or in_shape is None or out_shape is None or len(in_shape) != 4:
@@ -343,14 +354,19 @@ class _Analysis:
         dims = list(range(len(lay))) if dim is None else _dims(dim, len(lay))
         if dims is None:
             return Info(_unknown(f), None)
-        keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 and isinstance(node.args[2], bool) else False)
+        keep = node.kwargs.get(
+            "keepdim", node.args[2] if len(node.args) > 2 and isinstance(node.args[2], bool) else False
+        )
         labels = {lay[d] for d in dims}
         if "x" in labels or (labels & {"h", "w"} and not ({"h", "w"} <= labels)):
             field = _unknown(f)  # a reduction over part of the positions (a window, one axis)
         else:
             field = _made_global(f) if labels & set(SPATIAL) else f
-        layout = tuple("1" if i in dims else lab for i, lab in enumerate(lay)) if keep else \
-            tuple(lab for i, lab in enumerate(lay) if i not in dims)
+        layout = (
+            tuple("1" if i in dims else lab for i, lab in enumerate(lay))
+            if keep
+            else tuple(lab for i, lab in enumerate(lay) if i not in dims)
+        )
         return Info(field, layout)
 
     # ---------------------------------------------------------------------------------------------- functions
@@ -370,7 +386,11 @@ class _Analysis:
         if name in _POINTWISE_NAMES or t in _POINTWISE_FUNCS:
             return Info(join(fields), _broadcast_layout(node, self))
         if name in _LAYOUT_OPS:
-            return Info(f, _moved_layout(node, name, lay, in_shape, out_shape)) if lay else Info(_unknown(f), None)
+            return (
+                Info(f, _moved_layout(node, name, lay, in_shape, out_shape))
+                if lay
+                else Info(_unknown(f), None)
+            )
         if t in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
             return Info(self._adaptive(f, lay, in_shape, out_shape), lay)
         if t in (F.max_pool2d, F.avg_pool2d, F.conv2d):
@@ -393,7 +413,9 @@ class _Analysis:
             return self._matmul(node)
         if t is F.scaled_dot_product_attention:  # over the keys' positions, dim -2
             k = self.info(args[1])
-            return Info(_over_positions(join(fields), k.layout[-2] if k.layout and len(k.layout) >= 2 else None), lay)
+            return Info(
+                _over_positions(join(fields), k.layout[-2] if k.layout and len(k.layout) >= 2 else None), lay
+            )
         if name == "einsum":
             return self._einsum(node)
         if name in ("cat", "concat", "concatenate"):
@@ -401,14 +423,20 @@ class _Analysis:
         if name in ("chunk", "split", "unbind", "tensor_split"):
             dim = args[2] if len(args) > 2 else node.kwargs.get("dim", 0)
             if lay is not None and not _spatial(lay[_dim(dim, len(lay))]):
-                layout = lay if name != "unbind" else tuple(v for i, v in enumerate(lay) if i != _dim(dim, len(lay)))
+                layout = (
+                    lay
+                    if name != "unbind"
+                    else tuple(v for i, v in enumerate(lay) if i != _dim(dim, len(lay)))
+                )
                 return Info(f, layout)
             return Info(_unknown(f), None)
         if t is F.pad or name == "pad":
             return self._pad(node, f, lay)
         if name == "stochastic_depth":
             return Info(f, lay)
-        if name == "_patch_merging_pad":  # torchvision swin: 2x2 neighbours stacked on features (stride 2, NHWC)
+        if (
+            name == "_patch_merging_pad"
+        ):  # torchvision swin: 2x2 neighbours stacked on features (stride 2, NHWC)
             if lay is not None and lay[1:3] == ("h", "w") and isinstance(f, Field):
                 return Info(f.through((2, 2), (2, 2)), lay)
             return Info(_unknown(f), lay)
@@ -435,7 +463,7 @@ class _Analysis:
         if any(i is Ellipsis for i in idx):
             k = idx.index(Ellipsis)
             rest = len([i for i in idx if i is not None and i is not Ellipsis])
-            idx = idx[:k] + (slice(None),) * (len(lay) - rest) + idx[k + 1:]
+            idx = idx[:k] + (slice(None),) * (len(lay) - rest) + idx[k + 1 :]
         f, out, d = x.field, [], 0
         for i in idx:
             if i is None:
@@ -549,7 +577,9 @@ class _Analysis:
         d = _dim(dim, len(lay))
         if not _spatial(lay[d]):
             return Info(join(fields), lay)
-        if len(varying) == 1:  # a learned token put before the positions (a class token): positions keep their field
+        if (
+            len(varying) == 1
+        ):  # a learned token put before the positions (a class token): positions keep their field
             return Info(varying[0].field, lay)
         return Info(_unknown(join(fields)), lay)
 
@@ -569,17 +599,47 @@ class _Analysis:
         return Info(f, lay)
 
 
-_LAYOUT_OPS = {"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "flatten", "view", "reshape",
-               "unflatten", "view_as", "reshape_as", "unsqueeze", "squeeze", "expand", "expand_as", "contiguous",
-               "clone", "to", "float", "double", "half", "bfloat16", "type", "type_as", "detach", "requires_grad_",
-               "_assert"}
+_LAYOUT_OPS = {
+    "permute",
+    "transpose",
+    "swapaxes",
+    "swapdims",
+    "movedim",
+    "moveaxis",
+    "flatten",
+    "view",
+    "reshape",
+    "unflatten",
+    "view_as",
+    "reshape_as",
+    "unsqueeze",
+    "squeeze",
+    "expand",
+    "expand_as",
+    "contiguous",
+    "clone",
+    "to",
+    "float",
+    "double",
+    "half",
+    "bfloat16",
+    "type",
+    "type_as",
+    "detach",
+    "requires_grad_",
+    "_assert",
+}
 
 
 def _moved_layout(node, name: str, lay: tuple, in_shape, out_shape) -> tuple | None:
     """The layout after an operation that moves, merges or splits dimensions without mixing positions."""
     args = node.args
     if name == "permute":
-        dims = args[1:] if len(args) > 1 and isinstance(args[1], int) else (args[1] if len(args) > 1 else node.kwargs["dims"])
+        dims = (
+            args[1:]
+            if len(args) > 1 and isinstance(args[1], int)
+            else (args[1] if len(args) > 1 else node.kwargs["dims"])
+        )
         return tuple(lay[_dim(d, len(lay))] for d in dims)
     new = list(lay)
     if name in ("transpose", "swapaxes", "swapdims"):
@@ -640,22 +700,131 @@ def _broadcast_layout(node, an: _Analysis) -> tuple | None:
 
 
 _POINTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.PReLU,
-    nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Softplus, nn.Hardtanh, nn.Softsign, nn.Tanhshrink, nn.Threshold,
-    nn.LogSigmoid, nn.GLU, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity,
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.LocalResponseNorm,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.Mish,
+    nn.Softplus,
+    nn.Hardtanh,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.Threshold,
+    nn.LogSigmoid,
+    nn.GLU,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.Identity,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.SyncBatchNorm,
+    nn.LocalResponseNorm,
 )
 _POINTWISE_NAMES = {
-    "add", "sub", "mul", "div", "truediv", "floordiv", "neg", "pow", "sqrt", "rsqrt", "exp", "log", "abs", "clamp",
-    "clip", "relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh",
-    "leaky_relu", "elu", "mish", "softplus", "dropout", "dropout2d", "add_", "mul_", "sub_", "div_", "sigmoid_",
-    "iadd", "imul", "isub", "itruediv", "where", "maximum", "minimum", "erf", "reciprocal", "square", "masked_fill",
-    "sign", "floor", "ceil", "round", "addcmul", "lerp", "hardswish_", "clamp_", "clamp_min", "clamp_max", "selu",
-    "celu", "glu", "logsigmoid", "softsign", "prelu", "channel_shuffle", "native_channel_shuffle", "eq", "ne", "gt",
-    "lt", "ge", "le", "logical_not", "logical_and", "logical_or", "fill_", "zero_", "masked_fill_", "mul_add",
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "truediv",
+    "floordiv",
+    "neg",
+    "pow",
+    "sqrt",
+    "rsqrt",
+    "exp",
+    "log",
+    "abs",
+    "clamp",
+    "clip",
+    "relu",
+    "relu_",
+    "relu6",
+    "gelu",
+    "silu",
+    "sigmoid",
+    "tanh",
+    "hardswish",
+    "hardsigmoid",
+    "hardtanh",
+    "leaky_relu",
+    "elu",
+    "mish",
+    "softplus",
+    "dropout",
+    "dropout2d",
+    "add_",
+    "mul_",
+    "sub_",
+    "div_",
+    "sigmoid_",
+    "iadd",
+    "imul",
+    "isub",
+    "itruediv",
+    "where",
+    "maximum",
+    "minimum",
+    "erf",
+    "reciprocal",
+    "square",
+    "masked_fill",
+    "sign",
+    "floor",
+    "ceil",
+    "round",
+    "addcmul",
+    "lerp",
+    "hardswish_",
+    "clamp_",
+    "clamp_min",
+    "clamp_max",
+    "selu",
+    "celu",
+    "glu",
+    "logsigmoid",
+    "softsign",
+    "prelu",
+    "channel_shuffle",
+    "native_channel_shuffle",
+    "eq",
+    "ne",
+    "gt",
+    "lt",
+    "ge",
+    "le",
+    "logical_not",
+    "logical_and",
+    "logical_or",
+    "fill_",
+    "zero_",
+    "masked_fill_",
+    "mul_add",
 }
-_POINTWISE_FUNCS = {operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.pow,
-                    operator.iadd, operator.imul, operator.isub, operator.itruediv, operator.floordiv}
+_POINTWISE_FUNCS = {
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.neg,
+    operator.pow,
+    operator.iadd,
+    operator.imul,
+    operator.isub,
+    operator.itruediv,
+    operator.floordiv,
+}
 
 
 def node_infos(gm: torch.fx.GraphModule) -> dict[torch.fx.Node, Info]:
@@ -673,7 +842,9 @@ class Fields:
     layouts: dict
 
 
-def model_fields(model: nn.Module, input_size: tuple[int, int, int], device: str | torch.device = "cpu") -> Fields | None:
+def model_fields(
+    model: nn.Module, input_size: tuple[int, int, int], device: str | torch.device = "cpu"
+) -> Fields | None:
     """Fields of every module of `model` on an input of `input_size` (None if the model cannot be traced)."""
     try:
         gm = trace(model, torch.zeros(1, *input_size, device=device))
@@ -699,7 +870,9 @@ def model_fields(model: nn.Module, input_size: tuple[int, int, int], device: str
     return Fields(per_module, out, layouts)
 
 
-def module_fields(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[dict[str, object], object] | None:
+def module_fields(
+    model: nn.Module, input_size: tuple[int, int, int]
+) -> tuple[dict[str, object], object] | None:
     """({qualified module name: field at its (last) output}, field of the model output); None if untraceable.
     Fields are `cnncli.analysis.arith.Field`, GLOBAL or UNKNOWN."""
     got = model_fields(model, input_size)
@@ -753,9 +926,14 @@ def meta_twin(model: nn.Module) -> nn.Module | None:
     if any(p.device.type == "meta" for p in model.parameters()):
         return model
     try:
-        memo = {id(t): (nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=t.requires_grad)
-                        if isinstance(t, nn.Parameter) else torch.empty_like(t, device="meta"))
-                for t in [*model.parameters(), *model.buffers()]}  # no data is copied
+        memo = {
+            id(t): (
+                nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=t.requires_grad)
+                if isinstance(t, nn.Parameter)
+                else torch.empty_like(t, device="meta")
+            )
+            for t in [*model.parameters(), *model.buffers()]
+        }  # no data is copied
         return copy.deepcopy(model, memo)
     except Exception:
         return None
@@ -773,9 +951,16 @@ class _Enough(Exception):
     pass
 
 
-def measure_fields(model: nn.Module, input_size: tuple[int, int, int], names: list[str], layouts: dict | None = None,
-                   dtype: torch.dtype = torch.float64, jumps: bool = False, copy_model: bool = True,
-                   whole: bool = False) -> dict[str, dict]:
+def measure_fields(
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    names: list[str],
+    layouts: dict | None = None,
+    dtype: torch.dtype = torch.float64,
+    jumps: bool = False,
+    copy_model: bool = True,
+    whole: bool = False,
+) -> dict[str, dict]:
     """Measure the field of the centre unit of each named module's output: the extent of the input gradient, on a
     random input in `dtype` (float64 so that small contributions do not underflow to zero). The forward pass stops
     once every named module has run.
@@ -812,7 +997,9 @@ def measure_fields(model: nn.Module, input_size: tuple[int, int, int], names: li
         out = outs.get(name)
         if not isinstance(out, torch.Tensor) or not out.requires_grad:
             continue
-        lay = layouts.get(name) or (("n", "c", "h", "w") if out.dim() == 4 else ("n",) + ("c",) * (out.dim() - 1))
+        lay = layouts.get(name) or (
+            ("n", "c", "h", "w") if out.dim() == 4 else ("n",) + ("c",) * (out.dim() - 1)
+        )
         ext = _extent(out, x, lay, 0)
         if ext is None:
             continue
@@ -825,8 +1012,10 @@ def measure_fields(model: nn.Module, input_size: tuple[int, int, int], names: li
         if jumps and lay is not None and "h" in lay and "w" in lay:
             nxt = _extent(out, x, lay, 1)
             if nxt is not None:
-                got["jump"] = [None if clipped[0] or nxt[0][1] == h - 1 else nxt[0][0] - r0,
-                               None if clipped[1] or nxt[1][1] == w - 1 else nxt[1][0] - c0]
+                got["jump"] = [
+                    None if clipped[0] or nxt[0][1] == h - 1 else nxt[0][0] - r0,
+                    None if clipped[1] or nxt[1][1] == w - 1 else nxt[1][0] - c0,
+                ]
         result[name] = got
     return result
 
@@ -845,5 +1034,16 @@ def _extent(out: torch.Tensor, x: torch.Tensor, layout, step: int):
     return (int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1]))
 
 
-__all__ = ["GLOBAL", "UNKNOWN", "Info", "Fields", "trace", "join", "node_infos", "model_fields",
-           "module_fields", "measure_fields", "centre_unit"]
+__all__ = [
+    "GLOBAL",
+    "UNKNOWN",
+    "Info",
+    "Fields",
+    "trace",
+    "join",
+    "node_infos",
+    "model_fields",
+    "module_fields",
+    "measure_fields",
+    "centre_unit",
+]

@@ -41,7 +41,7 @@ def module_macs(model: nn.Module, input_size, device, batch: int = 1) -> tuple[d
     for key, ops in counts.items():
         if key == "Global":
             continue
-        name = "" if key == root else key[len(root) + 1:] if key.startswith(root + ".") else None
+        name = "" if key == root else key[len(root) + 1 :] if key.startswith(root + ".") else None
         if name is not None:
             per[name] = sum(ops.values()) // 2 // batch
     return per, fc.get_total_flops() // 2 // batch
@@ -68,12 +68,18 @@ def saved_for_backward(model: nn.Module, input_size, batch: int, device, fake: b
     try:
         with FakeTensorMode(allow_non_fake_inputs=False) if fake else contextlib.nullcontext():
             if fake:
-                tensors = {n: torch.empty(p.shape, dtype=p.dtype, device=dev, requires_grad=p.requires_grad)
-                           for n, p in model.named_parameters()}
+                tensors = {
+                    n: torch.empty(p.shape, dtype=p.dtype, device=dev, requires_grad=p.requires_grad)
+                    for n, p in model.named_parameters()
+                }
             else:
                 tensors = dict(model.named_parameters())
-            tensors.update({n: torch.zeros(b.shape, dtype=b.dtype, device=dev) if fake else b.clone()
-                            for n, b in model.named_buffers()})
+            tensors.update(
+                {
+                    n: torch.zeros(b.shape, dtype=b.dtype, device=dev) if fake else b.clone()
+                    for n, b in model.named_buffers()
+                }
+            )
             own = {key(t) for t in tensors.values()}
 
             def pack(t):
@@ -89,8 +95,15 @@ def saved_for_backward(model: nn.Module, input_size, batch: int, device, fake: b
     return sum(saved.values())
 
 
-def summarize(model: nn.Module, input_size: tuple[int, int, int], depth: int = 3, device: str = "cpu",
-              batch: int = 1, measure: bool = True, real=None) -> dict:
+def summarize(
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    depth: int = 3,
+    device: str = "cpu",
+    batch: int = 1,
+    measure: bool = True,
+    real=None,
+) -> dict:
     """Layer rows and totals for `cnn summary` (see CLI.md for the JSON keys). `model` may live on the meta device;
     `real()` then builds the model with weights, if a field must be measured."""
     model = model.eval()
@@ -101,20 +114,31 @@ def summarize(model: nn.Module, input_size: tuple[int, int, int], depth: int = 3
     if twin is not None:
         try:
             return _summarize(twin, "meta", model, input_size, depth, device, batch, measure, real)
-        except Exception:  # code that reads values (data-dependent control flow) cannot run on meta tensors; a
-            pass           # model that fails on this input fails again below, with the reason
+        except (
+            Exception
+        ):  # code that reads values (data-dependent control flow) cannot run on meta tensors; a
+            pass  # model that fails on this input fails again below, with the reason
     on_meta = any(p.device.type == "meta" for p in model.parameters())
     subject = real() if on_meta and real else model
     return _summarize(subject.to(device), device, subject, input_size, depth, device, batch, measure, None)
 
 
-def _summarize(work: nn.Module, dev, model: nn.Module, input_size, depth, device, batch, measure, real) -> dict:
+def _summarize(
+    work: nn.Module, dev, model: nn.Module, input_size, depth, device, batch, measure, real
+) -> dict:
     """summarize() on `work`, a copy of `model` on the meta device or `model` itself on `dev`."""
     import torchinfo
 
     try:
-        stats = torchinfo.summary(work, input_size=(1, *input_size), depth=max(depth, 1), verbose=0, device=dev,
-                                  mode="eval", col_names=("output_size", "num_params"))
+        stats = torchinfo.summary(
+            work,
+            input_size=(1, *input_size),
+            depth=max(depth, 1),
+            verbose=0,
+            device=dev,
+            mode="eval",
+            col_names=("output_size", "num_params"),
+        )
     except Exception:
         if dev != "meta":
             probe(work, input_size, dev)  # says why the model fails on this input
@@ -141,20 +165,24 @@ def _summarize(work: nn.Module, dev, model: nn.Module, input_size, depth, device
         has_shown_children = info.depth < depth and not info.is_leaf_layer
         f = fields.get(qual) if qual else (traced.output if traced else None)
         rf, jump, kind = _field_values(f, measured.get(qual), input_size, info.output_size, traced, qual)
-        rows.append({
-            "name": qual or info.class_name,
-            "type": info.class_name,
-            "depth": info.depth,
-            "output": list(info.output_size[1:]) if info.output_size else [],
-            "params": sum(p.numel() for p in info.module.parameters()),
-            "macs": own[i],
-            "macs_total": inclusive.get(qual, 0) if qual else total_macs,
-            "container": has_shown_children,
-            "receptive_field": rf,
-            "jump": jump,
-            "receptive_field_kind": kind,
-        })
-    rf, jump, kind = _field_values(traced.output if traced else None, measured.get(""), input_size, None, traced, "")
+        rows.append(
+            {
+                "name": qual or info.class_name,
+                "type": info.class_name,
+                "depth": info.depth,
+                "output": list(info.output_size[1:]) if info.output_size else [],
+                "params": sum(p.numel() for p in info.module.parameters()),
+                "macs": own[i],
+                "macs_total": inclusive.get(qual, 0) if qual else total_macs,
+                "container": has_shown_children,
+                "receptive_field": rf,
+                "jump": jump,
+                "receptive_field_kind": kind,
+            }
+        )
+    rf, jump, kind = _field_values(
+        traced.output if traced else None, measured.get(""), input_size, None, traced, ""
+    )
     return {
         "input": list(input_size),
         "output": out_shape,
@@ -190,8 +218,14 @@ def _measure(model: nn.Module, real, names: list[str], input_size, device, trace
     subject = real() if on_meta and real else None if on_meta else model
     if subject is None:
         return {}
-    return measure_fields(subject.to(device), input_size, sorted(set(names)), traced.layouts if traced else {},
-                          dtype=torch.float32, copy_model=subject is model)
+    return measure_fields(
+        subject.to(device),
+        input_size,
+        sorted(set(names)),
+        traced.layouts if traced else {},
+        dtype=torch.float32,
+        copy_model=subject is model,
+    )
 
 
 def _output_shape(stats) -> list:
@@ -247,6 +281,7 @@ def _ratio(a: int, b: int):
 def _memory(work: nn.Module, input_size, batch: int, target, infos) -> dict:
     """Bytes: parameters, buffers, one input batch, torchinfo's forward/backward estimate (twice the outputs of the
     layers with parameters), and what autograd saves for backward in a training step at `batch`."""
+
     def size(ts):
         return sum(t.numel() * t.element_size() for t in ts)
 
@@ -261,8 +296,14 @@ def _memory(work: nn.Module, input_size, batch: int, target, infos) -> dict:
                 saved = saved_for_backward(work, input_size, batch, target, fake=False)
             except Exception:
                 pass
-    return {"batch": batch, "params": size(work.parameters()), "buffers": size(work.buffers()),
-            "input": batch * math.prod(input_size) * elem, "forward_backward": fwd, "saved_for_backward": saved}
+    return {
+        "batch": batch,
+        "params": size(work.parameters()),
+        "buffers": size(work.buffers()),
+        "input": batch * math.prod(input_size) * elem,
+        "forward_backward": fwd,
+        "saved_for_backward": saved,
+    }
 
 
 def is_opaque(model: nn.Module) -> bool:
@@ -284,13 +325,35 @@ def _counted_macs(model: nn.Module, input_size, device) -> int | None:
 
 def _opaque_summary(model: nn.Module, input_size, out) -> dict:
     root = model.program if isinstance(model, ProgramModule) else model
-    rows = [{"name": name, "type": getattr(m, "original_name", type(m).__name__), "depth": 1, "output": None,
-             "params": sum(p.numel() for p in m.parameters()), "macs": None, "macs_total": None, "container": False,
-             "receptive_field": None, "jump": None, "receptive_field_kind": None}
-            for name, m in root.named_children() if not name.startswith("_")]
-    return {"input": list(input_size), "output": list(out.shape[1:]), "params": sum(p.numel() for p in model.parameters()),
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad), "macs": None,
-            "receptive_field": None, "jump": None, "receptive_field_kind": None, "memory": None, "layers": rows}
+    rows = [
+        {
+            "name": name,
+            "type": getattr(m, "original_name", type(m).__name__),
+            "depth": 1,
+            "output": None,
+            "params": sum(p.numel() for p in m.parameters()),
+            "macs": None,
+            "macs_total": None,
+            "container": False,
+            "receptive_field": None,
+            "jump": None,
+            "receptive_field_kind": None,
+        }
+        for name, m in root.named_children()
+        if not name.startswith("_")
+    ]
+    return {
+        "input": list(input_size),
+        "output": list(out.shape[1:]),
+        "params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "macs": None,
+        "receptive_field": None,
+        "jump": None,
+        "receptive_field_kind": None,
+        "memory": None,
+        "layers": rows,
+    }
 
 
 def onnx_summary(path: str) -> dict:
@@ -300,12 +363,27 @@ def onnx_summary(path: str) -> dict:
     m = read_onnx(path)
 
     def desc(v):
-        return {"name": v.name, "shape": [d.dim_param or d.dim_value or None for d in v.type.tensor_type.shape.dim]}
+        return {
+            "name": v.name,
+            "shape": [d.dim_param or d.dim_value or None for d in v.type.tensor_type.shape.dim],
+        }
 
     inputs = [desc(i) for i in m.graph.input if i.name not in {t.name for t in m.graph.initializer}]
     outputs = [desc(o) for o in m.graph.output]
     params = sum(math.prod(t.dims) for t in m.graph.initializer)
     opset = next((i.version for i in m.opset_import if i.domain in ("", "ai.onnx")), None)
-    return {"input": inputs[0]["shape"][1:] if inputs else [], "output": outputs[0]["shape"][1:] if outputs else [],
-            "params": int(params), "trainable_params": None, "macs": None, "receptive_field": None, "jump": None,
-            "receptive_field_kind": None, "memory": None, "layers": [], "inputs": inputs, "outputs": outputs, "opset": opset}
+    return {
+        "input": inputs[0]["shape"][1:] if inputs else [],
+        "output": outputs[0]["shape"][1:] if outputs else [],
+        "params": int(params),
+        "trainable_params": None,
+        "macs": None,
+        "receptive_field": None,
+        "jump": None,
+        "receptive_field_kind": None,
+        "memory": None,
+        "layers": [],
+        "inputs": inputs,
+        "outputs": outputs,
+        "opset": opset,
+    }

@@ -44,19 +44,35 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", "-V", help="Print the version and exit.", callback=_version,
-                                 is_eager=True),
+    version: bool = typer.Option(
+        False, "--version", "-V", help="Print the version and exit.", callback=_version, is_eager=True
+    ),
 ) -> None:
     """Calculate, inspect, train, evaluate, convert and export CNNs."""
 
 
 # the order `cnn --help` lists commands in (a workflow); commands not named here follow, alphabetically
-HELP_ORDER = ("shape", "models", "summary", "train", "eval", "predict", "inspect", "fcn", "scoremap", "export")
+HELP_ORDER = (
+    "shape",
+    "models",
+    "summary",
+    "train",
+    "eval",
+    "predict",
+    "inspect",
+    "fcn",
+    "scoremap",
+    "export",
+)
 
 
 def commands() -> list[str]:
     """The commands (one module each in this folder), in help order."""
-    found = sorted(command_module(m.name, back=True) for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    found = sorted(
+        command_module(m.name, back=True)
+        for m in pkgutil.iter_modules(__path__)
+        if not m.name.startswith("_")
+    )
     return sorted(found, key=lambda n: HELP_ORDER.index(n) if n in HELP_ORDER else len(HELP_ORDER))
 
 
@@ -74,7 +90,7 @@ def _register(argv: list[str]) -> None:
 
     names = commands()
     first = next((a for a in argv if not a.startswith("-")), None)
-    for name in ([first] if first in names else names):
+    for name in [first] if first in names else names:
         importlib.import_module(f"cnncli.cli.{command_module(name)}")
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, Iterable, Optional
+from typing import Annotated, Any, Optional
 
 import click
 import typer
@@ -96,12 +97,13 @@ def _json_default(o: Any):
 @dataclass(frozen=True)
 class Column:
     name: str
-    right: bool = False          # numbers are right-aligned
-    footer: str = ""             # a total under the column (the footer row is shown when any column has one)
+    right: bool = False  # numbers are right-aligned
+    footer: str = ""  # a total under the column (the footer row is shown when any column has one)
 
 
-def render_table(columns: list[Column], rows: Iterable[list[str]], *, title: str = "",
-                 notes: Iterable[str] = ()) -> None:
+def render_table(
+    columns: list[Column], rows: Iterable[list[str]], *, title: str = "", notes: Iterable[str] = ()
+) -> None:
     """A table on stdout: rich on a terminal, aligned plain text otherwise; `notes` are lines printed after it."""
     rows = [[shown(c) for c in r] for r in rows]
     notes = [shown_lines(n) for n in notes]
@@ -126,7 +128,9 @@ def render_table(columns: list[Column], rows: Iterable[list[str]], *, title: str
     widths = [max(len(r[i]) for r in body) for i in range(len(columns))]
 
     def line(cells):
-        return "  ".join(v.rjust(w) if c.right else v.ljust(w) for c, v, w in zip(columns, cells, widths)).rstrip()
+        return "  ".join(
+            v.rjust(w) if c.right else v.ljust(w) for c, v, w in zip(columns, cells, widths)
+        ).rstrip()
 
     lines = ([title] if title else []) + [line(r) for r in body] + notes
     say("\n".join(lines))
@@ -203,25 +207,53 @@ def choice(what: str, choices: Iterable[str], aliases: dict[str, str] | None = N
 
 
 DEVICES_HELP = "auto|cpu|cuda|cuda:N|mps. auto picks CUDA, then MPS, then CPU."
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON result object on stdout (logs go to stderr).")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one JSON result object on stdout (logs go to stderr).")
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help=DEVICES_HELP)]
 DEFAULT_DEVICE = "auto"
-ModelFileOpt = Annotated[Optional[str], typer.Option(
-    "--model", help="The architecture of a state dict (a registry name or file.py:Class; default: detected from its "
-                    "tensors), or the file.py:Class a checkpoint was trained from. cnn imports a .py file only when "
-                    "you name it.")]
-TrustPickleOpt = Annotated[bool, typer.Option(
-    "--trust-code", "--trust-pickle",
-    help="Run code a model file carries: a TorchScript archive, a torch.export program (.pt2) or a whole pickled "
-         "model (torch.save(model)). Only for files you trust (docs/security.md); --trust-pickle is the old name.")]
-WeightsOpt = Annotated[Optional[str], typer.Option(
-    "--weights", help="Weights for a registry name, from any model file (state dict, checkpoint, TorchScript...).")]
-InOpt = Annotated[Optional[str], typer.Option("--in", help="Input CxHxW, for a file that does not record it.")]
-MeanOpt = Annotated[Optional[str], typer.Option(
-    "--mean", help="Per-channel mean of pixels in 0..1 (0.485,0.456,0.406), for a file that does not record it.")]
-StdOpt = Annotated[Optional[str], typer.Option("--std", help="Per-channel std (0.229,0.224,0.225), likewise.")]
-ClassesOpt = Annotated[Optional[str], typer.Option(
-    "--classes", help="Class names: a file with one per line, or a comma list (cat,dog).")]
+ModelFileOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--model",
+        help="The architecture of a state dict (a registry name or file.py:Class; default: detected from its "
+        "tensors), or the file.py:Class a checkpoint was trained from. cnn imports a .py file only when "
+        "you name it.",
+    ),
+]
+TrustPickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code",
+        "--trust-pickle",
+        help="Run code a model file carries: a TorchScript archive, a torch.export program (.pt2) or a whole pickled "
+        "model (torch.save(model)). Only for files you trust (docs/security.md); --trust-pickle is the old name.",
+    ),
+]
+WeightsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--weights",
+        help="Weights for a registry name, from any model file (state dict, checkpoint, TorchScript...).",
+    ),
+]
+InOpt = Annotated[
+    Optional[str], typer.Option("--in", help="Input CxHxW, for a file that does not record it.")
+]
+MeanOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--mean",
+        help="Per-channel mean of pixels in 0..1 (0.485,0.456,0.406), for a file that does not record it.",
+    ),
+]
+StdOpt = Annotated[
+    Optional[str], typer.Option("--std", help="Per-channel std (0.229,0.224,0.225), likewise.")
+]
+ClassesOpt = Annotated[
+    Optional[str],
+    typer.Option("--classes", help="Class names: a file with one per line, or a comma list (cat,dog)."),
+]
 
 
 def parse_floats(text: str | None, flag: str, positive: bool = False) -> tuple[float, ...] | None:
@@ -233,7 +265,9 @@ def parse_floats(text: str | None, flag: str, positive: bool = False) -> tuple[f
     try:
         values = tuple(float(v) for v in text.replace(" ", "").split(","))
     except ValueError:
-        raise UsageError(f"{flag} takes numbers separated by commas, got {text!r}", f"e.g. {flag} 0.5,0.5,0.5") from None
+        raise UsageError(
+            f"{flag} takes numbers separated by commas, got {text!r}", f"e.g. {flag} 0.5,0.5,0.5"
+        ) from None
     if not all(math.isfinite(v) for v in values) or (positive and not all(v > 0 for v in values)):
         raise UsageError(f"{flag} values must be finite{' and > 0' if positive else ''}, got {text!r}")
     return values
@@ -253,7 +287,9 @@ def parse_classes(text: str | None) -> tuple[str, ...] | None:
         except (OSError, UnicodeDecodeError) as e:
             raise UsageError(f"cannot read --classes file {text}: {e}") from None
     elif "," not in text and text.lower().endswith((".txt", ".csv", ".names", ".lst")):
-        raise UsageError(f"--classes file not found: {text}", "give a file with one name per line, or a comma list")
+        raise UsageError(
+            f"--classes file not found: {text}", "give a file with one name per line, or a comma list"
+        )
     else:
         names = tuple(n.strip() for n in text.split(",") if n.strip())
     if not names:
@@ -264,15 +300,32 @@ def parse_classes(text: str | None) -> tuple[str, ...] | None:
     return names
 
 
-def model_request(*, model=None, weights=None, trust_pickle=False, input_size=None, num_classes=None, mean=None,
-                  std=None, classes=None, fallback=None):
+def model_request(
+    *,
+    model=None,
+    weights=None,
+    trust_pickle=False,
+    input_size=None,
+    num_classes=None,
+    mean=None,
+    std=None,
+    classes=None,
+    fallback=None,
+):
     """The ModelRequest (cnncli.models.open) for a command's model options, with the values parsed."""
     from cnncli.models.open import ModelRequest
 
-    return ModelRequest(model=model, weights=weights, input_size=parse_input_size(input_size) if isinstance(
-        input_size, str) else input_size, num_classes=num_classes, mean=parse_floats(mean, "--mean"),
-        std=parse_floats(std, "--std", positive=True), classes=parse_classes(classes), trust_pickle=trust_pickle,
-        fallback=fallback)
+    return ModelRequest(
+        model=model,
+        weights=weights,
+        input_size=parse_input_size(input_size) if isinstance(input_size, str) else input_size,
+        num_classes=num_classes,
+        mean=parse_floats(mean, "--mean"),
+        std=parse_floats(std, "--std", positive=True),
+        classes=parse_classes(classes),
+        trust_pickle=trust_pickle,
+        fallback=fallback,
+    )
 
 
 def log_notes(opened) -> None:
@@ -299,8 +352,13 @@ def epilog(text: str) -> str:
 
 # The options every command that opens a model takes, declared once: name -> (typer annotation, default).
 MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "model_file": (ModelFileOpt, None), "trust_pickle": (TrustPickleOpt, False), "weights": (WeightsOpt, None),
-    "input_size": (InOpt, None), "mean": (MeanOpt, None), "std": (StdOpt, None), "classes": (ClassesOpt, None),
+    "model_file": (ModelFileOpt, None),
+    "trust_pickle": (TrustPickleOpt, False),
+    "weights": (WeightsOpt, None),
+    "input_size": (InOpt, None),
+    "mean": (MeanOpt, None),
+    "std": (StdOpt, None),
+    "classes": (ClassesOpt, None),
 }
 
 
@@ -318,8 +376,16 @@ class ModelOptions:
 
     def request(self, **extra):
         """The parsed ModelRequest (cnncli.models.open) for these options; `extra` adds fields (num_classes...)."""
-        return model_request(model=self.model_file, weights=self.weights, trust_pickle=self.trust_pickle,
-                             input_size=self.input_size, mean=self.mean, std=self.std, classes=self.classes, **extra)
+        return model_request(
+            model=self.model_file,
+            weights=self.weights,
+            trust_pickle=self.trust_pickle,
+            input_size=self.input_size,
+            mean=self.mean,
+            std=self.std,
+            classes=self.classes,
+            **extra,
+        )
 
     def check(self, model: str, **extra):
         """Before any work: the options parsed into a ModelRequest, and MODEL through the reading gate when it
@@ -349,8 +415,12 @@ def model_options(*, skip: Iterable[str] = ()):
     def decorate(fn):
         sig = inspect.signature(fn, eval_str=True)  # typer reads the Option() inside each annotation
         own = [p for p in sig.parameters.values() if p.name != "opts"]
-        added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=MODEL_OPTIONS[n][1],
-                                   annotation=MODEL_OPTIONS[n][0]) for n in names]
+        added = [
+            inspect.Parameter(
+                n, inspect.Parameter.KEYWORD_ONLY, default=MODEL_OPTIONS[n][1], annotation=MODEL_OPTIONS[n][0]
+            )
+            for n in names
+        ]
 
         @functools.wraps(fn)
         def command(*args, **kwargs):

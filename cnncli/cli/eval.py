@@ -26,26 +26,46 @@ from cnncli.cli._common import (
 )
 
 SPLITS = ("test", "val", "train")
-EPILOG = ("Examples:\n\n  cnn eval runs/train/best.pt --data digits\n\n"
-          "  cnn eval runs/train/best.pt --data cifar10 --confusion confusion.png --min-accuracy 0.9\n\n"
-          "  cnn eval model.onnx --data digits --json     # ONNX Runtime, preprocessing from the file's metadata\n\n"
-          "  cnn eval resnet18_cifar.pt --data cifar10     # a state dict: architecture detected, preprocessing "
-          "assumed (logged)\n\n"
-          "  cnn eval model.pt --data cifar10 --model resnet18 --mean 0.49,0.48,0.45 --std 0.25,0.24,0.26 "
-          "--classes names.txt")
+EPILOG = (
+    "Examples:\n\n  cnn eval runs/train/best.pt --data digits\n\n"
+    "  cnn eval runs/train/best.pt --data cifar10 --confusion confusion.png --min-accuracy 0.9\n\n"
+    "  cnn eval model.onnx --data digits --json     # ONNX Runtime, preprocessing from the file's metadata\n\n"
+    "  cnn eval resnet18_cifar.pt --data cifar10     # a state dict: architecture detected, preprocessing "
+    "assumed (logged)\n\n"
+    "  cnn eval model.pt --data cifar10 --model resnet18 --mean 0.49,0.48,0.45 --std 0.25,0.24,0.26 "
+    "--classes names.txt"
+)
 
 
 @app.command("eval", epilog=epilog(EPILOG))
-@model_options(skip=('weights',))
+@model_options(skip=("weights",))
 def eval_cmd(
-    model: Annotated[str, typer.Argument(help="A model file: checkpoint, state dict, TorchScript, .pt2, .onnx "
-                                              "(see cnn summary for what each shows).")],
-    data: Annotated[Optional[str], typer.Option("--data", help="Dataset (default: the one the model was trained on).")] = None,
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="A model file: checkpoint, state dict, TorchScript, .pt2, .onnx "
+            "(see cnn summary for what each shows)."
+        ),
+    ],
+    data: Annotated[
+        Optional[str], typer.Option("--data", help="Dataset (default: the one the model was trained on).")
+    ] = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where datasets live.")] = None,
-    split: Annotated[Optional[str], typer.Option("--split", click_type=choice("split", SPLITS), help="Which split to measure (default: test; a folder of class sub-folders is measured whole; a folder without test/ gives val/).")] = None,
+    split: Annotated[
+        Optional[str],
+        typer.Option(
+            "--split",
+            click_type=choice("split", SPLITS),
+            help="Which split to measure (default: test; a folder of class sub-folders is measured whole; a folder without test/ gives val/).",
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size.", min=1)] = 256,
-    confusion: Annotated[Optional[str], typer.Option("--confusion", help="Write the confusion matrix as a PNG.")] = None,
-    min_accuracy: Annotated[Optional[float], typer.Option("--min-accuracy", help="CI gate: exit 1 when top-1 is below (0..1).")] = None,
+    confusion: Annotated[
+        Optional[str], typer.Option("--confusion", help="Write the confusion matrix as a PNG.")
+    ] = None,
+    min_accuracy: Annotated[
+        Optional[float], typer.Option("--min-accuracy", help="CI gate: exit 1 when top-1 is below (0..1).")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --confusion file.")] = False,
     device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
@@ -66,7 +86,9 @@ def eval_cmd(
     from cnncli.fileio import is_onnx_file
 
     dev = None if is_onnx_file(model) else pick_device(device)
-    res = evaluate_file(model, data, split, data_dir=data_dir, batch_size=batch_size, request=req, device=dev, log=log)
+    res = evaluate_file(
+        model, data, split, data_dir=data_dir, batch_size=batch_size, request=req, device=dev, log=log
+    )
     if dev is not None and not json_out:
         log_device(device, dev)
     if confusion:
@@ -84,13 +106,19 @@ def eval_cmd(
 
 def _render(res: dict) -> None:
     top5 = f"  top-5 {res['top5']:.2%}" if res["top5"] is not None else ""
-    say(f"{res['model']} on {res['data']} ({res['split']}, {res['samples']:,} images at {dims(res['input'])}): "
-        f"top-1 {res['accuracy']:.2%}{top5}  loss {res['loss']:.4f}  {res['images_per_second']:,.0f} img/s")
+    say(
+        f"{res['model']} on {res['data']} ({res['split']}, {res['samples']:,} images at {dims(res['input'])}): "
+        f"top-1 {res['accuracy']:.2%}{top5}  loss {res['loss']:.4f}  {res['images_per_second']:,.0f} img/s"
+    )
     names, per_class = res["classes"], res["per_class"]
     pct = {n: "-" if per_class[n] is None else f"{per_class[n]:.2%}" for n in names}
     if len(names) > 20:  # too wide for a matrix: per-class accuracy only
         render_table([Column("class"), Column("accuracy", right=True)], [[n, pct[n]] for n in names])
         return
-    columns = [Column("true \\ predicted"), *(Column(n, right=True) for n in names), Column("accuracy", right=True)]
+    columns = [
+        Column("true \\ predicted"),
+        *(Column(n, right=True) for n in names),
+        Column("accuracy", right=True),
+    ]
     rows = [[n, *map(str, row), pct[n]] for n, row in zip(names, res["confusion"])]
     render_table(columns, rows, title="confusion matrix (rows: true, columns: predicted)")

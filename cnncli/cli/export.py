@@ -21,32 +21,67 @@ from cnncli.cli._common import (
 FORMATS = ("onnx", "pt2")
 EXPORTERS = ("auto", "dynamo", "torchscript", "export")
 
-EPILOG = ("Examples:\n\n  cnn export runs/train/best.pt --onnx                 # runs/train/best.onnx, dynamic batch\n\n"
-          "  cnn export runs/train/best-fcn.pt --onnx -o fcn.onnx  # dynamic batch, height and width\n\n"
-          "  cnn export runs/train/best.pt --onnx --static-batch --opset 17 --json\n\n"
-          "  cnn export runs/train/best.pt --format pt2             # runs/train/best.pt2, a torch.export program\n\n"
-          "  cnn export model.pt --onnx                            # a state dict: architecture detected\n\n"
-          "  cnn export resnet18 --onnx --in 3x224x224             # a registry name (random weights, or --weights)\n\n"
-          "Formats: onnx (exporters: dynamo, then torchscript), pt2 (exporter: export). "
-          "The check (default) runs the file against PyTorch on several batch sizes (and image sizes for "
-          "fully-convolutional models), after onnx's full checker for ONNX; above --tolerance nothing is written "
-          "and the exit code is 1.")
+EPILOG = (
+    "Examples:\n\n  cnn export runs/train/best.pt --onnx                 # runs/train/best.onnx, dynamic batch\n\n"
+    "  cnn export runs/train/best-fcn.pt --onnx -o fcn.onnx  # dynamic batch, height and width\n\n"
+    "  cnn export runs/train/best.pt --onnx --static-batch --opset 17 --json\n\n"
+    "  cnn export runs/train/best.pt --format pt2             # runs/train/best.pt2, a torch.export program\n\n"
+    "  cnn export model.pt --onnx                            # a state dict: architecture detected\n\n"
+    "  cnn export resnet18 --onnx --in 3x224x224             # a registry name (random weights, or --weights)\n\n"
+    "Formats: onnx (exporters: dynamo, then torchscript), pt2 (exporter: export). "
+    "The check (default) runs the file against PyTorch on several batch sizes (and image sizes for "
+    "fully-convolutional models), after onnx's full checker for ONNX; above --tolerance nothing is written "
+    "and the exit code is 1."
+)
 
 
 @app.command("export", epilog=epilog(EPILOG))
 @model_options()
 def export_cmd(
-    checkpoint: Annotated[str, typer.Argument(metavar="MODEL", help="A model file (checkpoint, state dict, TorchScript, "
-                                              ".pt2; --trust-pickle for a pickled module) or a registry name.")],
-    fmt: Annotated[Optional[str], typer.Option("--format", "-f", click_type=choice("format", FORMATS), help="What to write.")] = None,
+    checkpoint: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL",
+            help="A model file (checkpoint, state dict, TorchScript, "
+            ".pt2; --trust-pickle for a pickled module) or a registry name.",
+        ),
+    ],
+    fmt: Annotated[
+        Optional[str],
+        typer.Option("--format", "-f", click_type=choice("format", FORMATS), help="What to write."),
+    ] = None,
     onnx: Annotated[bool, typer.Option("--onnx", help="Same as --format onnx.")] = False,
-    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Output path (default: CHECKPOINT with the format's suffix).")] = None,
+    output: Annotated[
+        Optional[str],
+        typer.Option("-o", "--output", help="Output path (default: CHECKPOINT with the format's suffix)."),
+    ] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset version.")] = 18,
-    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch/--static-batch", help="Batch dimension dynamic (default) or fixed to 1.")] = True,
-    dynamic_size: Annotated[Optional[bool], typer.Option("--dynamic-size/--static-size", help="Dynamic H/W (default for fully-convolutional checkpoints).")] = None,
-    check: Annotated[bool, typer.Option("--check/--no-check", help="Verify the file against PyTorch.")] = True,
-    tolerance: Annotated[float, typer.Option("--tolerance", help="Largest allowed max |file - PyTorch| on the logits.")] = 1e-4,
-    exporter: Annotated[str, typer.Option("--exporter", click_type=choice("exporter", EXPORTERS), help="auto tries the format's exporters in order.")] = "auto",
+    dynamic_batch: Annotated[
+        bool,
+        typer.Option(
+            "--dynamic-batch/--static-batch", help="Batch dimension dynamic (default) or fixed to 1."
+        ),
+    ] = True,
+    dynamic_size: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--dynamic-size/--static-size", help="Dynamic H/W (default for fully-convolutional checkpoints)."
+        ),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check/--no-check", help="Verify the file against PyTorch.")
+    ] = True,
+    tolerance: Annotated[
+        float, typer.Option("--tolerance", help="Largest allowed max |file - PyTorch| on the logits.")
+    ] = 1e-4,
+    exporter: Annotated[
+        str,
+        typer.Option(
+            "--exporter",
+            click_type=choice("exporter", EXPORTERS),
+            help="auto tries the format's exporters in order.",
+        ),
+    ] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
     json_out: JsonOpt = False,
     opts=None,
@@ -62,19 +97,35 @@ def export_cmd(
     req = opts.check(checkpoint)
     from cnncli.export import export_model
 
-    res = export_model(checkpoint, fmt, output, opset=opset, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size,
-                       check=check, tolerance=tolerance, force=force, exporter=exporter, log=log, request=req)
+    res = export_model(
+        checkpoint,
+        fmt,
+        output,
+        opset=opset,
+        dynamic_batch=dynamic_batch,
+        dynamic_size=dynamic_size,
+        check=check,
+        tolerance=tolerance,
+        force=force,
+        exporter=exporter,
+        log=log,
+        request=req,
+    )
     if json_out:
         emit_json(res.as_dict())
         return
     shape = lambda d: "x".join(str(v) for v in d["shape"])  # noqa: E731
     opset_text = f"opset {res.opset}, " if res.opset is not None else ""
     print(f"wrote {res.path} ({res.size_bytes / 1e6:.2f} MB, {opset_text}{res.exporter} exporter)")
-    print(f"  input  {res.inputs[0]['name']} {shape(res.inputs[0])}   output {res.outputs[0]['name']} {shape(res.outputs[0])}")
+    print(
+        f"  input  {res.inputs[0]['name']} {shape(res.inputs[0])}   output {res.outputs[0]['name']} {shape(res.outputs[0])}"
+    )
     if res.max_abs_diff is not None:
         checker = "onnx.checker passed; ONNX Runtime" if fmt == "onnx" else "the file"
-        print(f"  check: {checker} vs PyTorch max |diff| {res.max_abs_diff:.2e} over "
-              f"{len(res.checked)} input shapes (tolerance {tolerance:g})")
+        print(
+            f"  check: {checker} vs PyTorch max |diff| {res.max_abs_diff:.2e} over "
+            f"{len(res.checked)} input shapes (tolerance {tolerance:g})"
+        )
     else:
         print("  check skipped (--no-check)")
     if fmt == "onnx":

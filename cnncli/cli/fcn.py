@@ -16,19 +16,35 @@ from cnncli.cli._common import (
     model_options,
 )
 
-EPILOG = ("Examples:\n\n  cnn fcn runs/train/best.pt                  # writes runs/train/best-fcn.pt\n\n"
-          "  cnn fcn runs/train/best.pt -o lenet-fcn.pt --json\n\n"
-          "Then: cnn scoremap best-fcn.pt big.png, cnn export best-fcn.pt --onnx (dynamic H/W), cnn summary best-fcn.pt.")
+EPILOG = (
+    "Examples:\n\n  cnn fcn runs/train/best.pt                  # writes runs/train/best-fcn.pt\n\n"
+    "  cnn fcn runs/train/best.pt -o lenet-fcn.pt --json\n\n"
+    "Then: cnn scoremap best-fcn.pt big.png, cnn export best-fcn.pt --onnx (dynamic H/W), cnn summary best-fcn.pt."
+)
 
 
 @app.command("fcn", epilog=epilog(EPILOG))
 @model_options()
 def fcn_cmd(
-    checkpoint: Annotated[str, typer.Argument(metavar="MODEL", help="A trained classifier: a checkpoint from cnn train, "
-                                              "a state dict (architecture detected, or --model NAME), or a "
-                                              "registry name with --weights.")],
-    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Where to write (default: MODEL-fcn.pt).")] = None,
-    tolerance: Annotated[float, typer.Option("--tolerance", help="Largest allowed logit difference at the training size (relative to the logit scale).")] = 1e-4,
+    checkpoint: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL",
+            help="A trained classifier: a checkpoint from cnn train, "
+            "a state dict (architecture detected, or --model NAME), or a "
+            "registry name with --weights.",
+        ),
+    ],
+    output: Annotated[
+        Optional[str], typer.Option("-o", "--output", help="Where to write (default: MODEL-fcn.pt).")
+    ] = None,
+    tolerance: Annotated[
+        float,
+        typer.Option(
+            "--tolerance",
+            help="Largest allowed logit difference at the training size (relative to the logit scale).",
+        ),
+    ] = 1e-4,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
     json_out: JsonOpt = False,
     opts=None,
@@ -37,6 +53,7 @@ def fcn_cmd(
     from cnncli.errors import UsageError
     from cnncli.export import default_output
     from cnncli.fileio import check_output
+
     req = opts.check(checkpoint)
     out = check_output(output or default_output(checkpoint, "-fcn.pt"), [checkpoint], force)
     from cnncli.analysis.fcn import fcn_checkpoint, to_fully_convolutional
@@ -57,15 +74,21 @@ def fcn_cmd(
     for step in conv.steps:
         log(f"  {step}")
     s, rf, off = conv.stride, conv.receptive_field, conv.offset
-    print(f"wrote {out}: fully convolutional, logits equal at {'x'.join(map(str, size))} "
-          f"(max |diff| {conv.max_abs_diff:.2e})")
+    print(
+        f"wrote {out}: fully convolutional, logits equal at {'x'.join(map(str, size))} "
+        f"(max |diff| {conv.max_abs_diff:.2e})"
+    )
     th, tw = size[1:]
     cells = f"an HxW image gives a score map of floor((H-{th})/{s[0]})+1 x floor((W-{tw})/{s[1]})+1 cells"
     if isinstance(rf, str):
         print(f"output stride {s[0]}x{s[1]}, receptive field {rf}: {cells}")
-        log("note: every score reads the whole image (squeeze-and-excitation, attention or another operation "
+        log(
+            "note: every score reads the whole image (squeeze-and-excitation, attention or another operation "
             "that pools every position), so a cell is not a classifier of its own window; scores still vary "
-            "with position")
+            "with position"
+        )
     else:
-        print(f"output stride {s[0]}x{s[1]}, receptive field {rf[0]}x{rf[1]}, offset {off[0]},{off[1]}: {cells}")
+        print(
+            f"output stride {s[0]}x{s[1]}, receptive field {rf[0]}x{rf[1]}, offset {off[0]},{off[1]}: {cells}"
+        )
     log(f"next: cnn scoremap {out} IMAGE.png")

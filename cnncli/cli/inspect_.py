@@ -20,13 +20,21 @@ from cnncli.cli._common import (
     say,
 )
 
-inspect_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                          help="Pictures of what is inside a network: kernels, feature maps, receptive fields.")
+inspect_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Pictures of what is inside a network: kernels, feature maps, receptive fields.",
+)
 app.add_typer(inspect_app, name="inspect")
 
 OutOpt = Annotated[str, typer.Option("-o", "--output", help="Folder for the PNG files.")]
-ModelArg = Annotated[str, typer.Argument(help="Any model form: checkpoint, state dict, registry name (random weights "
-                                              "unless --weights), TorchScript is not inspectable.")]
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="Any model form: checkpoint, state dict, registry name (random weights "
+        "unless --weights), TorchScript is not inspectable."
+    ),
+]
 ImageArg = Annotated[str, typer.Argument(help="An image file.")]
 
 
@@ -53,13 +61,22 @@ def _image(opened, path: str):
     return img, pre.normalize(img)
 
 
-@inspect_app.command("kernels", epilog=epilog("Examples:\n\n  cnn inspect kernels runs/lines/best.pt --dft\n\n"
-                                              "  cnn inspect kernels tv:resnet18 --layer layer1.0.conv1 -o kernels"))
-@model_options(skip=('input_size', 'mean', 'std', 'classes'))
+@inspect_app.command(
+    "kernels",
+    epilog=epilog(
+        "Examples:\n\n  cnn inspect kernels runs/lines/best.pt --dft\n\n"
+        "  cnn inspect kernels tv:resnet18 --layer layer1.0.conv1 -o kernels"
+    ),
+)
+@model_options(skip=("input_size", "mean", "std", "classes"))
 def kernels_cmd(
     model: ModelArg,
-    layer: Annotated[Optional[str], typer.Option("--layer", help="A Conv2d layer (default: the first).")] = None,
-    dft: Annotated[bool, typer.Option("--dft", help="Each kernel's DFT magnitude beside it (zero frequency centred).")] = False,
+    layer: Annotated[
+        Optional[str], typer.Option("--layer", help="A Conv2d layer (default: the first).")
+    ] = None,
+    dft: Annotated[
+        bool, typer.Option("--dft", help="Each kernel's DFT magnitude beside it (zero frequency centred).")
+    ] = False,
     output: OutOpt = "inspect",
     json_out: JsonOpt = False,
     opts=None,
@@ -74,22 +91,41 @@ def kernels_cmd(
     name, weight = conv_weight(opened.model, layer)
     log_notes(opened)
     path = out_path(output, f"kernels-{name.replace('.', '_')}{'-dft' if dft else ''}.png")
-    facts = {"layer": name, "file": path, **plot_kernels(weight, path, dft=dft, title=f"{opened.name}: {name}")}
+    facts = {
+        "layer": name,
+        "file": path,
+        **plot_kernels(weight, path, dft=dft, title=f"{opened.name}: {name}"),
+    }
     if weight.shape[1] == 1:  # the orientation each single-channel kernel prefers, from its spectrum
-        facts["dft_energy"] = [dict(zip(("vertical_freq", "horizontal_freq"), dft_energy_axes(k[0]))) for k in weight]
+        facts["dft_energy"] = [
+            dict(zip(("vertical_freq", "horizontal_freq"), dft_energy_axes(k[0]))) for k in weight
+        ]
     head = _last_linear(opened.model)
     if json_out:
-        emit_json({**facts, "files": [path], "weights": weight.tolist() if weight.numel() <= 400 else None,
-                   "head": head})
+        emit_json(
+            {
+                **facts,
+                "files": [path],
+                "weights": weight.tolist() if weight.numel() <= 400 else None,
+                "head": head,
+            }
+        )
         return
-    say(f"wrote {path}: {facts['kernels']} kernels of {facts['in_channels']} channel(s), "
-        f"{facts['kernel_size'][0]}x{facts['kernel_size'][1]}")
+    say(
+        f"wrote {path}: {facts['kernels']} kernels of {facts['in_channels']} channel(s), "
+        f"{facts['kernel_size'][0]}x{facts['kernel_size'][1]}"
+    )
     if weight.numel() <= 400:
         for o, k in enumerate(weight):
-            say(f"kernel {o}:" + "".join("\n  " + " ".join(f"{v:6.2f}" for v in row) for ch in k for row in ch))
+            say(
+                f"kernel {o}:"
+                + "".join("\n  " + " ".join(f"{v:6.2f}" for v in row) for ch in k for row in ch)
+            )
     if head is not None:
-        say(f"last Linear layer {head['layer']} W =" + "".join("\n  " + " ".join(f"{v:6.2f}" for v in row)
-                                                              for row in head["weight"]))
+        say(
+            f"last Linear layer {head['layer']} W ="
+            + "".join("\n  " + " ".join(f"{v:6.2f}" for v in row) for row in head["weight"])
+        )
 
 
 def _last_linear(model) -> dict | None:
@@ -105,14 +141,24 @@ def _last_linear(model) -> dict | None:
     return {"layer": last[0], "weight": last[1].weight.detach().float().tolist()}
 
 
-@inspect_app.command("features", epilog=epilog("Examples:\n\n  cnn inspect features runs/lines/best.pt img.png\n\n"
-                                               "  cnn inspect features tv:resnet18 cat.jpg --pca --in 3x224x224"))
-@model_options(skip=('classes',))
+@inspect_app.command(
+    "features",
+    epilog=epilog(
+        "Examples:\n\n  cnn inspect features runs/lines/best.pt img.png\n\n"
+        "  cnn inspect features tv:resnet18 cat.jpg --pca --in 3x224x224"
+    ),
+)
+@model_options(skip=("classes",))
 def features_cmd(
     model: ModelArg,
     image: ImageArg,
-    layers: Annotated[Optional[str], typer.Option("--layers", help="Comma-separated layer names (default: each top-level stage).")] = None,
-    pca: Annotated[bool, typer.Option("--pca", help="Each layer's channels reduced to 3 principal components, as RGB.")] = False,
+    layers: Annotated[
+        Optional[str],
+        typer.Option("--layers", help="Comma-separated layer names (default: each top-level stage)."),
+    ] = None,
+    pca: Annotated[
+        bool, typer.Option("--pca", help="Each layer's channels reduced to 3 principal components, as RGB.")
+    ] = False,
     output: OutOpt = "inspect",
     device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
@@ -145,14 +191,24 @@ def features_cmd(
     say(f"wrote {path}: " + ", ".join(f"{f['layer']} {'x'.join(map(str, f['shape']))}" for f in facts))
 
 
-@inspect_app.command("rf", epilog=epilog("Examples:\n\n  cnn inspect rf runs/lines/best.pt img.png\n\n"
-                                         "  cnn inspect rf tv:resnet18 cat.jpg --layer layer3 --at 7,7 --in 3x224x224"))
-@model_options(skip=('classes',))
+@inspect_app.command(
+    "rf",
+    epilog=epilog(
+        "Examples:\n\n  cnn inspect rf runs/lines/best.pt img.png\n\n"
+        "  cnn inspect rf tv:resnet18 cat.jpg --layer layer3 --at 7,7 --in 3x224x224"
+    ),
+)
+@model_options(skip=("classes",))
 def rf_cmd(
     model: ModelArg,
     image: ImageArg,
-    layer: Annotated[Optional[str], typer.Option("--layer", help="Layer of the unit (default: the deepest spatial one).")] = None,
-    at: Annotated[Optional[str], typer.Option("--at", help="Unit position Y,X in that layer's map (default: the centre).")] = None,
+    layer: Annotated[
+        Optional[str], typer.Option("--layer", help="Layer of the unit (default: the deepest spatial one).")
+    ] = None,
+    at: Annotated[
+        Optional[str],
+        typer.Option("--at", help="Unit position Y,X in that layer's map (default: the centre)."),
+    ] = None,
     output: OutOpt = "inspect",
     device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
@@ -189,7 +245,12 @@ def rf_cmd(
     layer = layer or default_rf_layer(opened.model, x)
     grad, pos, size = measured_field(opened.model, x, layer, pos)
     grad = grad.cpu()
-    facts = {"layer": layer, "at": list(pos), "map": list(size), **unit_field(opened.model, opened.input_size, layer, pos)}
+    facts = {
+        "layer": layer,
+        "at": list(pos),
+        "map": list(size),
+        **unit_field(opened.model, opened.input_size, layer, pos),
+    }
     facts["effective"] = central_share(grad, facts["box"])
     log_notes(opened)
     if not json_out:
@@ -201,6 +262,8 @@ def rf_cmd(
         emit_json({**facts, "files": [path]})
         return
     rf = facts["receptive_field"]
-    say(f"wrote {path}: unit {pos[0]},{pos[1]} of {layer} ({size[0]}x{size[1]} map): theoretical field "
+    say(
+        f"wrote {path}: unit {pos[0]},{pos[1]} of {layer} ({size[0]}x{size[1]} map): theoretical field "
         f"{rf[0]:g}x{rf[1]:g}, stride {facts['jump'][0]:g}; {facts['effective']:.0%} of the measured gradient lies "
-        "in the central half of it")
+        "in the central half of it"
+    )

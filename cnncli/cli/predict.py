@@ -24,23 +24,40 @@ from cnncli.cli._common import (
     render_table,
 )
 
-EPILOG = ("Examples:\n\n  cnn predict runs/train/best.pt photo.jpg\n\n"
-          "  cnn predict runs/train/best.pt my_photos/ --topk 3          # a folder, searched recursively\n\n"
-          "  cnn predict runs/train/best.onnx 'shots/**/*.png' --json     # ONNX Runtime; quote globs\n\n"
-          "  cnn predict model.pt imgs/ --in 3x224x224 --classes names.txt --csv predictions.csv\n\n"
-          "Each image is resized to the model's input size and normalized as the model file says (or as --in, "
-          "--mean, --std say for files that do not record it).")
+EPILOG = (
+    "Examples:\n\n  cnn predict runs/train/best.pt photo.jpg\n\n"
+    "  cnn predict runs/train/best.pt my_photos/ --topk 3          # a folder, searched recursively\n\n"
+    "  cnn predict runs/train/best.onnx 'shots/**/*.png' --json     # ONNX Runtime; quote globs\n\n"
+    "  cnn predict model.pt imgs/ --in 3x224x224 --classes names.txt --csv predictions.csv\n\n"
+    "Each image is resized to the model's input size and normalized as the model file says (or as --in, "
+    "--mean, --std say for files that do not record it)."
+)
 
 
 @app.command("predict", epilog=epilog(EPILOG))
 @model_options()
 def predict_cmd(
-    model: Annotated[str, typer.Argument(help="Any model file (checkpoint, state dict, TorchScript, .pt2, .onnx) or a "
-                                              "registry name with --weights.")],
-    sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", help="Image files, folders (recursively), glob patterns.")],
-    topk: Annotated[int, typer.Option("--topk", help="Classes per image, most probable first (at most the number of classes).", min=1)] = 5,
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="Any model file (checkpoint, state dict, TorchScript, .pt2, .onnx) or a "
+            "registry name with --weights."
+        ),
+    ],
+    sources: Annotated[
+        list[str],
+        typer.Argument(metavar="SOURCE...", help="Image files, folders (recursively), glob patterns."),
+    ],
+    topk: Annotated[
+        int,
+        typer.Option(
+            "--topk", help="Classes per image, most probable first (at most the number of classes).", min=1
+        ),
+    ] = 5,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch.", min=1)] = 64,
-    csv: Annotated[Optional[str], typer.Option("--csv", help="Also write one row per image to this CSV file.")] = None,
+    csv: Annotated[
+        Optional[str], typer.Option("--csv", help="Also write one row per image to this CSV file.")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --csv file.")] = False,
     device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
@@ -57,8 +74,9 @@ def predict_cmd(
 
     dev = None if is_onnx_file(model) else pick_device(device)
     with _progress() as bar:
-        res = predict(model, sources, request=req, topk=topk, batch_size=batch_size, device=dev or "cpu",
-                      progress=bar)
+        res = predict(
+            model, sources, request=req, topk=topk, batch_size=batch_size, device=dev or "cpu", progress=bar
+        )
     for note in res.notes:
         log(note)
     if dev is not None and not json_out:
@@ -70,11 +88,23 @@ def predict_cmd(
         emit_json(res.as_dict())
         return
     k = max((len(p.topk) for p in res.predictions), default=0)
-    rows = [[p.image, p.topk[0]["class"], f"{p.topk[0]['prob']:.3f}",
-             ", ".join(f"{t['class']} {t['prob']:.3f}" for t in p.topk[1:])] for p in res.predictions]
-    columns = [Column("image"), Column("class"), Column("prob", right=True)] + ([Column("next")] if k > 1 else [])
-    render_table(columns, [r[:len(columns)] for r in rows],
-                 notes=[f"{len(rows)} images, {res.images_per_second:,.0f} img/s on {res.device}"])
+    rows = [
+        [
+            p.image,
+            p.topk[0]["class"],
+            f"{p.topk[0]['prob']:.3f}",
+            ", ".join(f"{t['class']} {t['prob']:.3f}" for t in p.topk[1:]),
+        ]
+        for p in res.predictions
+    ]
+    columns = [Column("image"), Column("class"), Column("prob", right=True)] + (
+        [Column("next")] if k > 1 else []
+    )
+    render_table(
+        columns,
+        [r[: len(columns)] for r in rows],
+        notes=[f"{len(rows)} images, {res.images_per_second:,.0f} img/s on {res.device}"],
+    )
 
 
 def _write_csv(path: str, res) -> None:
@@ -82,7 +112,9 @@ def _write_csv(path: str, res) -> None:
 
     k = max((len(p.topk) for p in res.predictions), default=0)
     header = ["image"] + [f"{what}{i + 1}" for i in range(k) for what in ("class", "prob")]
-    rows = [[p.image] + [v for t in p.topk for v in (t["class"], f"{t['prob']:.6f}")] for p in res.predictions]
+    rows = [
+        [p.image] + [v for t in p.topk for v in (t["class"], f"{t['prob']:.6f}")] for p in res.predictions
+    ]
     write_csv(path, header, rows)
 
 

@@ -23,10 +23,12 @@ from cnncli.cli._common import (
 )
 
 SCENES = ("lines",)
-EPILOG = ("Examples:\n\n  cnn scoremap runs/train/best.pt scene.png              # converts on the fly\n\n"
-          "  cnn scoremap runs/train/best-fcn.pt a.png b.jpg -o maps --class cat\n\n"
-          "  cnn scoremap runs/lines/best.pt --scene lines -o maps  # generate a lines scene and map it\n\n"
-          "Writes per image NAME.npy (class probabilities [classes, H', W']) and NAME-scoremap.png (overlay).")
+EPILOG = (
+    "Examples:\n\n  cnn scoremap runs/train/best.pt scene.png              # converts on the fly\n\n"
+    "  cnn scoremap runs/train/best-fcn.pt a.png b.jpg -o maps --class cat\n\n"
+    "  cnn scoremap runs/lines/best.pt --scene lines -o maps  # generate a lines scene and map it\n\n"
+    "Writes per image NAME.npy (class probabilities [classes, H', W']) and NAME-scoremap.png (overlay)."
+)
 
 
 MAX_SCENE_SIDE = 8192  # a generated scene: 64 M pixels, a few hundred MB of score maps at most
@@ -35,12 +37,29 @@ MAX_SCENE_SIDE = 8192  # a generated scene: 64 M pixels, a few hundred MB of sco
 @app.command("scoremap", epilog=epilog(EPILOG))
 @model_options()
 def scoremap_cmd(
-    checkpoint: Annotated[str, typer.Argument(metavar="MODEL", help="A classifier (checkpoint or state dict, converted "
-                                              "on the fly) or a checkpoint from cnn fcn.")],
-    images: Annotated[Optional[list[str]], typer.Argument(help="Images at least as large as the training size.")] = None,
+    checkpoint: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL",
+            help="A classifier (checkpoint or state dict, converted "
+            "on the fly) or a checkpoint from cnn fcn.",
+        ),
+    ],
+    images: Annotated[
+        Optional[list[str]], typer.Argument(help="Images at least as large as the training size.")
+    ] = None,
     output: Annotated[str, typer.Option("-o", "--output", help="Output folder.")] = "scoremaps",
-    class_name: Annotated[Optional[str], typer.Option("--class", help="Show this class's heat map instead of the winners.")] = None,
-    scene: Annotated[Optional[str], typer.Option("--scene", click_type=choice("scene", SCENES), help="Generate a test scene (regions of horizontal/vertical lines).")] = None,
+    class_name: Annotated[
+        Optional[str], typer.Option("--class", help="Show this class's heat map instead of the winners.")
+    ] = None,
+    scene: Annotated[
+        Optional[str],
+        typer.Option(
+            "--scene",
+            click_type=choice("scene", SCENES),
+            help="Generate a test scene (regions of horizontal/vertical lines).",
+        ),
+    ] = None,
     scene_size: Annotated[str, typer.Option("--scene-size", help="Scene size HxW.")] = "256x256",
     seed: Annotated[int, typer.Option("--seed", help="Scene seed.")] = 0,
     device: DeviceOpt = DEFAULT_DEVICE,
@@ -74,11 +93,17 @@ def scoremap_cmd(
     opened.require_rebuildable("scoremap")
     mapper = ScoreMapper.from_opened(opened, dev)
     only = mapper.class_index(class_name)
-    jobs = images_from(images, opened.input_size[0])  # every image read and checked before anything is written
+    jobs = images_from(
+        images, opened.input_size[0]
+    )  # every image read and checked before anything is written
     for path, img in jobs:
         mapper.check_size(path, img)
-    mapper.check_outputs(images, output, output_stems(([f"scene-lines-{seed}.png"] if scene else []) + images)[
-        1 if scene else 0:], only)
+    mapper.check_outputs(
+        images,
+        output,
+        output_stems(([f"scene-lines-{seed}.png"] if scene else []) + images)[1 if scene else 0 :],
+        only,
+    )
     log_notes(opened)
     if not json_out:
         log_device(device, dev)
@@ -92,10 +117,16 @@ def scoremap_cmd(
         jobs.insert(0, (path, img))
     results = []
     for i, ((path, img), stem) in enumerate(zip(jobs, output_stems([p for p, _ in jobs]))):
-        r = mapper.run(path, img, output, only=only, regions=regions if (scene and i == 0) else None, stem=stem)
+        r = mapper.run(
+            path, img, output, only=only, regions=regions if (scene and i == 0) else None, stem=stem
+        )
         results.append(r)
         if not json_out:
-            agree = f", agrees with the scene's regions on {r['region_agreement']:.1%} of cells" if "region_agreement" in r else ""
+            agree = (
+                f", agrees with the scene's regions on {r['region_agreement']:.1%} of cells"
+                if "region_agreement" in r
+                else ""
+            )
             print(f"{path}: score map {'x'.join(map(str, r['scores_shape']))} -> {r['png']}{agree}")
     if json_out:
         emit_json(results[0] if len(results) == 1 else {"images": results})

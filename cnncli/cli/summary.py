@@ -25,18 +25,36 @@ from cnncli.cli._common import (
 )
 
 
-@app.command("summary", epilog=epilog("Examples:\n\n  cnn summary resnet18 --in 3x224x224\n\n  cnn summary lenet5 --in 1x32x32 "
-             "--num-classes 10\n\n  cnn summary runs/train/best.pt\n\n  cnn summary model.pt          # a state dict: "
-             "architecture detected\n\n  cnn summary my_net.py:Net --in 3x64x64\n\n  cnn summary model.onnx        # "
-             "inputs, outputs, parameters\n\n  cnn summary resnet50 --batch 32   # what a training step keeps for backward"))
-@model_options(skip=('mean', 'std', 'classes'))
+@app.command(
+    "summary",
+    epilog=epilog(
+        "Examples:\n\n  cnn summary resnet18 --in 3x224x224\n\n  cnn summary lenet5 --in 1x32x32 "
+        "--num-classes 10\n\n  cnn summary runs/train/best.pt\n\n  cnn summary model.pt          # a state dict: "
+        "architecture detected\n\n  cnn summary my_net.py:Net --in 3x64x64\n\n  cnn summary model.onnx        # "
+        "inputs, outputs, parameters\n\n  cnn summary resnet50 --batch 32   # what a training step keeps for backward"
+    ),
+)
+@model_options(skip=("mean", "std", "classes"))
 def summary_cmd(
-    model: Annotated[str, typer.Argument(help="Registry name, family, file.py:Class, or a model file: checkpoint, state "
-                                              "dict, TorchScript, .pt2, .onnx.")],
-    num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the output layer.", min=1)] = None,
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="Registry name, family, file.py:Class, or a model file: checkpoint, state "
+            "dict, TorchScript, .pt2, .onnx."
+        ),
+    ],
+    num_classes: Annotated[
+        Optional[int], typer.Option("--num-classes", help="Classes of the output layer.", min=1)
+    ] = None,
     depth: Annotated[int, typer.Option("--depth", help="How deep to show nested modules.")] = 3,
-    batch: Annotated[int, typer.Option("--batch", help="Batch size for the memory figures (a training step keeps "
-                                                       "what autograd saves, per batch).", min=1)] = 1,
+    batch: Annotated[
+        int,
+        typer.Option(
+            "--batch",
+            help="Batch size for the memory figures (a training step keeps what autograd saves, per batch).",
+            min=1,
+        ),
+    ] = 1,
     device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
     opts=None,
@@ -52,7 +70,9 @@ def summary_cmd(
     from cnncli.cli._common import check_file
 
     req = opts.request(num_classes=num_classes)
-    req = replace(req, on_meta=True)  # fresh weights are never looked at: built only if a field must be measured
+    req = replace(
+        req, on_meta=True
+    )  # fresh weights are never looked at: built only if a field must be measured
     from cnncli.fileio import is_onnx_file
 
     if is_onnx_file(model):
@@ -73,8 +93,10 @@ def summary_cmd(
     from cnncli.models.open import build_model
 
     real = (lambda: build_model(opened.spec)) if opened.origin == "registry" and not opts.weights else None
-    result = {"model": opened.name, **summarize(opened.model, (c, h, w), depth=depth, device=str(dev),
-                                                       batch=batch, real=real)}
+    result = {
+        "model": opened.name,
+        **summarize(opened.model, (c, h, w), depth=depth, device=str(dev), batch=batch, real=real),
+    }
     log_notes(opened)
     if not json_out:
         log_device(device, dev)
@@ -121,39 +143,86 @@ def _bytes(n: int | None) -> str:
 
 
 def _render(res: dict) -> None:
-    columns = [Column("layer"), Column("type"), Column("output", right=True), Column("params", right=True),
-               Column("MACs", right=True), Column("RF", right=True), Column("jump", right=True)]
-    rows = [["  " * r["depth"] + r["name"], r["type"], "?" if r["output"] is None else dims(r["output"]),
-             "--" if r["container"] else _count(r["params"]),
-             "--" if r["container"] and not r["macs"] else _count(r["macs"]),
-             _pair(r["receptive_field"], r.get("receptive_field_kind")), _jump(r["jump"])] for r in res["layers"]]
+    columns = [
+        Column("layer"),
+        Column("type"),
+        Column("output", right=True),
+        Column("params", right=True),
+        Column("MACs", right=True),
+        Column("RF", right=True),
+        Column("jump", right=True),
+    ]
+    rows = [
+        [
+            "  " * r["depth"] + r["name"],
+            r["type"],
+            "?" if r["output"] is None else dims(r["output"]),
+            "--" if r["container"] else _count(r["params"]),
+            "--" if r["container"] and not r["macs"] else _count(r["macs"]),
+            _pair(r["receptive_field"], r.get("receptive_field_kind")),
+            _jump(r["jump"]),
+        ]
+        for r in res["layers"]
+    ]
     if "inputs" in res:  # an ONNX graph: no layer table
-        say("\n".join([f"{res['model']}: ONNX opset {res['opset']}", *(f"{io[:-1]} {v['name']}: {dims(v['shape'])}"
-                        for io in ("inputs", "outputs") for v in res[io]),
-                        f"params {_both(res['params'])} (initializers, after any folding at export)",
-                        "MACs and receptive field: unknown for an ONNX graph (give the PyTorch model)"]))
+        say(
+            "\n".join(
+                [
+                    f"{res['model']}: ONNX opset {res['opset']}",
+                    *(
+                        f"{io[:-1]} {v['name']}: {dims(v['shape'])}"
+                        for io in ("inputs", "outputs")
+                        for v in res[io]
+                    ),
+                    f"params {_both(res['params'])} (initializers, after any folding at export)",
+                    "MACs and receptive field: unknown for an ONNX graph (give the PyTorch model)",
+                ]
+            )
+        )
         return
-    foot = (f"total params {_both(res['params'])}" + (f", trainable {res['trainable_params']:,}"
-                                                      if res.get("trainable_params") is not None else "")
-            + f"; MACs {_both(res['macs'])}; receptive field "
-            + _pair(res["receptive_field"], res.get("receptive_field_kind"))
-            + ("" if res["jump"] is None or res["receptive_field"] == "global" else f", jump {_jump(res['jump'])}"))
+    foot = (
+        f"total params {_both(res['params'])}"
+        + (f", trainable {res['trainable_params']:,}" if res.get("trainable_params") is not None else "")
+        + f"; MACs {_both(res['macs'])}; receptive field "
+        + _pair(res["receptive_field"], res.get("receptive_field_kind"))
+        + (
+            ""
+            if res["jump"] is None or res["receptive_field"] == "global"
+            else f", jump {_jump(res['jump'])}"
+        )
+    )
     notes = [foot]
     mem = res.get("memory")
     if mem:
-        notes.append(f"memory at batch {mem['batch']}: params {_bytes(mem['params'])}, input {_bytes(mem['input'])}, "
-                     f"forward/backward {_bytes(mem['forward_backward'])} (torchinfo's estimate), a training step "
-                     f"keeps {_bytes(mem['saved_for_backward'])} for backward (what autograd saves)")
+        notes.append(
+            f"memory at batch {mem['batch']}: params {_bytes(mem['params'])}, input {_bytes(mem['input'])}, "
+            f"forward/backward {_bytes(mem['forward_backward'])} (torchinfo's estimate), a training step "
+            f"keeps {_bytes(mem['saved_for_backward'])} for backward (what autograd saves)"
+        )
     kinds = {r.get("receptive_field_kind") for r in res["layers"]}
     if kinds & {"measured", "at least"}:
-        notes.append("RF* measured: the extent of the input gradient of the layer's centre unit (the arithmetic does "
-                     "not cover an operation there); ≥ where it reached the image border")
+        notes.append(
+            "RF* measured: the extent of the input gradient of the layer's centre unit (the arithmetic does "
+            "not cover an operation there); ≥ where it reached the image border"
+        )
     if res["macs"] is not None and any(r["container"] and r["macs"] for r in res["layers"]):
-        notes.append("a container's MACs are those of its own operations (e.g. attention's matrix products), not "
-                     "of the rows below it")
+        notes.append(
+            "a container's MACs are those of its own operations (e.g. attention's matrix products), not "
+            "of the rows below it"
+        )
     if any(r["macs"] is None for r in res["layers"]):
-        counted = "" if res["macs"] is None else "; the total MACs are counted from the operations a forward pass ran"
-        notes.append("per-layer shapes, MACs and receptive fields are unknown for this file: its layers run without "
-                     f"Python hooks (give the state dict or checkpoint for the full table){counted}")
-    render_table(columns, rows, title=f"{res['model']}  input {dims(res['input'])} -> output {dims(res['output'])}",
-                 notes=notes)
+        counted = (
+            ""
+            if res["macs"] is None
+            else "; the total MACs are counted from the operations a forward pass ran"
+        )
+        notes.append(
+            "per-layer shapes, MACs and receptive fields are unknown for this file: its layers run without "
+            f"Python hooks (give the state dict or checkpoint for the full table){counted}"
+        )
+    render_table(
+        columns,
+        rows,
+        title=f"{res['model']}  input {dims(res['input'])} -> output {dims(res['output'])}",
+        notes=notes,
+    )

@@ -30,33 +30,107 @@ DATA_HELP = "Dataset: " + ", ".join(d.usage for d in list_datasets()) + " (list 
 
 @app.command("train", epilog=epilog(EPILOG))
 def train_cmd(
-    model: Annotated[Optional[str], typer.Argument(help="Model: registry name, family (resnet), file.py:Class.")] = D.model,
+    model: Annotated[
+        Optional[str], typer.Argument(help="Model: registry name, family (resnet), file.py:Class.")
+    ] = D.model,
     data: Annotated[Optional[str], typer.Option("--data", help=DATA_HELP)] = D.data,
-    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where datasets live (default $CNN_DATA_DIR or ~/.cache/cnncli/data).")] = D.data_dir,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (default: per dataset).")] = D.epochs,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Global batch size (default: per dataset).")] = D.batch_size,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default 0.1 SGD, scaled above batch 256; 2e-3 AdamW).")] = D.lr,
-    optimizer: Annotated[str, typer.Option("--optimizer", click_type=choice("optimizer", OPTIMIZERS), help="SGD with Nesterov momentum, or AdamW.")] = D.optimizer,
-    schedule: Annotated[str, typer.Option("--schedule", click_type=choice("schedule", SCHEDULES), help="Learning-rate schedule.")] = D.schedule,
-    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="Default 5e-4 (SGD), 0.05 (AdamW).")] = D.weight_decay,
-    label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Cross-entropy label smoothing.")] = D.label_smoothing,
-    precision: Annotated[str, typer.Option("--precision", click_type=choice("precision", PRECISIONS, PRECISION_ALIASES), help="auto: bf16 where supported, fp16 on older GPUs, else 32.")] = D.precision,
-    channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format for conv nets.")] = D.channels_last,
+    data_dir: Annotated[
+        Optional[str],
+        typer.Option(
+            "--data-dir", help="Where datasets live (default $CNN_DATA_DIR or ~/.cache/cnncli/data)."
+        ),
+    ] = D.data_dir,
+    epochs: Annotated[
+        Optional[int], typer.Option("--epochs", help="Epochs (default: per dataset).")
+    ] = D.epochs,
+    batch_size: Annotated[
+        Optional[int], typer.Option("--batch-size", help="Global batch size (default: per dataset).")
+    ] = D.batch_size,
+    lr: Annotated[
+        Optional[float],
+        typer.Option(
+            "--lr", help="Peak learning rate (default 0.1 SGD, scaled above batch 256; 2e-3 AdamW)."
+        ),
+    ] = D.lr,
+    optimizer: Annotated[
+        str,
+        typer.Option(
+            "--optimizer",
+            click_type=choice("optimizer", OPTIMIZERS),
+            help="SGD with Nesterov momentum, or AdamW.",
+        ),
+    ] = D.optimizer,
+    schedule: Annotated[
+        str,
+        typer.Option("--schedule", click_type=choice("schedule", SCHEDULES), help="Learning-rate schedule."),
+    ] = D.schedule,
+    weight_decay: Annotated[
+        Optional[float], typer.Option("--weight-decay", help="Default 5e-4 (SGD), 0.05 (AdamW).")
+    ] = D.weight_decay,
+    label_smoothing: Annotated[
+        float, typer.Option("--label-smoothing", help="Cross-entropy label smoothing.")
+    ] = D.label_smoothing,
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            click_type=choice("precision", PRECISIONS, PRECISION_ALIASES),
+            help="auto: bf16 where supported, fp16 on older GPUs, else 32.",
+        ),
+    ] = D.precision,
+    channels_last: Annotated[
+        bool, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format for conv nets.")
+    ] = D.channels_last,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = D.compile,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = D.seed,
-    deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic algorithms (repeatable on CPU).")] = D.deterministic,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader workers for folder datasets "
-                                                    "(default: this machine's CPUs per process, at most 8).")] = None,
-    patience: Annotated[Optional[int], typer.Option("--patience", help="Stop after N epochs without a better val accuracy.")] = D.patience,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps.")] = D.max_steps,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="Deterministic algorithms (repeatable on CPU).")
+    ] = D.deterministic,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            "--workers",
+            help="DataLoader workers for folder datasets "
+            "(default: this machine's CPUs per process, at most 8).",
+        ),
+    ] = None,
+    patience: Annotated[
+        Optional[int], typer.Option("--patience", help="Stop after N epochs without a better val accuracy.")
+    ] = D.patience,
+    max_steps: Annotated[
+        Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps.")
+    ] = D.max_steps,
     project: Annotated[str, typer.Option("--project", help="Folder of runs.")] = D.project,
-    name: Annotated[str, typer.Option("--name", help="Run name; an existing one gets a numbered sibling.")] = D.name,
-    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue a run: its folder or its last.pt.")] = None,
-    img_size: Annotated[Optional[str], typer.Option("--img-size", help="Folder datasets: resize images to HxW or N.")] = None,
-    num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Override the number of classes.")] = D.num_classes,
-    weights: Annotated[Optional[str], typer.Option("--weights", help="Start from a model file's weights (state dict, checkpoint, TorchScript...): fitting tensors load, a head for other classes is re-made.")] = D.weights,
-    trust_pickle: Annotated[bool, typer.Option("--trust-code", "--trust-pickle", help="--weights may be a file that carries code: TorchScript, a .pt2 program, a whole pickled model (trusted files only; docs/security.md).")] = D.trust_pickle,
-    nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", help="Launch N DDP processes with torchrun.")] = None,
+    name: Annotated[
+        str, typer.Option("--name", help="Run name; an existing one gets a numbered sibling.")
+    ] = D.name,
+    resume: Annotated[
+        Optional[str], typer.Option("--resume", help="Continue a run: its folder or its last.pt.")
+    ] = None,
+    img_size: Annotated[
+        Optional[str], typer.Option("--img-size", help="Folder datasets: resize images to HxW or N.")
+    ] = None,
+    num_classes: Annotated[
+        Optional[int], typer.Option("--num-classes", help="Override the number of classes.")
+    ] = D.num_classes,
+    weights: Annotated[
+        Optional[str],
+        typer.Option(
+            "--weights",
+            help="Start from a model file's weights (state dict, checkpoint, TorchScript...): fitting tensors load, a head for other classes is re-made.",
+        ),
+    ] = D.weights,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--trust-code",
+            "--trust-pickle",
+            help="--weights may be a file that carries code: TorchScript, a .pt2 program, a whole pickled model (trusted files only; docs/security.md).",
+        ),
+    ] = D.trust_pickle,
+    nproc_per_node: Annotated[
+        Optional[int], typer.Option("--nproc-per-node", help="Launch N DDP processes with torchrun.")
+    ] = None,
     device: DeviceOpt = D.device,
     json_out: JsonOpt = False,
 ) -> None:
@@ -70,26 +144,54 @@ def train_cmd(
 
         _, h, w = parse_size(img_size)
         size = [h, w]
-    cfg = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr,
-                      optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
-                      label_smoothing=label_smoothing, precision=precision, channels_last=channels_last,
-                      compile=compile_, seed=seed, deterministic=deterministic, workers=workers, patience=patience,
-                      max_steps=max_steps, project=project, name=name, device=device, img_size=size,
-                      num_classes=num_classes, weights=weights, trust_pickle=trust_pickle)
+    cfg = TrainConfig(
+        model=model,
+        data=data,
+        data_dir=data_dir,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        schedule=schedule,
+        weight_decay=weight_decay,
+        label_smoothing=label_smoothing,
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile_,
+        seed=seed,
+        deterministic=deterministic,
+        workers=workers,
+        patience=patience,
+        max_steps=max_steps,
+        project=project,
+        name=name,
+        device=device,
+        img_size=size,
+        num_classes=num_classes,
+        weights=weights,
+        trust_pickle=trust_pickle,
+    )
     result = _run(cfg, resume)
     if result is None:  # not rank 0 of a torchrun job: rank 0 reports
         return
     if json_out:
         emit_json(result.as_json())
     else:
-        test = (f", test {result.test_accuracy:.2%}" if result.test_accuracy is not None
-                else " (no test split: the folder has no test/, and val chose best.pt)")
-        print(f"done: {result.epochs} epochs, best val accuracy {result.best_accuracy:.2%}{test}, "
-              f"{result.images_per_second:,.0f} images/s on {result.device} ({_prec(result.precision)})")
+        test = (
+            f", test {result.test_accuracy:.2%}"
+            if result.test_accuracy is not None
+            else " (no test split: the folder has no test/, and val chose best.pt)"
+        )
+        print(
+            f"done: {result.epochs} epochs, best val accuracy {result.best_accuracy:.2%}{test}, "
+            f"{result.images_per_second:,.0f} images/s on {result.device} ({_prec(result.precision)})"
+        )
         print(f"run folder: {result.run_dir}")
     d = result.run_dir
     log("next:")
-    split = " --split val" if result.test_accuracy is None else ""  # no test split: the held-out part, not every image
+    split = (
+        " --split val" if result.test_accuracy is None else ""
+    )  # no test split: the held-out part, not every image
     log(f"  cnn eval {d}/best.pt --data {cfg.data if not resume else _data_of(d)}{split}")
     log(f"  cnn export {d}/best.pt --onnx")
     log(f"  cnn fcn {d}/best.pt")
@@ -106,7 +208,7 @@ def _run(cfg, resume):
     except Interrupted as e:
         reporter.close()  # stop the live bar before the message
         log(f"interrupted: last.pt written; resume with: cnn train --resume {e.run_dir}")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     finally:
         reporter.close()
     return result if is_main else None
@@ -148,8 +250,17 @@ def _launch_torchrun(n: int) -> None:
         out.append(a)
     if out and out[0] == "train":
         out = out[1:]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-           "-m", "cnncli", "train", *out]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={n}",
+        "-m",
+        "cnncli",
+        "train",
+        *out,
+    ]
     log("launching: " + " ".join(cmd[2:]))
     rc = subprocess.call(cmd)
     if rc:
@@ -172,11 +283,17 @@ class _Reporter:
         if kind == "note":
             log(info["message"])
         elif kind == "start":
-            resumed = f", resumed at epoch {info['resumed_at'][0] + 1} step {info['resumed_at'][1]}" if info["resumed_at"] else ""
-            log(f"train {info['model']} on {info['data']}: {info['train_samples']:,} images "
+            resumed = (
+                f", resumed at epoch {info['resumed_at'][0] + 1} step {info['resumed_at'][1]}"
+                if info["resumed_at"]
+                else ""
+            )
+            log(
+                f"train {info['model']} on {info['data']}: {info['train_samples']:,} images "
                 f"{'x'.join(map(str, info['input']))}, {info['epochs']} epochs x "
                 f"{info['steps_per_epoch']} steps, batch {info['batch_size']}, device {info['device']}, "
-                f"{_prec(info['precision'])}{resumed}")
+                f"{_prec(info['precision'])}{resumed}"
+            )
             log(f"run folder: {info['run_dir']}")
             if not self.plain:
                 from rich.progress import (
@@ -189,26 +306,38 @@ class _Reporter:
 
                 from cnncli.cli._common import console
 
-                self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                         TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
-                                         console=console(stderr=True), transient=False)
+                self.progress = Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn("{task.fields[stats]}"),
+                    TimeRemainingColumn(),
+                    console=console(stderr=True),
+                    transient=False,
+                )
                 self.progress.start()
         elif kind == "step" and self.progress is not None:
             desc = f"epoch {info['epoch'] + 1}"
             if self.task is None or self.task_desc != desc:
                 if self.task is not None:
                     self.progress.remove_task(self.task)
-                self.task = self.progress.add_task(desc, total=info["steps"], completed=info["step"] - 1, stats="")
+                self.task = self.progress.add_task(
+                    desc, total=info["steps"], completed=info["step"] - 1, stats=""
+                )
                 self.task_desc = desc
-            running = (f"loss {info['loss']:.4f} acc {info['accuracy']:.2%} " if info["loss"] is not None
-                       else "")  # read from the device every few steps, not every step
-            self.progress.update(self.task, completed=info["step"],
-                                 stats=f"{running}{info['images_per_second']:,.0f} img/s")
+            running = (
+                f"loss {info['loss']:.4f} acc {info['accuracy']:.2%} " if info["loss"] is not None else ""
+            )  # read from the device every few steps, not every step
+            self.progress.update(
+                self.task, completed=info["step"], stats=f"{running}{info['images_per_second']:,.0f} img/s"
+            )
         elif kind == "epoch":
             star = " *" if info["best"] else ""
-            line = (f"epoch {info['epoch']}/{info['epochs']}  loss {info['train_loss']:.4f}  acc {info['train_accuracy']:.2%}"
-                    f"  val_loss {info['val_loss']:.4f}  val_acc {info['val_accuracy']:.2%}{star}  lr {info['lr']:.3g}"
-                    f"  {info['images_per_second']:,.0f} img/s  {info['seconds']:.1f}s")
+            line = (
+                f"epoch {info['epoch']}/{info['epochs']}  loss {info['train_loss']:.4f}  acc {info['train_accuracy']:.2%}"
+                f"  val_loss {info['val_loss']:.4f}  val_acc {info['val_accuracy']:.2%}{star}  lr {info['lr']:.3g}"
+                f"  {info['images_per_second']:,.0f} img/s  {info['seconds']:.1f}s"
+            )
             if self.progress is not None:
                 if self.task is not None:  # the finished epoch's bar gives way to its summary line
                     self.progress.remove_task(self.task)

@@ -16,9 +16,14 @@ from cnncli.data._registry import (
     unregister_dataset,
 )
 
-_LAZY = {"TensorData": "cnncli.data.datasets", "FolderData": "cnncli.data.datasets",
-         "tensor_dataset": "cnncli.data.datasets", "TensorLoader": "cnncli.data.loader",
-         "FolderLoader": "cnncli.data.loader", "make_loader": "cnncli.data.loader"}
+_LAZY = {
+    "TensorData": "cnncli.data.datasets",
+    "FolderData": "cnncli.data.datasets",
+    "tensor_dataset": "cnncli.data.datasets",
+    "TensorLoader": "cnncli.data.loader",
+    "FolderLoader": "cnncli.data.loader",
+    "make_loader": "cnncli.data.loader",
+}
 
 
 def __getattr__(name: str):
@@ -29,5 +34,14 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DatasetInfo", "dataset_names", "default_data_dir", "get_dataset_info", "list_datasets", "load_dataset",
-           "register_dataset", "unregister_dataset", *_LAZY]
+__all__ = [
+    "DatasetInfo",
+    "dataset_names",
+    "default_data_dir",
+    "get_dataset_info",
+    "list_datasets",
+    "load_dataset",
+    "register_dataset",
+    "unregister_dataset",
+    *_LAZY,
+]

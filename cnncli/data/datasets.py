@@ -16,7 +16,9 @@ from cnncli.data._registry import DatasetInfo
 from cnncli.errors import UsageError
 from cnncli.preprocess import Preprocess
 
-VAL_SEED = 1234  # the train/val split is fixed (not the training seed) so `cnn eval --split val` can rebuild it
+VAL_SEED = (
+    1234  # the train/val split is fixed (not the training seed) so `cnn eval --split val` can rebuild it
+)
 
 
 @dataclass
@@ -69,15 +71,24 @@ class FolderData(_Dataset):
     root: str = ""
     image_size: tuple[int, int] = (0, 0)
     channels: int = 3
-    folders: tuple[str, ...] = ()    # the split folders present (train/ val/ test/); () for one folder of classes
+    folders: tuple[
+        str, ...
+    ] = ()  # the split folders present (train/ val/ test/); () for one folder of classes
 
     @property
     def input_size(self) -> tuple[int, int, int]:
         return (self.channels, *self.image_size)
 
 
-def tensor_dataset(info: DatasetInfo, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                   test_y: torch.Tensor, classes: list[str], val_fraction: float = 0.1) -> TensorData:
+def tensor_dataset(
+    info: DatasetInfo,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    classes: list[str],
+    val_fraction: float = 0.1,
+) -> TensorData:
     """A TensorData from uint8 images [N, C, H, W] and labels, with a fixed, seeded part of train held out as the
     validation split (best.pt and early stopping); mean/std are measured on the training images unless the
     registry gives them."""
@@ -90,8 +101,19 @@ def tensor_dataset(info: DatasetInfo, train_x: torch.Tensor, train_y: torch.Tens
         xf = train_x[tr_idx].float() / 255
         mean = tuple(xf.mean(dim=(0, 2, 3)).tolist())
         std = tuple(xf.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
-    splits = {"train": (train_x[tr_idx].contiguous(), train_y[tr_idx].contiguous()),
-              "val": (train_x[val_idx].contiguous(), train_y[val_idx].contiguous()),
-              "test": (test_x.contiguous(), test_y.contiguous())}
-    return TensorData(info.name, splits, list(classes), tuple(mean), tuple(std), info.crop_padding, info.flip,
-                      info.epochs, info.batch_size)
+    splits = {
+        "train": (train_x[tr_idx].contiguous(), train_y[tr_idx].contiguous()),
+        "val": (train_x[val_idx].contiguous(), train_y[val_idx].contiguous()),
+        "test": (test_x.contiguous(), test_y.contiguous()),
+    }
+    return TensorData(
+        info.name,
+        splits,
+        list(classes),
+        tuple(mean),
+        tuple(std),
+        info.crop_padding,
+        info.flip,
+        info.epochs,
+        info.batch_size,
+    )

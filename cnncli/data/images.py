@@ -37,7 +37,9 @@ def walk_images(root: str) -> list[str]:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not is_hidden(d) and os.path.realpath(os.path.join(folder, d)) not in seen)
+        dirs[:] = sorted(
+            d for d in dirs if not is_hidden(d) and os.path.realpath(os.path.join(folder, d)) not in seen
+        )
         found += [os.path.join(folder, f) for f in files if is_image_name(f)]
     return sorted(found)
 
@@ -82,12 +84,25 @@ def read_pil(path: str, channels: int | None = None):
             im.load()
             return im
     except Image.DecompressionBombError as e:
-        raise UsageError(f"cannot read image {shown(path)}: {shown(e, 200)}",
-                         "an image this large is refused as a possible decompression bomb") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError,
-            TypeError, ZeroDivisionError) as e:  # PIL's decoders raise all of these for damaged files
-        raise UsageError(f"cannot read image {shown(path)}: {shown(e, 200) or type(e).__name__}",
-                         "remove or replace the file") from None
+        raise UsageError(
+            f"cannot read image {shown(path)}: {shown(e, 200)}",
+            "an image this large is refused as a possible decompression bomb",
+        ) from None
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        IndexError,
+        KeyError,
+        TypeError,
+        ZeroDivisionError,
+    ) as e:  # PIL's decoders raise all of these for damaged files
+        raise UsageError(
+            f"cannot read image {shown(path)}: {shown(e, 200) or type(e).__name__}",
+            "remove or replace the file",
+        ) from None
 
 
 def image_mode(path: str) -> tuple[int, tuple[int, int]]:

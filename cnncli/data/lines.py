@@ -13,8 +13,9 @@ CLASSES = ["horizontal", "vertical"]
 SIZE = 32
 
 
-def _draw(n: int, size: int, gen: torch.Generator, vertical: torch.Tensor, thickness=(1, 3),
-          noise: float = 0.15) -> torch.Tensor:
+def _draw(
+    n: int, size: int, gen: torch.Generator, vertical: torch.Tensor, thickness=(1, 3), noise: float = 0.15
+) -> torch.Tensor:
     """n images (float 0..1, [n, size, size]) with 1-3 lines each, horizontal or vertical per image."""
     lines = 3
     pos = torch.randint(0, size, (n, lines), generator=gen)
@@ -27,8 +28,13 @@ def _draw(n: int, size: int, gen: torch.Generator, vertical: torch.Tensor, thick
     # along: coordinate along the line; across: coordinate across it
     across = ar.view(1, 1, size, 1)
     along = ar.view(1, 1, 1, size)
-    on = ((across >= pos[..., None, None]) & (across < (pos + thick)[..., None, None])
-          & (along >= start[..., None, None]) & (along < (start + length)[..., None, None]) & present[..., None, None])
+    on = (
+        (across >= pos[..., None, None])
+        & (across < (pos + thick)[..., None, None])
+        & (along >= start[..., None, None])
+        & (along < (start + length)[..., None, None])
+        & present[..., None, None]
+    )
     img = (on.float() * bright[..., None, None]).amax(1)  # [n, across, along]: horizontal lines
     img = torch.where(vertical.view(-1, 1, 1), img.transpose(1, 2), img)
     if not noise:
@@ -51,7 +57,9 @@ def _to_uint8(img: torch.Tensor) -> torch.Tensor:
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)[:, None]
 
 
-def modulated(n: int, seed: int, size: int = SIZE, period: float | None = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+def modulated(
+    n: int, seed: int, size: int = SIZE, period: float | None = 3.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Chapter 24.5.4's vulnerability: images of horizontal lines whose lines are multiplied along their length by
     cos(pi n / 3). They still look horizontal (dashed), but the modulation moves their spectral content to
     horizontal frequencies, where the vertical-line kernel looks. The signed product sits on the usual noisy
@@ -81,8 +89,9 @@ def ood(n: int, seed: int, size: int = SIZE) -> tuple[torch.Tensor, torch.Tensor
     return _to_uint8(torch.where(kind, grating, bars)), labels
 
 
-def scene(height: int = 256, width: int = 256, regions: tuple[int, int] = (2, 2), seed: int = 0,
-          size: int = SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+def scene(
+    height: int = 256, width: int = 256, regions: tuple[int, int] = (2, 2), seed: int = 0, size: int = SIZE
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A large image made of rectangular regions of horizontal or of vertical lines.
 
     Returns (uint8 image [1, H, W], int64 region label map [H, W]). Each region is tiled from generated
@@ -98,7 +107,7 @@ def scene(height: int = 256, width: int = 256, regions: tuple[int, int] = (2, 2)
     xs = torch.linspace(0, width, rw + 1).long()
     for a in range(rh):
         for b in range(rw):
-            label_map[ys[a]:ys[a + 1], xs[b]:xs[b + 1]] = kinds[a, b]
+            label_map[ys[a] : ys[a + 1], xs[b] : xs[b + 1]] = kinds[a, b]
     img = 0.15 * torch.rand(height, width, generator=gen)
     for vertical in (0, 1):
         # long lines across the whole image, kept only inside this class's regions
@@ -109,8 +118,8 @@ def scene(height: int = 256, width: int = 256, regions: tuple[int, int] = (2, 2)
             t = int(torch.randint(1, 3, (1,), generator=gen))
             b = 0.5 + 0.5 * float(torch.rand(1, generator=gen))
             if vertical:
-                canvas[:, p:p + t] = b
+                canvas[:, p : p + t] = b
             else:
-                canvas[p:p + t, :] = b
+                canvas[p : p + t, :] = b
         img = torch.where(label_map == vertical, torch.maximum(img, canvas), img)
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)[None], label_map

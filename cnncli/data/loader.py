@@ -27,9 +27,24 @@ def _gen(seed: int, *parts: int) -> torch.Generator:
 
 
 class TensorLoader:
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, mean, std, train: bool,
-                 crop_padding: int = 0, flip: bool = False, seed: int = 0, device="cpu", channels_last: bool = False,
-                 rank: int = 0, world_size: int = 1, drop_last: bool | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        batch_size: int,
+        mean,
+        std,
+        train: bool,
+        crop_padding: int = 0,
+        flip: bool = False,
+        seed: int = 0,
+        device="cpu",
+        channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool | None = None,
+    ):
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
@@ -54,10 +69,12 @@ class TensorLoader:
             idx = torch.randperm(n, generator=_gen(self.seed, self.epoch))
         else:
             idx = torch.arange(n)
-        if self.world_size > 1:  # every rank gets an equal shard (padded by wrapping, like DistributedSampler)
+        if (
+            self.world_size > 1
+        ):  # every rank gets an equal shard (padded by wrapping, like DistributedSampler)
             per = math.ceil(n / self.world_size)
             idx = torch.cat([idx, idx[: per * self.world_size - n]])
-            idx = idx[self.rank::self.world_size]
+            idx = idx[self.rank :: self.world_size]
         return idx
 
     def __len__(self) -> int:
@@ -78,10 +95,10 @@ class TensorLoader:
         augment = self.train and (self.crop_padding or self.flip)
         draws = self._epoch_draws(start, len(idx)) if augment else None
         for b in range(start, len(self)):
-            sel = idx[b * self.batch_size:(b + 1) * self.batch_size]
+            sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
             x = self.images.index_select(0, sel)  # much faster than advanced indexing for whole rows
             if augment:
-                x = self._augment(x, draws[:, (b - start) * self.batch_size:][:, :len(sel)])
+                x = self._augment(x, draws[:, (b - start) * self.batch_size :][:, : len(sel)])
             x = x.float().mul_(self.scale).add_(self.shift)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -92,7 +109,7 @@ class TensorLoader:
         ranks' batches is augmented exactly as the single-process batch would be."""
         if self.world_size == 1:
             return fn(n)
-        return fn(n * self.world_size)[self.rank::self.world_size][:n]
+        return fn(n * self.world_size)[self.rank :: self.world_size][:n]
 
     def _epoch_draws(self, start: int, n_samples: int) -> torch.Tensor:
         """[3, samples]: crop offsets dy, dx and the flip bit of every sample from batch `start` on, drawn batch by
@@ -102,13 +119,28 @@ class TensorLoader:
         for b in range(start, len(self)):
             n = min(self.batch_size, n_samples - b * self.batch_size)
             g = _gen(self.seed, self.epoch, b + 1)
-            dy = self._draw(g, n, lambda k: torch.randint(0, 2 * p + 1, (k,), generator=g)) if p else torch.zeros(n)
-            dx = self._draw(g, n, lambda k: torch.randint(0, 2 * p + 1, (k,), generator=g)) if p else torch.zeros(n)
-            flip = ((self._draw(g, n, lambda k: torch.rand(k, generator=g)) < 0.5) if self.flip
-                    else torch.zeros(n, dtype=torch.bool))
+            dy = (
+                self._draw(g, n, lambda k, g=g: torch.randint(0, 2 * p + 1, (k,), generator=g))
+                if p
+                else torch.zeros(n)
+            )
+            dx = (
+                self._draw(g, n, lambda k, g=g: torch.randint(0, 2 * p + 1, (k,), generator=g))
+                if p
+                else torch.zeros(n)
+            )
+            flip = (
+                (self._draw(g, n, lambda k, g=g: torch.rand(k, generator=g)) < 0.5)
+                if self.flip
+                else torch.zeros(n, dtype=torch.bool)
+            )
             parts.append(torch.stack((dy.long(), dx.long(), flip.long())))
         draws = torch.cat(parts, 1) if parts else torch.zeros(3, 0, dtype=torch.long)
-        return draws.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else draws.to(self.device)
+        return (
+            draws.pin_memory().to(self.device, non_blocking=True)
+            if self.device.type == "cuda"
+            else draws.to(self.device)
+        )
 
     def _augment(self, x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -116,7 +148,9 @@ class TensorLoader:
             p = self.crop_padding
             dy, dx = draws[0], draws[1]
             xp = F.pad(x, (p, p, p, p))
-            rows = (dy[:, None] + torch.arange(h, device=self.device))[:, None, :, None].expand(n, c, h, w + 2 * p)
+            rows = (dy[:, None] + torch.arange(h, device=self.device))[:, None, :, None].expand(
+                n, c, h, w + 2 * p
+            )
             x = xp.gather(2, rows)
             cols = (dx[:, None] + torch.arange(w, device=self.device))[:, None, None, :].expand(n, c, h, w)
             x = x.gather(3, cols)
@@ -149,28 +183,54 @@ def folder_transform(image_size, train: bool, flip: bool = True):
     size = tuple(image_size)
     ops = [lambda t: resize(t, size)]
     if train:
-        ops += [T.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True)] + ([T.RandomHorizontalFlip()] if flip else [])
+        ops += [T.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True)] + (
+            [T.RandomHorizontalFlip()] if flip else []
+        )
     return T.Compose(ops)
 
 
 class FolderLoader:
     """Image files through a DataLoader with workers (for datasets too large to hold as one tensor)."""
 
-    def __init__(self, samples, *, image_size, channels, batch_size: int, mean, std, train: bool, flip: bool = True,
-                 workers: int = 2, seed: int = 0, device="cpu", channels_last: bool = False, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(
+        self,
+        samples,
+        *,
+        image_size,
+        channels,
+        batch_size: int,
+        mean,
+        std,
+        train: bool,
+        flip: bool = True,
+        workers: int = 2,
+        seed: int = 0,
+        device="cpu",
+        channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.scale, self.shift = affine(mean, std, self.device)
         ds = _FileDataset(samples, folder_transform(image_size, train, flip), channels)
         self.sampler = None
         if world_size > 1:
-            self.sampler = torch.utils.data.distributed.DistributedSampler(ds, world_size, rank, shuffle=train, seed=seed)
+            self.sampler = torch.utils.data.distributed.DistributedSampler(
+                ds, world_size, rank, shuffle=train, seed=seed
+            )
         g = torch.Generator().manual_seed(seed)
         self.loader = torch.utils.data.DataLoader(
-            ds, batch_size=batch_size, shuffle=train and self.sampler is None, sampler=self.sampler,
-            num_workers=workers, drop_last=train and len(ds) >= batch_size, generator=g,
-            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
+            ds,
+            batch_size=batch_size,
+            shuffle=train and self.sampler is None,
+            sampler=self.sampler,
+            num_workers=workers,
+            drop_last=train and len(ds) >= batch_size,
+            generator=g,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
         self.num_samples = len(self.sampler) if self.sampler is not None else len(ds)
 
     def set_epoch(self, epoch: int) -> None:
@@ -187,10 +247,15 @@ class FolderLoader:
     def batches(self, start: int = 0):
         try:
             yield from self._batches(start)
-        except UsageError as e:  # from a worker process: the message arrives wrapped in the worker's traceback
+        except (
+            UsageError
+        ) as e:  # from a worker process: the message arrives wrapped in the worker's traceback
             text = str(e)
-            raise UsageError(text.rsplit("UsageError: ", 1)[-1].strip().splitlines()[-1]
-                             if "UsageError: " in text else text) from None
+            raise UsageError(
+                text.rsplit("UsageError: ", 1)[-1].strip().splitlines()[-1]
+                if "UsageError: " in text
+                else text
+            ) from None
 
     def _batches(self, start: int):
         batches = (xy for b, xy in enumerate(self.loader) if b >= start)
@@ -228,16 +293,52 @@ class FolderLoader:
             yield x, y
 
 
-def make_loader(data, split: str, *, batch_size: int, train: bool, seed: int = 0, device="cpu",
-                channels_last: bool = False, workers: int = 2, rank: int = 0, world_size: int = 1):
+def make_loader(
+    data,
+    split: str,
+    *,
+    batch_size: int,
+    train: bool,
+    seed: int = 0,
+    device="cpu",
+    channels_last: bool = False,
+    workers: int = 2,
+    rank: int = 0,
+    world_size: int = 1,
+):
     """The right loader for a TensorData or FolderData split."""
     from cnncli.data.datasets import TensorData
 
     if isinstance(data, TensorData):
         x, y = data.split(split)
-        return TensorLoader(x, y, batch_size=batch_size, mean=data.mean, std=data.std, train=train,
-                            crop_padding=data.crop_padding, flip=data.flip, seed=seed, device=device,
-                            channels_last=channels_last, rank=rank, world_size=world_size)
-    return FolderLoader(data.split(split), image_size=data.image_size, channels=data.channels, batch_size=batch_size,
-                        mean=data.mean, std=data.std, train=train, flip=data.flip, workers=workers, seed=seed,
-                        device=device, channels_last=channels_last, rank=rank, world_size=world_size)
+        return TensorLoader(
+            x,
+            y,
+            batch_size=batch_size,
+            mean=data.mean,
+            std=data.std,
+            train=train,
+            crop_padding=data.crop_padding,
+            flip=data.flip,
+            seed=seed,
+            device=device,
+            channels_last=channels_last,
+            rank=rank,
+            world_size=world_size,
+        )
+    return FolderLoader(
+        data.split(split),
+        image_size=data.image_size,
+        channels=data.channels,
+        batch_size=batch_size,
+        mean=data.mean,
+        std=data.std,
+        train=train,
+        flip=data.flip,
+        workers=workers,
+        seed=seed,
+        device=device,
+        channels_last=channels_last,
+        rank=rank,
+        world_size=world_size,
+    )

@@ -21,19 +21,38 @@ def batches_for(data, split: str, preprocess: Preprocess, *, batch_size: int, de
 
     c, h, w = preprocess.input_size
     if data.input_size[0] != c:
-        raise UsageError(f"the model takes {c}-channel images but {data.name} has {data.input_size[0]}",
-                         "evaluate on the dataset the model was trained for")
+        raise UsageError(
+            f"the model takes {c}-channel images but {data.name} has {data.input_size[0]}",
+            "evaluate on the dataset the model was trained for",
+        )
     if isinstance(data, TensorData):
         x, y = data.split(split)
         if tuple(x.shape[2:]) != (h, w):  # resize once, in memory, to the model's input size
-            x = F.interpolate(x.float(), size=(h, w), mode="bilinear", align_corners=False).round().clamp(0, 255).to(torch.uint8)
-        return TensorLoader(x, y, batch_size=batch_size, mean=preprocess.mean, std=preprocess.std, train=False,
-                            device=device)
-    return FolderLoader(data.split(split), image_size=(h, w), channels=c, batch_size=batch_size, mean=preprocess.mean,
-                        std=preprocess.std, train=False, workers=workers, device=device)
+            x = (
+                F.interpolate(x.float(), size=(h, w), mode="bilinear", align_corners=False)
+                .round()
+                .clamp(0, 255)
+                .to(torch.uint8)
+            )
+        return TensorLoader(
+            x, y, batch_size=batch_size, mean=preprocess.mean, std=preprocess.std, train=False, device=device
+        )
+    return FolderLoader(
+        data.split(split),
+        image_size=(h, w),
+        channels=c,
+        batch_size=batch_size,
+        mean=preprocess.mean,
+        std=preprocess.std,
+        train=False,
+        workers=workers,
+        device=device,
+    )
 
 
-def metrics_from_logits(all_logits: torch.Tensor, labels: torch.Tensor, classes: list[str], seconds: float) -> dict:
+def metrics_from_logits(
+    all_logits: torch.Tensor, labels: torch.Tensor, classes: list[str], seconds: float
+) -> dict:
     """accuracy, top5, loss, per-class accuracy, confusion matrix from stacked logits (never from NaN scores)."""
     from cnncli.engine.runtime import check_finite_outputs
 
@@ -52,8 +71,16 @@ def metrics_from_logits(all_logits: torch.Tensor, labels: torch.Tensor, classes:
     for i, name in enumerate(names):
         total = int(conf[i].sum())
         per_class[name] = (int(conf[i, i]) / total) if total else None
-    return {"accuracy": acc, "top5": top5, "loss": loss, "per_class": per_class, "confusion": conf.tolist(),
-            "classes": names, "samples": int(n), "images_per_second": n / max(seconds, 1e-9)}
+    return {
+        "accuracy": acc,
+        "top5": top5,
+        "loss": loss,
+        "per_class": per_class,
+        "confusion": conf.tolist(),
+        "classes": names,
+        "samples": int(n),
+        "images_per_second": n / max(seconds, 1e-9),
+    }
 
 
 @torch.no_grad()
@@ -87,7 +114,9 @@ def onnx_logits(sess, x: torch.Tensor) -> torch.Tensor:
     inp = sess.get_inputs()[0]
     batch = inp.shape[0]
     if isinstance(batch, int) and batch != len(arr):
-        out = np.concatenate([run_onnx(sess, {inp.name: arr[i:i + batch]})[0] for i in range(0, len(arr), batch)])
+        out = np.concatenate(
+            [run_onnx(sess, {inp.name: arr[i : i + batch]})[0] for i in range(0, len(arr), batch)]
+        )
     else:
         out = run_onnx(sess, {inp.name: arr})[0]
     return torch.from_numpy(out).float()
@@ -114,9 +143,15 @@ def label_map(model_classes: list[str], data_classes: list[str], path: str, data
         return None
     unknown = [c for c in data_classes if c not in model_classes]
     if unknown:
-        shown = ", ".join(map(repr, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        raise UsageError(f"{data} has classes {path} does not know: {shown}",
-                         "the model's classes: " + ", ".join(model_classes[:10]) + ("..." if len(model_classes) > 10 else ""))
+        shown = ", ".join(map(repr, unknown[:5])) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        )
+        raise UsageError(
+            f"{data} has classes {path} does not know: {shown}",
+            "the model's classes: "
+            + ", ".join(model_classes[:10])
+            + ("..." if len(model_classes) > 10 else ""),
+        )
     return [model_classes.index(c) for c in data_classes]
 
 
@@ -135,8 +170,18 @@ class Relabelled:
             yield x, y
 
 
-def evaluate_file(path: str, data: str | None, split: str | None, *, data_dir: str | None = None, batch_size: int = 256,
-                  device=None, workers: int = 2, request=None, log=lambda msg: None) -> dict:
+def evaluate_file(
+    path: str,
+    data: str | None,
+    split: str | None,
+    *,
+    data_dir: str | None = None,
+    batch_size: int = 256,
+    device=None,
+    workers: int = 2,
+    request=None,
+    log=lambda msg: None,
+) -> dict:
     """`cnn eval`: any model file in PyTorch on `device`, or an `.onnx` file in ONNX Runtime, on a dataset split,
     each with its own recorded preprocessing (or, for files that carry none, the command line's, the architecture's
     or the dataset's, as logged). `data` defaults to the dataset the model was trained on."""
@@ -148,7 +193,9 @@ def evaluate_file(path: str, data: str | None, split: str | None, *, data_dir: s
     if ds is not None:
         from dataclasses import replace
 
-        req = replace(req, fallback=Preprocess(ds.input_size, tuple(ds.mean), tuple(ds.std), tuple(ds.classes)))
+        req = replace(
+            req, fallback=Preprocess(ds.input_size, tuple(ds.mean), tuple(ds.std), tuple(ds.classes))
+        )
     from cnncli.fileio import is_onnx_file
 
     onnx = is_onnx_file(path)
@@ -172,10 +219,18 @@ def evaluate_file(path: str, data: str | None, split: str | None, *, data_dir: s
     notes = list(notes) + ([split_note] if split_note else [])
     model_classes = list(preprocess.classes)
     if not model_classes and ds.num_classes > num_classes:
-        raise UsageError(f"{name} has {ds.num_classes} classes, the model {num_classes}",
-                         "evaluate on the dataset the model was trained for")
-    loader = batches_for(ds, split, preprocess, batch_size=batch_size, device="cpu" if onnx else (device or "cpu"),
-                         workers=workers)
+        raise UsageError(
+            f"{name} has {ds.num_classes} classes, the model {num_classes}",
+            "evaluate on the dataset the model was trained for",
+        )
+    loader = batches_for(
+        ds,
+        split,
+        preprocess,
+        batch_size=batch_size,
+        device="cpu" if onnx else (device or "cpu"),
+        workers=workers,
+    )
     lut = label_map(model_classes, ds.classes, path, name)
     if onnx:  # ONNX Runtime's refusals (an op it lacks, several inputs) come before any note: exit 2 alone
         from cnncli.engine.runtime import onnx_session
@@ -187,7 +242,9 @@ def evaluate_file(path: str, data: str | None, split: str | None, *, data_dir: s
         res = evaluate_onnx(session, Relabelled(loader, lut), model_classes or ds.classes)
         res["device"] = "onnxruntime-cpu"
     else:
-        res = evaluate_model(opened.model, Relabelled(loader, lut), model_classes or ds.classes, device or "cpu")
+        res = evaluate_model(
+            opened.model, Relabelled(loader, lut), model_classes or ds.classes, device or "cpu"
+        )
         res["device"] = str(device or "cpu")
     res.update({"model": path, "data": name, "split": split, "input": list(preprocess.input_size)})
     return res
@@ -205,14 +262,24 @@ def pick_split(ds, split: str | None) -> tuple[str, str]:
             return "all", f"{ds.name}: all {n('all'):,} images (one folder of classes, evaluated whole)"
         if split == "test":
             raise UsageError(f"{ds.name} has no test/ folder", "leave out --split to evaluate every image")
-        return split, f"{ds.name}: the seeded {split} part ({n(split):,} images) of the folder, as cnn train split it"
+        return (
+            split,
+            f"{ds.name}: the seeded {split} part ({n(split):,} images) of the folder, as cnn train split it",
+        )
     if split is None:
         split = "test" if "test" in folders else "val" if "val" in folders else None
         if split is None:
-            raise UsageError(f"{ds.name} has train/ only", "give --split train, or add a test/ or val/ folder")
-        return split, "" if split == "test" else f"{ds.name}: no test/ folder, evaluating val/ ({n('val'):,} images)"
+            raise UsageError(
+                f"{ds.name} has train/ only", "give --split train, or add a test/ or val/ folder"
+            )
+        return (
+            split,
+            "" if split == "test" else f"{ds.name}: no test/ folder, evaluating val/ ({n('val'):,} images)",
+        )
     if split not in ds.splits:
-        raise UsageError(f"{ds.name} has no {split}/ folder", "folders there: " + ", ".join(f + "/" for f in folders))
+        raise UsageError(
+            f"{ds.name} has no {split}/ folder", "folders there: " + ", ".join(f + "/" for f in folders)
+        )
     return split, ""
 
 
@@ -229,15 +296,21 @@ def onnx_preprocess(path: str, req) -> tuple[Preprocess, str, int, list[str]]:
     size = meta.get("input_size") or (req.input_size if req.input_size and req.input_size[0] else None)
     if not size:
         given = req.input_size or (None, None, None)
-        size = [shape[i] if i < len(shape) and shape[i] else (given[i] or (fb.input_size[i] if fb else None))
-                for i in range(3)]
+        size = [
+            shape[i] if i < len(shape) and shape[i] else (given[i] or (fb.input_size[i] if fb else None))
+            for i in range(3)
+        ]
     if len(size) != 3 or not all(isinstance(v, int) and v > 0 for v in size):
         raise UsageError(f"{path} does not say its input size", "give --in CxHxW")
     outputs = facts["output"][0] if facts["output"] and isinstance(facts["output"][0], int) else 0
     from cnncli.checkpoint import ModelSpec
     from cnncli.models.open import resolve_preprocess
 
-    spec = ModelSpec(f"onnx:{path}", outputs or max(1, len(meta.get("classes") or ()) or (len(fb.classes) if fb else 1)),
-                     int(size[0]), (int(size[1]), int(size[2])))
+    spec = ModelSpec(
+        f"onnx:{path}",
+        outputs or max(1, len(meta.get("classes") or ()) or (len(fb.classes) if fb else 1)),
+        int(size[0]),
+        (int(size[1]), int(size[2])),
+    )
     preprocess, notes = resolve_preprocess(spec, req, meta)
     return preprocess, meta.get("dataset") or "", spec.num_classes, [f"{path}: {n}" for n in notes]

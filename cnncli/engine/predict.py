@@ -11,8 +11,8 @@ from __future__ import annotations
 import glob
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -29,14 +29,21 @@ def image_files(sources: list[str]) -> list[str]:
         if os.path.isdir(path):
             found = walk_images(path)  # hidden files skipped, link loops followed once
             if not found:
-                raise UsageError(f"no images in {shown(src)}", "images end in " + ", ".join(IMAGE_EXTENSIONS[:5]) + "...")
+                raise UsageError(
+                    f"no images in {shown(src)}", "images end in " + ", ".join(IMAGE_EXTENSIONS[:5]) + "..."
+                )
         elif os.path.lexists(path):
             found = [check_input(path, "image", kind="image")]  # a FIFO, a device, a link loop: named here
         elif glob.has_magic(path):
-            found = sorted(p for p in glob.glob(path, recursive=True)
-                           if os.path.isfile(p) and is_image_name(os.path.basename(p)))
+            found = sorted(
+                p
+                for p in glob.glob(path, recursive=True)
+                if os.path.isfile(p) and is_image_name(os.path.basename(p))
+            )
             if not found:
-                raise UsageError(f"no images match {src}", "check the pattern (quote it so the shell leaves it)")
+                raise UsageError(
+                    f"no images match {src}", "check the pattern (quote it so the shell leaves it)"
+                )
         else:
             raise UsageError(f"image not found: {src}", "give image files, folders or glob patterns")
         out.update(dict.fromkeys(found))
@@ -48,7 +55,7 @@ def image_files(sources: list[str]) -> list[str]:
 @dataclass
 class Prediction:
     image: str
-    topk: list[dict] = field(default_factory=list)   # {"class", "index", "prob"}, most probable first
+    topk: list[dict] = field(default_factory=list)  # {"class", "index", "prob"}, most probable first
 
     def as_dict(self) -> dict:
         return {"image": self.image, "topk": self.topk}
@@ -68,8 +75,13 @@ class PredictResult:
         return len(self.predictions) / max(self.seconds, 1e-9)
 
     def as_dict(self) -> dict:
-        return {"model": self.model, "device": self.device, "images": len(self.predictions),
-                "images_per_second": self.images_per_second, "predictions": [p.as_dict() for p in self.predictions]}
+        return {
+            "model": self.model,
+            "device": self.device,
+            "images": len(self.predictions),
+            "images_per_second": self.images_per_second,
+            "predictions": [p.as_dict() for p in self.predictions],
+        }
 
 
 class _Runner:
@@ -78,8 +90,11 @@ class _Runner:
     def __init__(self, model_arg: str, request, device):
         from cnncli.fileio import check_input, is_onnx_file
 
-        self.onnx = is_onnx_file(check_input(model_arg, "model file", kind="model")) if os.path.lexists(
-            model_arg) else False
+        self.onnx = (
+            is_onnx_file(check_input(model_arg, "model file", kind="model"))
+            if os.path.lexists(model_arg)
+            else False
+        )
         if self.onnx:
             from cnncli.engine.evaluate import onnx_preprocess
             from cnncli.engine.runtime import onnx_session
@@ -131,9 +146,17 @@ def _for_inference(model: torch.nn.Module, plain: bool) -> tuple[torch.nn.Module
     return (model.to(memory_format=torch.channels_last), True) if convs else (model, False)
 
 
-def predict(model_arg: str, sources: list[str], *, request=None, topk: int = 5, batch_size: int = 64,
-            device="cpu", workers: int | None = None, progress: Callable[[int, int], None] | None = None
-            ) -> PredictResult:
+def predict(
+    model_arg: str,
+    sources: list[str],
+    *,
+    request=None,
+    topk: int = 5,
+    batch_size: int = 64,
+    device="cpu",
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> PredictResult:
     """Top-k classes with probabilities for every image the sources name (see the module docstring)."""
     from cnncli.data.loader import FolderLoader
     from cnncli.models.open import ModelRequest
@@ -150,18 +173,37 @@ def predict(model_arg: str, sources: list[str], *, request=None, topk: int = 5, 
     k = min(topk, runner.num_classes)
     if workers is None:  # worker processes pay off once there is more than a batch or two to decode
         workers = 0 if len(paths) <= 2 * batch_size else min(4, os.cpu_count() or 1)
-    loader = FolderLoader([(p, 0) for p in paths], image_size=(h, w), channels=c, batch_size=batch_size,
-                          mean=pre.mean, std=pre.std, train=False, workers=workers, device=runner.device)
+    loader = FolderLoader(
+        [(p, 0) for p in paths],
+        image_size=(h, w),
+        channels=c,
+        batch_size=batch_size,
+        mean=pre.mean,
+        std=pre.std,
+        train=False,
+        workers=workers,
+        device=runner.device,
+    )
     out: list[Prediction] = []
     t0 = time.perf_counter()
     for x, _ in loader:
         probs = torch.softmax(runner(x), dim=1)
         p, idx = probs.topk(k, dim=1)
         for row_p, row_i in zip(p.tolist(), idx.tolist()):
-            out.append(Prediction(paths[len(out)], [{"class": classes[i], "index": i, "prob": q}
-                                                    for q, i in zip(row_p, row_i)]))
+            out.append(
+                Prediction(
+                    paths[len(out)],
+                    [{"class": classes[i], "index": i, "prob": q} for q, i in zip(row_p, row_i)],
+                )
+            )
         if progress:
             progress(len(out), len(paths))
     seconds = time.perf_counter() - t0
-    return PredictResult(out, model_arg, classes, "onnxruntime-cpu" if runner.onnx else str(runner.device), seconds,
-                         runner.notes)
+    return PredictResult(
+        out,
+        model_arg,
+        classes,
+        "onnxruntime-cpu" if runner.onnx else str(runner.device),
+        seconds,
+        runner.notes,
+    )

@@ -25,8 +25,10 @@ def read_onnx(path: str):
     try:
         return onnx.load(path, load_external_data=False)
     except Exception as e:
-        raise UsageError(f"unreadable ONNX file {shown(path)}: {_first_line(e)}",
-                         "expected an .onnx file written by torch.onnx or cnn export") from None
+        raise UsageError(
+            f"unreadable ONNX file {shown(path)}: {_first_line(e)}",
+            "expected an .onnx file written by torch.onnx or cnn export",
+        ) from None
 
 
 def onnx_session(path: str):
@@ -40,15 +42,21 @@ def onnx_session(path: str):
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise_if_interrupted()
-        raise UsageError(f"ONNX Runtime cannot run {shown(path)}: {_refusal(e)}",
-                         "re-export it (cnn export MODEL --onnx) or check the operators it uses") from None
+        raise UsageError(
+            f"ONNX Runtime cannot run {shown(path)}: {_refusal(e)}",
+            "re-export it (cnn export MODEL --onnx) or check the operators it uses",
+        ) from None
     inputs = sess.get_inputs()
     if len(inputs) != 1:
-        raise UsageError(f"{shown(path)} has {len(inputs)} graph inputs ({', '.join(shown(i.name, 40) for i in inputs[:4])})",
-                         "cnn runs image classifiers with one image input")
+        raise UsageError(
+            f"{shown(path)} has {len(inputs)} graph inputs ({', '.join(shown(i.name, 40) for i in inputs[:4])})",
+            "cnn runs image classifiers with one image input",
+        )
     if "float" not in inputs[0].type:
-        raise UsageError(f"{shown(path)} takes {inputs[0].type}, not a float image tensor",
-                         "cnn runs image classifiers with one float image input")
+        raise UsageError(
+            f"{shown(path)} takes {inputs[0].type}, not a float image tensor",
+            "cnn runs image classifiers with one float image input",
+        )
     return sess
 
 
@@ -70,8 +78,11 @@ def run_onnx(sess, feed: dict):
     except Exception as e:
         raise_if_interrupted()
         if type(e).__name__ in ("InvalidArgument", "InvalidGraph", "NotImplemented", "Fail"):
-            raise UsageError(f"ONNX Runtime cannot run this file on a {'x'.join(map(str, next(iter(feed.values())).shape))} "
-                             f"input: {_refusal(e)}", "check --in, or re-export the model") from None
+            raise UsageError(
+                f"ONNX Runtime cannot run this file on a {'x'.join(map(str, next(iter(feed.values())).shape))} "
+                f"input: {_refusal(e)}",
+                "check --in, or re-export the model",
+            ) from None
         raise
 
 
@@ -92,8 +103,10 @@ def check_finite_weights(model, what: str) -> None:
     """NaN or infinite weights: exit 1 naming the tensor (nothing scored or written from them)."""
     bad = first_nonfinite(model)
     if bad is not None:
-        raise WorkFailed(f"{shown(what)} has NaN or infinite values in {shown(bad)}",
-                         "the weights are broken (a diverged run?); use an earlier checkpoint")
+        raise WorkFailed(
+            f"{shown(what)} has NaN or infinite values in {shown(bad)}",
+            "the weights are broken (a diverged run?); use an earlier checkpoint",
+        )
 
 
 def check_finite_outputs(logits, what: str) -> None:
@@ -102,5 +115,7 @@ def check_finite_outputs(logits, what: str) -> None:
 
     if not bool(torch.isfinite(logits).all()):
         n = int((~torch.isfinite(logits)).any(dim=-1).sum()) if logits.dim() > 1 else 1
-        raise WorkFailed(f"{shown(what)} outputs NaN or infinite scores for {n} of {len(logits)} inputs",
-                         "the model's weights or its input preprocessing are broken")
+        raise WorkFailed(
+            f"{shown(what)} outputs NaN or infinite scores for {n} of {len(logits)} inputs",
+            "the model's weights or its input preprocessing are broken",
+        )

@@ -22,7 +22,7 @@ class ScoreMapper:
     """A fully-convolutional model with its conversion facts, preprocessing and class names."""
 
     model: torch.nn.Module
-    facts: dict          # stride, receptive_field, offset
+    facts: dict  # stride, receptive_field, offset
     opened: OpenedModel
     converted_diff: float | None = None  # set when converted on the fly: the verified max |logit difference|
 
@@ -50,15 +50,19 @@ class ScoreMapper:
     def check_size(self, path: str, img: torch.Tensor) -> None:
         _, th, tw = self.opened.input_size
         if img.shape[1] < th or img.shape[2] < tw:
-            raise UsageError(f"{path} is {img.shape[1]}x{img.shape[2]}, smaller than the training size {th}x{tw}",
-                             "score maps need images at least as large as the training images")
+            raise UsageError(
+                f"{path} is {img.shape[1]}x{img.shape[2]}, smaller than the training size {th}x{tw}",
+                "score maps need images at least as large as the training images",
+            )
 
     def output_paths(self, path: str, out_dir: str, *, only: int | None = None, stem: str | None = None):
         """The .npy and .png one image's maps go to (a class name from the file is made a safe file name)."""
         import re
 
         stem = stem or os.path.splitext(os.path.basename(path))[0]
-        suffix = "-" + re.sub(r"[^\w.-]+", "_", self.classes[only])[:80].lstrip(".") if only is not None else ""
+        suffix = (
+            "-" + re.sub(r"[^\w.-]+", "_", self.classes[only])[:80].lstrip(".") if only is not None else ""
+        )
         return os.path.join(out_dir, stem + ".npy"), os.path.join(out_dir, stem + suffix + "-scoremap.png")
 
     def check_outputs(self, paths: list[str], out_dir: str, stems: list[str], only: int | None) -> None:
@@ -68,11 +72,21 @@ class ScoreMapper:
         for p, stem in zip(paths, stems):
             for out in self.output_paths(p, out_dir, only=only, stem=stem):
                 if os.path.realpath(out) in inputs:
-                    raise UsageError(f"the score map of {shown(p)} would be written over the input {shown(out)}",
-                                     "give another -o folder")
+                    raise UsageError(
+                        f"the score map of {shown(p)} would be written over the input {shown(out)}",
+                        "give another -o folder",
+                    )
 
-    def run(self, path: str, img: torch.Tensor, out_dir: str, *, only: int | None = None,
-            regions: torch.Tensor | None = None, stem: str | None = None) -> dict:
+    def run(
+        self,
+        path: str,
+        img: torch.Tensor,
+        out_dir: str,
+        *,
+        only: int | None = None,
+        regions: torch.Tensor | None = None,
+        stem: str | None = None,
+    ) -> dict:
         """Score map of one uint8 image [C, H, W]: STEM.npy (probabilities [classes, H', W']) and an overlay PNG."""
         self.check_size(path, img)
         device = next(self.model.parameters()).device
@@ -81,10 +95,19 @@ class ScoreMapper:
         write_npy(npy, scores.numpy().astype(np.float32))
         render_overlay(img, scores, self.facts, self.classes, png, only)
         win = scores.argmax(0)
-        counts = {self.classes[i]: int((win == i).sum()) for i in range(len(self.classes)) if int((win == i).sum())}
-        r = {"image": path, "scores_shape": list(scores.shape), "stride": list(self.facts["stride"]),
-             "receptive_field": _listed(self.facts["receptive_field"]), "offset": list(self.facts["offset"]),
-             "argmax_counts": counts, "npy": npy, "png": png}
+        counts = {
+            self.classes[i]: int((win == i).sum()) for i in range(len(self.classes)) if int((win == i).sum())
+        }
+        r = {
+            "image": path,
+            "scores_shape": list(scores.shape),
+            "stride": list(self.facts["stride"]),
+            "receptive_field": _listed(self.facts["receptive_field"]),
+            "offset": list(self.facts["offset"]),
+            "argmax_counts": counts,
+            "npy": npy,
+            "png": png,
+        }
         if regions is not None:
             r["region_agreement"] = region_agreement(win, regions, self.facts)
         return r
@@ -98,7 +121,9 @@ def write_npy(path: str, arr: np.ndarray) -> None:
     atomic_write(path, write)
 
 
-def lines_scene(out_dir: str, size: tuple[int, int], seed: int, channels: int) -> tuple[str, torch.Tensor, torch.Tensor]:
+def lines_scene(
+    out_dir: str, size: tuple[int, int], seed: int, channels: int
+) -> tuple[str, torch.Tensor, torch.Tensor]:
     """A generated scene of horizontal-line and vertical-line regions, saved as PNG with its region labels (.npy)."""
     from PIL import Image
 

@@ -14,9 +14,9 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -53,7 +53,7 @@ class TrainResult:
     device: str
     precision: str
     test_accuracy: float | None = None
-    stopped: str = "completed"           # completed | patience | max_steps
+    stopped: str = "completed"  # completed | patience | max_steps
     history: list[EpochResult] = field(default_factory=list)
 
     def as_json(self) -> dict:
@@ -66,14 +66,14 @@ class TrainResult:
 class TrainState:
     """Everything that changes while a run trains: created in one place, saved in last.pt, restored on resume."""
 
-    epoch: int = 0                       # epochs finished
-    step_in_epoch: int = 0               # batches of the current epoch already trained (a mid-epoch resume)
-    global_step: int = 0                 # optimizer steps
+    epoch: int = 0  # epochs finished
+    step_in_epoch: int = 0  # batches of the current epoch already trained (a mid-epoch resume)
+    global_step: int = 0  # optimizer steps
     best_accuracy: float = -1.0
-    stale: int = 0                       # epochs without a better validation accuracy
+    stale: int = 0  # epochs without a better validation accuracy
     history: list[EpochResult] = field(default_factory=list)
     running: dict = field(default_factory=dict)  # the current epoch's sums: loss, correct, n
-    train_images: int = 0                # this process's throughput figures (not saved)
+    train_images: int = 0  # this process's throughput figures (not saved)
     train_seconds: float = 0.0
 
 
@@ -84,7 +84,12 @@ def _number(t: dict, key: str, kind=float):
     v = t[key]
     if isinstance(v, torch.Tensor) and v.numel() == 1:
         v = v.item()
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (kind is int and v != int(v)):
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, (int, float))
+        or not math.isfinite(v)
+        or (kind is int and v != int(v))
+    ):
         raise TypeError(f"{key!r} is {type(v).__name__} {str(v)[:40]}, not a number")
     return kind(v)
 
@@ -211,8 +216,9 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, reporter: Callable[[str, dict], None] | None = None,
-                 resume: str | None = None):
+    def __init__(
+        self, cfg: TrainConfig, reporter: Callable[[str, dict], None] | None = None, resume: str | None = None
+    ):
         self.report = reporter or (lambda kind, info: None)
         self.resume_from: Checkpoint | None = None
         self.run_dir: str | None = None
@@ -232,12 +238,17 @@ class Trainer:
             raise UsageError(f"{last_pt} has no training state", "resume from last.pt, not best.pt")
         saved = TrainConfig.from_dict(ckpt.args)
         if saved.model and is_user_model(saved.model) and not request.model:  # a run folder never picks a .py
-            raise UsageError(f"{last_pt} is a run of the Python file {saved.model}; cnn imports a .py file only when "
-                             "you name it", f"cnn train {saved.model} --resume {os.path.dirname(last_pt)}")
+            raise UsageError(
+                f"{last_pt} is a run of the Python file {saved.model}; cnn imports a .py file only when "
+                "you name it",
+                f"cnn train {saved.model} --resume {os.path.dirname(last_pt)}",
+            )
         for flag, asked, had in (("MODEL", request.model, saved.model), ("--data", request.data, saved.data)):
             if asked and asked != had:
-                raise UsageError(f"{last_pt} is a run of {saved.model} on {saved.data}: {flag} {asked} does not match",
-                                 "give --resume alone to continue it, or start a new run without --resume")
+                raise UsageError(
+                    f"{last_pt} is a run of {saved.model} on {saved.data}: {flag} {asked} does not match",
+                    "give --resume alone to continue it, or start a new run without --resume",
+                )
         if request.device != "auto":
             saved.device = request.device
         if request.epochs:  # --epochs with --resume extends (or shortens) the run
@@ -283,15 +294,29 @@ class Trainer:
         img = tuple(self.cfg.img_size) if self.cfg.img_size else None
         self.data = load_dataset(self.cfg.data, self.cfg.data_dir, image_size=img)
         if "train" not in self.data.splits:
-            raise UsageError(f"{self.cfg.data} has no train/ folder (only {', '.join(self.data.splits)}/)",
-                             "training needs PATH/train/CLASS/*.png or PATH/CLASS/*.png; cnn eval measures the rest")
-        facts = RunFacts(self.data.epochs, self.data.batch_size, self.data.num_classes, self.device.type,
-                         bf16_supported(self.device), self.dist.world_size, self.data.num_samples("train"))
+            raise UsageError(
+                f"{self.cfg.data} has no train/ folder (only {', '.join(self.data.splits)}/)",
+                "training needs PATH/train/CLASS/*.png or PATH/CLASS/*.png; cnn eval measures the rest",
+            )
+        facts = RunFacts(
+            self.data.epochs,
+            self.data.batch_size,
+            self.data.num_classes,
+            self.device.type,
+            bf16_supported(self.device),
+            self.dist.world_size,
+            self.data.num_samples("train"),
+        )
         self.cfg = resolve(self.cfg, facts)
         self.local_batch = self.cfg.batch_size // self.dist.world_size
         if self.dist.enabled and self.is_main:
-            self.report("note", {"message": f"global batch {self.cfg.batch_size} split across {self.dist.world_size} "
-                                            f"ranks: {self.local_batch} per rank"})
+            self.report(
+                "note",
+                {
+                    "message": f"global batch {self.cfg.batch_size} split across {self.dist.world_size} "
+                    f"ranks: {self.local_batch} per rank"
+                },
+            )
         self._build_model()
         self.optimizer = _optimizer(self.model, self.cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.precision == "16")
@@ -299,8 +324,10 @@ class Trainer:
         self.train_loader = self._loader("train", train=True)
         self.val_loader = self._loader("val", train=False)
         if len(self.train_loader) == 0:
-            raise UsageError(f"batch size {self.cfg.batch_size} is larger than the training set",
-                             "use a smaller --batch-size")
+            raise UsageError(
+                f"batch size {self.cfg.batch_size} is larger than the training set",
+                "use a smaller --batch-size",
+            )
         self.total_steps = self.cfg.epochs * len(self.train_loader)
         if self.cfg.max_steps:
             self.total_steps = min(self.total_steps, self.cfg.max_steps)
@@ -313,8 +340,13 @@ class Trainer:
 
         info = resolve_model(self.cfg.model)
         c, h, w = self.data.input_size
-        self.spec = ModelSpec(info.qualified if info.source != "file" else self.cfg.model, self.cfg.num_classes,
-                              c, (h, w), self.resume_from.model.build_size if self.resume_from else None)
+        self.spec = ModelSpec(
+            info.qualified if info.source != "file" else self.cfg.model,
+            self.cfg.num_classes,
+            c,
+            (h, w),
+            self.resume_from.model.build_size if self.resume_from else None,
+        )
         weights = None
         if self.cfg.weights and self.resume_from is None:  # a resumed run has its weights in last.pt
             weights = self._read_weights()
@@ -322,12 +354,20 @@ class Trainer:
         model = build_model(self.spec)
         if weights is not None:
             done = transfer_weights(model, weights[0], self.cfg.weights)
-            self.report("note", {"message": f"weights from {self.cfg.weights}{weights[1]}{self._layout_note()}: "
-                                            f"{done.summary()}"})
+            self.report(
+                "note",
+                {
+                    "message": f"weights from {self.cfg.weights}{weights[1]}{self._layout_note()}: "
+                    f"{done.summary()}"
+                },
+            )
         out = probe(model.eval(), self.spec.input_size)
         if out.dim() != 2 or out.shape[1] != self.spec.num_classes:  # fails here, before any file is written
-            raise UsageError(f"{self.spec.name} returns {tuple(out.shape)} for one image, not [1, "
-                             f"{self.spec.num_classes}] class scores", "forward() must return the logits")
+            raise UsageError(
+                f"{self.spec.name} returns {tuple(out.shape)} for one image, not [1, "
+                f"{self.spec.num_classes}] class scores",
+                "forward() must return the logits",
+            )
         self.channels_last = self.cfg.channels_last and _uses_conv(model)
         model = model.to(self.device)
         if self.channels_last:
@@ -336,7 +376,8 @@ class Trainer:
         forward_model = model
         if self.dist.enabled:
             forward_model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         if self.cfg.compile:
             forward_model = torch.compile(forward_model)
         self.forward_model = forward_model
@@ -368,9 +409,18 @@ class Trainer:
         from cnncli.data import make_loader
 
         batch = self.local_batch if train else max(self.local_batch, EVAL_BATCH_MIN)
-        return make_loader(self.data, split, batch_size=batch, train=train, seed=self.cfg.seed, device=self.device,
-                           channels_last=self.channels_last, workers=self.cfg.workers, rank=self.dist.rank,
-                           world_size=self.dist.world_size)
+        return make_loader(
+            self.data,
+            split,
+            batch_size=batch,
+            train=train,
+            seed=self.cfg.seed,
+            device=self.device,
+            channels_last=self.channels_last,
+            workers=self.cfg.workers,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
 
     # --------------------------------------------------------------------------------------- start or resume
     def start_or_resume(self) -> TrainState:
@@ -379,7 +429,9 @@ class Trainer:
             state = self._restore(self.resume_from)
         else:
             state = TrainState()
-            self.run_dir = dist_utils.broadcast_str(next_run_dir(self.cfg.project, self.cfg.name) if self.is_main else "")
+            self.run_dir = dist_utils.broadcast_str(
+                next_run_dir(self.cfg.project, self.cfg.name) if self.is_main else ""
+            )
         self.last_path = os.path.join(self.run_dir, "last.pt")
         self.best_path = os.path.join(self.run_dir, "best.pt")
         if self.is_main:
@@ -394,40 +446,77 @@ class Trainer:
                 self.lock.release()
                 raise
         resumed = (state.epoch, state.step_in_epoch) if self.resume_from is not None else None
-        self.report("start", {"run_dir": self.run_dir, "device": str(self.device), "precision": self.cfg.precision,
-                              "model": self.spec.name, "data": self.cfg.data, "epochs": self.cfg.epochs,
-                              "batch_size": self.cfg.batch_size, "steps_per_epoch": len(self.train_loader),
-                              "input": list(self.data.input_size),
-                              "resumed_at": resumed,
-                              "train_samples": self.train_loader.num_samples * self.dist.world_size})
+        self.report(
+            "start",
+            {
+                "run_dir": self.run_dir,
+                "device": str(self.device),
+                "precision": self.cfg.precision,
+                "model": self.spec.name,
+                "data": self.cfg.data,
+                "epochs": self.cfg.epochs,
+                "batch_size": self.cfg.batch_size,
+                "steps_per_epoch": len(self.train_loader),
+                "input": list(self.data.input_size),
+                "resumed_at": resumed,
+                "train_samples": self.train_loader.num_samples * self.dist.world_size,
+            },
+        )
         return state
 
     def _restore(self, ckpt: Checkpoint) -> TrainState:
         if ckpt.model != self.spec:
-            raise UsageError("the checkpoint's model does not match its own arguments", "was the dataset changed?")
+            raise UsageError(
+                "the checkpoint's model does not match its own arguments", "was the dataset changed?"
+            )
         t = ckpt.training
         # the boundary: the training state is read and checked here, whole, so a malformed field is exit 2 naming
         # the file, not a TypeError epochs later
-        with reading(f"cannot resume from {shown(self.run_dir)}: its last.pt holds a malformed training state",
-                     "resume from an intact last.pt, or start a new run"):
+        with reading(
+            f"cannot resume from {shown(self.run_dir)}: its last.pt holds a malformed training state",
+            "resume from an intact last.pt, or start a new run",
+        ):
             self.model.load_state_dict(ckpt.state_dict)
             self.optimizer.load_state_dict(t["optimizer"])
             self.scaler.load_state_dict(t["scaler"])
             _set_rng_state(t["rng"], self.device)
-            return TrainState(ckpt.epoch, ckpt.step_in_epoch, ckpt.global_step, _number(t, "best_accuracy"),
-                              _number(t, "epochs_without_improvement", int), _history(t["history"]),
-                              _running(t["running"]))
+            return TrainState(
+                ckpt.epoch,
+                ckpt.step_in_epoch,
+                ckpt.global_step,
+                _number(t, "best_accuracy"),
+                _number(t, "epochs_without_improvement", int),
+                _history(t["history"]),
+                _running(t["running"]),
+            )
 
     def checkpoint(self, state: TrainState, metrics: dict, *, training_state: bool) -> Checkpoint:
         """best.pt (weights, preprocessing, config) or, with the training state, last.pt."""
         training = None
         if training_state:
-            training = {"optimizer": self.optimizer.state_dict(), "scheduler": {"step": state.global_step},
-                        "scaler": self.scaler.state_dict(), "rng": _rng_state(self.device),
-                        "best_accuracy": state.best_accuracy, "epochs_without_improvement": state.stale,
-                        "history": [asdict(h) for h in state.history], "running": dict(state.running)}
-        return Checkpoint(self.spec, self.model.state_dict(), self.data.preprocess, self.cfg.data, self.cfg.to_dict(),
-                          metrics, state.epoch, state.step_in_epoch, state.global_step, None, training)
+            training = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": {"step": state.global_step},
+                "scaler": self.scaler.state_dict(),
+                "rng": _rng_state(self.device),
+                "best_accuracy": state.best_accuracy,
+                "epochs_without_improvement": state.stale,
+                "history": [asdict(h) for h in state.history],
+                "running": dict(state.running),
+            }
+        return Checkpoint(
+            self.spec,
+            self.model.state_dict(),
+            self.data.preprocess,
+            self.cfg.data,
+            self.cfg.to_dict(),
+            metrics,
+            state.epoch,
+            state.step_in_epoch,
+            state.global_step,
+            None,
+            training,
+        )
 
     # ------------------------------------------------------------------------------------------------- train
     def train_one_epoch(self, state: TrainState, stop: StopRequest) -> dict:
@@ -443,7 +532,9 @@ class Trainer:
         self.forward_model.train()
         sums = state.running or {"loss": 0.0, "correct": 0.0, "n": 0.0}
         state.running = sums
-        pending = torch.zeros(3, device=self.device)  # loss * n, correct, non-finite losses since the last read
+        pending = torch.zeros(
+            3, device=self.device
+        )  # loss * n, correct, non-finite losses since the last read
         steps, first = len(self.train_loader), state.step_in_epoch
         seen, t0, since, pending_n = 0, time.perf_counter(), first, 0
         for step, (x, y) in enumerate(self.train_loader.batches(first), start=first):
@@ -460,10 +551,18 @@ class Trainer:
                 since, pending_n = step + 1, 0
                 if at_read:
                     stopping = dist_utils.any_flag(bool(stop), self.device)
-            self.report("step", {"epoch": state.epoch, "step": step + 1, "steps": steps, "lr": lr,
-                                 "loss": sums["loss"] / sums["n"] if sums["n"] else None,
-                                 "accuracy": sums["correct"] / sums["n"] if sums["n"] else None,
-                                 "images_per_second": seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)})
+            self.report(
+                "step",
+                {
+                    "epoch": state.epoch,
+                    "step": step + 1,
+                    "steps": steps,
+                    "lr": lr,
+                    "loss": sums["loss"] / sums["n"] if sums["n"] else None,
+                    "accuracy": sums["correct"] / sums["n"] if sums["n"] else None,
+                    "images_per_second": seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9),
+                },
+            )
             if stopping and step + 1 < steps and not out_of_steps:
                 if self.is_main:
                     self.checkpoint(state, {}, training_state=True).save(self.last_path)
@@ -474,20 +573,31 @@ class Trainer:
         state.train_images += seen * self.dist.world_size
         state.train_seconds += seconds
         loss, correct, n = dist_utils.all_reduce_sums([sums["loss"], sums["correct"], sums["n"]], self.device)
-        return {"loss": loss / max(n, 1), "accuracy": correct / max(n, 1), "seconds": seconds,
-                "images_per_second": seen * self.dist.world_size / max(seconds, 1e-9)}
+        return {
+            "loss": loss / max(n, 1),
+            "accuracy": correct / max(n, 1),
+            "seconds": seconds,
+            "images_per_second": seen * self.dist.world_size / max(seconds, 1e-9),
+        }
 
-    def _read_pending(self, pending: torch.Tensor, n: int, sums: dict, state: TrainState, first: int, last: int) -> None:
+    def _read_pending(
+        self, pending: torch.Tensor, n: int, sums: dict, state: TrainState, first: int, last: int
+    ) -> None:
         """Move the device's running sums to the host (one synchronisation); a non-finite loss since the last read
         stops the run before anything is written."""
         loss, correct, bad = pending.tolist()
         pending.zero_()
         if bad:
-            kept = (f"the last good checkpoint stays in {self.last_path}" if os.path.exists(self.last_path)
-                    else "no checkpoint was written")
+            kept = (
+                f"the last good checkpoint stays in {self.last_path}"
+                if os.path.exists(self.last_path)
+                else "no checkpoint was written"
+            )
             where = f"step {last + 1}" if first == last else f"steps {first + 1}-{last + 1}"
-            raise WorkFailed(f"training diverged: the loss became inf or nan at epoch {state.epoch + 1}, {where}",
-                             f"{kept}; try a lower --lr")
+            raise WorkFailed(
+                f"training diverged: the loss became inf or nan at epoch {state.epoch + 1}, {where}",
+                f"{kept}; try a lower --lr",
+            )
         sums["loss"] += loss
         sums["correct"] += correct
         sums["n"] += n
@@ -508,7 +618,9 @@ class Trainer:
         state.global_step += 1
         with torch.no_grad():
             loss = loss.detach().float()
-            pending += torch.stack((loss * len(y), (logits.argmax(1) == y).sum().float(), (~torch.isfinite(loss)).float()))
+            pending += torch.stack(
+                (loss * len(y), (logits.argmax(1) == y).sum().float(), (~torch.isfinite(loss)).float())
+            )
         return lr
 
     # ---------------------------------------------------------------------------------------------- evaluate
@@ -520,13 +632,16 @@ class Trainer:
         from cnncli.engine.device import evaluation_precision
 
         self.model.eval()
-        totals = torch.zeros(2, dtype=torch.float64 if self.device.type != "mps" else torch.float32, device=self.device)
+        totals = torch.zeros(
+            2, dtype=torch.float64 if self.device.type != "mps" else torch.float32, device=self.device
+        )
         n = 0
         with evaluation_precision(self.device):
             for x, y in loader:
                 logits = self.model(x).float()
-                totals += torch.stack((F.cross_entropy(logits, y, reduction="sum"),
-                                       (logits.argmax(1) == y).sum().float())).to(totals.dtype)
+                totals += torch.stack(
+                    (F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(1) == y).sum().float())
+                ).to(totals.dtype)
                 n += len(y)
         loss_sum, correct = totals.tolist()
         loss_sum, correct, n = dist_utils.all_reduce_sums([loss_sum, correct, n], self.device)
@@ -536,16 +651,27 @@ class Trainer:
     def end_epoch(self, state: TrainState, train: dict, val: dict) -> bool:
         """Best tracking, last.pt (and best.pt when better), metrics.csv, the epoch's report. True if improved."""
         state.epoch, state.step_in_epoch, state.running = state.epoch + 1, 0, {}
-        result = EpochResult(state.epoch, train["loss"], train["accuracy"], val["loss"], val["accuracy"],
-                             lr_at(state.global_step, self.total_steps, self.cfg.lr, self.cfg.schedule),
-                             train["images_per_second"], train["seconds"])
+        result = EpochResult(
+            state.epoch,
+            train["loss"],
+            train["accuracy"],
+            val["loss"],
+            val["accuracy"],
+            lr_at(state.global_step, self.total_steps, self.cfg.lr, self.cfg.schedule),
+            train["images_per_second"],
+            train["seconds"],
+        )
         state.history.append(result)
         improved = val["accuracy"] > state.best_accuracy
         state.best_accuracy = max(state.best_accuracy, val["accuracy"])
         state.stale = 0 if improved else state.stale + 1
         if self.is_main:
-            metrics = {"val_accuracy": val["accuracy"], "val_loss": val["loss"], "train_loss": train["loss"],
-                       "train_accuracy": train["accuracy"]}
+            metrics = {
+                "val_accuracy": val["accuracy"],
+                "val_loss": val["loss"],
+                "train_loss": train["loss"],
+                "train_accuracy": train["accuracy"],
+            }
             # checkpoints first: metrics.csv is rebuilt from last.pt's history on resume
             self.checkpoint(state, metrics, training_state=True).save(self.last_path)
             if improved:
@@ -570,19 +696,37 @@ class Trainer:
     def finish(self, state: TrainState, stopped: str) -> TrainResult:
         """The test split with the best weights, summary.json and curves.png."""
         test_acc = self._test_accuracy()
-        result = TrainResult(self.run_dir, self.best_path, len(state.history), max(state.best_accuracy, 0.0),
-                             state.history[-1].val_accuracy if state.history else 0.0,
-                             state.train_images / max(state.train_seconds, 1e-9), str(self.device),
-                             self.cfg.precision, test_acc, stopped, list(state.history))
+        result = TrainResult(
+            self.run_dir,
+            self.best_path,
+            len(state.history),
+            max(state.best_accuracy, 0.0),
+            state.history[-1].val_accuracy if state.history else 0.0,
+            state.train_images / max(state.train_seconds, 1e-9),
+            str(self.device),
+            self.cfg.precision,
+            test_acc,
+            stopped,
+            list(state.history),
+        )
         if self.is_main:
-            fileio.write_json(os.path.join(self.run_dir, "summary.json"),
-                              {**result.as_json(), "model": self.spec.name, "data": self.cfg.data,
-                               "history": [asdict(h) for h in state.history]})
+            fileio.write_json(
+                os.path.join(self.run_dir, "summary.json"),
+                {
+                    **result.as_json(),
+                    "model": self.spec.name,
+                    "data": self.cfg.data,
+                    "history": [asdict(h) for h in state.history],
+                },
+            )
             if state.history:
                 from cnncli.engine.plots import plot_curves
 
-                plot_curves(state.history, os.path.join(self.run_dir, "curves.png"),
-                            f"{self.spec.name} on {self.cfg.data}")
+                plot_curves(
+                    state.history,
+                    os.path.join(self.run_dir, "curves.png"),
+                    f"{self.spec.name} on {self.cfg.data}",
+                )
         return result
 
     def _test_accuracy(self) -> float | None:

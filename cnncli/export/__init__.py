@@ -16,9 +16,9 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -32,11 +32,11 @@ from cnncli.fileio import atomic_write, check_output, ensure_free_space, os_erro
 class ExportJob:
     """What every writer and check gets: the model, its folded copy, an example input, the shapes to check."""
 
-    model: nn.Module                  # the reference: the model as trained, in eval mode
-    prepared: nn.Module               # what is written: BatchNorm folded into the convolutions
+    model: nn.Module  # the reference: the model as trained, in eval mode
+    prepared: nn.Module  # what is written: BatchNorm folded into the convolutions
     example: torch.Tensor
-    shapes: list[tuple[int, ...]]     # input shapes the check runs
-    metadata: dict                    # preprocessing and provenance, written into the file
+    shapes: list[tuple[int, ...]]  # input shapes the check runs
+    metadata: dict  # preprocessing and provenance, written into the file
     opset: int = 18
     dynamic_batch: bool = True
     dynamic_size: bool = False
@@ -44,13 +44,13 @@ class ExportJob:
 
 @dataclass(frozen=True)
 class ExportFormat:
-    name: str                                                 # --format NAME
-    suffix: str                                               # default output: MODEL with this suffix
+    name: str  # --format NAME
+    suffix: str  # default output: MODEL with this suffix
     description: str
-    writers: dict[str, Callable[[ExportJob, str], None]]      # name -> write(job, path), tried in order
-    check: Callable[[str, ExportJob], float]                  # max |file - PyTorch| over job.shapes
+    writers: dict[str, Callable[[ExportJob, str], None]]  # name -> write(job, path), tried in order
+    check: Callable[[str, ExportJob], float]  # max |file - PyTorch| over job.shapes
     describe: Callable[[str], tuple[list[dict], list[dict]]]  # (inputs, outputs) with names and shapes
-    flag: str = ""                                            # a short alias flag, e.g. --onnx
+    flag: str = ""  # a short alias flag, e.g. --onnx
 
 
 @dataclass
@@ -67,9 +67,18 @@ class ExportResult:
     metadata: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"path": self.path, "format": self.format, "opset": self.opset, "exporter": self.exporter,
-                "max_abs_diff": self.max_abs_diff, "inputs": self.inputs, "outputs": self.outputs,
-                "size_bytes": self.size_bytes, "checked_shapes": self.checked, "metadata": self.metadata}
+        return {
+            "path": self.path,
+            "format": self.format,
+            "opset": self.opset,
+            "exporter": self.exporter,
+            "max_abs_diff": self.max_abs_diff,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "size_bytes": self.size_bytes,
+            "checked_shapes": self.checked,
+            "metadata": self.metadata,
+        }
 
 
 # ------------------------------------------------------------------------------------------------ shared steps
@@ -143,9 +152,17 @@ def _onnx_opset(path: str) -> int:
 
 def _onnx_dynamo(job: ExportJob, path: str) -> None:
     with _quiet_exporters():
-        prog = torch.onnx.export(job.prepared, (job.example,), None, dynamo=True, opset_version=job.opset,
-                                 input_names=["input"], output_names=["logits"],
-                                 dynamic_shapes=_dynamic_shapes(job), verbose=False)
+        prog = torch.onnx.export(
+            job.prepared,
+            (job.example,),
+            None,
+            dynamo=True,
+            opset_version=job.opset,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes=_dynamic_shapes(job),
+            verbose=False,
+        )
         prog.save(path)
     written = _onnx_opset(path)
     if written != job.opset:  # below its own minimum the dynamo exporter writes its minimum instead
@@ -154,11 +171,21 @@ def _onnx_dynamo(job: ExportJob, path: str) -> None:
 
 
 def _onnx_torchscript(job: ExportJob, path: str) -> None:
-    axes = ({0: "batch"} if job.dynamic_batch else {}) | ({2: "height", 3: "width"} if job.dynamic_size else {})
+    axes = ({0: "batch"} if job.dynamic_batch else {}) | (
+        {2: "height", 3: "width"} if job.dynamic_size else {}
+    )
     with _quiet_exporters():
-        torch.onnx.export(job.prepared, (job.example,), path, dynamo=False, opset_version=job.opset,
-                          input_names=["input"], output_names=["logits"], do_constant_folding=True,
-                          dynamic_axes={"input": axes, "logits": dict(axes)} if axes else None)
+        torch.onnx.export(
+            job.prepared,
+            (job.example,),
+            path,
+            dynamo=False,
+            opset_version=job.opset,
+            input_names=["input"],
+            output_names=["logits"],
+            do_constant_folding=True,
+            dynamic_axes={"input": axes, "logits": dict(axes)} if axes else None,
+        )
     _onnx_metadata(path, {**job.metadata, "exporter": "torchscript"})
 
 
@@ -257,8 +284,12 @@ def _pt2_export(job: ExportJob, path: str) -> None:
         warnings.simplefilter("ignore")
         program = torch.export.export(job.prepared, (job.example,), dynamic_shapes=_dynamic_shapes(job))
     # torch.export's writer aborts the interpreter (a C++ backtrace) on a full disk: refuse before it starts
-    ensure_free_space(path, 2 * sum(t.numel() * t.element_size() for t in job.model.state_dict().values()) + (8 << 20))
-    torch.export.save(program, path, extra_files={PT2_METADATA: json.dumps({**job.metadata, "exporter": "export"})})
+    ensure_free_space(
+        path, 2 * sum(t.numel() * t.element_size() for t in job.model.state_dict().values()) + (8 << 20)
+    )
+    torch.export.save(
+        program, path, extra_files={PT2_METADATA: json.dumps({**job.metadata, "exporter": "export"})}
+    )
 
 
 def _pt2_load(path: str, extra: dict | None = None):
@@ -291,16 +322,36 @@ def _pt2_describe(path: str) -> tuple[list[dict], list[dict]]:
 def export_formats() -> dict[str, ExportFormat]:
     """Every format `cnn export` writes, by `--format` name."""
     return {
-        "onnx": ExportFormat("onnx", ".onnx", "ONNX for ONNX Runtime, TensorRT, OpenVINO...",
-                             {"dynamo": _onnx_dynamo, "torchscript": _onnx_torchscript}, _onnx_check,
-                             _onnx_describe, flag="--onnx"),
-        "pt2": ExportFormat("pt2", ".pt2", "torch.export program for torch.export.load, AOTInductor, ExecuTorch",
-                            {"export": _pt2_export}, _pt2_check, _pt2_describe),
+        "onnx": ExportFormat(
+            "onnx",
+            ".onnx",
+            "ONNX for ONNX Runtime, TensorRT, OpenVINO...",
+            {"dynamo": _onnx_dynamo, "torchscript": _onnx_torchscript},
+            _onnx_check,
+            _onnx_describe,
+            flag="--onnx",
+        ),
+        "pt2": ExportFormat(
+            "pt2",
+            ".pt2",
+            "torch.export program for torch.export.load, AOTInductor, ExecuTorch",
+            {"export": _pt2_export},
+            _pt2_check,
+            _pt2_describe,
+        ),
     }
 
 
-def _prepare(model_arg: str, fmt: ExportFormat, *, opset, dynamic_batch, dynamic_size, request=None,
-             log=lambda msg: None) -> ExportJob:
+def _prepare(
+    model_arg: str,
+    fmt: ExportFormat,
+    *,
+    opset,
+    dynamic_batch,
+    dynamic_size,
+    request=None,
+    log=lambda msg: None,
+) -> ExportJob:
     """Open the model (any form `open_model` takes), fold BatchNorm, and gather the metadata and the shapes to check."""
     from cnncli.models.open import open_model
 
@@ -320,14 +371,25 @@ def _prepare(model_arg: str, fmt: ExportFormat, *, opset, dynamic_batch, dynamic
     size = opened.input_size
     model = opened.model.eval()
     pre = opened.preprocess or _bare_preprocess(opened)
-    meta = {"model_name": opened.name, **pre.to_metadata(),
-            "channel_order": "L" if size[0] == 1 else "RGB", "layout": "NCHW, float32, pixels/255 then (x-mean)/std",
-            "dataset": opened.dataset, "cnncli_version": __version__,
-            "torch_version": str(torch.__version__), "fully_convolutional": bool(fcn), "format": fmt.name,
-            "dynamic_batch": dynamic_batch, "dynamic_size": dynamic_size, "source": opened.source,
-            "assumed": [n for n in opened.notes if n.startswith("assumed")]}
+    meta = {
+        "model_name": opened.name,
+        **pre.to_metadata(),
+        "channel_order": "L" if size[0] == 1 else "RGB",
+        "layout": "NCHW, float32, pixels/255 then (x-mean)/std",
+        "dataset": opened.dataset,
+        "cnncli_version": __version__,
+        "torch_version": str(torch.__version__),
+        "fully_convolutional": bool(fcn),
+        "format": fmt.name,
+        "dynamic_batch": dynamic_batch,
+        "dynamic_size": dynamic_size,
+        "source": opened.source,
+        "assumed": [n for n in opened.notes if n.startswith("assumed")],
+    }
     if fcn:
-        meta.update({"stride": fcn["stride"], "receptive_field": fcn["receptive_field"], "offset": fcn["offset"]})
+        meta.update(
+            {"stride": fcn["stride"], "receptive_field": fcn["receptive_field"], "offset": fcn["offset"]}
+        )
     # batch 2 for a dynamic batch (exporters specialize a size-1 dimension); a static batch is 1, what the file takes
     batch = static or (2 if dynamic_batch else 1)
     example = torch.randn(batch, *size, generator=torch.Generator().manual_seed(1))
@@ -371,8 +433,9 @@ def _write_verified(job: ExportJob, fmt: ExportFormat, writer: str, out: str, ch
         except Exception as e:
             raise_if_interrupted()  # Ctrl-C inside an exporter comes back as its ImportError or RuntimeError
             if _is_disk_error(e):  # a full disk is not the exporter's fault: no other exporter will do better
-                raise os_error(e if isinstance(e, OSError) else OSError(errno.ENOSPC, "No space left on device"),
-                               out) from None
+                raise os_error(
+                    e if isinstance(e, OSError) else OSError(errno.ENOSPC, "No space left on device"), out
+                ) from None
             msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             raise _Rejected(f"{writer} exporter failed: {type(e).__name__}: {msg}") from None
         try:
@@ -382,7 +445,9 @@ def _write_verified(job: ExportJob, fmt: ExportFormat, writer: str, out: str, ch
             msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             raise _Rejected(f"{writer} file fails the check: {type(e).__name__}: {msg}") from None
         if check and math.isnan(result["diff"]):
-            raise WorkFailed("the model's outputs are NaN or infinite on the check inputs", "no file was written")
+            raise WorkFailed(
+                "the model's outputs are NaN or infinite on the check inputs", "no file was written"
+            )
         if check and not result["diff"] <= tolerance:
             raise _Rejected(f"{writer} graph differs from PyTorch by {result['diff']:.3g} (> {tolerance:g})")
 
@@ -402,10 +467,21 @@ def _is_disk_error(e: Exception) -> bool:
     return isinstance(e, RuntimeError) and _disk_full_text(str(e))
 
 
-def export_model(model_arg: str, fmt: str = "onnx", output: str | None = None, *, opset: int = 18,
-                 dynamic_batch: bool = True, dynamic_size: bool | None = None, check: bool = True,
-                 tolerance: float = 1e-4, force: bool = False, exporter: str = "auto",
-                 log=lambda msg: None, request=None) -> ExportResult:
+def export_model(
+    model_arg: str,
+    fmt: str = "onnx",
+    output: str | None = None,
+    *,
+    opset: int = 18,
+    dynamic_batch: bool = True,
+    dynamic_size: bool | None = None,
+    check: bool = True,
+    tolerance: float = 1e-4,
+    force: bool = False,
+    exporter: str = "auto",
+    log=lambda msg: None,
+    request=None,
+) -> ExportResult:
     """Export a model file to `fmt`, verified against PyTorch, written atomically."""
     formats = export_formats()
     if fmt not in formats:
@@ -413,18 +489,29 @@ def export_model(model_arg: str, fmt: str = "onnx", output: str | None = None, *
     spec = formats[fmt]
     writers = list(spec.writers) if exporter == "auto" else [exporter]
     if any(w not in spec.writers for w in writers):
-        raise UsageError(f"format {fmt} has no exporter {exporter!r}", "use auto or " + ", ".join(spec.writers))
+        raise UsageError(
+            f"format {fmt} has no exporter {exporter!r}", "use auto or " + ", ".join(spec.writers)
+        )
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise UsageError(f"--tolerance must be a number >= 0, got {tolerance}")
     if fmt == "onnx" and not 7 <= opset <= 23:
         raise UsageError(f"unsupported opset {opset}", "use 7..23 (default 18)")
     out = check_output(output or default_output(model_arg, spec.suffix), [model_arg], force)
-    job = _prepare(model_arg, spec, opset=opset, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size,
-                   request=request, log=log)
+    job = _prepare(
+        model_arg,
+        spec,
+        opset=opset,
+        dynamic_batch=dynamic_batch,
+        dynamic_size=dynamic_size,
+        request=request,
+        log=log,
+    )
     from cnncli.engine.runtime import check_finite_weights
 
     check_finite_weights(job.model, model_arg)
-    if isinstance(job.model, torch.jit.ScriptModule) and exporter == "auto":  # torch.export cannot trace TorchScript
+    if (
+        isinstance(job.model, torch.jit.ScriptModule) and exporter == "auto"
+    ):  # torch.export cannot trace TorchScript
         writers = [w for w in writers if w != "dynamo"] or writers
     remove_stale_temp_files(os.path.dirname(os.path.abspath(out)), out)  # of an export that was killed
     failures = []
@@ -437,8 +524,18 @@ def export_model(model_arg: str, fmt: str = "onnx", output: str | None = None, *
                 log(f"{failures[-1]}; trying the {writers[i + 1]} exporter")
             continue
         inputs, outputs = spec.describe(out)
-        return ExportResult(out, fmt, _onnx_opset(out) if fmt == "onnx" else None, writer, diff, inputs, outputs,
-                            os.path.getsize(out), [list(s) for s in job.shapes], {**job.metadata, "exporter": writer})
+        return ExportResult(
+            out,
+            fmt,
+            _onnx_opset(out) if fmt == "onnx" else None,
+            writer,
+            diff,
+            inputs,
+            outputs,
+            os.path.getsize(out),
+            [list(s) for s in job.shapes],
+            {**job.metadata, "exporter": writer},
+        )
     hint = "no file was written"
     if job.dynamic_size:
         hint += "; --static-size exports the model for the training size only"

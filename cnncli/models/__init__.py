@@ -13,5 +13,17 @@ from cnncli.models._registry import (
 )
 from cnncli.models.open import OpenedModel, build_model, model_from_checkpoint, open_model
 
-__all__ = ["ModelInfo", "count_params", "get_model", "is_user_model", "list_models", "load_user_class", "register_model", "resolve",
-           "OpenedModel", "build_model", "model_from_checkpoint", "open_model"]
+__all__ = [
+    "ModelInfo",
+    "count_params",
+    "get_model",
+    "is_user_model",
+    "list_models",
+    "load_user_class",
+    "register_model",
+    "resolve",
+    "OpenedModel",
+    "build_model",
+    "model_from_checkpoint",
+    "open_model",
+]

@@ -13,8 +13,8 @@ import importlib.util
 import inspect
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from cnncli.errors import UsageError
 
@@ -48,7 +48,9 @@ def register_model(*, family: str, input_size=(3, 224, 224), num_classes: int = 
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = ModelInfo(name, family, "builtin", tuple(input_size), num_classes, fn, doc[0] if doc else "")
+        _REGISTRY[name] = ModelInfo(
+            name, family, "builtin", tuple(input_size), num_classes, fn, doc[0] if doc else ""
+        )
         if default or family not in _FAMILY_DEFAULT:
             _FAMILY_DEFAULT[family] = name
         return fn
@@ -78,8 +80,15 @@ def _torchvision_names() -> list[str]:
 
 
 def _torchvision_info(name: str) -> ModelInfo:
-    return ModelInfo(name, _tv_family(name), "torchvision", (3, 224, 224) if not name.startswith("inception") else (3, 299, 299),
-                     1000, None, "torchvision classification model")
+    return ModelInfo(
+        name,
+        _tv_family(name),
+        "torchvision",
+        (3, 224, 224) if not name.startswith("inception") else (3, 299, 299),
+        1000,
+        None,
+        "torchvision classification model",
+    )
 
 
 def _tv_family(name: str) -> str:
@@ -166,19 +175,30 @@ def list_models(pattern: str = "*", source: str = "builtin") -> list[ModelInfo]:
     if source in ("builtin", "all"):
         out += [m for m in builtin_models() if fnmatch.fnmatch(m.name, pattern)]
     if source in ("torchvision", "all"):
-        out += [_torchvision_info(n) for n in _torchvision_names()
-                if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch("tv:" + n, pattern)]
+        out += [
+            _torchvision_info(n)
+            for n in _torchvision_names()
+            if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch("tv:" + n, pattern)
+        ]
     if source in ("timm", "all"):
-        out += [ModelInfo(n, _tv_family(n), "timm", (3, 224, 224), 1000, None, "timm model") for n in _timm_names()
-                if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch("timm:" + n, pattern)]
+        out += [
+            ModelInfo(n, _tv_family(n), "timm", (3, 224, 224), 1000, None, "timm model")
+            for n in _timm_names()
+            if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch("timm:" + n, pattern)
+        ]
     return out
 
 
 # -------------------------------------------------------------------------------------------- build
 
 
-def get_model(name: str, *, num_classes: int | None = None, in_channels: int | None = None,
-              image_size: tuple[int, int] | None = None):
+def get_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    image_size: tuple[int, int] | None = None,
+):
     """Build a model by name, adapted to the data's channels, classes and image size. No weights are downloaded."""
     info = resolve(name)
     nc = num_classes or info.num_classes
@@ -205,9 +225,20 @@ def _adapt_in_channels(model, in_channels: int):
     for parent in model.modules():
         for child_name, child in parent.named_children():
             if isinstance(child, nn.Conv2d):
-                setattr(parent, child_name, nn.Conv2d(in_channels, child.out_channels, child.kernel_size, child.stride,
-                                                      child.padding, child.dilation, 1 if child.groups == 1 else in_channels,
-                                                      child.bias is not None))
+                setattr(
+                    parent,
+                    child_name,
+                    nn.Conv2d(
+                        in_channels,
+                        child.out_channels,
+                        child.kernel_size,
+                        child.stride,
+                        child.padding,
+                        child.dilation,
+                        1 if child.groups == 1 else in_channels,
+                        child.bias is not None,
+                    ),
+                )
                 return model
     raise UsageError("cannot adapt the model to the input channels", "it has no Conv2d layer")
 
@@ -234,11 +265,15 @@ def load_user_class(spec: str):
         try:
             sys.modules[mod_name] = module
             spec_.loader.exec_module(module)
-        except (Exception, SystemExit) as e:  # a file that calls sys.exit() at import is a broken file, not an exit
+        except (
+            Exception,
+            SystemExit,
+        ) as e:  # a file that calls sys.exit() at import is a broken file, not an exit
             sys.modules.pop(mod_name, None)
             raise_if_interrupted()
-            raise UsageError(f"cannot import {shown(path)}: {type(e).__name__}: {shown(e)}",
-                             "fix the file or its imports") from None
+            raise UsageError(
+                f"cannot import {shown(path)}: {type(e).__name__}: {shown(e)}", "fix the file or its imports"
+            ) from None
         _user_modules[key] = module
     if not hasattr(module, cls_name):
         raise UsageError(f"{shown(path)} has no {shown(cls_name, 80)!r}", "give path/to/file.py:ClassName")
@@ -247,8 +282,10 @@ def load_user_class(spec: str):
 
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         what = f"a {type(cls).__name__}" if not isinstance(cls, type) else f"the class {cls.__name__}"
-        raise UsageError(f"{shown(spec)} is not a torch.nn.Module class ({what})",
-                         "give a class that subclasses torch.nn.Module")
+        raise UsageError(
+            f"{shown(spec)} is not a torch.nn.Module class ({what})",
+            "give a class that subclasses torch.nn.Module",
+        )
     return cls
 
 
@@ -259,8 +296,12 @@ def _build_user_model(spec: str, *, num_classes: int, in_channels: int, image_si
     cls = load_user_class(spec)
     params = inspect.signature(cls).parameters
     kwargs = {}
-    for key, value in (("num_classes", num_classes), ("in_channels", in_channels), ("in_chans", in_channels),
-                       ("image_size", image_size)):
+    for key, value in (
+        ("num_classes", num_classes),
+        ("in_channels", in_channels),
+        ("in_chans", in_channels),
+        ("image_size", image_size),
+    ):
         if key in params:
             kwargs[key] = value
     try:
@@ -270,8 +311,10 @@ def _build_user_model(spec: str, *, num_classes: int, in_channels: int, image_si
     import torch.nn as nn
 
     if not isinstance(model, nn.Module):
-        raise UsageError(f"{spec} is not a torch.nn.Module (it built a {type(model).__name__})",
-                         "give a class that subclasses torch.nn.Module")
+        raise UsageError(
+            f"{spec} is not a torch.nn.Module (it built a {type(model).__name__})",
+            "give a class that subclasses torch.nn.Module",
+        )
     return model
 
 

@@ -34,12 +34,12 @@ SOURCE_ORDER = {"torchvision": 0, "builtin": 1, "timm": 2}
 class Fit:
     """An architecture the file's tensors fit exactly, with the numbers read off them."""
 
-    name: str                       # qualified registry name (tv:resnet18, resnet18, timm:...)
+    name: str  # qualified registry name (tv:resnet18, resnet18, timm:...)
     source: str
     num_classes: int
     in_channels: int
-    build_size: tuple[int, int]     # the image size the layout was built at
-    prefix: str = ""                # the wrapper prefix stripped from the file's keys
+    build_size: tuple[int, int]  # the image size the layout was built at
+    prefix: str = ""  # the wrapper prefix stripped from the file's keys
 
 
 @dataclass
@@ -47,10 +47,10 @@ class Near:
     """A candidate that did not fit, for the error message."""
 
     name: str
-    score: float                    # share of names in common (Jaccard)
-    missing: list[str] = field(default_factory=list)     # the candidate has them, the file does not
+    score: float  # share of names in common (Jaccard)
+    missing: list[str] = field(default_factory=list)  # the candidate has them, the file does not
     unexpected: list[str] = field(default_factory=list)  # the file has them, the candidate does not
-    shapes: list[str] = field(default_factory=list)      # same name, other shape
+    shapes: list[str] = field(default_factory=list)  # same name, other shape
 
 
 # ---------------------------------------------------------------------------------------- meta builds
@@ -85,17 +85,23 @@ def build_on_meta(name: str, num_classes: int, in_channels: int, image_size) -> 
         warnings.simplefilter("ignore")
         try:
             with torch.device("meta"):
-                return get_model(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+                return get_model(
+                    name, num_classes=num_classes, in_channels=in_channels, image_size=image_size
+                )
         except (NotImplementedError, RuntimeError):
             with _parameters_on_meta():
-                return get_model(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+                return get_model(
+                    name, num_classes=num_classes, in_channels=in_channels, image_size=image_size
+                )
 
 
 _shapes: dict[str, dict[str, tuple] | None] = {}
 _cache = {"loaded": False, "dirty": False, "keep": set()}
 
 
-def shapes_of(name: str, num_classes: int, in_channels: int, image_size, keep: bool = False) -> dict[str, tuple] | None:
+def shapes_of(
+    name: str, num_classes: int, in_channels: int, image_size, keep: bool = False
+) -> dict[str, tuple] | None:
     """{key: shape} of a registry model's state dict (cached in memory; on disk too with `keep`, for the default
     builds every detection compares against; None when it cannot be built that way)."""
     key = f"{name}|{num_classes}|{in_channels}|{image_size[0]}x{image_size[1]}"
@@ -123,7 +129,8 @@ def cache_path() -> str | None:
     import os
 
     root = os.environ.get("CNN_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "cnncli")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "cnncli"
+    )
     h = hashlib.sha256()
     for dist in ("torch", "torchvision", "timm"):
         try:
@@ -145,7 +152,9 @@ def _load_cache() -> None:
     try:
         with open(cache_path()) as f:
             stored = json.load(f)
-        _shapes.update({k: None if v is None else {n: tuple(s) for n, s in v.items()} for k, v in stored.items()})
+        _shapes.update(
+            {k: None if v is None else {n: tuple(s) for n, s in v.items()} for k, v in stored.items()}
+        )
         _cache["keep"].update(stored)
     except (OSError, ValueError, AttributeError, TypeError):
         pass  # no cache yet, or an unreadable one: it is rebuilt
@@ -164,7 +173,9 @@ def save_cache() -> None:
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         kept = {k: _shapes[k] for k in _cache["keep"] if k in _shapes}
-        text = json.dumps({k: v if v is None else {n: list(s) for n, s in v.items()} for k, v in kept.items()})
+        text = json.dumps(
+            {k: v if v is None else {n: list(s) for n, s in v.items()} for k, v in kept.items()}
+        )
         write_text(path, text)
         _cache["dirty"] = False
     except OSError:
@@ -178,16 +189,20 @@ def save_cache() -> None:
 class Candidate:
     name: str
     source: str
-    num_classes: int                 # its default, the reference the others are read against
+    num_classes: int  # its default, the reference the others are read against
     in_channels: int
-    sizes: tuple[tuple[int, int], ...]   # layouts to try, the preferred first
+    sizes: tuple[tuple[int, int], ...]  # layouts to try, the preferred first
 
 
 def candidates(input_size=None, only: str | None = None) -> list[Candidate]:
     """The registry's models as detection candidates (`only`: one name, as `--model NAME` gives it)."""
     from cnncli.models._registry import _torchvision_names, builtin_models, resolve
 
-    infos = [resolve(only)] if only else list(builtin_models()) + [resolve("tv:" + n) for n in _torchvision_names()]
+    infos = (
+        [resolve(only)]
+        if only
+        else list(builtin_models()) + [resolve("tv:" + n) for n in _torchvision_names()]
+    )
     out = []
     for info in infos:
         sizes = [tuple(info.input_size[1:])]
@@ -195,8 +210,15 @@ def candidates(input_size=None, only: str | None = None) -> list[Candidate]:
             if input_size:
                 sizes.insert(0, tuple(input_size[-2:]))
             sizes += [s for s in SMALL_SIZES if s not in sizes]
-        out.append(Candidate(info.qualified if info.source != "file" else only, info.source, info.num_classes,
-                             info.input_size[0], tuple(dict.fromkeys(sizes))))
+        out.append(
+            Candidate(
+                info.qualified if info.source != "file" else only,
+                info.source,
+                info.num_classes,
+                info.input_size[0],
+                tuple(dict.fromkeys(sizes)),
+            )
+        )
     return out
 
 
@@ -253,7 +275,11 @@ def fit_one(cand: Candidate, shapes: dict[str, tuple], size) -> Fit | Near:
     c = cand.in_channels
     if more_classes is None or not differ <= {k for k in a if a[k] != more_classes[k]}:  # not the head alone
         more_channels = shapes_of(cand.name, cand.num_classes, cand.in_channels + 2, size)
-        c = cand.in_channels if more_channels is None else _read_off(a, more_channels, shapes, 2, cand.in_channels)
+        c = (
+            cand.in_channels
+            if more_channels is None
+            else _read_off(a, more_channels, shapes, 2, cand.in_channels)
+        )
     if nc is False or c is False:
         return _near(cand.name, a, shapes)
     nc, c = nc or cand.num_classes, c or cand.in_channels
@@ -266,9 +292,18 @@ def fit_one(cand: Candidate, shapes: dict[str, tuple], size) -> Fit | Near:
 def _near(name: str, expected: dict, shapes: dict, compare_shapes: bool = True) -> Near:
     common = set(expected) & set(shapes)
     score = len(common) / max(1, len(set(expected) | set(shapes)))
-    differ = [f"{k} {list(shapes[k])} (expects {list(expected[k])})" for k in expected
-              if compare_shapes and k in shapes and tuple(expected[k]) != tuple(shapes[k])]
-    return Near(name, score, [k for k in expected if k not in shapes], [k for k in shapes if k not in expected], differ)
+    differ = [
+        f"{k} {list(shapes[k])} (expects {list(expected[k])})"
+        for k in expected
+        if compare_shapes and k in shapes and tuple(expected[k]) != tuple(shapes[k])
+    ]
+    return Near(
+        name,
+        score,
+        [k for k in expected if k not in shapes],
+        [k for k in shapes if k not in expected],
+        differ,
+    )
 
 
 def find_fits(state: dict, input_size=None, only: str | None = None) -> tuple[list[Fit], list[Near]]:
@@ -294,11 +329,13 @@ def _try(cand: Candidate, state: dict, variants, fits: list, near: list) -> None
     for prefix, keys in variants:
         if frozenset(keys) not in sets:
             continue
-        shapes = {k[len(prefix):]: tuple(v.shape) for k, v in state.items()}
+        shapes = {k[len(prefix) :]: tuple(v.shape) for k, v in state.items()}
         for size in _sizes_for(cand, sets, frozenset(keys)):
             got = fit_one(cand, shapes, size)
             if isinstance(got, Fit):
-                fits.append(Fit(got.name, got.source, got.num_classes, got.in_channels, got.build_size, prefix))
+                fits.append(
+                    Fit(got.name, got.source, got.num_classes, got.in_channels, got.build_size, prefix)
+                )
                 return
             near.append(got)
         return
@@ -326,7 +363,9 @@ def timm_candidates(variants) -> list[Candidate]:
             continue
         heads = cfg.classifier if isinstance(cfg.classifier, (list, tuple)) else [cfg.classifier]
         firsts = cfg.first_conv if isinstance(cfg.first_conv, (list, tuple)) else [cfg.first_conv]
-        if all(f"{h}.weight" in names for h in heads if h) and any(f"{f}.weight" in names for f in firsts if f):
+        if all(f"{h}.weight" in names for h in heads if h) and any(
+            f"{f}.weight" in names for f in firsts if f
+        ):
             size = tuple(cfg.input_size[1:]) if cfg.input_size else (224, 224)
             out.append(Candidate("timm:" + name, "timm", 1000, 3, (size,)))
     return out
@@ -335,7 +374,11 @@ def timm_candidates(variants) -> list[Candidate]:
 def _sizes_for(cand: Candidate, sets: dict, keys: frozenset) -> list:
     """The layout sizes worth fitting: those whose key names are the file's (all sizes for built-in models, whose
     names rarely change with the size while their shapes do)."""
-    return [s for s in cand.sizes if (shapes_of(cand.name, cand.num_classes, cand.in_channels, s) or {}).keys() == keys]
+    return [
+        s
+        for s in cand.sizes
+        if (shapes_of(cand.name, cand.num_classes, cand.in_channels, s) or {}).keys() == keys
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- choosing
@@ -350,8 +393,9 @@ def same_function(fits: list[Fit], state: dict, input_size) -> list[list[Fit]]:
     groups: list[tuple[torch.Tensor | None, list[Fit]]] = []
     for fit in fits:
         try:
-            model = get_model(fit.name, num_classes=fit.num_classes, in_channels=fit.in_channels,
-                              image_size=fit.build_size)
+            model = get_model(
+                fit.name, num_classes=fit.num_classes, in_channels=fit.in_channels, image_size=fit.build_size
+            )
             model.load_state_dict(align_keys(state, model.state_dict())[0])
             with torch.no_grad():
                 out = model.eval()(x)
@@ -378,16 +422,21 @@ def detect(state: dict, input_size=None, *, what: str = "the state dict") -> Fit
     """The architecture of a state dict; UsageError naming the nearest candidates when none or several fit."""
     fits, near = find_fits(state, input_size)
     if not fits:
-        raise UsageError(f"{what} matches no known architecture{_nearest(near)}",
-                         "give its architecture with --model NAME (or file.py:Class)")
+        raise UsageError(
+            f"{what} matches no known architecture{_nearest(near)}",
+            "give its architecture with --model NAME (or file.py:Class)",
+        )
     if len(fits) > 1:
         hw = tuple(input_size[-2:]) if input_size else fits[0].build_size
         size = (fits[0].in_channels, *hw)  # the tensors fix the channels; every fit has the same
         groups = same_function(fits, state, size)
         if len(groups) > 1:
             names = ", ".join(g[0].name for g in groups)
-            raise UsageError(f"{what} fits several architectures that compute different things at "
-                             f"{'x'.join(map(str, size))}: {names}", "choose one with --model NAME")
+            raise UsageError(
+                f"{what} fits several architectures that compute different things at "
+                f"{'x'.join(map(str, size))}: {names}",
+                "choose one with --model NAME",
+            )
         fits = groups[0]
     return fits[0]
 
@@ -399,10 +448,19 @@ def fit_named(name: str, state: dict, input_size=None, *, what: str = "the state
     if fits:
         return fits[0]
     n = near[0] if near else Near(name, 0.0)
-    detail = "; ".join(part for part in (
-        _listed("missing", n.missing), _listed("unexpected", n.unexpected), _listed("other shape", n.shapes)) if part)
-    raise UsageError(f"{what} does not fit {name}: {detail or 'its tensors differ'}",
-                     "leave out --model to detect the architecture, or give the right one")
+    detail = "; ".join(
+        part
+        for part in (
+            _listed("missing", n.missing),
+            _listed("unexpected", n.unexpected),
+            _listed("other shape", n.shapes),
+        )
+        if part
+    )
+    raise UsageError(
+        f"{what} does not fit {name}: {detail or 'its tensors differ'}",
+        "leave out --model to detect the architecture, or give the right one",
+    )
 
 
 def _listed(what: str, items: list[str], n: int = 3) -> str:
@@ -418,6 +476,12 @@ def _nearest(near: list[Near]) -> str:
         if n.name in seen or len(parts) == 3:
             continue
         seen.add(n.name)
-        first = n.shapes[:1] or [f"unexpected {k}" for k in n.unexpected[:1]] or [f"missing {k}" for k in n.missing[:1]]
-        parts.append(f"{n.name} ({n.score:.0%} of names in common; first difference: {first[0] if first else '-'})")
+        first = (
+            n.shapes[:1]
+            or [f"unexpected {k}" for k in n.unexpected[:1]]
+            or [f"missing {k}" for k in n.missing[:1]]
+        )
+        parts.append(
+            f"{n.name} ({n.score:.0%} of names in common; first difference: {first[0] if first else '-'})"
+        )
     return "; nearest: " + "; ".join(parts) if parts else ""

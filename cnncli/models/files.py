@@ -43,17 +43,25 @@ class ModelFile:
     """What a model file holds. Exactly one of checkpoint / state_dict / module / (onnx: path) is set."""
 
     path: str
-    kind: str                                  # one of KINDS
-    checkpoint: object | None = None           # cnncli.checkpoint.Checkpoint
-    state_dict: dict | None = None             # kind state_dict (and pickle, as the module's weights)
-    module: nn.Module | None = None            # torchscript, program (its runnable module), pickle
-    metadata: dict = field(default_factory=dict)   # what the file says about its inputs (classes, input_size...)
-    where: str = ""                            # "under 'model_state_dict'" for wrapped state dicts
+    kind: str  # one of KINDS
+    checkpoint: object | None = None  # cnncli.checkpoint.Checkpoint
+    state_dict: dict | None = None  # kind state_dict (and pickle, as the module's weights)
+    module: nn.Module | None = None  # torchscript, program (its runnable module), pickle
+    metadata: dict = field(
+        default_factory=dict
+    )  # what the file says about its inputs (classes, input_size...)
+    where: str = ""  # "under 'model_state_dict'" for wrapped state dicts
 
     @property
     def description(self) -> str:
-        return {"checkpoint": "a cnncli checkpoint", "state_dict": "a state dict", "torchscript": "a TorchScript archive",
-                "program": "a torch.export program", "onnx": "an ONNX model", "pickle": "a pickled module"}[self.kind]
+        return {
+            "checkpoint": "a cnncli checkpoint",
+            "state_dict": "a state dict",
+            "torchscript": "a TorchScript archive",
+            "program": "a torch.export program",
+            "onnx": "an ONNX model",
+            "pickle": "a pickled module",
+        }[self.kind]
 
 
 def read_model_file(path: str, *, trust_pickle: bool = False, replaceable: bool = False) -> ModelFile:
@@ -66,16 +74,25 @@ def read_model_file(path: str, *, trust_pickle: bool = False, replaceable: bool 
     if is_onnx_file(path):
         return ModelFile(path, "onnx")
     names = _zip_names(path)
-    kind = ("program" if any(n.endswith("/archive_format") or n == "archive_format" for n in names) else
-            "torchscript" if any(n.endswith("/constants.pkl") or "/code/__torch__/" in n for n in names) else None)
+    kind = (
+        "program"
+        if any(n.endswith("/archive_format") or n == "archive_format" for n in names)
+        else "torchscript"
+        if any(n.endswith("/constants.pkl") or "/code/__torch__/" in n for n in names)
+        else None
+    )
     if kind is not None and not trust_pickle:
         what = "a torch.export program" if kind == "program" else "a TorchScript archive"
-        raise UsageError(f"refusing to load {shown(path)}: it is {what}, which carries code that runs when it is "
-                         "loaded or run",
-                         "pass --trust-code if you trust where the file came from, or give the state dict it was "
-                         "made from (docs/security.md)")
-    with reading(f"cannot read model file {shown(path)}", "expected a checkpoint, state dict, TorchScript, .pt2 or "
-                 ".onnx file"):
+        raise UsageError(
+            f"refusing to load {shown(path)}: it is {what}, which carries code that runs when it is "
+            "loaded or run",
+            "pass --trust-code if you trust where the file came from, or give the state dict it was "
+            "made from (docs/security.md)",
+        )
+    with reading(
+        f"cannot read model file {shown(path)}",
+        "expected a checkpoint, state dict, TorchScript, .pt2 or .onnx file",
+    ):
         if kind == "program":
             return _read_program(path)
         if kind == "torchscript":
@@ -105,7 +122,9 @@ def _safe_globals() -> list:
 
         core = getattr(np, "_core", None) or np.core
         allowed += [core.multiarray.scalar, np.dtype]
-        allowed += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n != "ObjectDType"]
+        allowed += [
+            getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n != "ObjectDType"
+        ]
     except Exception:  # numpy missing or laid out differently: those files are refused like any pickle
         pass
     return allowed
@@ -120,14 +139,17 @@ def _load_plain(path: str, trust_pickle: bool):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "GLOBAL" not in str(e):
-            raise UsageError(f"unreadable model file {path}: not a PyTorch file",
-                             "expected a checkpoint, state dict, TorchScript, .pt2 or .onnx file") from None
+            raise UsageError(
+                f"unreadable model file {path}: not a PyTorch file",
+                "expected a checkpoint, state dict, TorchScript, .pt2 or .onnx file",
+            ) from None
         names = _unsafe_globals(path)
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        raise UsageError(f"refusing to load {path}: it holds pickled Python objects ({shown}); loading them would "
-                         "run code from the file",
-                         "save model.state_dict() instead, or pass --trust-code if you trust where the file "
-                         "came from") from None
+        raise UsageError(
+            f"refusing to load {path}: it holds pickled Python objects ({shown}); loading them would "
+            "run code from the file",
+            "save model.state_dict() instead, or pass --trust-code if you trust where the file came from",
+        ) from None
     except Exception as e:
         raise _unreadable(path, e) from None
 
@@ -145,24 +167,32 @@ def _load_trusted(path: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (AttributeError, ModuleNotFoundError, ImportError) as e:
-        raise UsageError(f"cannot load {path}: a class it was pickled with cannot be imported: {e}",
-                         "run cnn where that module is importable (PYTHONPATH), or save a state dict") from None
+        raise UsageError(
+            f"cannot load {path}: a class it was pickled with cannot be imported: {e}",
+            "run cnn where that module is importable (PYTHONPATH), or save a state dict",
+        ) from None
     except Exception as e:
         raise _unreadable(path, e) from None
 
 
 def _unreadable(path: str, e: Exception) -> UsageError:
     msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-    return UsageError(f"unreadable model file {path}: {type(e).__name__}: {msg}".rstrip(": "),
-                      "expected a checkpoint, state dict, TorchScript, .pt2 or .onnx file")
+    return UsageError(
+        f"unreadable model file {path}: {type(e).__name__}: {msg}".rstrip(": "),
+        "expected a checkpoint, state dict, TorchScript, .pt2 or .onnx file",
+    )
 
 
 # ------------------------------------------------------------------------------------------ what it is
 
 
 def _is_tensor_dict(obj) -> bool:
-    return (isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) for k in obj)
-            and all(isinstance(v, torch.Tensor) for v in obj.values()))
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) for k in obj)
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    )
 
 
 def _classify(path: str, obj) -> ModelFile:
@@ -170,9 +200,15 @@ def _classify(path: str, obj) -> ModelFile:
 
     if isinstance(obj, nn.Module):
         return ModelFile(path, "pickle", module=obj, state_dict=obj.state_dict())
-    if isinstance(obj, dict) and (obj.get("format") == FORMAT or ("model" in obj and "state_dict" in obj
-                                                                  and isinstance(obj.get("model"), dict)
-                                                                  and "name" in obj["model"])):
+    if isinstance(obj, dict) and (
+        obj.get("format") == FORMAT
+        or (
+            "model" in obj
+            and "state_dict" in obj
+            and isinstance(obj.get("model"), dict)
+            and "name" in obj["model"]
+        )
+    ):
         return ModelFile(path, "checkpoint", checkpoint=Checkpoint.from_dict(obj, path))
     if _is_tensor_dict(obj):
         return ModelFile(path, "state_dict", state_dict=dict(obj), metadata=_file_facts({}))
@@ -180,14 +216,26 @@ def _classify(path: str, obj) -> ModelFile:
         for key in WRAPPER_KEYS:
             inner = obj.get(key)
             if isinstance(inner, nn.Module):  # a trusted pickle that wraps the module (Ultralytics, timm EMA)
-                return ModelFile(path, "pickle", module=inner, state_dict=inner.state_dict(), where=f"under {key!r}")
+                return ModelFile(
+                    path, "pickle", module=inner, state_dict=inner.state_dict(), where=f"under {key!r}"
+                )
             if _is_tensor_dict(inner):
-                return ModelFile(path, "state_dict", state_dict=dict(inner), metadata=_file_facts(obj),
-                                 where=f"under {key!r}")
-    what = (f"a dict with keys {', '.join(map(repr, list(obj)[:6]))}" if isinstance(obj, dict)
-            else f"a {type(obj).__name__}")
-    raise UsageError(f"{path} holds no model weights ({what})",
-                     "expected a state dict, possibly under " + ", ".join(map(repr, WRAPPER_KEYS[:4])))
+                return ModelFile(
+                    path,
+                    "state_dict",
+                    state_dict=dict(inner),
+                    metadata=_file_facts(obj),
+                    where=f"under {key!r}",
+                )
+    what = (
+        f"a dict with keys {', '.join(map(repr, list(obj)[:6]))}"
+        if isinstance(obj, dict)
+        else f"a {type(obj).__name__}"
+    )
+    raise UsageError(
+        f"{path} holds no model weights ({what})",
+        "expected a state dict, possibly under " + ", ".join(map(repr, WRAPPER_KEYS[:4])),
+    )
 
 
 def _file_facts(obj: dict) -> dict:
@@ -222,7 +270,9 @@ def _read_program(path: str) -> ModelFile:
     extra = {PT2_METADATA: ""}
     logger = logging.getLogger("torch.export")
     level = logger.level
-    logger.setLevel(logging.CRITICAL)  # a bad archive is logged with a traceback before the exception says it all
+    logger.setLevel(
+        logging.CRITICAL
+    )  # a bad archive is logged with a traceback before the exception says it all
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -249,7 +299,7 @@ class ProgramModule(nn.Module):
     def __init__(self, module: nn.Module, input_shape: list | None = None):
         super().__init__()
         self.program = module
-        self.input_shape = list(input_shape or [])   # as exported: ints are fixed, None dynamic
+        self.input_shape = list(input_shape or [])  # as exported: ints are fixed, None dynamic
 
     @property
     def static_batch(self) -> int | None:
@@ -280,7 +330,9 @@ def weights_of(mf: ModelFile) -> tuple[dict, str]:
     if mf.kind == "checkpoint":
         return mf.checkpoint.state_dict, " (cnncli checkpoint)"
     if mf.kind == "onnx":
-        raise UsageError(f"cannot take weights from the ONNX file {mf.path}", "give a .pt state dict or checkpoint")
+        raise UsageError(
+            f"cannot take weights from the ONNX file {mf.path}", "give a .pt state dict or checkpoint"
+        )
     state = mf.state_dict if mf.state_dict is not None else mf.module.state_dict()
     return state, f" ({mf.description}{' ' + mf.where if mf.where else ''})"
 
@@ -297,7 +349,7 @@ def key_variants(keys) -> list[tuple[str, list[str]]]:
         prefix = next((p for p in PREFIXES if current and all(k.startswith(p) for k in current)), None)
         if prefix is None:
             break
-        current = [k[len(prefix):] for k in current]
+        current = [k[len(prefix) :] for k in current]
         stripped += prefix
         out.append((stripped, current))
     return out
@@ -308,4 +360,4 @@ def align_keys(state: dict, expected) -> tuple[dict, str]:
     expected = set(expected)
     best = max(key_variants(state), key=lambda v: len(expected.intersection(v[1])))
     prefix = best[0]
-    return ({k[len(prefix):]: v for k, v in state.items()} if prefix else dict(state)), prefix
+    return ({k[len(prefix) :]: v for k, v in state.items()} if prefix else dict(state)), prefix

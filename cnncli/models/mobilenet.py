@@ -15,7 +15,9 @@ SMALL_INPUT = 96
 
 
 class MobileNetV2(nn.Module):
-    def __init__(self, num_classes: int = 1000, in_channels: int = 3, image_size=(224, 224), width_mult: float = 1.0):
+    def __init__(
+        self, num_classes: int = 1000, in_channels: int = 3, image_size=(224, 224), width_mult: float = 1.0
+    ):
         super().__init__()
         tv = _TVMobileNetV2(num_classes=num_classes, width_mult=width_mult)
         self.features = tv.features
@@ -34,6 +36,8 @@ class MobileNetV2(nn.Module):
 
 
 @register_model(family="mobilenet", input_size=(3, 224, 224), num_classes=1000)
-def mobilenet_v2(*, num_classes: int = 1000, in_channels: int = 3, image_size: tuple[int, int] = (224, 224)) -> nn.Module:
+def mobilenet_v2(
+    *, num_classes: int = 1000, in_channels: int = 3, image_size: tuple[int, int] = (224, 224)
+) -> nn.Module:
     """MobileNetV2 (width 1.0), depthwise-separable inverted residual blocks."""
     return MobileNetV2(num_classes, in_channels, tuple(image_size))

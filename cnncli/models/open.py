@@ -35,17 +35,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class ModelRequest:
     """What the command line says about a model: every field None/False when not given."""
 
-    model: str | None = None               # --model: the architecture of a state dict, or a checkpoint's file.py
-    weights: str | None = None             # --weights: weights for a registry name
-    input_size: tuple | None = None        # --in (C, H, W); C may be None
-    num_classes: int | None = None         # --num-classes (registry names)
+    model: str | None = None  # --model: the architecture of a state dict, or a checkpoint's file.py
+    weights: str | None = None  # --weights: weights for a registry name
+    input_size: tuple | None = None  # --in (C, H, W); C may be None
+    num_classes: int | None = None  # --num-classes (registry names)
     mean: tuple | None = None
     std: tuple | None = None
     classes: tuple | None = None
     trust_pickle: bool = False
-    fallback: Preprocess | None = None     # what the command knows (eval: the dataset's size, mean/std, classes)
-    on_meta: bool = False                  # a registry name without --weights is built on the meta device (no memory,
-                                           # no initialisation: for commands that only look at its structure)
+    fallback: Preprocess | None = None  # what the command knows (eval: the dataset's size, mean/std, classes)
+    on_meta: bool = False  # a registry name without --weights is built on the meta device (no memory,
+    # no initialisation: for commands that only look at its structure)
 
 
 @dataclass
@@ -54,13 +54,13 @@ class OpenedModel:
 
     model: nn.Module
     spec: ModelSpec
-    preprocess: Preprocess | None = None      # None: a bare architecture, nothing is known about its data
+    preprocess: Preprocess | None = None  # None: a bare architecture, nothing is known about its data
     checkpoint: Checkpoint | None = None
     path: str | None = None
-    origin: str = "registry"                  # registry | checkpoint | state_dict | torchscript | program | pickle
+    origin: str = "registry"  # registry | checkpoint | state_dict | torchscript | program | pickle
     notes: list[str] = field(default_factory=list)  # what was detected or assumed, for the log
-    source: dict = field(default_factory=dict)      # where it came from, for exported metadata
-    dataset: str = ""                               # what it was trained on, when the file says
+    source: dict = field(default_factory=dict)  # where it came from, for exported metadata
+    dataset: str = ""  # what it was trained on, when the file says
 
     @property
     def name(self) -> str:
@@ -90,39 +90,56 @@ class OpenedModel:
         if self.checkpoint is not None:
             return self.checkpoint
         if not self.rebuildable:
-            raise UsageError(f"{self.path or self.name} is {self.origin}: cnn cannot rebuild it from the registry",
-                             "give the state dict or checkpoint it was made from")
-        return Checkpoint(self.spec, {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                          self.preprocess or resolve_preprocess(self.spec, ModelRequest(), {})[0],
-                          args={"source": self.source})
+            raise UsageError(
+                f"{self.path or self.name} is {self.origin}: cnn cannot rebuild it from the registry",
+                "give the state dict or checkpoint it was made from",
+            )
+        return Checkpoint(
+            self.spec,
+            {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            self.preprocess or resolve_preprocess(self.spec, ModelRequest(), {})[0],
+            args={"source": self.source},
+        )
 
     def require_rebuildable(self, command: str) -> None:
         """cnn fcn and scoremap rewrite the model's layers: TorchScript, programs and unknown pickled classes cannot."""
         if self.rebuildable:
             return
         what = {"torchscript": "a TorchScript archive", "program": "a torch.export program"}.get(
-            self.origin, "a pickled module of a class the registry does not have")
-        raise UsageError(f"cnn {command} needs a model it can rebuild layer by layer; {self.path} is {what}",
-                         "give the state dict or checkpoint it was made from (with --model NAME if needed)")
+            self.origin, "a pickled module of a class the registry does not have"
+        )
+        raise UsageError(
+            f"cnn {command} needs a model it can rebuild layer by layer; {self.path} is {what}",
+            "give the state dict or checkpoint it was made from (with --model NAME if needed)",
+        )
 
 
 def is_checkpoint_path(arg: str) -> bool:
     """A MODEL argument that names a file to load rather than an architecture."""
     return arg.lower().endswith((".pt", ".pth", ".pt2", ".ckpt", ".bin", ".onnx")) or (
-        os.path.lexists(arg) and ".py:" not in arg)  # anything on disk, a FIFO too: the reading gate names it
+        os.path.lexists(arg) and ".py:" not in arg
+    )  # anything on disk, a FIFO too: the reading gate names it
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
     """The architecture a spec describes, with fresh weights."""
     try:
-        return get_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels,
-                         image_size=tuple(spec.build_size or spec.image_size))
-    except (MemoryError, RuntimeError) as e:  # a head sized by a huge input: say so instead of an allocator dump
+        return get_model(
+            spec.name,
+            num_classes=spec.num_classes,
+            in_channels=spec.in_channels,
+            image_size=tuple(spec.build_size or spec.image_size),
+        )
+    except (
+        MemoryError,
+        RuntimeError,
+    ) as e:  # a head sized by a huge input: say so instead of an allocator dump
         if not isinstance(e, MemoryError) and "allocate" not in str(e).lower():
             raise
         size = "x".join(map(str, spec.input_size))
-        raise UsageError(f"{spec.name} for a {size} input is too large for this machine's memory",
-                         "give a smaller --in") from None
+        raise UsageError(
+            f"{spec.name} for a {size} input is too large for this machine's memory", "give a smaller --in"
+        ) from None
 
 
 def model_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
@@ -135,8 +152,10 @@ def model_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
     try:
         model.load_state_dict(ckpt.state_dict)
     except RuntimeError as e:
-        raise UsageError(f"checkpoint weights do not fit model {ckpt.model.name}: {str(e).splitlines()[0]}",
-                         "was the model file changed since training?") from None
+        raise UsageError(
+            f"checkpoint weights do not fit model {ckpt.model.name}: {str(e).splitlines()[0]}",
+            "was the model file changed since training?",
+        ) from None
     return model
 
 
@@ -149,15 +168,23 @@ def probe(model: nn.Module, input_size: tuple[int, int, int], device: str = "cpu
         with torch.no_grad():
             out = model(torch.zeros(batch, *input_size, device=device))
     except MemoryError:
-        raise UsageError(f"a {size} input is too large for this machine's memory", "give a smaller --in") from None
+        raise UsageError(
+            f"a {size} input is too large for this machine's memory", "give a smaller --in"
+        ) from None
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         if "allocate" in msg.lower() or "out of memory" in msg.lower():
-            raise UsageError(f"a {size} input is too large for this machine's memory", "give a smaller --in") from None
-        raise UsageError(f"the model fails on a {size} input: {type(e).__name__}: {msg}",
-                         "check --in against the input size the model expects") from None
+            raise UsageError(
+                f"a {size} input is too large for this machine's memory", "give a smaller --in"
+            ) from None
+        raise UsageError(
+            f"the model fails on a {size} input: {type(e).__name__}: {msg}",
+            "check --in against the input size the model expects",
+        ) from None
     if not isinstance(out, torch.Tensor):
-        raise UsageError(f"the model returns {type(out).__name__}, not a tensor", "forward() must return the logits")
+        raise UsageError(
+            f"the model returns {type(out).__name__}, not a tensor", "forward() must return the logits"
+        )
     return out
 
 
@@ -168,11 +195,16 @@ def trusted_spec(ckpt: Checkpoint, path: str, model: str | None) -> ModelSpec:
     spec = ckpt.model
     if not is_user_model(spec.name):
         if model and model != spec.name:
-            raise UsageError(f"{path} holds a {spec.name}, not {model}", "leave out --model, or give the right file")
+            raise UsageError(
+                f"{path} holds a {spec.name}, not {model}", "leave out --model, or give the right file"
+            )
         return spec
     if not model:
-        raise UsageError(f"{path} was trained from the Python file {spec.name}; cnn imports a .py file only when you "
-                         "name it", f"add --model {spec.name} to run that file")
+        raise UsageError(
+            f"{path} was trained from the Python file {spec.name}; cnn imports a .py file only when you "
+            "name it",
+            f"add --model {spec.name} to run that file",
+        )
     if not is_user_model(model):
         raise UsageError(f"{path} was trained from {spec.name}, not {model}", f"give --model {spec.name}")
     return replace(spec, name=model)
@@ -191,8 +223,10 @@ def open_model(arg: str, request: ModelRequest | None = None, **fields) -> Opene
         return _open_architecture(arg, req)
     mf = read_model_file(arg, trust_pickle=req.trust_pickle)
     if mf.kind == "onnx":
-        raise UsageError(f"{arg} is an ONNX model; this command runs PyTorch models",
-                         "cnn eval runs ONNX files; give the .pt it was exported from")
+        raise UsageError(
+            f"{arg} is an ONNX model; this command runs PyTorch models",
+            "cnn eval runs ONNX files; give the .pt it was exported from",
+        )
     if mf.kind == "checkpoint":
         return _open_checkpoint_file(mf, req)
     if mf.kind == "state_dict":
@@ -204,8 +238,12 @@ def _open_architecture(arg: str, req: ModelRequest) -> OpenedModel:
     """A registry name or file.py:Class, with fresh weights or --weights."""
     info = resolve(arg)
     c, h, w = req.input_size if req.input_size else info.input_size
-    spec = ModelSpec(info.qualified if info.source != "file" else arg, req.num_classes or info.num_classes,
-                     c or info.input_size[0], (h, w))
+    spec = ModelSpec(
+        info.qualified if info.source != "file" else arg,
+        req.num_classes or info.num_classes,
+        c or info.input_size[0],
+        (h, w),
+    )
     notes = []
     if req.weights:
         from cnncli.models.files import read_model_file, weights_of
@@ -213,26 +251,42 @@ def _open_architecture(arg: str, req: ModelRequest) -> OpenedModel:
         state, where = weights_of(read_model_file(req.weights, trust_pickle=req.trust_pickle))
         fit = _fit(spec.name, state, req.input_size, req.weights)
         if req.num_classes and req.num_classes != fit.num_classes:
-            raise UsageError(f"{req.weights} has {fit.num_classes} classes, not {req.num_classes}",
-                             "leave out --num-classes")
+            raise UsageError(
+                f"{req.weights} has {fit.num_classes} classes, not {req.num_classes}",
+                "leave out --num-classes",
+            )
         if req.input_size and req.input_size[0] and req.input_size[0] != fit.in_channels:
-            raise UsageError(f"{req.weights} takes {fit.in_channels}-channel images, not {req.input_size[0]}",
-                             f"use --in {fit.in_channels}x{h}x{w}")
+            raise UsageError(
+                f"{req.weights} takes {fit.in_channels}-channel images, not {req.input_size[0]}",
+                f"use --in {fit.in_channels}x{h}x{w}",
+            )
         build = fit.build_size if (info.source == "builtin" and tuple(fit.build_size) != (h, w)) else None
         spec = replace(spec, num_classes=fit.num_classes, in_channels=fit.in_channels, build_size=build)
         model, spec = _load_fitted(spec, state, req.weights)
-        notes.append(f"weights: {req.weights}{where}" + (f", layout built for {build[0]}x{build[1]} as the weights "
-                                                          "are" if build else ""))
+        notes.append(
+            f"weights: {req.weights}{where}"
+            + (f", layout built for {build[0]}x{build[1]} as the weights are" if build else "")
+        )
     elif req.on_meta:
         from cnncli.models.detect import build_on_meta
 
-        model = build_on_meta(spec.name, spec.num_classes, spec.in_channels, tuple(spec.build_size or spec.image_size))
+        model = build_on_meta(
+            spec.name, spec.num_classes, spec.in_channels, tuple(spec.build_size or spec.image_size)
+        )
     else:
         model = build_model(spec)
-    known = bool(req.weights or _asked(req))  # a bare architecture says nothing about data, and assumes nothing
+    known = bool(
+        req.weights or _asked(req)
+    )  # a bare architecture says nothing about data, and assumes nothing
     pre, assumed = resolve_preprocess(spec, req, {})
-    return OpenedModel(model, spec, pre if known else None, origin="registry", notes=notes + (assumed if known else []),
-                       source={"architecture": spec.name, "weights": req.weights or None})
+    return OpenedModel(
+        model,
+        spec,
+        pre if known else None,
+        origin="registry",
+        notes=notes + (assumed if known else []),
+        source={"architecture": spec.name, "weights": req.weights or None},
+    )
 
 
 def _asked(req: ModelRequest) -> bool:
@@ -242,31 +296,56 @@ def _asked(req: ModelRequest) -> bool:
 def _open_checkpoint_file(mf, req: ModelRequest) -> OpenedModel:
     ckpt = mf.checkpoint
     ckpt = replace(ckpt, model=trusted_spec(ckpt, mf.path, req.model))
-    return OpenedModel(model_from_checkpoint(ckpt), ckpt.model, ckpt.preprocess, ckpt, mf.path, origin="checkpoint",
-                       source={"file": mf.path, "kind": "checkpoint", "architecture": ckpt.model.name},
-                       dataset=ckpt.dataset)
+    return OpenedModel(
+        model_from_checkpoint(ckpt),
+        ckpt.model,
+        ckpt.preprocess,
+        ckpt,
+        mf.path,
+        origin="checkpoint",
+        source={"file": mf.path, "kind": "checkpoint", "architecture": ckpt.model.name},
+        dataset=ckpt.dataset,
+    )
 
 
-def _open_state_dict(path: str, state: dict, req: ModelRequest, meta: dict, *, where: str = "",
-                     kind: str = "state_dict") -> OpenedModel:
+def _open_state_dict(
+    path: str, state: dict, req: ModelRequest, meta: dict, *, where: str = "", kind: str = "state_dict"
+) -> OpenedModel:
     """A state dict: its architecture named (--model) or detected, the layout its weights need."""
-    size = req.input_size or ((None, *req.fallback.input_size[1:]) if req.fallback else None)  # the data's H, W
+    size = req.input_size or (
+        (None, *req.fallback.input_size[1:]) if req.fallback else None
+    )  # the data's H, W
     fit = _fit(req.model, state, size, path)
     info = resolve(fit.name)
-    c, h, w = (size[0] or fit.in_channels, *size[1:]) if size else (fit.in_channels, *_default_size(info, fit))
+    c, h, w = (
+        (size[0] or fit.in_channels, *size[1:]) if size else (fit.in_channels, *_default_size(info, fit))
+    )
     if c != fit.in_channels:
-        raise UsageError(f"{path} takes {fit.in_channels}-channel images, not {c}", f"use --in {fit.in_channels}x{h}x{w}")
+        raise UsageError(
+            f"{path} takes {fit.in_channels}-channel images, not {c}", f"use --in {fit.in_channels}x{h}x{w}"
+        )
     build = fit.build_size if (info.source == "builtin" and tuple(fit.build_size) != (h, w)) else None
     spec = ModelSpec(fit.name, fit.num_classes, c, (h, w), build)
     model, spec = _load_fitted(spec, state, path)
     how = "--model" if req.model else "detected"
-    notes = [f"{path}: {kind.replace('_', ' ')}{' ' + where if where else ''}, architecture {fit.name} ({how}), {fit.num_classes} classes, "
-             f"input {c}x{h}x{w}" + ("" if size else " (give --in for another size)")
-             + (f", layout built for {build[0]}x{build[1]}" if build else "")
-             + (f", prefix {fit.prefix!r} stripped" if fit.prefix else "")]
+    notes = [
+        f"{path}: {kind.replace('_', ' ')}{' ' + where if where else ''}, architecture {fit.name} ({how}), {fit.num_classes} classes, "
+        f"input {c}x{h}x{w}"
+        + ("" if size else " (give --in for another size)")
+        + (f", layout built for {build[0]}x{build[1]}" if build else "")
+        + (f", prefix {fit.prefix!r} stripped" if fit.prefix else "")
+    ]
     pre, assumed = resolve_preprocess(spec, req, meta)
-    return OpenedModel(model, spec, pre, None, path, origin="state_dict", notes=notes + assumed,
-                       source={"file": path, "kind": kind, "architecture": fit.name, "detected": not req.model})
+    return OpenedModel(
+        model,
+        spec,
+        pre,
+        None,
+        path,
+        origin="state_dict",
+        notes=notes + assumed,
+        source={"file": path, "kind": kind, "architecture": fit.name, "detected": not req.model},
+    )
 
 
 def _fit(name: str | None, state: dict, size, path: str):
@@ -296,8 +375,10 @@ def _load_fitted(spec: ModelSpec, state: dict, path: str) -> tuple[nn.Module, Mo
     try:
         model.load_state_dict(aligned)
     except RuntimeError as e:
-        raise UsageError(f"{path} does not fit {spec.name}: {_first_problem(e)}",
-                         "leave out --model to detect the architecture, or give the right one") from None
+        raise UsageError(
+            f"{path} does not fit {spec.name}: {_first_problem(e)}",
+            "leave out --model to detect the architecture, or give the right one",
+        ) from None
     return model, spec
 
 
@@ -310,8 +391,11 @@ def _open_module(mf, req: ModelRequest) -> OpenedModel:
     """TorchScript, a torch.export program or a trusted pickle: the module as it is. A pickled module whose tensors
     fit a registry architecture is rebuilt from the registry instead (then every command can use it)."""
     if req.model and mf.kind != "pickle":
-        raise UsageError(f"--model names the architecture of a state dict; {mf.path} is {mf.description}, which "
-                         "runs as saved", "leave out --model")
+        raise UsageError(
+            f"--model names the architecture of a state dict; {mf.path} is {mf.description}, which "
+            "runs as saved",
+            "leave out --model",
+        )
     module = mf.module.eval()
     if mf.kind == "pickle":
         rebuilt = _rebuild_pickle(mf, req)
@@ -322,11 +406,22 @@ def _open_module(mf, req: ModelRequest) -> OpenedModel:
     out = probe(module, (c, h, w))
     num_classes = int(out.shape[1]) if out.dim() >= 2 else int(out.numel())
     spec = ModelSpec(f"{mf.kind}:{os.path.basename(mf.path)}", num_classes, c, (h, w))
-    notes = [f"{mf.path}: {mf.description}{' ' + mf.where if mf.where else ''}, {num_classes} outputs"
-             + (f"; input {c}x{h}x{w} assumed (give --in)" if assumed_size else f", input {c}x{h}x{w}")]
+    notes = [
+        f"{mf.path}: {mf.description}{' ' + mf.where if mf.where else ''}, {num_classes} outputs"
+        + (f"; input {c}x{h}x{w} assumed (give --in)" if assumed_size else f", input {c}x{h}x{w}")
+    ]
     pre, assumed = resolve_preprocess(spec, req, meta)
-    return OpenedModel(module, spec, pre, None, mf.path, origin=mf.kind, notes=notes + assumed,
-                       source={"file": mf.path, "kind": mf.kind}, dataset=str(meta.get("dataset") or ""))
+    return OpenedModel(
+        module,
+        spec,
+        pre,
+        None,
+        mf.path,
+        origin=mf.kind,
+        notes=notes + assumed,
+        source={"file": mf.path, "kind": mf.kind},
+        dataset=str(meta.get("dataset") or ""),
+    )
 
 
 def _rebuild_pickle(mf, req: ModelRequest) -> OpenedModel | None:
@@ -334,7 +429,9 @@ def _rebuild_pickle(mf, req: ModelRequest) -> OpenedModel | None:
     from cnncli.models.detect import same_outputs
 
     try:
-        opened = _open_state_dict(mf.path, mf.state_dict, req, mf.metadata, where=mf.where, kind="pickled module")
+        opened = _open_state_dict(
+            mf.path, mf.state_dict, req, mf.metadata, where=mf.where, kind="pickled module"
+        )
     except UsageError:
         if req.model:
             raise
@@ -346,8 +443,10 @@ def _rebuild_pickle(mf, req: ModelRequest) -> OpenedModel | None:
         except Exception:
             same = False
     if not same and req.model:
-        raise UsageError(f"{mf.path} does not compute what {req.model} computes with its weights",
-                         "leave out --model to run the pickled module as it is")
+        raise UsageError(
+            f"{mf.path} does not compute what {req.model} computes with its weights",
+            "leave out --model to run the pickled module as it is",
+        )
     return opened if same else None
 
 
@@ -381,8 +480,12 @@ def torchvision_defaults(name: str) -> dict:
         weights = next(iter(tvm.get_model_weights(name)))
         t = weights.transforms()
         crop = getattr(t, "crop_size", None)
-        return {"crop": (int(crop[0]), int(crop[0])) if crop else None, "mean": tuple(t.mean), "std": tuple(t.std),
-                "classes": tuple(weights.meta.get("categories") or ())}
+        return {
+            "crop": (int(crop[0]), int(crop[0])) if crop else None,
+            "mean": tuple(t.mean),
+            "std": tuple(t.std),
+            "classes": tuple(weights.meta.get("categories") or ()),
+        }
     except Exception:
         return {}
 
@@ -396,26 +499,48 @@ def resolve_preprocess(spec: ModelSpec, req: ModelRequest, meta: dict) -> tuple[
     if info_source == "timm":
         tv = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     fb = req.fallback
-    mean, mean_from = _first((req.mean, "--mean"), (meta.get("mean"), "the file"), (tv.get("mean"), f"{arch}'s"),
-                             (fb.mean if fb else None, "the dataset's"), ((0.0,) * c, "none"))
-    std, std_from = _first((req.std, "--std"), (meta.get("std"), "the file"), (tv.get("std"), f"{arch}'s"),
-                           (fb.std if fb else None, "the dataset's"), ((1.0,) * c, "none"))
+    mean, mean_from = _first(
+        (req.mean, "--mean"),
+        (meta.get("mean"), "the file"),
+        (tv.get("mean"), f"{arch}'s"),
+        (fb.mean if fb else None, "the dataset's"),
+        ((0.0,) * c, "none"),
+    )
+    std, std_from = _first(
+        (req.std, "--std"),
+        (meta.get("std"), "the file"),
+        (tv.get("std"), f"{arch}'s"),
+        (fb.std if fb else None, "the dataset's"),
+        ((1.0,) * c, "none"),
+    )
     mean, std = _per_channel(mean, c, "--mean"), _per_channel(std, c, "--std")
     k = spec.num_classes
-    classes, classes_from = _first((req.classes, "--classes"), (meta.get("classes"), "the file"),
-                                   (tv.get("classes") if k == 1000 else None, "ImageNet"),
-                                   (fb.classes if fb and len(fb.classes) == k else None, "the dataset's"), ((), "none"))
+    classes, classes_from = _first(
+        (req.classes, "--classes"),
+        (meta.get("classes"), "the file"),
+        (tv.get("classes") if k == 1000 else None, "ImageNet"),
+        (fb.classes if fb and len(fb.classes) == k else None, "the dataset's"),
+        ((), "none"),
+    )
     if classes and len(classes) != k:
-        raise UsageError(f"{len(classes)} class names for a model with {k} outputs", "give one name per output")
+        raise UsageError(
+            f"{len(classes)} class names for a model with {k} outputs", "give one name per output"
+        )
     notes = []
     if mean_from not in ("--mean", "the file") or std_from not in ("--std", "the file"):
         how = "no normalization" if mean_from == "none" else f"{mean_from} normalization"
-        notes.append(f"assumed {how}: mean {_fmt(mean)}, std {_fmt(std)} (give --mean/--std if it was trained "
-                     "with others)")
+        notes.append(
+            f"assumed {how}: mean {_fmt(mean)}, std {_fmt(std)} (give --mean/--std if it was trained "
+            "with others)"
+        )
     if classes_from in ("ImageNet", "the dataset's"):
         notes.append(f"assumed {classes_from} class names (give --classes to name them)")
-    pre = Preprocess(spec.input_size, tuple(float(v) for v in mean), tuple(float(v) for v in std),
-                     tuple(str(v) for v in classes))
+    pre = Preprocess(
+        spec.input_size,
+        tuple(float(v) for v in mean),
+        tuple(float(v) for v in std),
+        tuple(str(v) for v in classes),
+    )
     return pre, notes
 
 

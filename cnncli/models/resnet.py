@@ -83,16 +83,24 @@ class CifarResNet(nn.Module):
         return self.fc(self.flatten(self.avgpool(x)))
 
 
-_TV = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]), 50: (Bottleneck, [3, 4, 6, 3]),
-       101: (Bottleneck, [3, 4, 23, 3]), 152: (Bottleneck, [3, 8, 36, 3])}
+_TV = {
+    18: (BasicBlock, [2, 2, 2, 2]),
+    34: (BasicBlock, [3, 4, 6, 3]),
+    50: (Bottleneck, [3, 4, 6, 3]),
+    101: (Bottleneck, [3, 4, 23, 3]),
+    152: (Bottleneck, [3, 8, 36, 3]),
+}
 
 
 def _make_tv(depth: int):
     block, layers = _TV[depth]
 
-    def builder(*, num_classes: int = 1000, in_channels: int = 3, image_size: tuple[int, int] = (224, 224)) -> nn.Module:
-        return _build_imagenet_style(block, layers, num_classes=num_classes, in_channels=in_channels,
-                                     image_size=tuple(image_size))
+    def builder(
+        *, num_classes: int = 1000, in_channels: int = 3, image_size: tuple[int, int] = (224, 224)
+    ) -> nn.Module:
+        return _build_imagenet_style(
+            block, layers, num_classes=num_classes, in_channels=in_channels, image_size=tuple(image_size)
+        )
 
     builder.__name__ = f"resnet{depth}"
     builder.__doc__ = f"ResNet-{depth} (torchvision layout; CIFAR stem below {SMALL_INPUT} px)."
@@ -100,7 +108,9 @@ def _make_tv(depth: int):
 
 
 def _make_cifar(depth: int):
-    def builder(*, num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)) -> nn.Module:
+    def builder(
+        *, num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)
+    ) -> nn.Module:
         return CifarResNet(depth, num_classes, in_channels)
 
     builder.__name__ = f"resnet{depth}"
@@ -109,6 +119,8 @@ def _make_cifar(depth: int):
 
 
 for _d in (18, 34, 50, 101, 152):
-    register_model(family="resnet", input_size=(3, 224, 224), num_classes=1000, default=_d == 18)(_make_tv(_d))
+    register_model(family="resnet", input_size=(3, 224, 224), num_classes=1000, default=_d == 18)(
+        _make_tv(_d)
+    )
 for _d in (20, 32, 44, 56, 110):
     register_model(family="resnet_cifar", input_size=(3, 32, 32), num_classes=10)(_make_cifar(_d))

@@ -10,7 +10,9 @@ from cnncli.models._registry import register_model
 
 
 def _conv_bn(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class SmallCNN(nn.Module):
@@ -20,9 +22,14 @@ class SmallCNN(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            _conv_bn(in_channels, w), _conv_bn(w, w), nn.MaxPool2d(2),
-            _conv_bn(w, 2 * w), _conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
-            _conv_bn(2 * w, 4 * w), _conv_bn(4 * w, 4 * w),
+            _conv_bn(in_channels, w),
+            _conv_bn(w, w),
+            nn.MaxPool2d(2),
+            _conv_bn(w, 2 * w),
+            _conv_bn(2 * w, 2 * w),
+            nn.MaxPool2d(2),
+            _conv_bn(2 * w, 4 * w),
+            _conv_bn(4 * w, 4 * w),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(4 * w, num_classes))
@@ -37,8 +44,12 @@ class MLP(nn.Module):
     def __init__(self, num_classes: int = 10, in_features: int = 3 * 32 * 32, hidden: int = 512):
         super().__init__()
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, hidden // 2), nn.ReLU(inplace=True), nn.Linear(hidden // 2, num_classes),
+            nn.Flatten(),
+            nn.Linear(in_features, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden // 2),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden // 2, num_classes),
         )
 
     def forward(self, x):
@@ -46,7 +57,9 @@ class MLP(nn.Module):
 
 
 @register_model(family="smallcnn", input_size=(3, 32, 32), num_classes=10)
-def smallcnn(*, num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)) -> nn.Module:
+def smallcnn(
+    *, num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)
+) -> nn.Module:
     """A small plain CNN: 6 conv-BN-ReLU layers, 2 max-pools, global average pooling."""
     return SmallCNN(num_classes, in_channels)
 

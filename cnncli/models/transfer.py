@@ -18,10 +18,12 @@ from cnncli.models.files import align_keys
 @dataclass
 class Transfer:
     loaded: list[str] = field(default_factory=list)
-    remade: list[str] = field(default_factory=list)     # in the model, other shape in the file: left as built
-    adapted: list[str] = field(default_factory=list)    # the input convolution, converted to the model's channels
-    missing: list[str] = field(default_factory=list)    # in the model, not in the file: left as built
-    unused: list[str] = field(default_factory=list)     # in the file, not in the model
+    remade: list[str] = field(default_factory=list)  # in the model, other shape in the file: left as built
+    adapted: list[str] = field(
+        default_factory=list
+    )  # the input convolution, converted to the model's channels
+    missing: list[str] = field(default_factory=list)  # in the model, not in the file: left as built
+    unused: list[str] = field(default_factory=list)  # in the file, not in the model
     prefix: str = ""
 
     def summary(self) -> str:
@@ -65,7 +67,9 @@ def transfer_weights(model: nn.Module, state: dict, what: str = "the weights") -
             out.remade.append(key)
     out.unused = [k for k in aligned if k not in target]
     if not new:
-        raise UsageError(f"no tensor of {what} fits the model (names or shapes all differ)",
-                         "is it the weights of the same architecture?")
+        raise UsageError(
+            f"no tensor of {what} fits the model (names or shapes all differ)",
+            "is it the weights of the same architecture?",
+        )
     model.load_state_dict(new, strict=False)
     return out

@@ -15,7 +15,29 @@ CFGS = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+    19: [
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+    ],
 }
 SMALL_INPUT = 96
 
@@ -42,15 +64,25 @@ class VGG(nn.Module):
         if min(image_size) >= SMALL_INPUT:
             self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
             self.classifier = nn.Sequential(
-                nn.Flatten(), nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(0.5),
-                nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(0.5), nn.Linear(4096, num_classes),
+                nn.Flatten(),
+                nn.Linear(512 * 7 * 7, 4096),
+                nn.ReLU(True),
+                nn.Dropout(0.5),
+                nn.Linear(4096, 4096),
+                nn.ReLU(True),
+                nn.Dropout(0.5),
+                nn.Linear(4096, num_classes),
             )
         else:
             spec = " ".join("maxpool(2)" if v == "M" else f"conv({v},k=3,p=1)" for v in CFGS[depth])
             _, h, w = arith.run_layers((in_channels, *image_size), spec)[-1].output
             self.avgpool = nn.Identity()
             self.classifier = nn.Sequential(
-                nn.Flatten(), nn.Linear(512 * h * w, 512), nn.ReLU(True), nn.Dropout(0.5), nn.Linear(512, num_classes),
+                nn.Flatten(),
+                nn.Linear(512 * h * w, 512),
+                nn.ReLU(True),
+                nn.Dropout(0.5),
+                nn.Linear(512, num_classes),
             )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -69,7 +101,9 @@ def _build(depth: int, bn: bool, num_classes: int, in_channels: int, image_size)
 
 
 def _make(depth: int, bn: bool):
-    def builder(*, num_classes: int = 1000, in_channels: int = 3, image_size: tuple[int, int] = (224, 224)) -> nn.Module:
+    def builder(
+        *, num_classes: int = 1000, in_channels: int = 3, image_size: tuple[int, int] = (224, 224)
+    ) -> nn.Module:
         return _build(depth, bn, num_classes, in_channels, image_size)
 
     builder.__name__ = f"vgg{depth}" + ("_bn" if bn else "")

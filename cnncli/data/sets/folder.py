@@ -38,8 +38,12 @@ def _scan(root: str) -> _Scan:
         empty += [] if files else [name]
         samples += [(f, i) for f in files]
     if empty:
-        listed = ", ".join(shown(n, 40) for n in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-        raise UsageError(f"cannot read images in {shown(root)}: no images in the class folder(s) {listed}", hint)
+        listed = ", ".join(shown(n, 40) for n in empty[:5]) + (
+            f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        )
+        raise UsageError(
+            f"cannot read images in {shown(root)}: no images in the class folder(s) {listed}", hint
+        )
     return _Scan(classes, samples)
 
 
@@ -63,14 +67,18 @@ def _splits(path: str) -> tuple[dict[str, list], list[str], tuple[str, ...]]:
     for name in present or ("all",):
         ds = _scan(os.path.join(path, name) if present else path)
         if classes is not None and list(ds.classes) != classes:
-            raise UsageError(f"{name}/ has different classes from {present[0]}/", f"{ds.classes} vs {classes}")
+            raise UsageError(
+                f"{name}/ has different classes from {present[0]}/", f"{ds.classes} vs {classes}"
+            )
         classes, splits[name] = list(ds.classes), list(ds.samples)
     source = "train" if present else "all"
     if source in splits and "val" not in splits:  # a seeded validation split when there is no val/
         samples = splits[source]
         if len(samples) < 2:
-            raise UsageError(f"{path} holds {len(samples)} image(s): training needs at least 2 images",
-                             "one for training and one to validate; add images or a val/ folder")
+            raise UsageError(
+                f"{path} holds {len(samples)} image(s): training needs at least 2 images",
+                "one for training and one to validate; add images or a val/ folder",
+            )
         perm = torch.randperm(len(samples), generator=torch.Generator().manual_seed(VAL_SEED)).tolist()
         n_val = max(1, len(samples) // 5)
         splits["val"] = [samples[i] for i in sorted(perm[:n_val])]
@@ -92,5 +100,18 @@ def folder(info, *, data_dir, image_size=None, download=True, arg=None):
     channels, native = image_mode(first)
     size = tuple(image_size) if image_size else native
     mean, std = (GRAY_MEAN, GRAY_STD) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
-    return FolderData(f"folder:{arg}", splits, classes, mean, std, info.crop_padding, info.flip, info.epochs,
-                      info.batch_size, root=path, image_size=size, channels=channels, folders=present)
+    return FolderData(
+        f"folder:{arg}",
+        splits,
+        classes,
+        mean,
+        std,
+        info.crop_padding,
+        info.flip,
+        info.epochs,
+        info.batch_size,
+        root=path,
+        image_size=size,
+        channels=channels,
+        folders=present,
+    )

@@ -9,9 +9,15 @@ from cnncli.errors import UsageError
 
 # What the CIFAR release's pickles hold (numpy arrays inside dicts, lists, strings and numbers) and nothing else:
 # any other global in a file (os.system, builtins.eval, ...) is refused instead of being called.
-_ARRAY_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
-_ARRAY_GLOBALS |= {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.numeric", "_frombuffer"),
-                   ("numpy._core.numeric", "_frombuffer")}
+_ARRAY_GLOBALS = {
+    (m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")
+}
+_ARRAY_GLOBALS |= {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+}
 
 
 def read_array_pickle(path: str):
@@ -28,11 +34,16 @@ def read_array_pickle(path: str):
         with open(path, "rb") as f:
             return ArraysOnly(f, encoding="latin1").load()
     except pickle.UnpicklingError as e:
-        raise UsageError(f"refusing to load {path}: it holds a Python object ({e}) that a dataset file never "
-                         "contains and that could run code", "replace it with the original release file") from None
+        raise UsageError(
+            f"refusing to load {path}: it holds a Python object ({e}) that a dataset file never "
+            "contains and that could run code",
+            "replace it with the original release file",
+        ) from None
     except Exception as e:
-        raise UsageError(f"unreadable dataset file {path}: {type(e).__name__}: {e}",
-                         "replace it with the original release file") from None
+        raise UsageError(
+            f"unreadable dataset file {path}: {type(e).__name__}: {e}",
+            "replace it with the original release file",
+        ) from None
 
 
 def _safe_cifar(base):
@@ -60,10 +71,14 @@ def _safe_cifar(base):
                 entry = read_array_pickle(os.path.join(folder, name))
                 try:
                     data.append(np.asarray(entry["data"], dtype=np.uint8))
-                    self.targets.extend(int(v) for v in entry["labels" if "labels" in entry else "fine_labels"])
+                    self.targets.extend(
+                        int(v) for v in entry["labels" if "labels" in entry else "fine_labels"]
+                    )
                 except (KeyError, TypeError, ValueError) as e:
-                    raise UsageError(f"malformed dataset file {os.path.join(folder, name)}: {type(e).__name__}: {e}",
-                                     "replace it with the original release file") from None
+                    raise UsageError(
+                        f"malformed dataset file {os.path.join(folder, name)}: {type(e).__name__}: {e}",
+                        "replace it with the original release file",
+                    ) from None
             self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
             meta = read_array_pickle(os.path.join(folder, self.meta["filename"]))
             self.classes = [str(c) for c in meta[self.meta["key"]]]
@@ -98,22 +113,33 @@ def _open(info, name: str, data_dir: str, train: bool, download: bool):
     except RuntimeError as e:  # torchvision's "not found": try the download below
         if "not found" not in str(e).lower() and "corrupted" not in str(e).lower():
             raise _unreadable(info, data_dir, e) from None
-    except (ValueError, KeyError, IndexError, EOFError, AssertionError, OSError) as e:  # files there, but broken
+    except (
+        ValueError,
+        KeyError,
+        IndexError,
+        EOFError,
+        AssertionError,
+        OSError,
+    ) as e:  # files there, but broken
         raise _unreadable(info, data_dir, e) from None
     if download:
         try:
             return cls(data_dir, download=True, **kwargs)
         except Exception as e:  # offline, or a server problem
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            raise UsageError(f"dataset {info.name} is not in {data_dir} and could not be downloaded ({reason})",
-                             f"put {info.files} in {data_dir}, or set --data-dir / CNN_DATA_DIR") from None
+            raise UsageError(
+                f"dataset {info.name} is not in {data_dir} and could not be downloaded ({reason})",
+                f"put {info.files} in {data_dir}, or set --data-dir / CNN_DATA_DIR",
+            ) from None
     raise UsageError(f"dataset {info.name} is not in {data_dir}", f"put {info.files} there")
 
 
 def _unreadable(info, data_dir: str, e: Exception) -> UsageError:
     msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-    return UsageError(f"the {info.name} files in {data_dir} are unreadable: {type(e).__name__}: {msg}",
-                      f"replace them with {info.files} from the release, or delete them to download again")
+    return UsageError(
+        f"the {info.name} files in {data_dir} are unreadable: {type(e).__name__}: {msg}",
+        f"replace them with {info.files} from the release, or delete them to download again",
+    )
 
 
 def _to_uint8_nchw(data):
@@ -139,43 +165,78 @@ def _load(info, name: str, data_dir: str, download: bool):
         return torch.as_tensor(ds.targets if hasattr(ds, "targets") else ds.labels).long()
 
     classes = list(getattr(tr, "classes", None) or [str(i) for i in range(10)])
-    return tensor_dataset(info, _to_uint8_nchw(tr.data), labels(tr), _to_uint8_nchw(te.data), labels(te), classes)
+    return tensor_dataset(
+        info, _to_uint8_nchw(tr.data), labels(tr), _to_uint8_nchw(te.data), labels(te), classes
+    )
 
 
-_CIFAR = dict(crop_padding=4, flip=True, batch_size=256, source="torchvision")
+_CIFAR = {"crop_padding": 4, "flip": True, "batch_size": 256, "source": "torchvision"}
 
 
-@register_dataset(epochs=30, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
-                  files="cifar-10-python.tar.gz or its extracted cifar-10-batches-py/", **_CIFAR)
+@register_dataset(
+    epochs=30,
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2470, 0.2435, 0.2616),
+    files="cifar-10-python.tar.gz or its extracted cifar-10-batches-py/",
+    **_CIFAR,
+)
 def cifar10(info, *, data_dir, image_size=None, download=True, arg=None):
     """CIFAR-10: 60,000 3x32x32 colour images in 10 classes."""
     return _load(info, "CIFAR10", data_dir, download)
 
 
-@register_dataset(epochs=40, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
-                  files="cifar-100-python.tar.gz or its extracted cifar-100-python/", **_CIFAR)
+@register_dataset(
+    epochs=40,
+    mean=(0.5071, 0.4865, 0.4409),
+    std=(0.2673, 0.2564, 0.2762),
+    files="cifar-100-python.tar.gz or its extracted cifar-100-python/",
+    **_CIFAR,
+)
 def cifar100(info, *, data_dir, image_size=None, download=True, arg=None):
     """CIFAR-100: 60,000 3x32x32 colour images in 100 classes."""
     return _load(info, "CIFAR100", data_dir, download)
 
 
-@register_dataset(epochs=8, batch_size=256, mean=(0.1307,), std=(0.3081,), crop_padding=2, source="torchvision",
-                  files="MNIST/raw/ with train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-                        "t10k-labels-idx1-ubyte")
+@register_dataset(
+    epochs=8,
+    batch_size=256,
+    mean=(0.1307,),
+    std=(0.3081,),
+    crop_padding=2,
+    source="torchvision",
+    files="MNIST/raw/ with train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+    "t10k-labels-idx1-ubyte",
+)
 def mnist(info, *, data_dir, image_size=None, download=True, arg=None):
     """MNIST: 70,000 1x28x28 handwritten digits."""
     return _load(info, "MNIST", data_dir, download)
 
 
-@register_dataset(name="fashion-mnist", epochs=15, batch_size=256, mean=(0.2860,), std=(0.3530,), crop_padding=2,
-                  flip=True, source="torchvision", files="FashionMNIST/raw/ with the four *-idx*-ubyte files")
+@register_dataset(
+    name="fashion-mnist",
+    epochs=15,
+    batch_size=256,
+    mean=(0.2860,),
+    std=(0.3530,),
+    crop_padding=2,
+    flip=True,
+    source="torchvision",
+    files="FashionMNIST/raw/ with the four *-idx*-ubyte files",
+)
 def fashion_mnist(info, *, data_dir, image_size=None, download=True, arg=None):
     """Fashion-MNIST: 70,000 1x28x28 images of clothing in 10 classes."""
     return _load(info, "FashionMNIST", data_dir, download)
 
 
-@register_dataset(epochs=15, batch_size=256, mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970),
-                  crop_padding=2, source="torchvision", files="train_32x32.mat and test_32x32.mat")
+@register_dataset(
+    epochs=15,
+    batch_size=256,
+    mean=(0.4377, 0.4438, 0.4728),
+    std=(0.1980, 0.2010, 0.1970),
+    crop_padding=2,
+    source="torchvision",
+    files="train_32x32.mat and test_32x32.mat",
+)
 def svhn(info, *, data_dir, image_size=None, download=True, arg=None):
     """SVHN: 99,289 3x32x32 house-number digits (the train and test splits)."""
     return _load(info, "SVHN", data_dir, download)
