@@ -146,20 +146,20 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         ("--num-classes", cfg.num_classes, 1),
     ):
         _at_least(flag, value, low)
-    for flag, value, high in RANGE_LIMITS:
-        v = getattr(cfg, value)
+    for flag, attr, high in RANGE_LIMITS:
+        v = getattr(cfg, attr)
         if v is not None and v > high:
             raise UsageError(
                 f"{flag} must be at most {high:,}, got {v:,}", "a value this large cannot be meant"
             )
-    for flag, value in (("--lr", cfg.lr), ("--weight-decay", cfg.weight_decay)):
+    for flag, rate in (("--lr", cfg.lr), ("--weight-decay", cfg.weight_decay)):
         # real ranges: a rate that overflows float32 (the optimizer's arithmetic) or underflows it is not a rate
-        low = 0 if flag == "--weight-decay" else MIN_LR
-        if value is not None and not (
-            math.isfinite(value) and low <= value <= MAX_RATE and (value > 0 or low == 0)
+        floor = 0.0 if flag == "--weight-decay" else MIN_LR
+        if rate is not None and not (
+            math.isfinite(rate) and floor <= rate <= MAX_RATE and (rate > 0 or floor == 0)
         ):
-            what = "a number >= 0" if low == 0 else "a positive number"
-            raise UsageError(f"{flag} must be {what} (at most {MAX_RATE:g}, float32's range), got {value}")
+            what = "a number >= 0" if floor == 0 else "a positive number"
+            raise UsageError(f"{flag} must be {what} (at most {MAX_RATE:g}, float32's range), got {rate}")
     if not 0 <= cfg.seed <= MAX_SEED:
         raise UsageError(f"--seed must be in 0..{MAX_SEED}, got {cfg.seed}", "torch seeds are 64-bit")
     if not 0 <= cfg.label_smoothing < 1:

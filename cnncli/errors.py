@@ -43,12 +43,12 @@ class Interrupted(CnnError):
 # Set by the CLI's signal handler. Library code that catches broad exceptions (a fallback exporter, a retry) and
 # every commit of an output file (fileio.atomic_write) call `raise_if_interrupted()`: a signal that arrived while a
 # C extension ran (and came back as an ImportError or RuntimeError) is still a signal.
-_interrupt = {"set": False}
+_interrupt: dict[str, int] = {"set": 0, "command": 0}  # set: 0 or 1
 
 
 def begin_command() -> None:
     """A new command in this process (an embedding application, the test suite): no signal seen yet."""
-    _interrupt["set"] = False
+    _interrupt["set"] = 0
     _interrupt["command"] = _interrupt.get("command", 0) + 1
 
 
@@ -61,12 +61,12 @@ def command_id() -> int:
 def mark_interrupted() -> bool:
     """Record a signal; True if it is the first one."""
     first = not _interrupt["set"]
-    _interrupt["set"] = True
+    _interrupt["set"] = 1
     return first
 
 
 def was_interrupted() -> bool:
-    return _interrupt["set"]
+    return bool(_interrupt["set"])
 
 
 def raise_if_interrupted() -> None:

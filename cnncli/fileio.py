@@ -353,21 +353,22 @@ class FolderLock:
     """An exclusive lock on a folder (a run): a second writer is refused, not interleaved. Released at exit."""
 
     def __init__(self, folder: str, what: str = "run folder"):
-        self.folder, self.what, self.fd = folder, what, None
+        self.folder, self.what = folder, what
+        self.fd: int | None = None
 
     def acquire(self) -> FolderLock:
         import fcntl
 
         path = os.path.join(self.folder, ".lock")
         try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise os_error(e, path) from None
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.fd = fd
         except OSError:
-            os.close(self.fd)
-            self.fd = None
+            os.close(fd)
             raise UsageError(
                 f"the {self.what} {shown(self.folder)} is in use by another cnn process",
                 "wait for it to finish, or give another --name",
@@ -413,7 +414,7 @@ def write_csv(path: str, header: list[str], rows: Iterable[list]) -> None:
 def remove_stale_temp_files(folder: str, output: str | None = None) -> list[str]:
     """Remove the hidden temp files of writes that a SIGKILL interrupted (all in `folder`, or those of one output
     file's name); returns their names. Two processes writing the same output at once are not supported."""
-    removed = []
+    removed: list[str] = []
     if not os.path.isdir(folder):
         return removed
     prefix = "." + os.path.basename(output) + "." if output else "."

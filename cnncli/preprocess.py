@@ -80,8 +80,9 @@ class Preprocess:
 
     @classmethod
     def from_metadata(cls, meta: dict) -> Preprocess:
+        c, h, w = (int(v) for v in meta["input_size"])
         return cls(
-            tuple(int(v) for v in meta["input_size"]),
+            (c, h, w),
             tuple(float(v) for v in meta["mean"]),
             tuple(float(v) for v in meta["std"]),
             tuple(str(v) for v in meta.get("classes") or ()),

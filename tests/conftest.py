@@ -7,6 +7,14 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="rewrite tests/golden/ from the current output instead of comparing (torchinfo's --overwrite)",
+    )
+
+
 def run_cnn(*args, env=None, cwd=None, timeout=600, check=None, sub=False):
     """Run `cnn ARGS` and return a CompletedProcess (returncode, stdout, stderr).
 

@@ -290,3 +290,20 @@ def test_few_flat_modules_and_none_named_like_the_standard_library():
     assert len(flat) + 2 <= 8, flat  # with __init__ and __main__
     every = [p.stem for p in PKG.rglob("*.py") if not p.stem.startswith("__")]
     assert not [n for n in every if n in sys.stdlib_module_names], every
+
+
+def test_the_tree_is_formatted_linted_and_type_checked():
+    """The habits CI keeps: `ruff format --check`, `ruff check` (bugbear, pyupgrade, comprehensions, the ban on
+    torch in the CLI) and mypy on what pyproject.toml names (the foundation and the runtime)."""
+    import subprocess
+    import sys
+
+    root = PKG.parent
+    ruff = os.path.join(os.path.dirname(sys.executable), "ruff")
+    for argv in (
+        [ruff, "format", "--check", "--no-cache", "."],
+        [ruff, "check", "--no-cache", "."],
+        [sys.executable, "-m", "mypy", "--no-incremental"],
+    ):
+        p = subprocess.run(argv, capture_output=True, text=True, cwd=root, timeout=300)
+        assert p.returncode == 0, (argv[1:], p.stdout[-2000:], p.stderr[-2000:])
