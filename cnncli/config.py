@@ -121,6 +121,13 @@ RANGE_LIMITS = (
 )
 
 
+def check_count(flag: str, value: int, low: int = 1, high: int = 1 << 24) -> int:
+    """A count option (a batch size, top-k) within real bounds, for every command that takes one."""
+    if not low <= value <= high:
+        raise UsageError(f"{flag} must be in {low}..{high:,}, got {value:,}")
+    return value
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Every check of a request, cheap ones first so bad usage fails in a moment, before any data is loaded.
 
@@ -171,7 +178,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             f"--img-size {'x'.join(map(str, cfg.img_size))} is too large",
             f"at most {MAX_IMG_SIDE} pixels a side for training",
         )
-    if not cfg.name or cfg.name in (".", "..") or os.sep in cfg.name or (os.altsep and os.altsep in cfg.name):
+    if (
+        not cfg.name
+        or cfg.name in (".", "..")
+        or os.sep in cfg.name
+        or (os.altsep and os.altsep in cfg.name)
+        or not cfg.name.isprintable()
+    ):
         raise UsageError(
             f"--name must be a folder name, not a path: {cfg.name!r}", "use --project for the parent folder"
         )

@@ -14,6 +14,7 @@ from cnncli.cli._common import (
     epilog,
     log,
     model_options,
+    say,
 )
 
 # the format table lives in cnncli.export (torch); its names are repeated here so --help starts without torch,
@@ -116,17 +117,17 @@ def export_cmd(
         return
     shape = lambda d: "x".join(str(v) for v in d["shape"])  # noqa: E731
     opset_text = f"opset {res.opset}, " if res.opset is not None else ""
-    print(f"wrote {res.path} ({res.size_bytes / 1e6:.2f} MB, {opset_text}{res.exporter} exporter)")
-    print(
+    say(f"wrote {res.path} ({res.size_bytes / 1e6:.2f} MB, {opset_text}{res.exporter} exporter)")
+    say(
         f"  input  {res.inputs[0]['name']} {shape(res.inputs[0])}   output {res.outputs[0]['name']} {shape(res.outputs[0])}"
     )
     if res.max_abs_diff is not None:
         checker = "onnx.checker passed; ONNX Runtime" if fmt == "onnx" else "the file"
-        print(
+        say(
             f"  check: {checker} vs PyTorch max |diff| {res.max_abs_diff:.2e} over "
             f"{len(res.checked)} input shapes (tolerance {tolerance:g})"
         )
     else:
-        print("  check skipped (--no-check)")
+        say("  check skipped (--no-check)")
     if fmt == "onnx":
         log(f"next: cnn eval {res.path} --data {res.metadata.get('dataset') or 'DATASET'}")

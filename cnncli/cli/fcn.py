@@ -14,6 +14,7 @@ from cnncli.cli._common import (
     log,
     log_notes,
     model_options,
+    say,
 )
 
 EPILOG = (
@@ -74,21 +75,21 @@ def fcn_cmd(
     for step in conv.steps:
         log(f"  {step}")
     s, rf, off = conv.stride, conv.receptive_field, conv.offset
-    print(
+    say(
         f"wrote {out}: fully convolutional, logits equal at {'x'.join(map(str, size))} "
         f"(max |diff| {conv.max_abs_diff:.2e})"
     )
     th, tw = size[1:]
     cells = f"an HxW image gives a score map of floor((H-{th})/{s[0]})+1 x floor((W-{tw})/{s[1]})+1 cells"
     if isinstance(rf, str):
-        print(f"output stride {s[0]}x{s[1]}, receptive field {rf}: {cells}")
+        say(f"output stride {s[0]}x{s[1]}, receptive field {rf}: {cells}")
         log(
             "note: every score reads the whole image (squeeze-and-excitation, attention or another operation "
             "that pools every position), so a cell is not a classifier of its own window; scores still vary "
             "with position"
         )
     else:
-        print(
+        say(
             f"output stride {s[0]}x{s[1]}, receptive field {rf[0]}x{rf[1]}, offset {off[0]},{off[1]}: {cells}"
         )
     log(f"next: cnn scoremap {out} IMAGE.png")

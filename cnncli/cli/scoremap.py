@@ -20,6 +20,7 @@ from cnncli.cli._common import (
     log_notes,
     model_options,
     pick_device,
+    say,
 )
 
 SCENES = ("lines",)
@@ -127,6 +128,6 @@ def scoremap_cmd(
                 if "region_agreement" in r
                 else ""
             )
-            print(f"{path}: score map {'x'.join(map(str, r['scores_shape']))} -> {r['png']}{agree}")
+            say(f"{path}: score map {'x'.join(map(str, r['scores_shape']))} -> {r['png']}{agree}")
     if json_out:
         emit_json(results[0] if len(results) == 1 else {"images": results})

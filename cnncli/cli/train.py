@@ -9,9 +9,10 @@ from typing import Annotated, Optional
 import typer
 
 from cnncli.cli import app
-from cnncli.cli._common import DeviceOpt, JsonOpt, choice, emit_json, epilog, is_terminal, log
+from cnncli.cli._common import DeviceOpt, JsonOpt, choice, emit_json, epilog, is_terminal, log, say
 from cnncli.config import OPTIMIZERS, PRECISION_ALIASES, PRECISIONS, SCHEDULES, TrainConfig
 from cnncli.data import list_datasets
+from cnncli.errors import shown_lines
 
 D = TrainConfig()  # every default below is the config's own (a test checks each flag against it)
 
@@ -182,11 +183,11 @@ def train_cmd(
             if result.test_accuracy is not None
             else " (no test split: the folder has no test/, and val chose best.pt)"
         )
-        print(
+        say(
             f"done: {result.epochs} epochs, best val accuracy {result.best_accuracy:.2%}{test}, "
             f"{result.images_per_second:,.0f} images/s on {result.device} ({_prec(result.precision)})"
         )
-        print(f"run folder: {result.run_dir}")
+        say(f"run folder: {result.run_dir}")
     d = result.run_dir
     log("next:")
     split = (
@@ -342,7 +343,7 @@ class _Reporter:
                 if self.task is not None:  # the finished epoch's bar gives way to its summary line
                     self.progress.remove_task(self.task)
                     self.task = None
-                self.progress.console.print(line, markup=False, highlight=False)
+                self.progress.console.print(shown_lines(line), markup=False, highlight=False)
             else:
                 log(line)
 

@@ -185,9 +185,11 @@ def evaluate_file(
     """`cnn eval`: any model file in PyTorch on `device`, or an `.onnx` file in ONNX Runtime, on a dataset split,
     each with its own recorded preprocessing (or, for files that carry none, the command line's, the architecture's
     or the dataset's, as logged). `data` defaults to the dataset the model was trained on."""
+    from cnncli.config import check_count
     from cnncli.data import load_dataset
     from cnncli.models.open import ModelRequest
 
+    check_count("--batch-size", batch_size)
     req = request or ModelRequest()
     ds = load_dataset(data, data_dir) if data else None
     if ds is not None:

@@ -158,13 +158,13 @@ def predict(
     progress: Callable[[int, int], None] | None = None,
 ) -> PredictResult:
     """Top-k classes with probabilities for every image the sources name (see the module docstring)."""
+    from cnncli.config import check_count
     from cnncli.data.loader import FolderLoader
     from cnncli.models.open import ModelRequest
 
     if topk < 1:
         raise UsageError(f"--topk must be at least 1, got {topk}")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    check_count("--batch-size", batch_size)
     paths = image_files(sources)
     runner = _Runner(model_arg, request or ModelRequest(), device)
     pre = runner.preprocess
