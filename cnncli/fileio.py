@@ -39,6 +39,11 @@ def begin_command() -> None:
     _inputs.clear()
 
 
+def note_inputs(paths: Iterable[str]) -> None:
+    """Files a command reads without opening them one by one yet (a folder's images): never written either."""
+    _inputs.update(os.path.realpath(p) for p in paths)
+
+
 def _kind_of_mode(mode: int) -> str | None:
     """What a non-regular file is, in words (None for a regular file or a folder)."""
     for test, name in (

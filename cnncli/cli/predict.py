@@ -64,18 +64,19 @@ def predict_cmd(
     opts=None,
 ) -> None:
     """Top-k classes with probabilities for each image: a table, --json or --csv."""
+    from cnncli.engine.predict import image_files, predict
     from cnncli.fileio import check_output
 
     req = opts.request()
+    images = image_files(sources)  # expanded once; --csv may replace none of them (nor the model)
     if csv:
-        check_output(csv, [model], force)
-    from cnncli.engine.predict import predict
+        check_output(csv, [model, *images], force, flag="--csv")
     from cnncli.fileio import is_onnx_file
 
     dev = None if is_onnx_file(model) else pick_device(device)
     with _progress() as bar:
         res = predict(
-            model, sources, request=req, topk=topk, batch_size=batch_size, device=dev or "cpu", progress=bar
+            model, images, request=req, topk=topk, batch_size=batch_size, device=dev or "cpu", progress=bar
         )
     for note in res.notes:
         log(note)

@@ -278,74 +278,69 @@ class _Reporter:
         self.task = None
         self.task_desc = ""
 
-    def __call__(self, kind: str, info: dict) -> None:
-        if not self.enabled:
+    def __call__(self, event) -> None:
+        """One typed event from the trainer (cnncli/engine/events.py) to its hook below."""
+        from cnncli.engine.events import dispatch
+
+        if self.enabled:
+            dispatch(self, event)
+
+    def on_note(self, e) -> None:
+        log(e.message)
+
+    def on_start(self, e) -> None:
+        resumed = f", resumed at epoch {e.resumed_at[0] + 1} step {e.resumed_at[1]}" if e.resumed_at else ""
+        log(
+            f"train {e.model} on {e.data}: {e.train_samples:,} images {'x'.join(map(str, e.input))}, "
+            f"{e.epochs} epochs x {e.steps_per_epoch} steps, batch {e.batch_size}, device {e.device}, "
+            f"{_prec(e.precision)}{resumed}"
+        )
+        log(f"run folder: {e.run_dir}")
+        if not self.plain:
+            self._start_bar()
+
+    def _start_bar(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from cnncli.cli._common import console
+
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(),
+        )
+        self.progress = Progress(*columns, console=console(stderr=True), transient=False)
+        self.progress.start()
+
+    def on_step(self, e) -> None:
+        if self.progress is None:
             return
-        if kind == "note":
-            log(info["message"])
-        elif kind == "start":
-            resumed = (
-                f", resumed at epoch {info['resumed_at'][0] + 1} step {info['resumed_at'][1]}"
-                if info["resumed_at"]
-                else ""
-            )
-            log(
-                f"train {info['model']} on {info['data']}: {info['train_samples']:,} images "
-                f"{'x'.join(map(str, info['input']))}, {info['epochs']} epochs x "
-                f"{info['steps_per_epoch']} steps, batch {info['batch_size']}, device {info['device']}, "
-                f"{_prec(info['precision'])}{resumed}"
-            )
-            log(f"run folder: {info['run_dir']}")
-            if not self.plain:
-                from rich.progress import (
-                    BarColumn,
-                    MofNCompleteColumn,
-                    Progress,
-                    TextColumn,
-                    TimeRemainingColumn,
-                )
+        desc = f"epoch {e.epoch + 1}"
+        if self.task is None or self.task_desc != desc:
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.task = self.progress.add_task(desc, total=e.steps, completed=e.step - 1, stats="")
+            self.task_desc = desc
+        # read from the device every few steps, not every step
+        running = f"loss {e.loss:.4f} acc {e.accuracy:.2%} " if e.loss is not None else ""
+        self.progress.update(self.task, completed=e.step, stats=f"{running}{e.images_per_second:,.0f} img/s")
 
-                from cnncli.cli._common import console
-
-                self.progress = Progress(
-                    TextColumn("{task.description}"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TextColumn("{task.fields[stats]}"),
-                    TimeRemainingColumn(),
-                    console=console(stderr=True),
-                    transient=False,
-                )
-                self.progress.start()
-        elif kind == "step" and self.progress is not None:
-            desc = f"epoch {info['epoch'] + 1}"
-            if self.task is None or self.task_desc != desc:
-                if self.task is not None:
-                    self.progress.remove_task(self.task)
-                self.task = self.progress.add_task(
-                    desc, total=info["steps"], completed=info["step"] - 1, stats=""
-                )
-                self.task_desc = desc
-            running = (
-                f"loss {info['loss']:.4f} acc {info['accuracy']:.2%} " if info["loss"] is not None else ""
-            )  # read from the device every few steps, not every step
-            self.progress.update(
-                self.task, completed=info["step"], stats=f"{running}{info['images_per_second']:,.0f} img/s"
-            )
-        elif kind == "epoch":
-            star = " *" if info["best"] else ""
-            line = (
-                f"epoch {info['epoch']}/{info['epochs']}  loss {info['train_loss']:.4f}  acc {info['train_accuracy']:.2%}"
-                f"  val_loss {info['val_loss']:.4f}  val_acc {info['val_accuracy']:.2%}{star}  lr {info['lr']:.3g}"
-                f"  {info['images_per_second']:,.0f} img/s  {info['seconds']:.1f}s"
-            )
-            if self.progress is not None:
-                if self.task is not None:  # the finished epoch's bar gives way to its summary line
-                    self.progress.remove_task(self.task)
-                    self.task = None
-                self.progress.console.print(shown_lines(line), markup=False, highlight=False)
-            else:
-                log(line)
+    def on_epoch(self, e) -> None:
+        star = " *" if e.best else ""
+        line = (
+            f"epoch {e.epoch}/{e.epochs}  loss {e.train_loss:.4f}  acc {e.train_accuracy:.2%}"
+            f"  val_loss {e.val_loss:.4f}  val_acc {e.val_accuracy:.2%}{star}  lr {e.lr:.3g}"
+            f"  {e.images_per_second:,.0f} img/s  {e.seconds:.1f}s"
+        )
+        if self.progress is None:
+            log(line)
+            return
+        if self.task is not None:  # the finished epoch's bar gives way to its summary line
+            self.progress.remove_task(self.task)
+            self.task = None
+        self.progress.console.print(shown_lines(line), markup=False, highlight=False)
 
     def close(self) -> None:
         if self.progress is not None:

@@ -41,6 +41,9 @@ def walk_images(root: str) -> list[str]:
             d for d in dirs if not is_hidden(d) and os.path.realpath(os.path.join(folder, d)) not in seen
         )
         found += [os.path.join(folder, f) for f in files if is_image_name(f)]
+    from cnncli.fileio import note_inputs
+
+    note_inputs(found)  # inputs of this command: no output may replace one
     return sorted(found)
 
 

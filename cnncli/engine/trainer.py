@@ -27,6 +27,7 @@ from cnncli.checkpoint import Checkpoint, ModelSpec
 from cnncli.config import EVAL_BATCH_MIN, SGD_MOMENTUM, RunFacts, TrainConfig, lr_at, resolve, validate
 from cnncli.engine import distributed as dist_utils
 from cnncli.engine.device import bf16_supported, pick_device, training_kernels
+from cnncli.engine.events import Epoch, Event, Note, Start, Step
 from cnncli.errors import UsageError, WorkFailed, reading, shown
 
 
@@ -217,9 +218,9 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 class Trainer:
     def __init__(
-        self, cfg: TrainConfig, reporter: Callable[[str, dict], None] | None = None, resume: str | None = None
+        self, cfg: TrainConfig, reporter: Callable[[Event], None] | None = None, resume: str | None = None
     ):
-        self.report = reporter or (lambda kind, info: None)
+        self.report = reporter or (lambda event: None)
         self.resume_from: Checkpoint | None = None
         self.run_dir: str | None = None
         if resume:
@@ -311,11 +312,10 @@ class Trainer:
         self.local_batch = self.cfg.batch_size // self.dist.world_size
         if self.dist.enabled and self.is_main:
             self.report(
-                "note",
-                {
-                    "message": f"global batch {self.cfg.batch_size} split across {self.dist.world_size} "
+                Note(
+                    message=f"global batch {self.cfg.batch_size} split across {self.dist.world_size} "
                     f"ranks: {self.local_batch} per rank"
-                },
+                )
             )
         self._build_model()
         self.optimizer = _optimizer(self.model, self.cfg)
@@ -355,11 +355,10 @@ class Trainer:
         if weights is not None:
             done = transfer_weights(model, weights[0], self.cfg.weights)
             self.report(
-                "note",
-                {
-                    "message": f"weights from {self.cfg.weights}{weights[1]}{self._layout_note()}: "
+                Note(
+                    message=f"weights from {self.cfg.weights}{weights[1]}{self._layout_note()}: "
                     f"{done.summary()}"
-                },
+                )
             )
         out = probe(model.eval(), self.spec.input_size)
         if out.dim() != 2 or out.shape[1] != self.spec.num_classes:  # fails here, before any file is written
@@ -447,20 +446,19 @@ class Trainer:
                 raise
         resumed = (state.epoch, state.step_in_epoch) if self.resume_from is not None else None
         self.report(
-            "start",
-            {
-                "run_dir": self.run_dir,
-                "device": str(self.device),
-                "precision": self.cfg.precision,
-                "model": self.spec.name,
-                "data": self.cfg.data,
-                "epochs": self.cfg.epochs,
-                "batch_size": self.cfg.batch_size,
-                "steps_per_epoch": len(self.train_loader),
-                "input": list(self.data.input_size),
-                "resumed_at": resumed,
-                "train_samples": self.train_loader.num_samples * self.dist.world_size,
-            },
+            Start(
+                run_dir=self.run_dir,
+                device=str(self.device),
+                precision=self.cfg.precision,
+                model=self.spec.name,
+                data=self.cfg.data,
+                epochs=self.cfg.epochs,
+                batch_size=self.cfg.batch_size,
+                steps_per_epoch=len(self.train_loader),
+                input=list(self.data.input_size),
+                resumed_at=resumed,
+                train_samples=self.train_loader.num_samples * self.dist.world_size,
+            )
         )
         return state
 
@@ -552,16 +550,15 @@ class Trainer:
                 if at_read:
                     stopping = dist_utils.any_flag(bool(stop), self.device)
             self.report(
-                "step",
-                {
-                    "epoch": state.epoch,
-                    "step": step + 1,
-                    "steps": steps,
-                    "lr": lr,
-                    "loss": sums["loss"] / sums["n"] if sums["n"] else None,
-                    "accuracy": sums["correct"] / sums["n"] if sums["n"] else None,
-                    "images_per_second": seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9),
-                },
+                Step(
+                    epoch=state.epoch,
+                    step=step + 1,
+                    steps=steps,
+                    lr=lr,
+                    loss=sums["loss"] / sums["n"] if sums["n"] else None,
+                    accuracy=sums["correct"] / sums["n"] if sums["n"] else None,
+                    images_per_second=seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9),
+                )
             )
             if stopping and step + 1 < steps and not out_of_steps:
                 if self.is_main:
@@ -677,7 +674,7 @@ class Trainer:
             if improved:
                 self.checkpoint(state, metrics, training_state=False).save(self.best_path)
             self._write_metrics(state.history)
-        self.report("epoch", {**asdict(result), "best": improved, "epochs": self.cfg.epochs})
+        self.report(Epoch(**asdict(result), best=improved, epochs=self.cfg.epochs))
         return improved
 
     def stop_reason(self, state: TrainState) -> str:
