@@ -187,9 +187,7 @@ def main() -> None:
     import torch
 
     if a.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(
-            "no CUDA device here: run this on a GPU machine (or --device cpu --quick to check the script)"
-        )
+        raise SystemExit("no CUDA device here: run this on a GPU machine (or --device cpu --quick to check the script)")
     steps, runs, n_train = (40, 1, 2000) if a.quick else (a.steps, a.runs, 50_000)
     name = torch.cuda.get_device_name() if a.device.startswith("cuda") else "CPU"
     print(f"device: {name}; torch {torch.__version__}; {steps} timed steps, median of {runs} run(s)")

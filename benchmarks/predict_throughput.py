@@ -90,9 +90,7 @@ if __name__ == "__main__":
         cnn_rates.append(N / (time.perf_counter() - t))
     same = sum(a == p.topk[0]["index"] for a, p in zip(ref, res.predictions))
     ratios = sorted(c / r for c, r in zip(cnn_rates, ref_rates))
-    print(
-        f"{N} images ({MODEL} at 32x32, {os.cpu_count()} CPU cores, torch {torch.__version__}), {ROUNDS} rounds"
-    )
+    print(f"{N} images ({MODEL} at 32x32, {os.cpu_count()} CPU cores, torch {torch.__version__}), {ROUNDS} rounds")
     print(f"reference per-image loop: median {statistics.median(ref_rates):8.1f} img/s")
     print(f"cnn predict (batch 64):   median {statistics.median(cnn_rates):8.1f} img/s")
     print(

@@ -49,17 +49,7 @@ def reference(opts):
 
 def ours(channels_last: bool, precision: str, tmp: str):
     out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            TRAINER,
-            str(STEPS),
-            str(BATCH),
-            "1" if channels_last else "0",
-            precision,
-            OURS,
-            tmp,
-        ],
+        [sys.executable, "-c", TRAINER, str(STEPS), str(BATCH), "1" if channels_last else "0", precision, OURS, tmp],
         capture_output=True,
         text=True,
         check=True,

@@ -140,9 +140,7 @@ class Checkpoint:
     @classmethod
     def from_dict(cls, d: dict, path: str = "checkpoint") -> Checkpoint:
         if not isinstance(d, dict) or "model" not in d or "state_dict" not in d:
-            raise UsageError(
-                f"{path} is not a cnncli checkpoint", "expected a file written by cnn train or cnn fcn"
-            )
+            raise UsageError(f"{path} is not a cnncli checkpoint", "expected a file written by cnn train or cnn fcn")
         try:
             spec = ModelSpec.from_dict(d["model"])
             norm = d.get("normalization") or {}
@@ -212,9 +210,7 @@ def load_dict(path: str, map_location="cpu") -> dict:
     """A `.pt` file's contents, loaded safely: tensors and builtins only; pickled objects are refused, never run."""
     if not os.path.exists(path):
         raise UsageError(f"checkpoint not found: {path}", "check the path, e.g. runs/train/best.pt")
-    check_input(
-        path, "checkpoint", kind="model", replaceable=True
-    )  # a run's own last.pt is rewritten on resume
+    check_input(path, "checkpoint", kind="model", replaceable=True)  # a run's own last.pt is rewritten on resume
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -222,8 +218,7 @@ def load_dict(path: str, map_location="cpu") -> dict:
         detail = next((ln.strip() for ln in lines if "GLOBAL" in ln), "")
         if not detail:
             raise UsageError(
-                f"unreadable checkpoint {path}: not a torch checkpoint file",
-                "is it a file written by cnn train?",
+                f"unreadable checkpoint {path}: not a torch checkpoint file", "is it a file written by cnn train?"
             ) from None
         detail = detail.split(" was not")[0].replace("WeightsUnpickler error: ", "")
         raise UsageError(

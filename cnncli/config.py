@@ -23,9 +23,7 @@ PRECISIONS = ("auto", "32", "bf16", "16")
 PRECISION_ALIASES = {"fp32": "32", "float32": "32", "bfloat16": "bf16", "fp16": "16", "float16": "16"}
 
 SGD_LR = 0.1  # peak learning rate for SGD at the reference batch size
-SGD_LR_REFERENCE_BATCH = (
-    256  # above it the SGD learning rate grows linearly with the batch (Goyal et al. 2017)
-)
+SGD_LR_REFERENCE_BATCH = 256  # above it the SGD learning rate grows linearly with the batch (Goyal et al. 2017)
 SGD_MOMENTUM = 0.9  # Nesterov momentum
 SGD_WEIGHT_DECAY = 5e-4  # the classic CIFAR/ResNet value
 ADAMW_LR = 2e-3
@@ -48,15 +46,11 @@ class TrainConfig:
     data: str | None = None  # dataset name or folder:PATH (see `cnn train --help`)
     data_dir: str | None = None  # default: $CNN_DATA_DIR or ~/.cache/cnncli/data
     epochs: int | None = None  # default: the dataset's (lines 4, digits 40, cifar10 30, ...)
-    batch_size: int | None = (
-        None  # global batch size (split across ranks under torchrun); default: the dataset's
-    )
+    batch_size: int | None = None  # global batch size (split across ranks under torchrun); default: the dataset's
     lr: float | None = None  # peak learning rate; default SGD_LR (scaled above batch 256) or ADAMW_LR
     optimizer: str = "sgd"  # sgd (Nesterov momentum) | adamw
     schedule: str = "onecycle"  # onecycle | cosine | none
-    weight_decay: float | None = (
-        None  # default SGD_WEIGHT_DECAY or ADAMW_WEIGHT_DECAY (never on biases and norms)
-    )
+    weight_decay: float | None = None  # default SGD_WEIGHT_DECAY or ADAMW_WEIGHT_DECAY (never on biases and norms)
     label_smoothing: float = 0.1
     precision: str = "auto"  # auto | 32 | bf16 | 16; auto: bf16 where supported, fp16 on older GPUs
     channels_last: bool = True  # NHWC is faster for convolutions on CPU (oneDNN) and tensor cores
@@ -71,9 +65,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     img_size: list[int] | None = None  # folder datasets: resize to [H, W] (default: the images' own size)
     num_classes: int | None = None  # default: the dataset's
-    weights: str | None = (
-        None  # start from any model file's weights (fitting tensors load, the head is re-made)
-    )
+    weights: str | None = None  # start from any model file's weights (fitting tensors load, the head is re-made)
     trust_pickle: bool = False  # --weights may be a whole pickled model (unpickling runs its code)
 
     @classmethod
@@ -104,10 +96,7 @@ def _at_least(flag: str, value, low) -> None:
         raise UsageError(f"{flag} must be at least {low}, got {value}")
 
 
-MIN_LR, MAX_RATE = (
-    1.2e-38,
-    3.4e38,
-)  # --lr / --weight-decay: representable in float32 (the optimizer's arithmetic)
+MIN_LR, MAX_RATE = (1.2e-38, 3.4e38)  # --lr / --weight-decay: representable in float32 (the optimizer's arithmetic)
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64-bit seeds
 MAX_IMG_SIDE = 16384
 # (flag, field, largest value): counts beyond these are typos or overflows, not requests
@@ -134,9 +123,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     Returns the config with aliases normalized (`--precision fp16` -> `16`); the input is not changed.
     """
     if not cfg.model or not cfg.data:
-        raise UsageError(
-            "give a MODEL and --data", "e.g. cnn train linenet --data lines, or --resume runs/train"
-        )
+        raise UsageError("give a MODEL and --data", "e.g. cnn train linenet --data lines, or --resume runs/train")
     if cfg.optimizer not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {cfg.optimizer!r}", "use " + " or ".join(OPTIMIZERS))
     if cfg.schedule not in SCHEDULES:
@@ -144,27 +131,36 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     precision = PRECISION_ALIASES.get(str(cfg.precision).lower(), str(cfg.precision).lower())
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {cfg.precision!r}", "use " + ", ".join(PRECISIONS))
-    for flag, value, low in (
+    _check_numbers(cfg)
+    _check_places(cfg)
+    from cnncli.data import get_dataset_info  # the registries last: they are slower than the checks above
+    from cnncli.models import resolve as resolve_model
+
+    get_dataset_info(cfg.data)
+    resolve_model(cfg.model)
+    return replace(cfg, precision=precision)
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Counts, rates, the seed and sizes within real ranges."""
+    counts = (
         ("--epochs", cfg.epochs, 1),
         ("--batch-size", cfg.batch_size, 1),
         ("--max-steps", cfg.max_steps, 1),
         ("--patience", cfg.patience, 0),
         ("--workers", cfg.workers, 0),
         ("--num-classes", cfg.num_classes, 1),
-    ):
+    )
+    for flag, value, low in counts:
         _at_least(flag, value, low)
     for flag, attr, high in RANGE_LIMITS:
         v = getattr(cfg, attr)
         if v is not None and v > high:
-            raise UsageError(
-                f"{flag} must be at most {high:,}, got {v:,}", "a value this large cannot be meant"
-            )
+            raise UsageError(f"{flag} must be at most {high:,}, got {v:,}", "a value this large cannot be meant")
     for flag, rate in (("--lr", cfg.lr), ("--weight-decay", cfg.weight_decay)):
         # real ranges: a rate that overflows float32 (the optimizer's arithmetic) or underflows it is not a rate
         floor = 0.0 if flag == "--weight-decay" else MIN_LR
-        if rate is not None and not (
-            math.isfinite(rate) and floor <= rate <= MAX_RATE and (rate > 0 or floor == 0)
-        ):
+        if rate is not None and not (math.isfinite(rate) and floor <= rate <= MAX_RATE and (rate > 0 or floor == 0)):
             what = "a number >= 0" if floor == 0 else "a positive number"
             raise UsageError(f"{flag} must be {what} (at most {MAX_RATE:g}, float32's range), got {rate}")
     if not 0 <= cfg.seed <= MAX_SEED:
@@ -174,20 +170,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.img_size is not None and (len(cfg.img_size) != 2 or min(cfg.img_size) < 1):
         raise UsageError(f"--img-size must be HxW or N with positive sizes, got {cfg.img_size}")
     if cfg.img_size is not None and max(cfg.img_size) > MAX_IMG_SIDE:
-        raise UsageError(
-            f"--img-size {'x'.join(map(str, cfg.img_size))} is too large",
-            f"at most {MAX_IMG_SIDE} pixels a side for training",
-        )
-    if (
-        not cfg.name
-        or cfg.name in (".", "..")
-        or os.sep in cfg.name
-        or (os.altsep and os.altsep in cfg.name)
-        or not cfg.name.isprintable()
-    ):
-        raise UsageError(
-            f"--name must be a folder name, not a path: {cfg.name!r}", "use --project for the parent folder"
-        )
+        size = "x".join(map(str, cfg.img_size))
+        raise UsageError(f"--img-size {size} is too large", f"at most {MAX_IMG_SIDE} pixels a side for training")
+
+
+def _check_places(cfg: TrainConfig) -> None:
+    """The run's name, the --weights file and the --project folder."""
+    name = cfg.name
+    if not name or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name) or not name.isprintable():
+        raise UsageError(f"--name must be a folder name, not a path: {name!r}", "use --project for the parent folder")
     if cfg.weights is not None:
         from cnncli.fileio import check_input
 
@@ -198,12 +189,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         check_input(cfg.weights, "--weights file", kind="model")
     if os.path.exists(cfg.project) and not os.path.isdir(cfg.project):
         raise UsageError(f"--project {cfg.project} is a file", "give a folder for the runs")
-    from cnncli.data import get_dataset_info  # the registries last: they are slower than the checks above
-    from cnncli.models import resolve as resolve_model
-
-    get_dataset_info(cfg.data)
-    resolve_model(cfg.model)
-    return replace(cfg, precision=precision)
 
 
 def resolve_precision(precision: str, device_type: str, bf16: bool) -> str:
@@ -281,6 +266,4 @@ def lr_at(step: int, total: int, base_lr: float, schedule: str) -> float:
     start, end = base_lr / ONECYCLE_START_DIV, base_lr / ONECYCLE_END_DIV
     if t < ONECYCLE_WARMUP:
         return start + (base_lr - start) * t / ONECYCLE_WARMUP
-    return end + (base_lr - end) * 0.5 * (
-        1 + math.cos(math.pi * (t - ONECYCLE_WARMUP) / (1 - ONECYCLE_WARMUP))
-    )
+    return end + (base_lr - end) * 0.5 * (1 + math.cos(math.pi * (t - ONECYCLE_WARMUP) / (1 - ONECYCLE_WARMUP)))

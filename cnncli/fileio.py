@@ -143,15 +143,7 @@ def os_error(e: OSError, path: str | None = None, *, reading: bool = False) -> C
         return UsageError(f"cannot write {where}: the file system is read-only", "write elsewhere")
     if no in (errno.EACCES, errno.EPERM):
         return UsageError(f"cannot {'read' if reading else 'write'} {where}: {why}", "check its permissions")
-    if no in (
-        errno.ENOTDIR,
-        errno.EISDIR,
-        errno.EEXIST,
-        errno.ENOENT,
-        errno.EXDEV,
-        errno.EBUSY,
-        errno.ETXTBSY,
-    ):
+    if no in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.EXDEV, errno.EBUSY, errno.ETXTBSY):
         return UsageError(f"cannot use {where}: {why}", "check the path")
     if no == errno.EIO:
         return WorkFailed(f"input/output error on {where}", "the disk or the device may be failing")
@@ -169,8 +161,7 @@ def check_writable_place(path: str) -> None:
     for part in full.split(os.sep):
         if len(os.fsencode(part)) > NAME_MAX:
             raise UsageError(
-                f"cannot use {shown(path)}: the name {shown(part, 60)} is too long "
-                f"({len(os.fsencode(part))} bytes)",
+                f"cannot use {shown(path)}: the name {shown(part, 60)} is too long ({len(os.fsencode(part))} bytes)",
                 f"file names are at most {NAME_MAX} bytes",
             )
     parent = os.path.dirname(full)
@@ -207,9 +198,7 @@ def _refuse_target(path: str) -> None:
     if stat.S_ISDIR(st.st_mode):
         raise UsageError(f"the output {shown(path)} is a folder", "give a file name with -o")
     if (odd := _kind_of_mode(st.st_mode)) is not None:
-        raise UsageError(
-            f"the output {shown(path)} is {odd}", "cnn writes regular files only; give a file name"
-        )
+        raise UsageError(f"the output {shown(path)} is {odd}", "cnn writes regular files only; give a file name")
     if os.path.realpath(path) in _inputs:
         raise UsageError(
             f"the output {shown(path)} is an input of this command",
@@ -286,8 +275,7 @@ def ensure_free_space(path: str, needed: int) -> None:
         if cap != resource.RLIM_INFINITY and cap < needed:
             raise os_error(
                 OSError(
-                    errno.EFBIG,
-                    f"File too large (the file-size limit is {_size(cap)}, about {_size(needed)} needed)",
+                    errno.EFBIG, f"File too large (the file-size limit is {_size(cap)}, about {_size(needed)} needed)"
                 ),
                 path,
             )
@@ -295,10 +283,7 @@ def ensure_free_space(path: str, needed: int) -> None:
         pass
     if free < needed:
         raise os_error(
-            OSError(
-                errno.ENOSPC, f"No space left on device ({_size(free)} free, about {_size(needed)} needed)"
-            ),
-            path,
+            OSError(errno.ENOSPC, f"No space left on device ({_size(free)} free, about {_size(needed)} needed)"), path
         )
 
 
@@ -308,8 +293,7 @@ def check_output(path: str, inputs: Iterable[str] = (), force: bool = False, fla
     for src in inputs:
         if src and os.path.exists(src) and os.path.realpath(src) == os.path.realpath(path):
             raise UsageError(
-                f"the output {shown(path)} is the input file",
-                f"give another {flag}; an input is never replaced",
+                f"the output {shown(path)} is the input file", f"give another {flag}; an input is never replaced"
             )
     check_writable_place(path)
     _refuse_target(path)
@@ -322,9 +306,7 @@ def check_output_folder(path: str, what: str = "output folder") -> str:
     """A folder outputs go into: absent (made later) or a folder, in a place that can be written."""
     check_writable_place(path)
     if os.path.lexists(path) and not os.path.isdir(path):
-        raise UsageError(
-            f"cannot use {shown(path)}: it is a file, not a folder", f"give a folder as the {what}"
-        )
+        raise UsageError(f"cannot use {shown(path)}: it is a file, not a folder", f"give a folder as the {what}")
     if os.path.isdir(path) and not os.access(path, os.W_OK):
         raise os_error(
             OSError(

@@ -52,9 +52,7 @@ class Preprocess:
 
     def class_names(self, num_classes: int) -> list[str]:
         """The class names, or "0".."k-1" when none are recorded."""
-        return (
-            list(self.classes) if len(self.classes) == num_classes else [str(i) for i in range(num_classes)]
-        )
+        return list(self.classes) if len(self.classes) == num_classes else [str(i) for i in range(num_classes)]
 
     def affine(self, device="cpu"):
         """(scale, shift) as [1, C, 1, 1] float tensors with `pixels * scale + shift` = normalized input."""

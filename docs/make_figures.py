@@ -32,9 +32,7 @@ def lenet_sliding() -> None:
     for (i, j), colour in (((0, 0), "tab:blue"), ((0, 1), "tab:orange"), ((4, 8), "tab:green")):
         b.add_patch(patches.Rectangle((j - 0.5, i - 0.5), 1, 1, color=colour, alpha=0.7))
     b.set_aspect("equal")
-    fig.suptitle(
-        "LeNet trained on 32x32, converted: flatten+fc(120) -> conv 16x5x5, fc(84), fc(10) -> 1x1 convs"
-    )
+    fig.suptitle("LeNet trained on 32x32, converted: flatten+fc(120) -> conv 16x5x5, fc(84), fc(10) -> 1x1 convs")
     fig.tight_layout()
     fig.savefig(os.path.join(IMG, "fcn-lenet.png"), dpi=80)
 
@@ -43,35 +41,13 @@ def lines_scoremap() -> None:
     tmp = tempfile.mkdtemp()
     env = {**os.environ, "CI": "1"}
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cnncli",
-            "train",
-            "linenet",
-            "--data",
-            "lines",
-            "--project",
-            tmp,
-            "--name",
-            "l",
-        ],
+        [sys.executable, "-m", "cnncli", "train", "linenet", "--data", "lines", "--project", tmp, "--name", "l"],
         check=True,
         env=env,
         capture_output=True,
     )
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cnncli",
-            "scoremap",
-            os.path.join(tmp, "l", "best.pt"),
-            "--scene",
-            "lines",
-            "-o",
-            tmp,
-        ],
+        [sys.executable, "-m", "cnncli", "scoremap", os.path.join(tmp, "l", "best.pt"), "--scene", "lines", "-o", tmp],
         check=True,
         env=env,
     )
@@ -124,17 +100,7 @@ def inspect_pictures() -> None:
     cnn("inspect", "kernels", ck, "--dft", "-o", out)
     cnn("inspect", "features", ck, os.path.join(tmp, "line.png"), "-o", out)
     cnn("inspect", "rf", ck, os.path.join(tmp, "line.png"), "-o", out)
-    cnn(
-        "inspect",
-        "features",
-        "tv:resnet18",
-        os.path.join(tmp, "scene.png"),
-        "--pca",
-        "--in",
-        "3x128x128",
-        "-o",
-        out,
-    )
+    cnn("inspect", "features", "tv:resnet18", os.path.join(tmp, "scene.png"), "--pca", "--in", "3x128x128", "-o", out)
     cnn(
         "inspect",
         "rf",

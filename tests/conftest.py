@@ -106,12 +106,8 @@ def make_checkpoint(path, name, size=(3, 32, 32), num_classes=10, seed=0, datase
             m.running_var.uniform_(0.5, 1.5)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.2, 0.2)
-    pre = Preprocess(
-        tuple(size), (0.5,) * size[0], (0.25,) * size[0], tuple(f"c{i}" for i in range(num_classes))
-    )
-    Checkpoint(ModelSpec(name, num_classes, size[0], tuple(size[1:])), model.state_dict(), pre, dataset).save(
-        str(path)
-    )
+    pre = Preprocess(tuple(size), (0.5,) * size[0], (0.25,) * size[0], tuple(f"c{i}" for i in range(num_classes)))
+    Checkpoint(ModelSpec(name, num_classes, size[0], tuple(size[1:])), model.state_dict(), pre, dataset).save(str(path))
     return str(path)
 
 
@@ -129,18 +125,7 @@ def lines_run(tmp_path_factory):
 def digits_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("digits")
     p = run_cnn(
-        "train",
-        "lenet",
-        "--data",
-        "digits",
-        "--epochs",
-        "20",
-        "--project",
-        tmp,
-        "--name",
-        "d",
-        "--json",
-        check=0,
+        "train", "lenet", "--data", "digits", "--epochs", "20", "--project", tmp, "--name", "d", "--json", check=0
     )
     import json
 

@@ -49,9 +49,7 @@ def _idx(path: str, arr: np.ndarray) -> None:
         f.write(arr.astype(np.uint8).tobytes())
 
 
-def write_mnist(
-    root: str, n_train: int = 600, n_test: int = 200, folder: str = "MNIST", seed: int = 0
-) -> str:
+def write_mnist(root: str, n_train: int = 600, n_test: int = 200, folder: str = "MNIST", seed: int = 0) -> str:
     """MNIST/raw/ (or FashionMNIST/raw/) with the four uncompressed IDX files."""
     rng = np.random.default_rng(seed)
     raw = os.path.join(root, folder, "raw")
@@ -66,9 +64,7 @@ def write_mnist(
     return root
 
 
-def write_image_folder(
-    root: str, classes=("cats", "dogs"), per_class: int = 12, size=(40, 48), with_val=False
-) -> str:
+def write_image_folder(root: str, classes=("cats", "dogs"), per_class: int = 12, size=(40, 48), with_val=False) -> str:
     from PIL import Image
 
     rng = np.random.default_rng(0)

@@ -100,11 +100,7 @@ def test_pool2d_matches_torch(c, h, w, k, s, p, d, ceil, kind):
         layer = arith.pool2d((c, h, w), kind=kind, kernel=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
     except ArithError:
         with pytest.raises((RuntimeError, ValueError)):
-            m = (
-                nn.MaxPool2d(k, s, p, d, ceil_mode=ceil)
-                if kind == "max"
-                else nn.AvgPool2d(k, s, p, ceil_mode=ceil)
-            )
+            m = nn.MaxPool2d(k, s, p, d, ceil_mode=ceil) if kind == "max" else nn.AvgPool2d(k, s, p, ceil_mode=ceil)
             _torch_out(m, c, h, w)
         return
     m = nn.MaxPool2d(k, s, p, d, ceil_mode=ceil) if kind == "max" else nn.AvgPool2d(k, s, p, ceil_mode=ceil)
@@ -190,9 +186,7 @@ def _torch_stack(spec_rows, c):
     for r in spec_rows:
         a = r.args
         if r.op == "conv":
-            layers.append(
-                nn.Conv2d(c, int(a["out"]), int(a.get("k", 3)), int(a.get("s", 1)), int(a.get("p", 0)))
-            )
+            layers.append(nn.Conv2d(c, int(a["out"]), int(a.get("k", 3)), int(a.get("s", 1)), int(a.get("p", 0))))
             c = int(a["out"])
         elif r.op == "maxpool":
             layers.append(nn.MaxPool2d(int(a.get("k", 2))))
@@ -240,9 +234,7 @@ def test_receptive_field_against_gradient():
     """The receptive field is exactly the input region whose pixels change output cell (0, 0)."""
     spec = "conv(2,k=3) avgpool(2) conv(2,k=3,d=2) conv(2,k=5,s=2)"
     rows = arith.run_layers((1, 64, 64), spec)
-    m = nn.Sequential(
-        nn.Conv2d(1, 2, 3), nn.AvgPool2d(2), nn.Conv2d(2, 2, 3, dilation=2), nn.Conv2d(2, 2, 5, 2)
-    )
+    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2), nn.Conv2d(2, 2, 3, dilation=2), nn.Conv2d(2, 2, 5, 2))
     x = torch.randn(1, 1, 64, 64, requires_grad=True)
     y = m(x)
     y[0, 0, 2, 3].backward()

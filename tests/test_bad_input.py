@@ -44,9 +44,7 @@ def test_bad_values_are_exit_2_and_write_nothing(tmp_path, args, needle):
 
 def test_project_that_is_a_file(tmp_path):
     (tmp_path / "runs").write_text("not a folder")
-    assert "is a file" in _one_error_line(
-        run_cnn("train", "lenet", "--data", "digits", "--project", tmp_path / "runs")
-    )
+    assert "is a file" in _one_error_line(run_cnn("train", "lenet", "--data", "digits", "--project", tmp_path / "runs"))
 
 
 @pytest.mark.parametrize("cmd", [["fcn"], ["export", "--onnx"]])
@@ -59,13 +57,7 @@ def test_tolerance_must_be_a_non_negative_number(tmp_path, cmd, tol):
 
 @pytest.mark.parametrize(
     "field,value",
-    [
-        ("num_classes", -3),
-        ("image_size", "32x32"),
-        ("model", None),
-        ("in_channels", 1.5),
-        ("state_dict", "weights"),
-    ],
+    [("num_classes", -3), ("image_size", "32x32"), ("model", None), ("in_channels", 1.5), ("state_dict", "weights")],
 )
 def test_checkpoint_fields_of_the_wrong_type(tmp_path, field, value):
     ck = make_checkpoint(tmp_path / "m.pt", "lenet5")
@@ -83,16 +75,7 @@ def test_checkpoint_fields_of_the_wrong_type(tmp_path, field, value):
 def test_resume_refuses_another_model_or_dataset(tmp_path):
     run = json.loads(
         run_cnn(
-            "train",
-            "linenet",
-            "--data",
-            "lines",
-            "--max-steps",
-            "3",
-            "--project",
-            tmp_path,
-            "--json",
-            check=0,
+            "train", "linenet", "--data", "lines", "--max-steps", "3", "--project", tmp_path, "--json", check=0
         ).stdout
     )["run_dir"]
     before = os.listdir(run)
@@ -102,9 +85,7 @@ def test_resume_refuses_another_model_or_dataset(tmp_path):
 
 
 def test_divergence_before_any_checkpoint_says_none_was_written(tmp_path):
-    line = _one_error_line(
-        run_cnn("train", "linenet", "--data", "lines", "--lr", "1e30", "--project", tmp_path), 1
-    )
+    line = _one_error_line(run_cnn("train", "linenet", "--data", "lines", "--lr", "1e30", "--project", tmp_path), 1)
     assert "diverged" in line and "no checkpoint was written" in line
 
 
@@ -210,15 +191,7 @@ def test_a_checkpoint_never_decides_by_itself_to_import_a_python_file(tmp_path, 
     # named by the user: it runs
     assert run_cnn("summary", ck, "--model", spec, "--json", env={"CNN_MARKER": str(marker)}).returncode == 0
     p = run_cnn(
-        "export",
-        ck,
-        "--onnx",
-        "--model",
-        spec,
-        "-o",
-        tmp_path / "m.onnx",
-        "--json",
-        env={"CNN_MARKER": str(marker)},
+        "export", ck, "--onnx", "--model", spec, "-o", tmp_path / "m.onnx", "--json", env={"CNN_MARKER": str(marker)}
     )
     assert p.returncode == 0 and json.loads(p.stdout)["max_abs_diff"] < 1e-4
     assert marker.exists()
@@ -260,16 +233,7 @@ def test_an_input_too_large_for_memory(tmp_path):
 @pytest.mark.parametrize(
     "make_args",
     [
-        lambda t: [
-            "train",
-            "linenet",
-            "--data",
-            "lines",
-            "--max-steps",
-            "1",
-            "--project",
-            t / "afile" / "runs",
-        ],
+        lambda t: ["train", "linenet", "--data", "lines", "--max-steps", "1", "--project", t / "afile" / "runs"],
         lambda t: [
             "scoremap",
             make_checkpoint(t / "m.pt", "linenet", (1, 32, 32), 2),
@@ -317,9 +281,7 @@ def test_eval_matches_classes_by_name(tmp_path, digits_run):
     # the same weights with the class list reversed (and the head's rows reversed): identical accuracy by name
     d = torch.load(best, weights_only=True)
     d["classes"] = d["classes"][::-1]
-    last = [k for k in d["state_dict"] if k.endswith(".weight")][
-        -1
-    ]  # the output layer: its rows are the classes
+    last = [k for k in d["state_dict"] if k.endswith(".weight")][-1]  # the output layer: its rows are the classes
     for k in (last, last[: -len("weight")] + "bias"):
         d["state_dict"][k] = d["state_dict"][k].flip(0)
     torch.save(d, tmp_path / "reversed.pt")
@@ -380,7 +342,5 @@ def test_an_early_signal_is_never_lost(tmp_path, sig):
         time.sleep(0.01)
     p.send_signal(getattr(signal, sig))
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 130 and err.strip().splitlines()[-1].startswith(
-        ("error: interrupted", "interrupted:")
-    ), err
+    assert p.returncode == 130 and err.strip().splitlines()[-1].startswith(("error: interrupted", "interrupted:")), err
     assert not list(tmp_path.rglob("best.pt"))  # stopped, not run to the end

@@ -12,9 +12,7 @@ LENET = "conv(6,k=5) relu maxpool(2) conv(16,k=5) maxpool(2) flatten fc(120) fc(
 
 
 def test_single_conv_text():
-    p = run_cnn(
-        "shape", "--in", "3x32x32", "--k", "5", "--s", "1", "--p", "2", "--out-channels", "10", check=0
-    )
+    p = run_cnn("shape", "--in", "3x32x32", "--k", "5", "--s", "1", "--p", "2", "--out-channels", "10", check=0)
     assert "3x32x32 -> 10x32x32" in p.stdout
     assert "floor((32 + 2*2 - 1*(5-1) - 1) / 1) + 1 = 32" in p.stdout
     assert "= 760" in p.stdout
@@ -151,9 +149,7 @@ def test_startup_never_imports_torch(argv):
 
 def test_console_script_and_module_agree():
     exe = os.path.join(os.path.dirname(sys.executable), "cnn")
-    a = subprocess.run(
-        [exe, "shape", "--in", "3x32x32", "--k", "5", "--json"], capture_output=True, text=True
-    )
+    a = subprocess.run([exe, "shape", "--in", "3x32x32", "--k", "5", "--json"], capture_output=True, text=True)
     b = run_cnn("shape", "--in", "3x32x32", "--k", "5", "--json", sub=True)
     assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
 

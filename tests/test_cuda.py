@@ -76,15 +76,7 @@ def test_folder_training_on_cuda_prefetches(tmp_path):
     assert out["device"].startswith("cuda")
     ev = _json(
         run_cnn(
-            "eval",
-            out["best_checkpoint"],
-            "--data",
-            f"folder:{root}",
-            "--split",
-            "val",
-            "--device",
-            "cuda",
-            "--json",
+            "eval", out["best_checkpoint"], "--data", f"folder:{root}", "--split", "val", "--device", "cuda", "--json"
         )
     )
     assert ev["accuracy"] == pytest.approx(out["best_accuracy"], abs=1e-9)

@@ -142,9 +142,7 @@ def test_tensor_loader_crop_pads_with_zeros_and_shifts():
 
 def test_distributed_shards_cover_the_epoch():
     d = load_dataset("fake")
-    shards = [
-        make_loader(d, "train", batch_size=100, train=True, seed=1, rank=r, world_size=2) for r in (0, 1)
-    ]
+    shards = [make_loader(d, "train", batch_size=100, train=True, seed=1, rank=r, world_size=2) for r in (0, 1)]
     idx = [s._indices() for s in shards]
     assert len(idx[0]) == len(idx[1]) and not set(idx[0].tolist()) & set(idx[1].tolist())
     assert len(set(idx[0].tolist()) | set(idx[1].tolist())) == len(d.split("train")[0])

@@ -12,18 +12,7 @@ import pytest
 import torch
 from conftest import ROOT, run_cnn
 
-ARGS = [
-    "linenet",
-    "--data",
-    "lines",
-    "--epochs",
-    "2",
-    "--deterministic",
-    "--device",
-    "cpu",
-    "--precision",
-    "32",
-]
+ARGS = ["linenet", "--data", "lines", "--epochs", "2", "--deterministic", "--device", "cpu", "--precision", "32"]
 
 
 def _torchrun(*args, **kw):
@@ -41,14 +30,7 @@ def _torchrun(*args, **kw):
         *map(str, args),
     ]
     return subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        **kw,
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw
     )
 
 
@@ -83,9 +65,7 @@ def test_two_rank_job_writes_one_run_and_matches_single_process(ddp_run, tmp_pat
     assert err.count("epoch 1/2") == 1  # only rank 0 reports
     assert res["test_accuracy"] >= 0.99
     # the same global batch in one process: comparable accuracy, (nearly) the same weights
-    single = json.loads(
-        run_cnn("train", *ARGS, "--project", tmp_path, "--name", "single", "--json", check=0).stdout
-    )
+    single = json.loads(run_cnn("train", *ARGS, "--project", tmp_path, "--name", "single", "--json", check=0).stdout)
     assert abs(single["test_accuracy"] - res["test_accuracy"]) <= 0.005
     a = torch.load(os.path.join(run, "last.pt"), weights_only=True)
     b = torch.load(os.path.join(single["run_dir"], "last.pt"), weights_only=True)
@@ -102,9 +82,7 @@ def test_resume_under_torchrun(ddp_run, tmp_path):
     p = _torchrun(*ARGS, "--project", tmp_path, "--name", "r")
     run = os.path.join(tmp_path, "r")
     deadline = time.time() + 300
-    while (
-        not os.path.exists(os.path.join(run, "metrics.csv")) and p.poll() is None and time.time() < deadline
-    ):
+    while not os.path.exists(os.path.join(run, "metrics.csv")) and p.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert p.poll() is None, "the job finished before it could be stopped"
     time.sleep(0.5)
@@ -148,9 +126,7 @@ def test_a_failing_rank_ends_the_job_instead_of_hanging(tmp_path):
     model = tmp_path / "failing.py"
     model.write_text(FAILING_MODEL)
     t = time.time()
-    p = _torchrun(
-        f"{model}:Net", "--data", "lines", "--epochs", "1", "--device", "cpu", "--project", tmp_path
-    )
+    p = _torchrun(f"{model}:Net", "--data", "lines", "--epochs", "1", "--device", "cpu", "--project", tmp_path)
     _, err = p.communicate(timeout=300)
     assert p.returncode != 0
     assert "rank 1 lost its device" in err

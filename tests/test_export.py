@@ -44,9 +44,7 @@ def test_every_family_exports_and_passes_the_check(tmp_path, name, size):
     )
 
 
-@pytest.mark.parametrize(
-    "name,size", [("lenet5", (3, 32, 32)), ("resnet18", (3, 32, 32)), ("vgg11", (3, 32, 32))]
-)
+@pytest.mark.parametrize("name,size", [("lenet5", (3, 32, 32)), ("resnet18", (3, 32, 32)), ("vgg11", (3, 32, 32))])
 def test_fully_convolutional_export_has_dynamic_size(tmp_path, name, size):
     from cnncli.analysis.fcn import fcn_checkpoint, to_fully_convolutional
     from cnncli.checkpoint import Checkpoint
@@ -73,17 +71,7 @@ def test_no_overwrite_and_no_file_on_failed_check(tmp_path):
     p = run_cnn("export", ck, "--onnx")
     assert p.returncode == 2 and "exists" in p.stderr
     # an impossible tolerance: the check fails, exit 1, and nothing is left behind
-    p = run_cnn(
-        "export",
-        ck,
-        "--onnx",
-        "-o",
-        tmp_path / "strict.onnx",
-        "--tolerance",
-        "0",
-        "--exporter",
-        "torchscript",
-    )
+    p = run_cnn("export", ck, "--onnx", "-o", tmp_path / "strict.onnx", "--tolerance", "0", "--exporter", "torchscript")
     assert p.returncode == 1 and "differs from PyTorch" in p.stderr and "no file was written" in p.stderr
     assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m.pt"]
     p = run_cnn("export", ck, "--onnx", "--dynamic-size", "-o", tmp_path / "dyn.onnx")
@@ -110,9 +98,9 @@ def test_plain_onnxruntime_script_reproduces_eval(tmp_path, digits_run):
     from cnncli.data import load_dataset
 
     best = digits_run["best_checkpoint"]
-    onnx_path = json.loads(
-        run_cnn("export", best, "--onnx", "-o", tmp_path / "d.onnx", "--json", check=0).stdout
-    )["path"]
+    onnx_path = json.loads(run_cnn("export", best, "--onnx", "-o", tmp_path / "d.onnx", "--json", check=0).stdout)[
+        "path"
+    ]
     x, y = load_dataset("digits").split("test")
     np.save(tmp_path / "x.npy", x.numpy())
     script = tmp_path / "consumer.py"
@@ -146,9 +134,7 @@ def test_plain_onnxruntime_script_reproduces_eval(tmp_path, digits_run):
 def test_static_batch_export_runs_at_batch_1(tmp_path):
     """The documented `--static-batch --opset 17 --json`: a file fixed to batch 1, checked at batch 1."""
     ck = make_checkpoint(tmp_path / "m.pt", "resnet20")
-    out = json.loads(
-        run_cnn("export", ck, "--onnx", "--static-batch", "--opset", "17", "--json", check=0).stdout
-    )
+    out = json.loads(run_cnn("export", ck, "--onnx", "--static-batch", "--opset", "17", "--json", check=0).stdout)
     assert out["inputs"][0]["shape"] == [1, 3, 32, 32] and out["checked_shapes"] == [[1, 3, 32, 32]]
     assert out["opset"] == 17 and out["max_abs_diff"] < 1e-4
 
@@ -196,11 +182,7 @@ def test_format_flags_must_agree(tmp_path):
     p = run_cnn("export", ck)
     assert p.returncode == 2 and "choose a format" in p.stderr
     p = run_cnn("export", ck, "--format", "tflite")
-    assert (
-        p.returncode == 2
-        and "unknown format 'tflite'" in p.stderr
-        and len(p.stderr.strip().splitlines()) == 1
-    )
+    assert p.returncode == 2 and "unknown format 'tflite'" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     p = run_cnn("export", ck, "--format", "pt2", "--exporter", "dynamo")
     assert p.returncode == 2 and "has no exporter" in p.stderr
     assert sorted(os.listdir(tmp_path)) == ["m.pt"]
@@ -217,16 +199,9 @@ def test_pt2_of_a_fully_convolutional_model(tmp_path):
     fcn = str(tmp_path / "l-fcn.pt")
     fcn_checkpoint(ck, to_fully_convolutional(model_from_checkpoint(ck), (3, 32, 32))).save(fcn)
     out = json.loads(
-        run_cnn(
-            "export", fcn, "--format", "pt2", "--static-size", "--json", "-o", tmp_path / "s.pt2", check=0
-        ).stdout
+        run_cnn("export", fcn, "--format", "pt2", "--static-size", "--json", "-o", tmp_path / "s.pt2", check=0).stdout
     )
-    assert out["inputs"][0]["shape"] == ["batch", 3, 32, 32] and out["outputs"][0]["shape"] == [
-        "batch",
-        10,
-        1,
-        1,
-    ]
+    assert out["inputs"][0]["shape"] == ["batch", 3, 32, 32] and out["outputs"][0]["shape"] == ["batch", 10, 1, 1]
     p = run_cnn("export", fcn, "--format", "pt2", "--json", "-o", tmp_path / "d.pt2")
     if p.returncode == 0:  # a torch that keeps H and W symbolic: every checked size matched PyTorch
         assert json.loads(p.stdout)["inputs"][0]["shape"] == ["batch", 3, "height", "width"]

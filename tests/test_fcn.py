@@ -113,9 +113,7 @@ def test_scoremap_finds_the_regions_of_a_lines_scene(lines_run, tmp_path):
 
 
 def test_converted_checkpoint_evaluates_like_the_classifier(lines_run, tmp_path):
-    fcn = json.loads(
-        run_cnn("fcn", lines_run["best_checkpoint"], "-o", tmp_path / "f.pt", "--json", check=0).stdout
-    )
+    fcn = json.loads(run_cnn("fcn", lines_run["best_checkpoint"], "-o", tmp_path / "f.pt", "--json", check=0).stdout)
     assert fcn["stride"] == [1, 1] and fcn["receptive_field"] == [40, 40]  # 9x9 filters, then the 32x32 pool
     ev = json.loads(run_cnn("eval", fcn["path"], "--json", check=0).stdout)
     assert ev["accuracy"] == pytest.approx(lines_run["test_accuracy"], abs=2e-4)
@@ -125,12 +123,8 @@ def test_scoremap_images_and_class_heatmap(tmp_path):
     from PIL import Image
 
     ck = make_checkpoint(tmp_path / "lenet.pt", "lenet5")
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8)).save(
-        tmp_path / "a.png"
-    )
-    p = run_cnn(
-        "scoremap", ck, tmp_path / "a.png", "-o", tmp_path / "maps", "--class", "c3", "--json", check=0
-    )
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    p = run_cnn("scoremap", ck, tmp_path / "a.png", "-o", tmp_path / "maps", "--class", "c3", "--json", check=0)
     out = json.loads(p.stdout)
     assert out["scores_shape"] == [10, (80 - 32) // 4 + 1, (100 - 32) // 4 + 1]
     assert os.path.exists(out["png"]) and "c3" in out["png"]

@@ -16,9 +16,7 @@ def trained(tmp_path_factory):
     """A tiny folder (3 classes x 12 images of clearly different colours) trained with no flags at all."""
     root = tmp_path_factory.mktemp("folders")
     flat = write_image_folder(str(root / "flat"), classes=COLOURS, per_class=12, size=(32, 32))
-    p = run_cnn(
-        "train", "smallcnn", "--data", f"folder:{flat}", "--project", root / "runs", "--json", check=0
-    )
+    p = run_cnn("train", "smallcnn", "--data", f"folder:{flat}", "--project", root / "runs", "--json", check=0)
     return {
         "root": root,
         "flat": flat,
@@ -49,9 +47,7 @@ def test_a_folder_of_classes_is_evaluated_whole(trained):
 
 def test_split_folders_give_test_then_val(trained, tmp_path):
     root = tmp_path / "split"
-    write_image_folder(
-        str(root), classes=COLOURS, per_class=4, size=(32, 32), with_val=True
-    )  # train/ and val/
+    write_image_folder(str(root), classes=COLOURS, per_class=4, size=(32, 32), with_val=True)  # train/ and val/
     res, log = _eval(trained["best"], "--data", f"folder:{root}")
     assert res["split"] == "val" and res["samples"] == 12 and "no test/ folder" in log
     shutil.copytree(root / "val", root / "test")
@@ -76,9 +72,7 @@ def test_a_subset_of_the_classes_is_matched_by_name(trained, tmp_path):
     shutil.rmtree(root / "red")  # green and blue only: positions 0, 1 here, 1, 2 in the model
     res, _ = _eval(trained["best"], "--data", f"folder:{root}")
     assert res["samples"] == 10 and res["accuracy"] >= 0.9
-    assert (
-        res["per_class"]["red"] is None and res["per_class"]["green"] is not None
-    )  # red: no images to score
+    assert res["per_class"]["red"] is None and res["per_class"]["green"] is not None  # red: no images to score
 
 
 def test_a_class_the_model_does_not_know_is_refused(trained, tmp_path):
@@ -90,23 +84,11 @@ def test_a_class_the_model_does_not_know_is_refused(trained, tmp_path):
 
 def test_home_and_variables_expand_in_folder_paths(trained):
     p = run_cnn(
-        "eval",
-        trained["best"],
-        "--data",
-        "folder:~/flat",
-        "--json",
-        env={"HOME": str(trained["root"])},
-        check=0,
+        "eval", trained["best"], "--data", "folder:~/flat", "--json", env={"HOME": str(trained["root"])}, check=0
     )
     assert json.loads(p.stdout)["samples"] == 36
     p = run_cnn(
-        "eval",
-        trained["best"],
-        "--data",
-        "folder:$PICS/flat",
-        "--json",
-        env={"PICS": str(trained["root"])},
-        check=0,
+        "eval", trained["best"], "--data", "folder:$PICS/flat", "--json", env={"PICS": str(trained["root"])}, check=0
     )
     assert json.loads(p.stdout)["samples"] == 36
 
@@ -114,14 +96,6 @@ def test_home_and_variables_expand_in_folder_paths(trained):
 def test_the_table_says_when_there_is_no_test_split(tmp_path):
     flat = write_image_folder(str(tmp_path / "f"), classes=COLOURS, per_class=4, size=(16, 16))
     p = run_cnn(
-        "train",
-        "smallcnn",
-        "--data",
-        f"folder:{flat}",
-        "--epochs",
-        "1",
-        "--project",
-        tmp_path / "runs",
-        check=0,
+        "train", "smallcnn", "--data", f"folder:{flat}", "--epochs", "1", "--project", tmp_path / "runs", check=0
     )
     assert "no test split: the folder has no test/, and val chose best.pt" in p.stdout

@@ -87,16 +87,7 @@ FOLDER_OUTPUTS = {
     "inspect kernels -o": lambda w, out: ["inspect", "kernels", w / "m.pt", "-o", out],
     "inspect features -o": lambda w, out: ["inspect", "features", w / "m.pt", w / "img.png", "-o", out],
     "inspect rf -o": lambda w, out: ["inspect", "rf", w / "m.pt", w / "img.png", "-o", out],
-    "train --project": lambda w, out: [
-        "train",
-        "lenet5",
-        "--data",
-        "fake",
-        "--epochs",
-        "1",
-        "--project",
-        out,
-    ],
+    "train --project": lambda w, out: ["train", "lenet5", "--data", "fake", "--epochs", "1", "--project", out],
 }
 BAD_FILE_TARGETS = {
     "device": ("dev", "character device"),
@@ -122,13 +113,9 @@ def test_no_output_option_writes_over_a_device_fifo_folder_or_input(ws, option, 
 @pytest.mark.parametrize("target", ["device", "fifo", "file", "under a file", "long name"])
 @pytest.mark.parametrize("option", FOLDER_OUTPUTS)
 def test_no_output_folder_is_a_device_fifo_or_file(ws, option, target):
-    name = {
-        "device": "dev",
-        "fifo": "fifo",
-        "file": "img.png",
-        "under a file": "img.png/sub",
-        "long name": "y" * 300,
-    }[target]
+    name = {"device": "dev", "fifo": "fifo", "file": "img.png", "under a file": "img.png/sub", "long name": "y" * 300}[
+        target
+    ]
     before = _snapshot(ws)
     line = _one_error(run_cnn(*FOLDER_OUTPUTS[option](ws, ws / name)))
     assert any(s in line for s in ("not a folder", "is a file", "too long")), line
@@ -184,9 +171,7 @@ def test_a_write_that_runs_out_of_space_is_exit_1_and_keeps_the_old_file(ws, tmp
         assert p.returncode == 0, p.stderr
         return
     line = p.stderr.strip().splitlines()[-1]
-    assert p.returncode == 1 and line.startswith("error: cannot write") and "Traceback" not in p.stderr, (
-        p.stderr
-    )
+    assert p.returncode == 1 and line.startswith("error: cannot write") and "Traceback" not in p.stderr, p.stderr
     assert "File too large" in line or "No space" in line, line
     assert out.read_bytes() == b"the previous good file"
     assert sorted(os.listdir(tmp_path)) == ["out.bin"]  # no temp file left
@@ -209,9 +194,7 @@ def test_stdout_on_a_full_device_is_one_error_line():
 def test_a_run_folder_has_one_writer(tmp_path):
     from cnncli.fileio import FolderLock
 
-    p = run_cnn(
-        "train", "lenet5", "--data", "fake", "--epochs", "1", "--project", tmp_path, "--name", "r", check=0
-    )
+    p = run_cnn("train", "lenet5", "--data", "fake", "--epochs", "1", "--project", tmp_path, "--name", "r", check=0)
     run = tmp_path / "r"
     before = _snapshot(run)
     lock = FolderLock(str(run)).acquire()  # another cnn train still holds the run
@@ -235,16 +218,7 @@ READERS = {
     "scoremap MODEL": lambda w, f: ["scoremap", f, w / "img.png", "-o", w / "never"],
     "inspect MODEL": lambda w, f: ["inspect", "kernels", f, "-o", w / "never"],
     "--weights": lambda w, f: ["summary", "lenet5", "--weights", f],
-    "train --weights": lambda w, f: [
-        "train",
-        "lenet5",
-        "--data",
-        "fake",
-        "--weights",
-        f,
-        "--project",
-        w / "never",
-    ],
+    "train --weights": lambda w, f: ["train", "lenet5", "--data", "fake", "--weights", f, "--project", w / "never"],
     "predict IMAGE": lambda w, f: ["predict", w / "m.pt", f],
     "scoremap IMAGE": lambda w, f: ["scoremap", w / "m.pt", f, "-o", w / "never"],
     "inspect IMAGE": lambda w, f: ["inspect", "features", w / "m.pt", f, "-o", w / "never"],
@@ -375,9 +349,7 @@ def test_names_from_a_file_never_drive_the_terminal_nor_flood_it(tmp_path):
     evil = ["\x1b]0;pwned\x07\x1b[2J", "x" * 1_000_000] + [f"c{i}" for i in range(2, 10)]
     from dataclasses import replace
 
-    Checkpoint(ck.model, ck.state_dict, replace(ck.preprocess, classes=tuple(evil))).save(
-        str(tmp_path / "e.pt")
-    )
+    Checkpoint(ck.model, ck.state_dict, replace(ck.preprocess, classes=tuple(evil))).save(str(tmp_path / "e.pt"))
     from PIL import Image
 
     Image.new("RGB", (32, 32)).save(tmp_path / "i.png")
@@ -445,17 +417,12 @@ def _onnx_files(w):
     x2 = helper.make_tensor_value_info("x2", TensorProto.FLOAT, [1, 3, 32, 32])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])
     files = {}
-    g = helper.make_graph(
-        [helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example.unknown")], "g", [x], [y]
-    )
+    g = helper.make_graph([helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example.unknown")], "g", [x], [y])
     files["unknown op domain"] = helper.make_model(
         g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.example.unknown", 1)]
     )
     g = helper.make_graph(
-        [helper.make_node("Add", ["x", "x2"], ["s"]), helper.make_node("Flatten", ["s"], ["y"])],
-        "g",
-        [x, x2],
-        [y],
+        [helper.make_node("Add", ["x", "x2"], ["s"]), helper.make_node("Flatten", ["s"], ["y"])], "g", [x, x2], [y]
     )
     files["two inputs"] = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
     g = helper.make_graph([helper.make_node("Relu", ["nowhere"], ["y"])], "g", [x], [y])
@@ -473,9 +440,7 @@ def _onnx_files(w):
 @pytest.mark.parametrize("command", ["eval", "predict"])
 def test_onnx_files_the_runtime_refuses_are_exit_2_with_the_reason(ws, tmp_path, command):
     for kind, path in _onnx_files(tmp_path).items():
-        argv = {"eval": ["eval", path, "--data", "fake"], "predict": ["predict", path, ws / "img.png"]}[
-            command
-        ]
+        argv = {"eval": ["eval", path, "--data", "fake"], "predict": ["predict", path, ws / "img.png"]}[command]
         line = _one_error(run_cnn(*argv))
         assert str(path) in line and ("ONNX" in line or "graph inputs" in line), (kind, line)
 
@@ -509,9 +474,7 @@ WRONG = [None, "x", float("nan")]  # absent, a string, not a number
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("fields")
-    run_cnn(
-        "train", "lenet5", "--data", "fake", "--max-steps", "2", "--project", root, "--name", "r", check=0
-    )
+    run_cnn("train", "lenet5", "--data", "fake", "--max-steps", "2", "--project", root, "--name", "r", check=0)
     return root / "r"
 
 
@@ -529,9 +492,7 @@ def test_every_checkpoint_field_of_the_wrong_type_is_exit_2_or_ignored(run_dir, 
             for argv in (["summary", bad / "last.pt"], ["train", "--resume", bad, "--epochs", "2"]):
                 p = run_cnn(*argv)
                 lines = p.stderr.strip().splitlines()
-                ok = p.returncode == 0 or (
-                    p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
-                )
+                ok = p.returncode == 0 or (p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "))
                 if not ok or "Traceback" in p.stderr:
                     broken.append((key, value, argv[0], p.returncode, lines[-1:]))
     assert not broken, broken[:5]

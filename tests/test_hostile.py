@@ -61,12 +61,7 @@ def ws(tmp_path_factory):
     Image.fromarray(torch.zeros(8, 8, 3, dtype=torch.uint8).numpy()).save(w / "one" / "a" / "x.png")
     mnist = w / "badmnist" / "MNIST" / "raw"
     mnist.mkdir(parents=True)
-    for f in (
-        "train-images-idx3-ubyte",
-        "train-labels-idx1-ubyte",
-        "t10k-images-idx3-ubyte",
-        "t10k-labels-idx1-ubyte",
-    ):
+    for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (mnist / f).write_bytes(b"\x00\x00\x08\x03garbage")
     from cnncli.models import get_model
 

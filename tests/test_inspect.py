@@ -53,18 +53,14 @@ def test_the_line_detector_kernels_are_oriented(lines_run, images):
 def test_features_and_pca(lines_run, images):
     res = _run("features", lines_run["best_checkpoint"], images / "line.png", "-o", images / "f")
     assert res["layers"] == [{"layer": "features", "shape": [2, 32, 32]}] and _png(res["files"][0], 100)
-    res = _run(
-        "features", "tv:resnet18", images / "shape.png", "--pca", "--in", "3x64x64", "-o", images / "f"
-    )
+    res = _run("features", "tv:resnet18", images / "shape.png", "--pca", "--in", "3x64x64", "-o", images / "f")
     assert [f["layer"] for f in res["layers"]][-2:] == ["layer3", "layer4"] and _png(res["files"][0])
 
 
 def test_receptive_field_theoretical_and_measured(lines_run, images):
     res = _run("rf", lines_run["best_checkpoint"], images / "line.png", "-o", images / "r")
     assert res["receptive_field"] == [9.0, 9.0] and res["at"] == [16, 16] and _png(res["files"][0])
-    res = _run(
-        "rf", "tv:resnet18", images / "shape.png", "--layer", "layer2", "--in", "3x64x64", "-o", images / "r"
-    )
+    res = _run("rf", "tv:resnet18", images / "shape.png", "--layer", "layer2", "--in", "3x64x64", "-o", images / "r")
     assert res["receptive_field"] == [99.0, 99.0] and res["jump"] == [8.0, 8.0]
     assert res["effective"] > 0.5  # the measured field is centre-weighted: most of it in the central half
     assert _png(res["files"][0])

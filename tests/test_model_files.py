@@ -20,11 +20,7 @@ from fixtures import write_cifar10
 
 MODELS = ("resnet18", "mobilenet_v2", "squeezenet1_1")
 FORMS = ("plain", "tutorial_ddp", "lightning", "timm_ema", "compiled", "torchscript", "program", "pickle")
-SIZE = {
-    "resnet18": 32,
-    "mobilenet_v2": 96,
-    "squeezenet1_1": 64,
-}  # mobilenet >= 96 px: see test_ambiguous_layout
+SIZE = {"resnet18": 32, "mobilenet_v2": 96, "squeezenet1_1": 64}  # mobilenet >= 96 px: see test_ambiguous_layout
 MARKER_CLASS = "tests_payload_marker"
 
 
@@ -83,9 +79,7 @@ def _save(model: torch.nn.Module, name: str, form: str, path: str) -> None:
             torch.jit.save(torch.jit.script(model), path)
         elif form == "program":
             batch = torch.export.Dim("batch", min=1, max=64)
-            program = torch.export.export(
-                model, (torch.randn(2, 3, size, size),), dynamic_shapes=({0: batch},)
-            )
+            program = torch.export.export(model, (torch.randn(2, 3, size, size),), dynamic_shapes=({0: batch},))
             torch.export.save(program, path)
         elif form == "pickle":
             torch.save(model, path)
@@ -109,9 +103,7 @@ def files(tmp_path_factory):
 
 def _model_args(name: str, form: str) -> list[str]:
     # files that carry code run only with --trust-code (a pickle also takes its old name, --trust-pickle)
-    extra = {"pickle": ["--trust-pickle"], "torchscript": ["--trust-code"], "program": ["--trust-code"]}.get(
-        form, []
-    )
+    extra = {"pickle": ["--trust-pickle"], "torchscript": ["--trust-code"], "program": ["--trust-code"]}.get(form, [])
     if form != "program":  # a program records its input size; the others are told
         extra += ["--in", f"3x{SIZE[name]}x{SIZE[name]}"]
     return extra
@@ -126,9 +118,7 @@ def test_export_any_form_matches_the_original_in_onnx_runtime(files, name, form)
     out = str(files["root"] / f"{name}-{form}.onnx")
     dynamo = form == "plain" and name == "squeezenet1_1"  # the default exporter once: it is the slow one
     exporter = [] if dynamo else ["--exporter", "torchscript"]
-    p = run_cnn(
-        "export", path, "--onnx", "-o", out, "--force", "--json", *exporter, *_model_args(name, form), check=0
-    )
+    p = run_cnn("export", path, "--onnx", "-o", out, "--force", "--json", *exporter, *_model_args(name, form), check=0)
     res = json.loads(p.stdout)
     assert res["max_abs_diff"] < 1e-4 and os.path.exists(out)
     sess = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
@@ -164,11 +154,7 @@ def test_summary_and_eval_on_the_same_files(files, name, form):
     if form in ("torchscript", "program"):  # but nothing per layer: unknown, never 0
         assert all(r["macs"] is None and r["receptive_field"] is None for r in s["layers"])
     data = str(files["root"] / "data")
-    told = (
-        ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
-        if form in ("torchscript", "program")
-        else []
-    )
+    told = ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"] if form in ("torchscript", "program") else []
     p = run_cnn(
         "eval",
         path,
@@ -187,9 +173,7 @@ def test_summary_and_eval_on_the_same_files(files, name, form):
     assert res["samples"] == 60
     accuracy, loss = _by_hand(files[name], data, SIZE[name])
     assert res["loss"] == pytest.approx(loss, rel=1e-4)  # the same model on the same inputs
-    assert (
-        abs(res["accuracy"] - accuracy) <= 3 / 60 + 1e-9
-    )  # (random weights: ties under ReLU may break either way)
+    assert abs(res["accuracy"] - accuracy) <= 3 / 60 + 1e-9  # (random weights: ties under ReLU may break either way)
 
 
 def _by_hand(model, data: str, size: int) -> tuple[float, float]:
@@ -202,9 +186,7 @@ def _by_hand(model, data: str, size: int) -> tuple[float, float]:
     x = torch.from_numpy(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
     targets = torch.tensor(batch["labels"])
     if size != 32:
-        x = torch.nn.functional.interpolate(
-            x.float(), size=(size, size), mode="bilinear", align_corners=False
-        )
+        x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False)
         x = x.round().clamp(0, 255)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -273,9 +255,7 @@ def test_a_pickled_model_is_refused_without_trust_pickle(files):
 
 
 @pytest.mark.parametrize("form", ["torchscript", "program"])
-@pytest.mark.parametrize(
-    "command", ["export", "summary", "eval", "predict", "inspect", "fcn", "scoremap", "weights"]
-)
+@pytest.mark.parametrize("command", ["export", "summary", "eval", "predict", "inspect", "fcn", "scoremap", "weights"])
 def test_files_that_carry_code_are_refused_without_trust_code(files, form, command, tmp_path):
     """TorchScript runs its own code at load and in forward; torch.export.load unpickles parts of a .pt2: every
     command refuses both without --trust-code, naming the flag, before anything is loaded or written."""
@@ -337,9 +317,7 @@ def test_unknown_state_dict_names_the_nearest_candidates(tmp_path):
     torch.save(sd, tmp_path / "odd.pt")
     p = run_cnn("export", tmp_path / "odd.pt", "--onnx")
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
-    assert (
-        "matches no known architecture" in p.stderr and "resnet18" in p.stderr and "extra.weight" in p.stderr
-    )
+    assert "matches no known architecture" in p.stderr and "resnet18" in p.stderr and "extra.weight" in p.stderr
     assert not os.path.exists(tmp_path / "odd.onnx")
 
 
@@ -350,9 +328,7 @@ def test_train_weights_remakes_the_head_and_loads_the_rest(tmp_path):
 
     torch.manual_seed(3)
     src = get_model("lenet5", num_classes=7, in_channels=3, image_size=(32, 32)).state_dict()
-    torch.save(
-        {"model_state_dict": {"module." + k: v for k, v in src.items()}, "epoch": 1}, tmp_path / "w.pt"
-    )
+    torch.save({"model_state_dict": {"module." + k: v for k, v in src.items()}, "epoch": 1}, tmp_path / "w.pt")
     data = write_cifar10(str(tmp_path / "data"), n_train=100, n_test=20)
     p = run_cnn(
         "train",
@@ -416,10 +392,7 @@ def test_train_weights_keep_their_layout(tmp_path):
         "cpu",
         check=0,
     )
-    assert (
-        "layout built for 224x224" in p.stderr
-        and "loaded 120 tensors, re-made 2 (fc.weight, fc.bias)" in p.stderr
-    )
+    assert "layout built for 224x224" in p.stderr and "loaded 120 tensors, re-made 2 (fc.weight, fc.bias)" in p.stderr
     ck = torch.load(tmp_path / "runs" / "train" / "best.pt", weights_only=True)
     assert ck["model"]["build_size"] == [224, 224] and ck["state_dict"]["conv1.weight"].shape[-1] == 7
     out = json.loads(run_cnn("summary", tmp_path / "runs" / "train" / "best.pt", "--json", check=0).stdout)
@@ -434,9 +407,7 @@ def test_train_weights_adapts_the_input_conv(tmp_path):
     gray = get_model("lenet5", num_classes=10, in_channels=1, image_size=(32, 32))
     done = transfer_weights(gray, src)
     assert done.adapted == ["features.0.weight: 3 -> 1 channels"] and not done.remade
-    torch.testing.assert_close(
-        gray.state_dict()["features.0.weight"], src["features.0.weight"].sum(1, keepdim=True)
-    )
+    torch.testing.assert_close(gray.state_dict()["features.0.weight"], src["features.0.weight"].sum(1, keepdim=True))
 
 
 def test_detection_on_every_torchvision_classification_model():
@@ -486,15 +457,10 @@ def test_a_payload_in_any_container_is_exit_2_and_never_runs(tmp_path, container
     if container in ("wrapped", "weights", "train_weights"):
         torch.save({"model_state_dict": {"w": torch.zeros(1)}, "x": _Payload(marker)}, path)
     elif container == "torchscript":  # a zip laid out like a TorchScript archive
-        _zip_with(
-            path, {"evil/data.pkl": payload, "evil/constants.pkl": payload, "evil/code/__torch__/m.py": "x"}
-        )
+        _zip_with(path, {"evil/data.pkl": payload, "evil/constants.pkl": payload, "evil/code/__torch__/m.py": "x"})
     else:  # laid out like a torch.export archive
         path = tmp_path / "evil.pt2"
-        _zip_with(
-            path,
-            {"evil/archive_format": "pt2", "evil/models/model.json": "{}", "evil/data/weights/w": payload},
-        )
+        _zip_with(path, {"evil/archive_format": "pt2", "evil/models/model.json": "{}", "evil/data/weights/w": payload})
     before = sorted(os.listdir(tmp_path))
     if container == "weights":
         args = ["summary", "lenet5", "--weights", path]

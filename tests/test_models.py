@@ -39,9 +39,7 @@ def test_builtin_model_adapts_to_small_grey_data(name):
 def test_resnet_imagenet_stem_is_torchvision_exactly():
     ours = get_model("resnet50")
     ref = torchvision.models.resnet50()
-    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [
-        (k, v.shape) for k, v in ref.state_dict().items()
-    ]
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
     small = get_model("resnet18", num_classes=10, image_size=(32, 32))
     assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
     assert isinstance(small.maxpool, torch.nn.Identity)

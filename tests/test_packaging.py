@@ -36,16 +36,6 @@ def test_ci_runs_the_readme_lines():
 
 def test_dependencies_are_declared():
     deps = " ".join(tomllib.loads(_read("pyproject.toml"))["project"]["dependencies"])
-    for name in (
-        "typer",
-        "rich",
-        "torch",
-        "torchvision",
-        "torchinfo",
-        "onnx",
-        "onnxruntime",
-        "onnxscript",
-        "numpy",
-    ):
+    for name in ("typer", "rich", "torch", "torchvision", "torchinfo", "onnx", "onnxruntime", "onnxscript", "numpy"):
         assert name in deps
     assert "+cpu" not in deps and "==" not in deps

@@ -27,9 +27,7 @@ from cnncli.analysis import receptive as R
 from cnncli.analysis.arith import Field
 
 FULL = os.environ.get("CNN_RF_FULL") == "1"
-BUDGET = (
-    float("inf") if FULL else 5.0e8
-)  # multiply-adds of one model's measuring passes (float64, 2 cores: ~0.5 s)
+BUDGET = float("inf") if FULL else 5.0e8  # multiply-adds of one model's measuring passes (float64, 2 cores: ~0.5 s)
 
 TORCHVISION = torchvision.models.list_models(module=torchvision.models)
 BUILTIN = ["lenet5", "linenet", "resnet18", "resnet20", "smallcnn", "vgg11_bn"]  # at 32x32: the CIFAR layouts
@@ -157,8 +155,7 @@ def check_zoo_model(name: str, base: int) -> dict:
     first_global = next((n for n in order if fields.per_module.get(n) is R.GLOBAL), None)
     while first_global is not None:  # a container is global through one of its children: go down to the first
         child = next(
-            (n for n in order if n.startswith(first_global + ".") and fields.per_module.get(n) is R.GLOBAL),
-            None,
+            (n for n in order if n.startswith(first_global + ".") and fields.per_module.get(n) is R.GLOBAL), None
         )
         if child is None:
             break
@@ -182,9 +179,7 @@ def check_zoo_model(name: str, base: int) -> dict:
         n = int(f.rf[axis] + 4 * f.jump[axis] + 2 * abs(float(f.start[axis]))) + 1
         return max(-(-n // step) * step, short)
 
-    per_pixel = _prefix_macs(
-        name, model, (base, base), list(finite) + ([first_global] if first_global else [])
-    )
+    per_pixel = _prefix_macs(name, model, (base, base), list(finite) + ([first_global] if first_global else []))
     for axis in (0, 1):
         # one pass per axis on a strip sized for the last stage within the budget; one backward per stage
         # cost: the forward pass to the last stage, and two backward passes (centre unit, neighbour) per stage
@@ -211,17 +206,13 @@ def check_zoo_model(name: str, base: int) -> dict:
     size = short if square else base
     if first_global and per_pixel[first_global] * size * size <= BUDGET:
         m = _materialize(_build(name, size)) if square else runnable()
-        got = R.measure_fields(
-            m, (in_ch, size, size), [first_global], fields.layouts, copy_model=False, whole=True
-        )
+        got = R.measure_fields(m, (in_ch, size, size), [first_global], fields.layouts, copy_model=False, whole=True)
         assert got[first_global]["whole"], (name, first_global, got)
         checked[(first_global, "global")] = True
     return checked
 
 
-ZOO = [(n, 299 if n.startswith("inception") else 224) for n in TORCHVISION] + [
-    ("builtin:" + n, 32) for n in BUILTIN
-]
+ZOO = [(n, 299 if n.startswith("inception") else 224) for n in TORCHVISION] + [("builtin:" + n, 32) for n in BUILTIN]
 
 
 # timm (not a dependency): a model of each family kind the zoo has, when timm is installed
@@ -267,9 +258,7 @@ def _published_ops():
     for name in TORCHVISION:
         weights = torchvision.models.get_model_weights(name).DEFAULT
         if "_ops" in weights.meta:
-            out.append(
-                (name, str(weights).split(".")[-1], weights.transforms().crop_size[0], weights.meta["_ops"])
-            )
+            out.append((name, str(weights).split(".")[-1], weights.transforms().crop_size[0], weights.meta["_ops"]))
     return out
 
 
@@ -296,10 +285,7 @@ def test_swin_fields_are_measured_and_said_to_be():
     model = torchvision.models.swin_t().eval()
     res = summarize(model, (3, 224, 224), depth=2)
     rows = {r["name"]: r for r in res["layers"]}
-    assert (
-        rows["features.0"]["receptive_field"] == [4, 4]
-        and rows["features.0"]["receptive_field_kind"] == "exact"
-    )
+    assert rows["features.0"]["receptive_field"] == [4, 4] and rows["features.0"]["receptive_field_kind"] == "exact"
     stage1 = rows["features.1"]
     assert stage1["receptive_field_kind"] == "measured"
     # two blocks of 7x7-patch windows, the second shifted by 3 patches: 14 patches of 4 pixels

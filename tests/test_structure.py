@@ -45,9 +45,7 @@ def _imports(name: str, path: pathlib.Path, known: set[str]) -> set[str]:
 def test_no_import_cycles_inside_cnncli():
     mods = _modules()
     graph = {n: _imports(n, p, set(mods)) & set(mods) for n, p in mods.items()}
-    assert (
-        graph["cnncli.analysis.fcn"] and "cnncli.checkpoint" in graph["cnncli.models.open"]
-    )  # the walk sees imports
+    assert graph["cnncli.analysis.fcn"] and "cnncli.checkpoint" in graph["cnncli.models.open"]  # the walk sees imports
     cycles, state = [], {}
 
     def visit(n, stack):
@@ -91,15 +89,7 @@ def test_fit_reads_as_a_table_of_contents():
 
     src = inspect.getsource(Trainer.fit)
     assert len(src.splitlines()) <= 25
-    for phase in (
-        "setup",
-        "start_or_resume",
-        "train_one_epoch",
-        "evaluate",
-        "end_epoch",
-        "stop_reason",
-        "finish",
-    ):
+    for phase in ("setup", "start_or_resume", "train_one_epoch", "evaluate", "end_epoch", "stop_reason", "finish"):
         assert f"self.{phase}(" in src
 
 
@@ -146,10 +136,7 @@ def test_commands_are_the_modules_in_cli_and_each_registers_itself():
     "cmd,needles",
     [
         ([], []),
-        (
-            ["train"],
-            ["[sgd|adamw]", "[onecycle|cosine|none]", "[auto|32|bf16|16]", "folder:PATH", "cifar10", "lines"],
-        ),
+        (["train"], ["[sgd|adamw]", "[onecycle|cosine|none]", "[auto|32|bf16|16]", "folder:PATH", "cifar10", "lines"]),
         (["eval"], ["[test|val|train]"]),
         (["export"], ["[onnx|pt2]", "[auto|dynamo|torchscript|export]"]),
         (["models"], ["[builtin|torchvision|timm|all]"]),
@@ -205,9 +192,7 @@ def test_the_benchmark_reference_loop_ships_with_the_project():
     import subprocess
 
     script = os.path.join(ROOT, "benchmarks", "reference_train_loop.py")
-    p = subprocess.run(
-        [sys.executable, script, "lenet", "2", "8"], capture_output=True, text=True, timeout=120
-    )
+    p = subprocess.run([sys.executable, script, "lenet", "2", "8"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert float(p.stdout.split("images/s=")[1]) > 0
 
@@ -221,9 +206,7 @@ def test_docs_tables_are_generated_from_the_registries():
     for doc, (name, body) in mod.tables().items():
         with open(os.path.join(ROOT, "docs", doc)) as f:
             text = f.read()
-        assert mod.replace_block(text, name, body) == text, (
-            f"docs/{doc} is stale: run python docs/make_tables.py"
-        )
+        assert mod.replace_block(text, name, body) == text, f"docs/{doc} is stale: run python docs/make_tables.py"
 
 
 def _doc_block(doc: str, first_line: str) -> str:
@@ -243,15 +226,10 @@ def test_extending_md_examples_work(tmp_path):
     before = list(app.registered_commands)
     try:
         exec(compile(_doc_block("extending.md", "# cnncli/data/sets/colours.py"), "colours.py", "exec"), {})
-        exec(
-            compile(_doc_block("extending.md", "# cnncli/cli/hello.py"), "hello.py", "exec"),
-            {"__name__": "hello"},
-        )
+        exec(compile(_doc_block("extending.md", "# cnncli/cli/hello.py"), "hello.py", "exec"), {"__name__": "hello"})
         out = json.loads(run_cnn("hello", "lenet5", "--json", check=0).stdout)
         assert out == {"model": "lenet5", "params": 62006}
-        p = run_cnn(
-            "train", "smallcnn", "--data", "colours", "--project", tmp_path, "--precision", "32", "--json"
-        )
+        p = run_cnn("train", "smallcnn", "--data", "colours", "--project", tmp_path, "--precision", "32", "--json")
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)["test_accuracy"] >= 0.9
     finally:

@@ -61,9 +61,7 @@ def test_lenet_summary_agrees_with_shape_layer_by_layer():
         assert leaf["params"] == row.params, row.name
         assert leaf["macs"] == row.macs, row.name
         flat = flat or row.name.startswith("fc")
-        if (
-            flat
-        ):  # a Linear over the flattened map mixes every position: `cnn shape` shows the whole 32x32 input
+        if flat:  # a Linear over the flattened map mixes every position: `cnn shape` shows the whole 32x32 input
             assert leaf["receptive_field"] == "global" and row.receptive_field == (32, 32), row.name
         else:
             assert tuple(leaf["receptive_field"]) == row.receptive_field, row.name
@@ -105,11 +103,11 @@ def test_seed_cnn_matches_torchinfo(tmp_path):
     out = json.loads(p.stdout)
     assert out["params"] == 14_938 and round(out["macs"] / 1e6, 2) == 0.76
     mem = out["memory"]
-    assert (
-        round(mem["input"] / 1e6, 2),
-        round(mem["forward_backward"] / 1e6, 2),
-        round(mem["params"] / 1e6, 2),
-    ) == (0.01, 0.04, 0.06)
+    assert (round(mem["input"] / 1e6, 2), round(mem["forward_backward"] / 1e6, 2), round(mem["params"] / 1e6, 2)) == (
+        0.01,
+        0.04,
+        0.06,
+    )
     assert [r["receptive_field"] for r in out["layers"][1:]] == [[7, 7], [11, 11], [11, 11], "global"]
     assert sum(r["macs"] for r in out["layers"]) == out["macs"]
 
@@ -190,9 +188,7 @@ def test_training_memory_is_what_autograd_saves(name, size, batch):
     out = model(x)
     by_graph = _saved_by_graph(out, model)
     assert res["memory"]["saved_for_backward"] == by_graph
-    assert (
-        saved_for_backward(model, (3, size, size), batch, "cpu") == by_graph
-    )  # the same count on real tensors
+    assert saved_for_backward(model, (3, size, size), batch, "cpu") == by_graph  # the same count on real tensors
 
 
 UNTRACEABLE = """
@@ -217,16 +213,10 @@ class Net(nn.Module):
 
 def test_untraceable_model_is_measured_and_says_so(tmp_path):
     (tmp_path / "net.py").write_text(UNTRACEABLE)
-    out = json.loads(
-        run_cnn("summary", f"{tmp_path / 'net.py'}:Net", "--in", "3x32x32", "--json", check=0).stdout
-    )
+    out = json.loads(run_cnn("summary", f"{tmp_path / 'net.py'}:Net", "--in", "3x32x32", "--json", check=0).stdout)
     rows = {r["name"]: r for r in out["layers"]}
     assert (rows["conv1"]["receptive_field"], rows["conv1"]["receptive_field_kind"]) == ([3, 3], "measured")
     assert (rows["conv2"]["receptive_field"], rows["conv2"]["jump"]) == ([5, 5], [2, 2])
-    assert (
-        rows["fc"]["receptive_field_kind"] == "at least"
-    )  # the mean reaches the border: the field may be larger
+    assert rows["fc"]["receptive_field_kind"] == "at least"  # the mean reaches the border: the field may be larger
     assert out["macs"] == 32 * 32 * 8 * 27 + 16 * 16 * 8 * 72 + 80
-    assert (
-        out["memory"]["saved_for_backward"] > 0
-    )  # counted on a real step (fake tensors cannot run .sum() > x)
+    assert out["memory"]["saved_for_backward"] > 0  # counted on a real step (fake tensors cannot run .sum() > x)

@@ -52,21 +52,11 @@ def test_linenet_on_lines_reaches_99_9(tmp_path, lines_run):
 
     # eval on the checkpoint, with its own preprocessing; CI gate both ways
     ev = _json(
-        run_cnn(
-            "eval",
-            os.path.join(run, "best.pt"),
-            "--data",
-            "lines",
-            "--json",
-            "--confusion",
-            tmp_path / "conf.png",
-        )
+        run_cnn("eval", os.path.join(run, "best.pt"), "--data", "lines", "--json", "--confusion", tmp_path / "conf.png")
     )
     assert ev["accuracy"] == pytest.approx(out["test_accuracy"], abs=1e-6)
     assert set(ev) >= {"accuracy", "top5", "loss", "per_class", "samples", "images_per_second"}
-    assert (
-        ev["samples"] == 10000 and ev["top5"] is None and set(ev["per_class"]) == {"horizontal", "vertical"}
-    )
+    assert ev["samples"] == 10000 and ev["top5"] is None and set(ev["per_class"]) == {"horizontal", "vertical"}
     assert (tmp_path / "conf.png").read_bytes()[:4] == b"\x89PNG"
     assert run_cnn("eval", os.path.join(run, "best.pt"), "--min-accuracy", "0.99").returncode == 0
     gate = run_cnn("eval", os.path.join(run, "best.pt"), "--min-accuracy", "1.0")
@@ -77,23 +67,11 @@ def test_linenet_on_lines_reaches_99_9(tmp_path, lines_run):
     project = os.path.dirname(run)
     again = _json(
         run_cnn(
-            "train",
-            "linenet",
-            "--data",
-            "lines",
-            "--project",
-            project,
-            "--name",
-            "lines",
-            "--max-steps",
-            "5",
-            "--json",
+            "train", "linenet", "--data", "lines", "--project", project, "--name", "lines", "--max-steps", "5", "--json"
         )
     )
     assert again["run_dir"] == os.path.join(project, "lines2")
-    assert (
-        torch.load(os.path.join(run, "best.pt"), weights_only=True)["metrics"] == ck["metrics"]
-    )  # untouched
+    assert torch.load(os.path.join(run, "best.pt"), weights_only=True)["metrics"] == ck["metrics"]  # untouched
 
 
 def test_lenet_on_digits(digits_run):
@@ -138,9 +116,7 @@ def _start(tmp_path, name):
         "--precision",
         "32",
     ]
-    return subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _final_state(run):
@@ -176,9 +152,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, uninterrupted):
     _wait_for_first_epoch(p, run)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    torch.load(
-        os.path.join(run, "last.pt"), weights_only=True
-    )  # never half-written (a kill may leave a .tmp)
+    torch.load(os.path.join(run, "last.pt"), weights_only=True)  # never half-written (a kill may leave a .tmp)
     r = run_cnn("train", "--resume", run, "--json")
     assert r.returncode == 0, r.stderr
     assert not [f for f in os.listdir(run) if f.endswith(".tmp")]  # stale temp files are cleaned on resume
@@ -212,12 +186,7 @@ def test_pickled_checkpoint_is_refused_without_running(tmp_path):
     os.environ["CNN_EVIL_MARKER"] = str(marker)
     evil = tmp_path / "evil.pt"
     torch.save({"model": {"name": "lenet5"}, "state_dict": {}, "payload": _Evil()}, evil)
-    for cmd in (
-        ["eval", evil, "--data", "digits"],
-        ["summary", evil],
-        ["export", evil, "--onnx"],
-        ["fcn", evil],
-    ):
+    for cmd in (["eval", evil, "--data", "digits"], ["summary", evil], ["export", evil, "--onnx"], ["fcn", evil]):
         p = run_cnn(*cmd)
         assert p.returncode == 2, p.stderr
         assert "refusing to load" in p.stderr and "pickled" in p.stderr and "Traceback" not in p.stderr
@@ -225,9 +194,7 @@ def test_pickled_checkpoint_is_refused_without_running(tmp_path):
 
 
 def test_divergence_exits_1_with_clear_message(tmp_path):
-    p = run_cnn(
-        "train", "linenet", "--data", "lines", "--lr", "1e30", "--project", tmp_path, "--max-steps", "200"
-    )
+    p = run_cnn("train", "linenet", "--data", "lines", "--lr", "1e30", "--project", tmp_path, "--max-steps", "200")
     assert p.returncode == 1, p.stderr
     assert "diverged" in p.stderr and "Traceback" not in p.stderr
     run = tmp_path / "train"
@@ -255,9 +222,7 @@ def test_torchvision_cifar10_files_train_a_resnet(tmp_path):
             "4",
         )
     )
-    ev = _json(
-        run_cnn("eval", out["best_checkpoint"], "--data-dir", tmp_path / "data", "--json", "--split", "val")
-    )
+    ev = _json(run_cnn("eval", out["best_checkpoint"], "--data-dir", tmp_path / "data", "--json", "--split", "val"))
     assert ev["samples"] == 50 and ev["top5"] is not None and len(ev["per_class"]) == 10
 
 

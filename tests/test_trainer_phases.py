@@ -20,14 +20,7 @@ def test_resolve_is_pure_and_decides_every_default():
     cfg = TrainConfig(model="lenet5", data="digits")
     facts = RunFacts(epochs=40, batch_size=64, num_classes=10, device_type="cpu", bf16=False)
     r = resolve(cfg, facts)
-    assert (r.epochs, r.batch_size, r.lr, r.weight_decay, r.num_classes, r.precision) == (
-        40,
-        64,
-        0.1,
-        5e-4,
-        10,
-        "32",
-    )
+    assert (r.epochs, r.batch_size, r.lr, r.weight_decay, r.num_classes, r.precision) == (40, 64, 0.1, 5e-4, 10, "32")
     assert cfg.epochs is None and cfg.lr is None and cfg.precision == "auto"  # the request is unchanged
     assert resolve(r, facts) == r  # a resolved config (args.json, a checkpoint's args) resolves to itself
     assert resolve(TrainConfig(model="lenet5", data="digits", batch_size=512), facts).lr == pytest.approx(0.2)
@@ -127,13 +120,7 @@ def test_phases_one_by_one_on_fake(tmp_path):
 def test_a_stop_request_mid_epoch_writes_a_resumable_last_pt(tmp_path):
     tr = Trainer(
         TrainConfig(
-            model="mlp",
-            data="fake",
-            epochs=1,
-            batch_size=1000,
-            project=str(tmp_path),
-            device="cpu",
-            precision="32",
+            model="mlp", data="fake", epochs=1, batch_size=1000, project=str(tmp_path), device="cpu", precision="32"
         )
     )
     tr.setup()
@@ -174,9 +161,7 @@ def colours_dataset():
 
 
 def test_a_registered_dataset_trains_and_evaluates(tmp_path, colours_dataset):
-    p = run_cnn(
-        "train", "smallcnn", "--data", colours_dataset, "--project", tmp_path, "--precision", "32", "--json"
-    )
+    p = run_cnn("train", "smallcnn", "--data", colours_dataset, "--project", tmp_path, "--precision", "32", "--json")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["epochs"] == 5 and out["test_accuracy"] >= 0.9

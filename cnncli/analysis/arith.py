@@ -49,9 +49,7 @@ __all__ = [
 _SIZE_RE = re.compile(r"^\s*(\d+)(?:\s*[x×,]\s*(\d+))?(?:\s*[x×,]\s*(\d+))?\s*$")
 
 
-MAX_DIGITS = (
-    18  # sizes beyond int64 are typos, and Python refuses int() of 4,300+ digits with a raw ValueError
-)
+MAX_DIGITS = 18  # sizes beyond int64 are typos, and Python refuses int() of 4,300+ digits with a raw ValueError
 
 
 def _number(digits: str, text) -> int:
@@ -128,8 +126,7 @@ def pool_out(
         raise ArithError(f"padding must be >= 0, got {p}")
     if p > k // 2:
         raise ArithError(
-            f"pooling padding{_ax(axis)} {p} is more than half the kernel {k}",
-            "torch allows at most kernel // 2",
+            f"pooling padding{_ax(axis)} {p} is more than half the kernel {k}", "torch allows at most kernel // 2"
         )
     num = i + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)
     o = num // s + 1
@@ -188,9 +185,7 @@ class Field:
     jump: tuple[Fraction, Fraction] = (Fraction(1), Fraction(1))
     start: tuple[Fraction, Fraction] = (Fraction(0), Fraction(0))
 
-    def through(
-        self, kernel: Pair, stride: Pair = (1, 1), padding: Pair = (0, 0), dilation: Pair = (1, 1)
-    ) -> Field:
+    def through(self, kernel: Pair, stride: Pair = (1, 1), padding: Pair = (0, 0), dilation: Pair = (1, 1)) -> Field:
         """The field after a sliding window (conv or pooling) with these settings."""
         rf, jump, start = [], [], []
         for a in range(2):
@@ -295,23 +290,13 @@ class Layer:
 def _spatial(shape: Shape, op: str) -> tuple[int | None, int, int]:
     if len(shape) != 3:
         raise ArithError(
-            f"{op} needs a CxHxW feature map, but the input is flat ({shape[0]} features)",
-            "put it before flatten/fc",
+            f"{op} needs a CxHxW feature map, but the input is flat ({shape[0]} features)", "put it before flatten/fc"
         )
     return shape
 
 
 def _formula_lines(
-    kind: str,
-    ih: int,
-    iw: int,
-    oh: int,
-    ow: int,
-    k: Pair,
-    s: Pair,
-    p: Pair,
-    d: Pair,
-    extra: dict | None = None,
+    kind: str, ih: int, iw: int, oh: int, ow: int, k: Pair, s: Pair, p: Pair, d: Pair, extra: dict | None = None
 ) -> list[str]:
     lines = []
     axes = [("H", ih, oh, 0), ("W", iw, ow, 1)]
@@ -358,11 +343,7 @@ def conv2d(
 ) -> Layer:
     """A ``Conv2d`` layer on ``shape`` = (C, H, W); ``out_channels=None`` computes the spatial size only."""
     c, h, w = _spatial(shape, "conv")
-    k, s, d = (
-        parse_pair(kernel, "kernel size"),
-        parse_pair(stride, "stride"),
-        parse_pair(dilation, "dilation"),
-    )
+    k, s, d = (parse_pair(kernel, "kernel size"), parse_pair(stride, "stride"), parse_pair(dilation, "dilation"))
     pad = parse_padding(padding)
     lo, hi = _resolve_padding(pad, k, s, d, "conv")
     if groups < 1:
@@ -438,11 +419,7 @@ def conv_transpose2d(
 ) -> Layer:
     """A ``ConvTranspose2d`` layer: ``o = (i-1)s - 2p + d(k-1) + output_padding + 1``."""
     c, h, w = _spatial(shape, "convT")
-    k, s, d = (
-        parse_pair(kernel, "kernel size"),
-        parse_pair(stride, "stride"),
-        parse_pair(dilation, "dilation"),
-    )
+    k, s, d = (parse_pair(kernel, "kernel size"), parse_pair(stride, "stride"), parse_pair(dilation, "dilation"))
     pad = parse_padding(padding)
     if isinstance(pad, str):
         raise ArithError("convT takes numeric padding only", "as torch.nn.ConvTranspose2d")
@@ -564,8 +541,7 @@ def parse_layers(spec: str) -> list[LayerSpec]:
         m = _TOKEN_RE.match(spec, pos)
         if not m:
             raise UsageError(
-                f"cannot read layer at {spec[pos : pos + 20]!r}",
-                "write layers like conv(6,k=5) relu maxpool(2)",
+                f"cannot read layer at {spec[pos : pos + 20]!r}", "write layers like conv(6,k=5) relu maxpool(2)"
             )
         pos = m.end()
         name, argtext = m.group(1), m.group(2)
@@ -644,6 +620,103 @@ def _bool(v) -> bool:
     raise UsageError(f"{v!r} is not true or false", "use true or false, e.g. ceil=true")
 
 
+def _conv_args(a: dict, kernel: int = 3) -> dict:
+    return {
+        "kernel": a.get("k", kernel),
+        "stride": a.get("s", 1),
+        "padding": a.get("p", 0),
+        "dilation": a.get("d", 1),
+        "bias": _bool(a.get("bias", True)),
+    }
+
+
+def _conv(shape, a, fi, st):
+    return conv2d(
+        shape,
+        out_channels=_int(a, "out", what="conv output channels"),
+        groups=_int(a, "g", 1),
+        field_in=fi,
+        **_conv_args(a),
+    )
+
+
+def _dwconv(shape, a, fi, st):
+    c = _spatial(shape, "dwconv")[0]
+    return conv2d(shape, out_channels=c, groups=c, field_in=fi, **_conv_args(a))
+
+
+def _convT(shape, a, fi, st):
+    return conv_transpose2d(
+        shape,
+        out_channels=_int(a, "out", what="convT output channels"),
+        output_padding=a.get("op", 0),
+        groups=_int(a, "g", 1),
+        field_in=fi,
+        **_conv_args(a, 2),
+    )
+
+
+def _pool(kind):
+    def rule(shape, a, fi, st):
+        return pool2d(
+            shape,
+            kind=kind,
+            kernel=a.get("k", 2),
+            stride=a.get("s"),
+            padding=a.get("p", 0),
+            dilation=a.get("d", 1),
+            ceil_mode=_bool(a.get("ceil", False)),
+            field_in=fi,
+        )
+
+    return rule
+
+
+def _gap(shape, a, fi, st):
+    c, h, w = _spatial(shape, "gap")
+    return Layer("gap", "gap", shape, (c, 1, 1), 0, 0, fi.through((h, w)), [f"global average over {h}x{w}"])
+
+
+def _bn(shape, a, fi, st):
+    c = _spatial(shape, "batchnorm")[0]
+    return Layer("bn", "bn", shape, shape, 2 * c, 0, fi, [f"params: 2*{c} = {2 * c} (scale, shift)"])
+
+
+def _flatten(shape, a, fi, st):
+    if len(shape) == 3:
+        st["flattened_map"] = shape[1:]  # the HxW a flatten removed: the next fc's kernel covers it
+    return Layer("flatten", "flatten", shape, (math.prod(shape),), 0, 0, fi, [])
+
+
+def _fc(shape, a, fi, st):
+    if st.get("flattened_map") is not None and len(shape) == 1:
+        fi = fi.through(st.pop("flattened_map"))
+    return linear(
+        shape, out_features=_int(a, "out", what="fc output features"), bias=_bool(a.get("bias", True)), field_in=fi
+    )
+
+
+def _elementwise(shape, a, fi, st):
+    """Activations, dropout: shape and field unchanged (PReLU has one parameter)."""
+    if a.get("act") == "prelu":
+        return Layer("prelu", "act", shape, shape, 1, 0, fi, [])
+    return Layer(a.get("act", "act"), "act", shape, shape, 0, 0, fi, [])
+
+
+# one rule per --layers operation: (shape, args, field in, state carried along the stack) -> Layer
+LAYER_RULES = {
+    "conv": _conv,
+    "dwconv": _dwconv,
+    "convT": _convT,
+    "maxpool": _pool("max"),
+    "avgpool": _pool("avg"),
+    "gap": _gap,
+    "bn": _bn,
+    "flatten": _flatten,
+    "fc": _fc,
+}
+
+
 def run_layers(input_shape: Shape, specs: list[LayerSpec] | str) -> list[Layer]:
     """Compute every layer of a stack, carrying shape and receptive field from one to the next."""
     if isinstance(specs, str):
@@ -652,89 +725,17 @@ def run_layers(input_shape: Shape, specs: list[LayerSpec] | str) -> list[Layer]:
     if shape[0] is None:
         raise UsageError("--layers needs the input channels", "give --in as CxHxW, e.g. 3x32x32")
     fi = Field()
-    flattened_map: tuple[int, int] | None = None  # the HxW a flatten removed: the next fc's kernel covers it
+    state: dict = {}
     out: list[Layer] = []
     for sp in specs:
-        a = sp.args
+        rule = LAYER_RULES.get(sp.op)
         try:
-            if sp.op == "conv":
-                layer = conv2d(
-                    shape,
-                    out_channels=_int(a, "out", what="conv output channels"),
-                    kernel=a.get("k", 3),
-                    stride=a.get("s", 1),
-                    padding=a.get("p", 0),
-                    dilation=a.get("d", 1),
-                    groups=_int(a, "g", 1),
-                    bias=_bool(a.get("bias", True)),
-                    field_in=fi,
-                )
-            elif sp.op == "dwconv":
-                c = _spatial(shape, "dwconv")[0]
-                layer = conv2d(
-                    shape,
-                    out_channels=c,
-                    kernel=a.get("k", 3),
-                    stride=a.get("s", 1),
-                    padding=a.get("p", 0),
-                    dilation=a.get("d", 1),
-                    groups=c,
-                    bias=_bool(a.get("bias", True)),
-                    field_in=fi,
-                )
-            elif sp.op == "convT":
-                layer = conv_transpose2d(
-                    shape,
-                    out_channels=_int(a, "out", what="convT output channels"),
-                    kernel=a.get("k", 2),
-                    stride=a.get("s", 1),
-                    padding=a.get("p", 0),
-                    dilation=a.get("d", 1),
-                    output_padding=a.get("op", 0),
-                    groups=_int(a, "g", 1),
-                    bias=_bool(a.get("bias", True)),
-                    field_in=fi,
-                )
-            elif sp.op in ("maxpool", "avgpool"):
-                layer = pool2d(
-                    shape,
-                    kind=sp.op[:3],
-                    kernel=a.get("k", 2),
-                    stride=a.get("s"),
-                    padding=a.get("p", 0),
-                    dilation=a.get("d", 1),
-                    ceil_mode=_bool(a.get("ceil", False)),
-                    field_in=fi,
-                )
-            elif sp.op == "gap":
-                c, h, w = _spatial(shape, "gap")
-                layer = Layer(
-                    "gap", "gap", shape, (c, 1, 1), 0, 0, fi.through((h, w)), [f"global average over {h}x{w}"]
-                )
-            elif sp.op == "bn":
-                c = _spatial(shape, "batchnorm")[0]
-                layer = Layer(
-                    "bn", "bn", shape, shape, 2 * c, 0, fi, [f"params: 2*{c} = {2 * c} (scale, shift)"]
-                )
-            elif sp.op == "flatten":
-                n = math.prod(shape)
-                if len(shape) == 3:
-                    flattened_map = shape[1:]
-                layer = Layer("flatten", "flatten", shape, (n,), 0, 0, fi, [])
-            elif sp.op == "fc":
-                if flattened_map is not None and len(shape) == 1:
-                    fi = fi.through(flattened_map)
-                    flattened_map = None
-                layer = linear(
-                    shape,
-                    out_features=_int(a, "out", what="fc output features"),
-                    bias=_bool(a.get("bias", True)),
-                    field_in=fi,
-                )
-            elif sp.op == "act" and a["act"] == "prelu":
-                layer = Layer("prelu", "act", shape, shape, 1, 0, fi, [])
-            else:  # activations, dropout: shape and field unchanged
-                layer = Layer(a.get("act", sp.op), sp.op, shape, shape, 0, 0, fi, [])
+            if rule is not None:
+                layer = rule(shape, sp.args, fi, state)
+            elif sp.op == "act":
+                layer = _elementwise(shape, sp.args, fi, state)
+            else:  # dropout and other shape-keeping layers
+                layer = Layer(sp.args.get("act", sp.op), sp.op, shape, shape, 0, 0, fi, [])
         except ArithError as e:
             raise ArithError(f"layer {len(out) + 1} {sp.text}: {e.message}", e.hint) from None
         layer = replace(layer, name=sp.text)

@@ -41,17 +41,7 @@ _ELEMENTWISE_MODULES = (
     nn.Dropout2d,
     nn.Identity,
 )
-_ELEMENTWISE_FUNCS = {
-    F.relu,
-    torch.relu,
-    F.dropout,
-    F.gelu,
-    F.silu,
-    torch.sigmoid,
-    torch.tanh,
-    F.relu6,
-    F.hardswish,
-}
+_ELEMENTWISE_FUNCS = {F.relu, torch.relu, F.dropout, F.gelu, F.silu, torch.sigmoid, torch.tanh, F.relu6, F.hardswish}
 
 
 class FullyConvolutional(nn.Module):
@@ -157,9 +147,7 @@ def _find_head(gm: torch.fx.GraphModule):
         node = inputs[0]
     chain.reverse()
     if not any(kind == "linear" for _, kind in chain):
-        raise UsageError(
-            "cannot convert: the head has no Linear layer", "the model is already fully convolutional?"
-        )
+        raise UsageError("cannot convert: the head has no Linear layer", "the model is already fully convolutional?")
     return node, chain
 
 
@@ -183,8 +171,7 @@ def _pool_layer(node, kind, modules, state, steps):
         return None
     if ih % out_hw[0] or iw % out_hw[1]:
         raise UsageError(
-            f"cannot convert layer {desc}: adaptive pooling {ih}x{iw} -> {out_hw[0]}x{out_hw[1]} "
-            "does not divide evenly"
+            f"cannot convert layer {desc}: adaptive pooling {ih}x{iw} -> {out_hw[0]}x{out_hw[1]} does not divide evenly"
         )
     cls = nn.MaxPool2d if is_max else nn.AvgPool2d
     if out_hw == (1, 1):
@@ -207,17 +194,13 @@ def _linear_as_conv(node, modules, state, steps):
     if state["flat_from"] is not None:
         fc, fh, fw = state["flat_from"]
         if fc * fh * fw != lin.in_features:
-            raise UsageError(
-                f"cannot convert layer {desc}: {lin.in_features} inputs but the map is {fc}x{fh}x{fw}"
-            )
+            raise UsageError(f"cannot convert layer {desc}: {lin.in_features} inputs but the map is {fc}x{fh}x{fw}")
         kernel = (fh, fw)
         state["flat_from"] = None
     else:
         fc, kernel = lin.in_features, (1, 1)
         if state["c"] != fc:
-            raise UsageError(
-                f"cannot convert layer {desc}: expects {fc} features, the map has {state['c']} channels"
-            )
+            raise UsageError(f"cannot convert layer {desc}: expects {fc} features, the map has {state['c']} channels")
     conv = nn.Conv2d(fc, lin.out_features, kernel, bias=lin.bias is not None)
     with torch.no_grad():
         conv.weight.copy_(lin.weight.view(lin.out_features, fc, *kernel))
@@ -245,9 +228,7 @@ def _head_modules(gm, feature, chain) -> tuple[list[nn.Module], list[str]]:
             in_shape = _shape(node.all_input_nodes[0])
             if in_shape is not None and len(in_shape) == 4:
                 state["flat_from"] = (in_shape[1], *in_shape[2:])
-            steps.append(
-                f"{_describe(node, modules)}: flatten removed (the next Linear becomes a convolution)"
-            )
+            steps.append(f"{_describe(node, modules)}: flatten removed (the next Linear becomes a convolution)")
             layer = None
         elif kind == "linear":
             layer = _linear_as_conv(node, modules, state, steps)
@@ -334,13 +315,7 @@ def to_fully_convolutional(
     out_field = traced[1]
     if isinstance(out_field, Field):
         return Conversion(
-            fcn,
-            tuple(input_size),
-            out_field.jump_value,
-            out_field.receptive_field,
-            out_field.offset,
-            diff,
-            steps,
+            fcn, tuple(input_size), out_field.jump_value, out_field.receptive_field, out_field.offset, diff, steps
         )
     # squeeze-and-excitation or attention in the body: every score reads the whole image, not a window. The cells
     # still step by the body's stride; each is placed where the classifier's own input would be.
@@ -363,9 +338,7 @@ def _stride_by_probing(fcn: nn.Module, input_size) -> tuple:
     with torch.no_grad():
         out = twin(torch.zeros(1, c, h + grow, w + grow, device="meta"))
     cells = out.shape[2:]
-    return tuple(
-        int(grow // (n - 1)) if n > 1 and grow % (n - 1) == 0 else grow / max(n - 1, 1) for n in cells
-    )
+    return tuple(int(grow // (n - 1)) if n > 1 and grow % (n - 1) == 0 else grow / max(n - 1, 1) for n in cells)
 
 
 def placement(facts: dict) -> tuple[tuple, tuple]:
@@ -457,19 +430,11 @@ def render_overlay(
         ax.imshow(rgba, extent=extent, interpolation="nearest")
         present = sorted(set(win.flatten().tolist()))
         handles = [Patch(color=colours[i], label=f"{classes[i]} ({(win == i).mean():.0%})") for i in present]
-        ax.legend(
-            handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), title="winning class", fontsize=9
-        )
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), title="winning class", fontsize=9)
         ax.set_title(title or f"winning class per cell (opacity = confidence), stride {s[0]}, RF {rf[0]}")
     else:
         im = ax.imshow(
-            probs[only_class],
-            extent=extent,
-            cmap="inferno",
-            alpha=0.55,
-            vmin=0,
-            vmax=1,
-            interpolation="nearest",
+            probs[only_class], extent=extent, cmap="inferno", alpha=0.55, vmin=0, vmax=1, interpolation="nearest"
         )
         fig.colorbar(im, ax=ax, fraction=0.046, label=f"P({classes[only_class]})")
         ax.set_title(title or f"score map of class '{classes[only_class]}', stride {s[0]}, RF {rf[0]}")

@@ -109,13 +109,7 @@ def plot_kernels(weight: torch.Tensor, path: str, *, dft: bool = False, title: s
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    return {
-        "kernels": out_c,
-        "shown": shown,
-        "in_channels": in_c,
-        "in_channels_shown": ins,
-        "kernel_size": [kh, kw],
-    }
+    return {"kernels": out_c, "shown": shown, "in_channels": in_c, "in_channels_shown": ins, "kernel_size": [kh, kw]}
 
 
 def dft_energy_axes(kernel: torch.Tensor) -> tuple[float, float]:
@@ -137,10 +131,7 @@ def feature_maps(model: nn.Module, x: torch.Tensor, layers: list[str] | None) ->
     no_inplace(model)
     targets = {n: find_layer(model, n) for n in layers} if layers else dict(model.named_children())
     out: dict[str, torch.Tensor] = {}
-    hooks = [
-        m.register_forward_hook(lambda mod, args, res, n=n: out.__setitem__(n, res))
-        for n, m in targets.items()
-    ]
+    hooks = [m.register_forward_hook(lambda mod, args, res, n=n: out.__setitem__(n, res)) for n, m in targets.items()]
     try:
         with torch.no_grad():
             model.eval()(x[None])
@@ -181,9 +172,7 @@ def pca_rgb(fmap: torch.Tensor) -> torch.Tensor:
     return ((comps - lo) / (hi - lo + 1e-12)).reshape(h, w, 3)
 
 
-def plot_features(
-    maps: dict[str, torch.Tensor], path: str, *, pca: bool = False, title: str = ""
-) -> list[dict]:
+def plot_features(maps: dict[str, torch.Tensor], path: str, *, pca: bool = False, title: str = "") -> list[dict]:
     plt = _plt()
     facts = [{"layer": n, "shape": list(m.shape)} for n, m in maps.items()]
     if pca:
@@ -227,9 +216,7 @@ def unit_field(model: nn.Module, input_size, layer: str, at: tuple[int, int]) ->
     traced = module_fields(model, tuple(input_size))
     field = traced[0].get(layer) if traced else None
     if field is None:
-        raise UsageError(
-            f"cannot compute the receptive field of {layer!r}", "the model could not be traced there"
-        )
+        raise UsageError(f"cannot compute the receptive field of {layer!r}", "the model could not be traced there")
     if not hasattr(field, "rf"):
         if field is GLOBAL:
             raise UsageError(
@@ -244,12 +231,7 @@ def unit_field(model: nn.Module, input_size, layer: str, at: tuple[int, int]) ->
     rf, jump, start = field.rf, field.jump, field.start
     centre = [float(start[a] + at[a] * jump[a]) for a in range(2)]
     box = [[centre[a] - (float(rf[a]) - 1) / 2, centre[a] + (float(rf[a]) - 1) / 2] for a in range(2)]
-    return {
-        "receptive_field": [float(v) for v in rf],
-        "jump": [float(v) for v in jump],
-        "centre": centre,
-        "box": box,
-    }
+    return {"receptive_field": [float(v) for v in rf], "jump": [float(v) for v in jump], "centre": centre, "box": box}
 
 
 def measured_field(model: nn.Module, x: torch.Tensor, layer: str, at: tuple[int, int] | None) -> tuple:
@@ -264,15 +246,11 @@ def measured_field(model: nn.Module, x: torch.Tensor, layer: str, at: tuple[int,
         hook.remove()
     out = got.get("out")
     if not isinstance(out, torch.Tensor) or out.dim() != 4:
-        raise UsageError(
-            f"layer {layer!r} does not output a feature map (C x H x W)", "choose a conv or pooling layer"
-        )
+        raise UsageError(f"layer {layer!r} does not output a feature map (C x H x W)", "choose a conv or pooling layer")
     _, _, h, w = out.shape
     at = at or (h // 2, w // 2)
     if not (0 <= at[0] < h and 0 <= at[1] < w):
-        raise UsageError(
-            f"--at {at[0]},{at[1]} is outside {layer}'s {h}x{w} map", f"use 0..{h - 1},0..{w - 1}"
-        )
+        raise UsageError(f"--at {at[0]},{at[1]} is outside {layer}'s {h}x{w} map", f"use 0..{h - 1},0..{w - 1}")
     out[0, :, at[0], at[1]].sum().backward()
     return xi.grad[0].abs().sum(0).detach(), at, (h, w)
 
@@ -291,11 +269,7 @@ def default_rf_layer(model: nn.Module, x: torch.Tensor) -> str:
     finally:
         for h in hooks:
             h.remove()
-    maps = [
-        n
-        for n, r in names.items()
-        if isinstance(r, torch.Tensor) and r.dim() == 4 and r.shape[2] * r.shape[3] > 1
-    ]
+    maps = [n for n, r in names.items() if isinstance(r, torch.Tensor) and r.dim() == 4 and r.shape[2] * r.shape[3] > 1]
     if not maps:
         raise UsageError("no layer of the model outputs a spatial feature map", "give --layer")
     return maps[-1]
@@ -311,16 +285,12 @@ def plot_rf(image: torch.Tensor, grad: torch.Tensor, facts: dict, path: str, tit
     (y0, y1), (x0, x1) = facts["box"]
     for ax in axes:
         ax.imshow(shown, cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
-        ax.add_patch(
-            Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, edgecolor="red", lw=1.5)
-        )
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, edgecolor="red", lw=1.5))
         ax.set_xticks([]), ax.set_yticks([])
     axes[1].imshow(grad.numpy(), cmap="inferno", alpha=0.75)
     rf = facts["receptive_field"]
     axes[0].set_title(f"theoretical field {rf[0]:g}x{rf[1]:g}", fontsize=9)
-    axes[1].set_title(
-        f"measured: |d unit / d input|, {facts['effective']:.0%} of it in the central half", fontsize=9
-    )
+    axes[1].set_title(f"measured: |d unit / d input|, {facts['effective']:.0%} of it in the central half", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -256,28 +256,20 @@ class _Analysis:
         x = self.info(node.args[0]) if node.args else Info()
         f, lay = x.field, x.layout
         in_shape, out_shape = _shape(node.args[0]) if node.args else None, _shape(node)
-        image = (
-            lay is not None and len(lay) == 4 and lay[2:] in (("h", "w"), ("h", "1"), ("1", "w"), ("1", "1"))
-        )
+        image = lay is not None and len(lay) == 4 and lay[2:] in (("h", "w"), ("h", "1"), ("1", "w"), ("1", "1"))
         if isinstance(m, nn.Conv2d):
             if not image:
                 return Info(_unknown(f), lay)
             pad = m.padding
             if isinstance(pad, str):
-                pad = (
-                    (0, 0)
-                    if pad == "valid"
-                    else tuple(d * (k - 1) // 2 for d, k in zip(m.dilation, m.kernel_size))
-                )
+                pad = (0, 0) if pad == "valid" else tuple(d * (k - 1) // 2 for d, k in zip(m.dilation, m.kernel_size))
             return Info(_through(f, m.kernel_size, m.stride, pad, m.dilation), lay)
         if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)):
             if not image:
                 return Info(_unknown(f), lay)
             k = _pair(m.kernel_size)
             s = _pair(m.stride if m.stride else m.kernel_size)
-            return Info(
-                _through(f, k, s, _pair(getattr(m, "padding", 0)), _pair(getattr(m, "dilation", 1))), lay
-            )
+            return Info(_through(f, k, s, _pair(getattr(m, "padding", 0)), _pair(getattr(m, "dilation", 1))), lay)
         if isinstance(m, nn.ConvTranspose2d):
             if not image or not isinstance(f, Field):
                 return Info(_unknown(f), lay)
@@ -311,8 +303,7 @@ class _Analysis:
             return Info(join(self.arg_fields(node)), lay)
         # not covered: measured; a result shaped like its input is taken to keep its layout
         return Info(
-            _unknown(join(self.arg_fields(node))),
-            lay if out_shape is not None and out_shape == in_shape else None,
+            _unknown(join(self.arg_fields(node))), lay if out_shape is not None and out_shape == in_shape else None
         )
 
     def _adaptive(self, f, lay, in_shape, out_shape):
@@ -386,11 +377,7 @@ class _Analysis:
         if name in _POINTWISE_NAMES or t in _POINTWISE_FUNCS:
             return Info(join(fields), _broadcast_layout(node, self))
         if name in _LAYOUT_OPS:
-            return (
-                Info(f, _moved_layout(node, name, lay, in_shape, out_shape))
-                if lay
-                else Info(_unknown(f), None)
-            )
+            return Info(f, _moved_layout(node, name, lay, in_shape, out_shape)) if lay else Info(_unknown(f), None)
         if t in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
             return Info(self._adaptive(f, lay, in_shape, out_shape), lay)
         if t in (F.max_pool2d, F.avg_pool2d, F.conv2d):
@@ -413,9 +400,7 @@ class _Analysis:
             return self._matmul(node)
         if t is F.scaled_dot_product_attention:  # over the keys' positions, dim -2
             k = self.info(args[1])
-            return Info(
-                _over_positions(join(fields), k.layout[-2] if k.layout and len(k.layout) >= 2 else None), lay
-            )
+            return Info(_over_positions(join(fields), k.layout[-2] if k.layout and len(k.layout) >= 2 else None), lay)
         if name == "einsum":
             return self._einsum(node)
         if name in ("cat", "concat", "concatenate"):
@@ -423,20 +408,14 @@ class _Analysis:
         if name in ("chunk", "split", "unbind", "tensor_split"):
             dim = args[2] if len(args) > 2 else node.kwargs.get("dim", 0)
             if lay is not None and not _spatial(lay[_dim(dim, len(lay))]):
-                layout = (
-                    lay
-                    if name != "unbind"
-                    else tuple(v for i, v in enumerate(lay) if i != _dim(dim, len(lay)))
-                )
+                layout = lay if name != "unbind" else tuple(v for i, v in enumerate(lay) if i != _dim(dim, len(lay)))
                 return Info(f, layout)
             return Info(_unknown(f), None)
         if t is F.pad or name == "pad":
             return self._pad(node, f, lay)
         if name == "stochastic_depth":
             return Info(f, lay)
-        if (
-            name == "_patch_merging_pad"
-        ):  # torchvision swin: 2x2 neighbours stacked on features (stride 2, NHWC)
+        if name == "_patch_merging_pad":  # torchvision swin: 2x2 neighbours stacked on features (stride 2, NHWC)
             if lay is not None and lay[1:3] == ("h", "w") and isinstance(f, Field):
                 return Info(f.through((2, 2), (2, 2)), lay)
             return Info(_unknown(f), lay)
@@ -577,9 +556,7 @@ class _Analysis:
         d = _dim(dim, len(lay))
         if not _spatial(lay[d]):
             return Info(join(fields), lay)
-        if (
-            len(varying) == 1
-        ):  # a learned token put before the positions (a class token): positions keep their field
+        if len(varying) == 1:  # a learned token put before the positions (a class token): positions keep their field
             return Info(varying[0].field, lay)
         return Info(_unknown(join(fields)), lay)
 
@@ -870,9 +847,7 @@ def model_fields(
     return Fields(per_module, out, layouts)
 
 
-def module_fields(
-    model: nn.Module, input_size: tuple[int, int, int]
-) -> tuple[dict[str, object], object] | None:
+def module_fields(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[dict[str, object], object] | None:
     """({qualified module name: field at its (last) output}, field of the model output); None if untraceable.
     Fields are `cnncli.analysis.arith.Field`, GLOBAL or UNKNOWN."""
     got = model_fields(model, input_size)
@@ -997,9 +972,7 @@ def measure_fields(
         out = outs.get(name)
         if not isinstance(out, torch.Tensor) or not out.requires_grad:
             continue
-        lay = layouts.get(name) or (
-            ("n", "c", "h", "w") if out.dim() == 4 else ("n",) + ("c",) * (out.dim() - 1)
-        )
+        lay = layouts.get(name) or (("n", "c", "h", "w") if out.dim() == 4 else ("n",) + ("c",) * (out.dim() - 1))
         ext = _extent(out, x, lay, 0)
         if ext is None:
             continue

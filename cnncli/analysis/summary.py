@@ -114,18 +114,14 @@ def summarize(
     if twin is not None:
         try:
             return _summarize(twin, "meta", model, input_size, depth, device, batch, measure, real)
-        except (
-            Exception
-        ):  # code that reads values (data-dependent control flow) cannot run on meta tensors; a
+        except Exception:  # code that reads values (data-dependent control flow) cannot run on meta tensors; a
             pass  # model that fails on this input fails again below, with the reason
     on_meta = any(p.device.type == "meta" for p in model.parameters())
     subject = real() if on_meta and real else model
     return _summarize(subject.to(device), device, subject, input_size, depth, device, batch, measure, None)
 
 
-def _summarize(
-    work: nn.Module, dev, model: nn.Module, input_size, depth, device, batch, measure, real
-) -> dict:
+def _summarize(work: nn.Module, dev, model: nn.Module, input_size, depth, device, batch, measure, real) -> dict:
     """summarize() on `work`, a copy of `model` on the meta device or `model` itself on `dev`."""
     import torchinfo
 
@@ -162,27 +158,11 @@ def _summarize(
     rows = []
     for i in shown:
         info, qual = infos[i], quals[i]
-        has_shown_children = info.depth < depth and not info.is_leaf_layer
         f = fields.get(qual) if qual else (traced.output if traced else None)
-        rf, jump, kind = _field_values(f, measured.get(qual), input_size, info.output_size, traced, qual)
-        rows.append(
-            {
-                "name": qual or info.class_name,
-                "type": info.class_name,
-                "depth": info.depth,
-                "output": list(info.output_size[1:]) if info.output_size else [],
-                "params": sum(p.numel() for p in info.module.parameters()),
-                "macs": own[i],
-                "macs_total": inclusive.get(qual, 0) if qual else total_macs,
-                "container": has_shown_children,
-                "receptive_field": rf,
-                "jump": jump,
-                "receptive_field_kind": kind,
-            }
-        )
-    rf, jump, kind = _field_values(
-        traced.output if traced else None, measured.get(""), input_size, None, traced, ""
-    )
+        field = _field_values(f, measured.get(qual), input_size, info.output_size, traced, qual)
+        macs_total = inclusive.get(qual, 0) if qual else total_macs
+        rows.append(_row(info, qual, depth, own[i], macs_total, field))
+    rf, jump, kind = _field_values(traced.output if traced else None, measured.get(""), input_size, None, traced, "")
     return {
         "input": list(input_size),
         "output": out_shape,
@@ -194,6 +174,24 @@ def _summarize(
         "receptive_field_kind": kind,
         "memory": _memory(work, input_size, batch, device, infos),
         "layers": rows,
+    }
+
+
+def _row(info, qual: str, depth: int, macs, macs_total, field) -> dict:
+    """One row of the layer table (the JSON `layers` entries)."""
+    rf, jump, kind = field
+    return {
+        "name": qual or info.class_name,
+        "type": info.class_name,
+        "depth": info.depth,
+        "output": list(info.output_size[1:]) if info.output_size else [],
+        "params": sum(p.numel() for p in info.module.parameters()),
+        "macs": macs,
+        "macs_total": macs_total,
+        "container": info.depth < depth and not info.is_leaf_layer,
+        "receptive_field": rf,
+        "jump": jump,
+        "receptive_field_kind": kind,
     }
 
 
@@ -363,10 +361,7 @@ def onnx_summary(path: str) -> dict:
     m = read_onnx(path)
 
     def desc(v):
-        return {
-            "name": v.name,
-            "shape": [d.dim_param or d.dim_value or None for d in v.type.tensor_type.shape.dim],
-        }
+        return {"name": v.name, "shape": [d.dim_param or d.dim_value or None for d in v.type.tensor_type.shape.dim]}
 
     inputs = [desc(i) for i in m.graph.input if i.name not in {t.name for t in m.graph.initializer}]
     outputs = [desc(o) for o in m.graph.output]

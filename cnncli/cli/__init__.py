@@ -52,26 +52,13 @@ def _root(
 
 
 # the order `cnn --help` lists commands in (a workflow); commands not named here follow, alphabetically
-HELP_ORDER = (
-    "shape",
-    "models",
-    "summary",
-    "train",
-    "eval",
-    "predict",
-    "inspect",
-    "fcn",
-    "scoremap",
-    "export",
-)
+HELP_ORDER = ("shape", "models", "summary", "train", "eval", "predict", "inspect", "fcn", "scoremap", "export")
 
 
 def commands() -> list[str]:
     """The commands (one module each in this folder), in help order."""
     found = sorted(
-        command_module(m.name, back=True)
-        for m in pkgutil.iter_modules(__path__)
-        if not m.name.startswith("_")
+        command_module(m.name, back=True) for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")
     )
     return sorted(found, key=lambda n: HELP_ORDER.index(n) if n in HELP_ORDER else len(HELP_ORDER))
 

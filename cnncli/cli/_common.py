@@ -128,9 +128,7 @@ def render_table(
     widths = [max(len(r[i]) for r in body) for i in range(len(columns))]
 
     def line(cells):
-        return "  ".join(
-            v.rjust(w) if c.right else v.ljust(w) for c, v, w in zip(columns, cells, widths)
-        ).rstrip()
+        return "  ".join(v.rjust(w) if c.right else v.ljust(w) for c, v, w in zip(columns, cells, widths)).rstrip()
 
     lines = ([title] if title else []) + [line(r) for r in body] + notes
     say("\n".join(lines))
@@ -207,9 +205,7 @@ def choice(what: str, choices: Iterable[str], aliases: dict[str, str] | None = N
 
 
 DEVICES_HELP = "auto|cpu|cuda|cuda:N|mps. auto picks CUDA, then MPS, then CPU."
-JsonOpt = Annotated[
-    bool, typer.Option("--json", help="Print one JSON result object on stdout (logs go to stderr).")
-]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON result object on stdout (logs go to stderr).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help=DEVICES_HELP)]
 DEFAULT_DEVICE = "auto"
 ModelFileOpt = Annotated[
@@ -233,26 +229,19 @@ TrustPickleOpt = Annotated[
 WeightsOpt = Annotated[
     Optional[str],
     typer.Option(
-        "--weights",
-        help="Weights for a registry name, from any model file (state dict, checkpoint, TorchScript...).",
+        "--weights", help="Weights for a registry name, from any model file (state dict, checkpoint, TorchScript...)."
     ),
 ]
-InOpt = Annotated[
-    Optional[str], typer.Option("--in", help="Input CxHxW, for a file that does not record it.")
-]
+InOpt = Annotated[Optional[str], typer.Option("--in", help="Input CxHxW, for a file that does not record it.")]
 MeanOpt = Annotated[
     Optional[str],
     typer.Option(
-        "--mean",
-        help="Per-channel mean of pixels in 0..1 (0.485,0.456,0.406), for a file that does not record it.",
+        "--mean", help="Per-channel mean of pixels in 0..1 (0.485,0.456,0.406), for a file that does not record it."
     ),
 ]
-StdOpt = Annotated[
-    Optional[str], typer.Option("--std", help="Per-channel std (0.229,0.224,0.225), likewise.")
-]
+StdOpt = Annotated[Optional[str], typer.Option("--std", help="Per-channel std (0.229,0.224,0.225), likewise.")]
 ClassesOpt = Annotated[
-    Optional[str],
-    typer.Option("--classes", help="Class names: a file with one per line, or a comma list (cat,dog)."),
+    Optional[str], typer.Option("--classes", help="Class names: a file with one per line, or a comma list (cat,dog).")
 ]
 
 
@@ -287,9 +276,7 @@ def parse_classes(text: str | None) -> tuple[str, ...] | None:
         except (OSError, UnicodeDecodeError) as e:
             raise UsageError(f"cannot read --classes file {text}: {e}") from None
     elif "," not in text and text.lower().endswith((".txt", ".csv", ".names", ".lst")):
-        raise UsageError(
-            f"--classes file not found: {text}", "give a file with one name per line, or a comma list"
-        )
+        raise UsageError(f"--classes file not found: {text}", "give a file with one name per line, or a comma list")
     else:
         names = tuple(n.strip() for n in text.split(",") if n.strip())
     if not names:

@@ -43,8 +43,7 @@ def eval_cmd(
     model: Annotated[
         str,
         typer.Argument(
-            help="A model file: checkpoint, state dict, TorchScript, .pt2, .onnx "
-            "(see cnn summary for what each shows)."
+            help="A model file: checkpoint, state dict, TorchScript, .pt2, .onnx (see cnn summary for what each shows)."
         ),
     ],
     data: Annotated[
@@ -86,9 +85,7 @@ def eval_cmd(
     from cnncli.fileio import is_onnx_file
 
     dev = None if is_onnx_file(model) else pick_device(device)
-    res = evaluate_file(
-        model, data, split, data_dir=data_dir, batch_size=batch_size, request=req, device=dev, log=log
-    )
+    res = evaluate_file(model, data, split, data_dir=data_dir, batch_size=batch_size, request=req, device=dev, log=log)
     if dev is not None and not json_out:
         log_device(device, dev)
     if confusion:
@@ -115,10 +112,6 @@ def _render(res: dict) -> None:
     if len(names) > 20:  # too wide for a matrix: per-class accuracy only
         render_table([Column("class"), Column("accuracy", right=True)], [[n, pct[n]] for n in names])
         return
-    columns = [
-        Column("true \\ predicted"),
-        *(Column(n, right=True) for n in names),
-        Column("accuracy", right=True),
-    ]
+    columns = [Column("true \\ predicted"), *(Column(n, right=True) for n in names), Column("accuracy", right=True)]
     rows = [[n, *map(str, row), pct[n]] for n, row in zip(names, res["confusion"])]
     render_table(columns, rows, title="confusion matrix (rows: true, columns: predicted)")

@@ -7,15 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from cnncli.cli import app
-from cnncli.cli._common import (
-    JsonOpt,
-    choice,
-    emit_json,
-    epilog,
-    log,
-    model_options,
-    say,
-)
+from cnncli.cli._common import JsonOpt, choice, emit_json, epilog, log, model_options, say
 
 # the format table lives in cnncli.export (torch); its names are repeated here so --help starts without torch,
 # and a test checks the two lists agree
@@ -48,8 +40,7 @@ def export_cmd(
         ),
     ],
     fmt: Annotated[
-        Optional[str],
-        typer.Option("--format", "-f", click_type=choice("format", FORMATS), help="What to write."),
+        Optional[str], typer.Option("--format", "-f", click_type=choice("format", FORMATS), help="What to write.")
     ] = None,
     onnx: Annotated[bool, typer.Option("--onnx", help="Same as --format onnx.")] = False,
     output: Annotated[
@@ -58,29 +49,20 @@ def export_cmd(
     ] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset version.")] = 18,
     dynamic_batch: Annotated[
-        bool,
-        typer.Option(
-            "--dynamic-batch/--static-batch", help="Batch dimension dynamic (default) or fixed to 1."
-        ),
+        bool, typer.Option("--dynamic-batch/--static-batch", help="Batch dimension dynamic (default) or fixed to 1.")
     ] = True,
     dynamic_size: Annotated[
         Optional[bool],
-        typer.Option(
-            "--dynamic-size/--static-size", help="Dynamic H/W (default for fully-convolutional checkpoints)."
-        ),
+        typer.Option("--dynamic-size/--static-size", help="Dynamic H/W (default for fully-convolutional checkpoints)."),
     ] = None,
-    check: Annotated[
-        bool, typer.Option("--check/--no-check", help="Verify the file against PyTorch.")
-    ] = True,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Verify the file against PyTorch.")] = True,
     tolerance: Annotated[
         float, typer.Option("--tolerance", help="Largest allowed max |file - PyTorch| on the logits.")
     ] = 1e-4,
     exporter: Annotated[
         str,
         typer.Option(
-            "--exporter",
-            click_type=choice("exporter", EXPORTERS),
-            help="auto tries the format's exporters in order.",
+            "--exporter", click_type=choice("exporter", EXPORTERS), help="auto tries the format's exporters in order."
         ),
     ] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,

@@ -7,15 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from cnncli.cli import app
-from cnncli.cli._common import (
-    JsonOpt,
-    emit_json,
-    epilog,
-    log,
-    log_notes,
-    model_options,
-    say,
-)
+from cnncli.cli._common import JsonOpt, emit_json, epilog, log, log_notes, model_options, say
 
 EPILOG = (
     "Examples:\n\n  cnn fcn runs/train/best.pt                  # writes runs/train/best-fcn.pt\n\n"
@@ -42,8 +34,7 @@ def fcn_cmd(
     tolerance: Annotated[
         float,
         typer.Option(
-            "--tolerance",
-            help="Largest allowed logit difference at the training size (relative to the logit scale).",
+            "--tolerance", help="Largest allowed logit difference at the training size (relative to the logit scale)."
         ),
     ] = 1e-4,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
@@ -89,7 +80,5 @@ def fcn_cmd(
             "with position"
         )
     else:
-        say(
-            f"output stride {s[0]}x{s[1]}, receptive field {rf[0]}x{rf[1]}, offset {off[0]},{off[1]}: {cells}"
-        )
+        say(f"output stride {s[0]}x{s[1]}, receptive field {rf[0]}x{rf[1]}, offset {off[0]},{off[1]}: {cells}")
     log(f"next: cnn scoremap {out} IMAGE.png")

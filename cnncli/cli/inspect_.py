@@ -71,9 +71,7 @@ def _image(opened, path: str):
 @model_options(skip=("input_size", "mean", "std", "classes"))
 def kernels_cmd(
     model: ModelArg,
-    layer: Annotated[
-        Optional[str], typer.Option("--layer", help="A Conv2d layer (default: the first).")
-    ] = None,
+    layer: Annotated[Optional[str], typer.Option("--layer", help="A Conv2d layer (default: the first).")] = None,
     dft: Annotated[
         bool, typer.Option("--dft", help="Each kernel's DFT magnitude beside it (zero frequency centred).")
     ] = False,
@@ -91,24 +89,13 @@ def kernels_cmd(
     name, weight = conv_weight(opened.model, layer)
     log_notes(opened)
     path = out_path(output, f"kernels-{name.replace('.', '_')}{'-dft' if dft else ''}.png")
-    facts = {
-        "layer": name,
-        "file": path,
-        **plot_kernels(weight, path, dft=dft, title=f"{opened.name}: {name}"),
-    }
+    facts = {"layer": name, "file": path, **plot_kernels(weight, path, dft=dft, title=f"{opened.name}: {name}")}
     if weight.shape[1] == 1:  # the orientation each single-channel kernel prefers, from its spectrum
-        facts["dft_energy"] = [
-            dict(zip(("vertical_freq", "horizontal_freq"), dft_energy_axes(k[0]))) for k in weight
-        ]
+        facts["dft_energy"] = [dict(zip(("vertical_freq", "horizontal_freq"), dft_energy_axes(k[0]))) for k in weight]
     head = _last_linear(opened.model)
     if json_out:
         emit_json(
-            {
-                **facts,
-                "files": [path],
-                "weights": weight.tolist() if weight.numel() <= 400 else None,
-                "head": head,
-            }
+            {**facts, "files": [path], "weights": weight.tolist() if weight.numel() <= 400 else None, "head": head}
         )
         return
     say(
@@ -117,10 +104,7 @@ def kernels_cmd(
     )
     if weight.numel() <= 400:
         for o, k in enumerate(weight):
-            say(
-                f"kernel {o}:"
-                + "".join("\n  " + " ".join(f"{v:6.2f}" for v in row) for ch in k for row in ch)
-            )
+            say(f"kernel {o}:" + "".join("\n  " + " ".join(f"{v:6.2f}" for v in row) for ch in k for row in ch))
     if head is not None:
         say(
             f"last Linear layer {head['layer']} W ="
@@ -153,8 +137,7 @@ def features_cmd(
     model: ModelArg,
     image: ImageArg,
     layers: Annotated[
-        Optional[str],
-        typer.Option("--layers", help="Comma-separated layer names (default: each top-level stage)."),
+        Optional[str], typer.Option("--layers", help="Comma-separated layer names (default: each top-level stage).")
     ] = None,
     pca: Annotated[
         bool, typer.Option("--pca", help="Each layer's channels reduced to 3 principal components, as RGB.")
@@ -206,8 +189,7 @@ def rf_cmd(
         Optional[str], typer.Option("--layer", help="Layer of the unit (default: the deepest spatial one).")
     ] = None,
     at: Annotated[
-        Optional[str],
-        typer.Option("--at", help="Unit position Y,X in that layer's map (default: the centre)."),
+        Optional[str], typer.Option("--at", help="Unit position Y,X in that layer's map (default: the centre).")
     ] = None,
     output: OutOpt = "inspect",
     device: DeviceOpt = DEFAULT_DEVICE,

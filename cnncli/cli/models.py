@@ -20,15 +20,12 @@ SOURCES = ("builtin", "torchvision", "timm", "all")
     ),
 )
 def models_cmd(
-    pattern: Annotated[
-        Optional[str], typer.Argument(help="Wildcard filter on names, e.g. 'res*' or '*bn'.")
-    ] = None,
+    pattern: Annotated[Optional[str], typer.Argument(help="Wildcard filter on names, e.g. 'res*' or '*bn'.")] = None,
     source: Annotated[
         str, typer.Option("--source", click_type=choice("source", SOURCES), help="Which registry to list.")
     ] = "builtin",
     params: Annotated[
-        bool,
-        typer.Option("--params/--no-params", help="Count parameters (built on the meta device, no memory)."),
+        bool, typer.Option("--params/--no-params", help="Count parameters (built on the meta device, no memory).")
     ] = True,
     json_out: JsonOpt = False,
 ) -> None:

@@ -40,24 +40,18 @@ def predict_cmd(
     model: Annotated[
         str,
         typer.Argument(
-            help="Any model file (checkpoint, state dict, TorchScript, .pt2, .onnx) or a "
-            "registry name with --weights."
+            help="Any model file (checkpoint, state dict, TorchScript, .pt2, .onnx) or a registry name with --weights."
         ),
     ],
     sources: Annotated[
-        list[str],
-        typer.Argument(metavar="SOURCE...", help="Image files, folders (recursively), glob patterns."),
+        list[str], typer.Argument(metavar="SOURCE...", help="Image files, folders (recursively), glob patterns.")
     ],
     topk: Annotated[
         int,
-        typer.Option(
-            "--topk", help="Classes per image, most probable first (at most the number of classes).", min=1
-        ),
+        typer.Option("--topk", help="Classes per image, most probable first (at most the number of classes).", min=1),
     ] = 5,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch.", min=1)] = 64,
-    csv: Annotated[
-        Optional[str], typer.Option("--csv", help="Also write one row per image to this CSV file.")
-    ] = None,
+    csv: Annotated[Optional[str], typer.Option("--csv", help="Also write one row per image to this CSV file.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --csv file.")] = False,
     device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
@@ -75,9 +69,7 @@ def predict_cmd(
 
     dev = None if is_onnx_file(model) else pick_device(device)
     with _progress() as bar:
-        res = predict(
-            model, images, request=req, topk=topk, batch_size=batch_size, device=dev or "cpu", progress=bar
-        )
+        res = predict(model, images, request=req, topk=topk, batch_size=batch_size, device=dev or "cpu", progress=bar)
     for note in res.notes:
         log(note)
     if dev is not None and not json_out:
@@ -98,9 +90,7 @@ def predict_cmd(
         ]
         for p in res.predictions
     ]
-    columns = [Column("image"), Column("class"), Column("prob", right=True)] + (
-        [Column("next")] if k > 1 else []
-    )
+    columns = [Column("image"), Column("class"), Column("prob", right=True)] + ([Column("next")] if k > 1 else [])
     render_table(
         columns,
         [r[: len(columns)] for r in rows],
@@ -113,9 +103,7 @@ def _write_csv(path: str, res) -> None:
 
     k = max((len(p.topk) for p in res.predictions), default=0)
     header = ["image"] + [f"{what}{i + 1}" for i in range(k) for what in ("class", "prob")]
-    rows = [
-        [p.image] + [v for t in p.topk for v in (t["class"], f"{t['prob']:.6f}")] for p in res.predictions
-    ]
+    rows = [[p.image] + [v for t in p.topk for v in (t["class"], f"{t['prob']:.6f}")] for p in res.predictions]
     write_csv(path, header, rows)
 
 

@@ -42,8 +42,7 @@ def scoremap_cmd(
         str,
         typer.Argument(
             metavar="MODEL",
-            help="A classifier (checkpoint or state dict, converted "
-            "on the fly) or a checkpoint from cnn fcn.",
+            help="A classifier (checkpoint or state dict, converted on the fly) or a checkpoint from cnn fcn.",
         ),
     ],
     images: Annotated[
@@ -94,16 +93,11 @@ def scoremap_cmd(
     opened.require_rebuildable("scoremap")
     mapper = ScoreMapper.from_opened(opened, dev)
     only = mapper.class_index(class_name)
-    jobs = images_from(
-        images, opened.input_size[0]
-    )  # every image read and checked before anything is written
+    jobs = images_from(images, opened.input_size[0])  # every image read and checked before anything is written
     for path, img in jobs:
         mapper.check_size(path, img)
     mapper.check_outputs(
-        images,
-        output,
-        output_stems(([f"scene-lines-{seed}.png"] if scene else []) + images)[1 if scene else 0 :],
-        only,
+        images, output, output_stems(([f"scene-lines-{seed}.png"] if scene else []) + images)[1 if scene else 0 :], only
     )
     log_notes(opened)
     if not json_out:
@@ -118,9 +112,7 @@ def scoremap_cmd(
         jobs.insert(0, (path, img))
     results = []
     for i, ((path, img), stem) in enumerate(zip(jobs, output_stems([p for p, _ in jobs]))):
-        r = mapper.run(
-            path, img, output, only=only, regions=regions if (scene and i == 0) else None, stem=stem
-        )
+        r = mapper.run(path, img, output, only=only, regions=regions if (scene and i == 0) else None, stem=stem)
         results.append(r)
         if not json_out:
             agree = (

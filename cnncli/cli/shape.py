@@ -32,17 +32,12 @@ def shape_cmd(
     p: Annotated[str, typer.Option("--p", help="Padding: N, HxW, 'same' or 'valid'.")] = "0",
     d: Annotated[str, typer.Option("--d", help="Dilation, N or HxW.")] = "1",
     out_channels: Annotated[
-        Optional[int],
-        typer.Option("--out-channels", help="Output channels (conv/convT); enables params and MACs."),
+        Optional[int], typer.Option("--out-channels", help="Output channels (conv/convT); enables params and MACs.")
     ] = None,
     groups: Annotated[int, typer.Option("--groups", help="Groups (= input channels for depthwise).")] = 1,
     op: Annotated[str, typer.Option("--op", click_type=choice("--op", OPS), help="Layer kind.")] = "conv",
-    output_padding: Annotated[
-        str, typer.Option("--output-padding", help="convT output padding, N or HxW.")
-    ] = "0",
-    ceil_mode: Annotated[
-        bool, typer.Option("--ceil-mode", help="Pooling: round the output size up.")
-    ] = False,
+    output_padding: Annotated[str, typer.Option("--output-padding", help="convT output padding, N or HxW.")] = "0",
+    ceil_mode: Annotated[bool, typer.Option("--ceil-mode", help="Pooling: round the output size up.")] = False,
     no_bias: Annotated[bool, typer.Option("--no-bias", help="The layer has no bias term.")] = False,
     layers: Annotated[
         Optional[str],
@@ -62,44 +57,27 @@ def shape_cmd(
         tot = arith.totals(rows)
         if json_out:
             emit_json(
-                {
-                    "input": list(shape),
-                    "output": list(rows[-1].output),
-                    **tot,
-                    "layers": [r.as_dict() for r in rows],
-                }
+                {"input": list(shape), "output": list(rows[-1].output), **tot, "layers": [r.as_dict() for r in rows]}
             )
             return
         _print_layers(shape, rows, tot)
         return
 
+    conv = {
+        "out_channels": out_channels,
+        "kernel": k,
+        "stride": s or 1,
+        "padding": p,
+        "dilation": d,
+        "groups": groups,
+        "bias": not no_bias,
+    }
     if op == "conv":
-        layer = arith.conv2d(
-            shape,
-            out_channels=out_channels,
-            kernel=k,
-            stride=s or 1,
-            padding=p,
-            dilation=d,
-            groups=groups,
-            bias=not no_bias,
-        )
+        layer = arith.conv2d(shape, **conv)
     elif op == "convT":
-        layer = arith.conv_transpose2d(
-            shape,
-            out_channels=out_channels,
-            kernel=k,
-            stride=s or 1,
-            padding=p,
-            dilation=d,
-            output_padding=output_padding,
-            groups=groups,
-            bias=not no_bias,
-        )
+        layer = arith.conv_transpose2d(shape, output_padding=output_padding, **conv)
     else:
-        layer = arith.pool2d(
-            shape, kind=op[:3], kernel=k, stride=s, padding=p, dilation=d, ceil_mode=ceil_mode
-        )
+        layer = arith.pool2d(shape, kind=op[:3], kernel=k, stride=s, padding=p, dilation=d, ceil_mode=ceil_mode)
     rf, jump = layer.field.describe()
     if json_out:
         emit_json(

@@ -70,9 +70,7 @@ def summary_cmd(
     from cnncli.cli._common import check_file
 
     req = opts.request(num_classes=num_classes)
-    req = replace(
-        req, on_meta=True
-    )  # fresh weights are never looked at: built only if a field must be measured
+    req = replace(req, on_meta=True)  # fresh weights are never looked at: built only if a field must be measured
     from cnncli.fileio import is_onnx_file
 
     if is_onnx_file(model):
@@ -142,54 +140,56 @@ def _bytes(n: int | None) -> str:
     return f"{n / 2**20:,.2f} MiB" if n >= 2**17 else f"{n / 2**10:,.1f} KiB"
 
 
+COLUMNS = [
+    Column("layer"),
+    Column("type"),
+    Column("output", right=True),
+    Column("params", right=True),
+    Column("MACs", right=True),
+    Column("RF", right=True),
+    Column("jump", right=True),
+]
+
+
+def _row(r: dict) -> list[str]:
+    return [
+        "  " * r["depth"] + r["name"],
+        r["type"],
+        "?" if r["output"] is None else dims(r["output"]),
+        "--" if r["container"] else _count(r["params"]),
+        "--" if r["container"] and not r["macs"] else _count(r["macs"]),
+        _pair(r["receptive_field"], r.get("receptive_field_kind")),
+        _jump(r["jump"]),
+    ]
+
+
+def _render_onnx(res: dict) -> None:
+    """An ONNX graph: inputs, outputs, parameters; no layer table."""
+    lines = [f"{res['model']}: ONNX opset {res['opset']}"]
+    lines += [f"{io[:-1]} {v['name']}: {dims(v['shape'])}" for io in ("inputs", "outputs") for v in res[io]]
+    lines += [
+        f"params {_both(res['params'])} (initializers, after any folding at export)",
+        "MACs and receptive field: unknown for an ONNX graph (give the PyTorch model)",
+    ]
+    say("\n".join(lines))
+
+
 def _render(res: dict) -> None:
-    columns = [
-        Column("layer"),
-        Column("type"),
-        Column("output", right=True),
-        Column("params", right=True),
-        Column("MACs", right=True),
-        Column("RF", right=True),
-        Column("jump", right=True),
-    ]
-    rows = [
-        [
-            "  " * r["depth"] + r["name"],
-            r["type"],
-            "?" if r["output"] is None else dims(r["output"]),
-            "--" if r["container"] else _count(r["params"]),
-            "--" if r["container"] and not r["macs"] else _count(r["macs"]),
-            _pair(r["receptive_field"], r.get("receptive_field_kind")),
-            _jump(r["jump"]),
-        ]
-        for r in res["layers"]
-    ]
-    if "inputs" in res:  # an ONNX graph: no layer table
-        say(
-            "\n".join(
-                [
-                    f"{res['model']}: ONNX opset {res['opset']}",
-                    *(
-                        f"{io[:-1]} {v['name']}: {dims(v['shape'])}"
-                        for io in ("inputs", "outputs")
-                        for v in res[io]
-                    ),
-                    f"params {_both(res['params'])} (initializers, after any folding at export)",
-                    "MACs and receptive field: unknown for an ONNX graph (give the PyTorch model)",
-                ]
-            )
-        )
+    if "inputs" in res:
+        _render_onnx(res)
         return
+    title = f"{res['model']}  input {dims(res['input'])} -> output {dims(res['output'])}"
+    render_table(COLUMNS, [_row(r) for r in res["layers"]], title=title, notes=_notes(res))
+
+
+def _notes(res: dict) -> list[str]:
+    """The lines under the table: totals, memory, and what the marks in it mean."""
     foot = (
         f"total params {_both(res['params'])}"
         + (f", trainable {res['trainable_params']:,}" if res.get("trainable_params") is not None else "")
         + f"; MACs {_both(res['macs'])}; receptive field "
         + _pair(res["receptive_field"], res.get("receptive_field_kind"))
-        + (
-            ""
-            if res["jump"] is None or res["receptive_field"] == "global"
-            else f", jump {_jump(res['jump'])}"
-        )
+        + ("" if res["jump"] is None or res["receptive_field"] == "global" else f", jump {_jump(res['jump'])}")
     )
     notes = [foot]
     mem = res.get("memory")
@@ -211,18 +211,9 @@ def _render(res: dict) -> None:
             "of the rows below it"
         )
     if any(r["macs"] is None for r in res["layers"]):
-        counted = (
-            ""
-            if res["macs"] is None
-            else "; the total MACs are counted from the operations a forward pass ran"
-        )
+        counted = "" if res["macs"] is None else "; the total MACs are counted from the operations a forward pass ran"
         notes.append(
             "per-layer shapes, MACs and receptive fields are unknown for this file: its layers run without "
             f"Python hooks (give the state dict or checkpoint for the full table){counted}"
         )
-    render_table(
-        columns,
-        rows,
-        title=f"{res['model']}  input {dims(res['input'])} -> output {dims(res['output'])}",
-        notes=notes,
-    )
+    return notes

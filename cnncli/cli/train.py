@@ -37,33 +37,24 @@ def train_cmd(
     data: Annotated[Optional[str], typer.Option("--data", help=DATA_HELP)] = D.data,
     data_dir: Annotated[
         Optional[str],
-        typer.Option(
-            "--data-dir", help="Where datasets live (default $CNN_DATA_DIR or ~/.cache/cnncli/data)."
-        ),
+        typer.Option("--data-dir", help="Where datasets live (default $CNN_DATA_DIR or ~/.cache/cnncli/data)."),
     ] = D.data_dir,
-    epochs: Annotated[
-        Optional[int], typer.Option("--epochs", help="Epochs (default: per dataset).")
-    ] = D.epochs,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (default: per dataset).")] = D.epochs,
     batch_size: Annotated[
         Optional[int], typer.Option("--batch-size", help="Global batch size (default: per dataset).")
     ] = D.batch_size,
     lr: Annotated[
         Optional[float],
-        typer.Option(
-            "--lr", help="Peak learning rate (default 0.1 SGD, scaled above batch 256; 2e-3 AdamW)."
-        ),
+        typer.Option("--lr", help="Peak learning rate (default 0.1 SGD, scaled above batch 256; 2e-3 AdamW)."),
     ] = D.lr,
     optimizer: Annotated[
         str,
         typer.Option(
-            "--optimizer",
-            click_type=choice("optimizer", OPTIMIZERS),
-            help="SGD with Nesterov momentum, or AdamW.",
+            "--optimizer", click_type=choice("optimizer", OPTIMIZERS), help="SGD with Nesterov momentum, or AdamW."
         ),
     ] = D.optimizer,
     schedule: Annotated[
-        str,
-        typer.Option("--schedule", click_type=choice("schedule", SCHEDULES), help="Learning-rate schedule."),
+        str, typer.Option("--schedule", click_type=choice("schedule", SCHEDULES), help="Learning-rate schedule.")
     ] = D.schedule,
     weight_decay: Annotated[
         Optional[float], typer.Option("--weight-decay", help="Default 5e-4 (SGD), 0.05 (AdamW).")
@@ -91,8 +82,7 @@ def train_cmd(
         Optional[int],
         typer.Option(
             "--workers",
-            help="DataLoader workers for folder datasets "
-            "(default: this machine's CPUs per process, at most 8).",
+            help="DataLoader workers for folder datasets (default: this machine's CPUs per process, at most 8).",
         ),
     ] = None,
     patience: Annotated[
@@ -102,9 +92,7 @@ def train_cmd(
         Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps.")
     ] = D.max_steps,
     project: Annotated[str, typer.Option("--project", help="Folder of runs.")] = D.project,
-    name: Annotated[
-        str, typer.Option("--name", help="Run name; an existing one gets a numbered sibling.")
-    ] = D.name,
+    name: Annotated[str, typer.Option("--name", help="Run name; an existing one gets a numbered sibling.")] = D.name,
     resume: Annotated[
         Optional[str], typer.Option("--resume", help="Continue a run: its folder or its last.pt.")
     ] = None,
@@ -190,9 +178,7 @@ def train_cmd(
         say(f"run folder: {result.run_dir}")
     d = result.run_dir
     log("next:")
-    split = (
-        " --split val" if result.test_accuracy is None else ""
-    )  # no test split: the held-out part, not every image
+    split = " --split val" if result.test_accuracy is None else ""  # no test split: the held-out part, not every image
     log(f"  cnn eval {d}/best.pt --data {cfg.data if not resume else _data_of(d)}{split}")
     log(f"  cnn export {d}/best.pt --onnx")
     log(f"  cnn fcn {d}/best.pt")

@@ -95,11 +95,7 @@ def default_data_dir() -> str:
 
 
 def load_dataset(
-    name: str,
-    data_dir: str | None = None,
-    *,
-    image_size: tuple[int, int] | None = None,
-    download: bool = True,
+    name: str, data_dir: str | None = None, *, image_size: tuple[int, int] | None = None, download: bool = True
 ):
     """Load a dataset by its `--data` name; missing files raise UsageError saying where to put them."""
     from cnncli.errors import reading, shown
@@ -120,9 +116,7 @@ def markdown_table() -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for d in _DATASETS.values():
-        aug = ", ".join(
-            ([f"crop (pad {d.crop_padding})"] if d.crop_padding else []) + (["flip"] if d.flip else [])
-        )
+        aug = ", ".join(([f"crop (pad {d.crop_padding})"] if d.crop_padding else []) + (["flip"] if d.flip else []))
         lines.append(
             f"| `{d.usage}` | {d.source} | {d.description} | {d.epochs} x {d.batch_size} | {aug or '-'} | "
             f"{d.files or '-'} |"

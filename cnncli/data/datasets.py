@@ -16,9 +16,7 @@ from cnncli.data._registry import DatasetInfo
 from cnncli.errors import UsageError
 from cnncli.preprocess import Preprocess
 
-VAL_SEED = (
-    1234  # the train/val split is fixed (not the training seed) so `cnn eval --split val` can rebuild it
-)
+VAL_SEED = 1234  # the train/val split is fixed (not the training seed) so `cnn eval --split val` can rebuild it
 
 
 @dataclass
@@ -71,9 +69,7 @@ class FolderData(_Dataset):
     root: str = ""
     image_size: tuple[int, int] = (0, 0)
     channels: int = 3
-    folders: tuple[
-        str, ...
-    ] = ()  # the split folders present (train/ val/ test/); () for one folder of classes
+    folders: tuple[str, ...] = ()  # the split folders present (train/ val/ test/); () for one folder of classes
 
     @property
     def input_size(self) -> tuple[int, int, int]:

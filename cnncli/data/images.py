@@ -37,9 +37,7 @@ def walk_images(root: str) -> list[str]:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = sorted(
-            d for d in dirs if not is_hidden(d) and os.path.realpath(os.path.join(folder, d)) not in seen
-        )
+        dirs[:] = sorted(d for d in dirs if not is_hidden(d) and os.path.realpath(os.path.join(folder, d)) not in seen)
         found += [os.path.join(folder, f) for f in files if is_image_name(f)]
     from cnncli.fileio import note_inputs
 
@@ -103,8 +101,7 @@ def read_pil(path: str, channels: int | None = None):
         ZeroDivisionError,
     ) as e:  # PIL's decoders raise all of these for damaged files
         raise UsageError(
-            f"cannot read image {shown(path)}: {shown(e, 200) or type(e).__name__}",
-            "remove or replace the file",
+            f"cannot read image {shown(path)}: {shown(e, 200) or type(e).__name__}", "remove or replace the file"
         ) from None
 
 

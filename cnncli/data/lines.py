@@ -57,9 +57,7 @@ def _to_uint8(img: torch.Tensor) -> torch.Tensor:
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)[:, None]
 
 
-def modulated(
-    n: int, seed: int, size: int = SIZE, period: float | None = 3.0
-) -> tuple[torch.Tensor, torch.Tensor]:
+def modulated(n: int, seed: int, size: int = SIZE, period: float | None = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Chapter 24.5.4's vulnerability: images of horizontal lines whose lines are multiplied along their length by
     cos(pi n / 3). They still look horizontal (dashed), but the modulation moves their spectral content to
     horizontal frequencies, where the vertical-line kernel looks. The signed product sits on the usual noisy

@@ -69,9 +69,7 @@ class TensorLoader:
             idx = torch.randperm(n, generator=_gen(self.seed, self.epoch))
         else:
             idx = torch.arange(n)
-        if (
-            self.world_size > 1
-        ):  # every rank gets an equal shard (padded by wrapping, like DistributedSampler)
+        if self.world_size > 1:  # every rank gets an equal shard (padded by wrapping, like DistributedSampler)
             per = math.ceil(n / self.world_size)
             idx = torch.cat([idx, idx[: per * self.world_size - n]])
             idx = idx[self.rank :: self.world_size]
@@ -120,14 +118,10 @@ class TensorLoader:
             n = min(self.batch_size, n_samples - b * self.batch_size)
             g = _gen(self.seed, self.epoch, b + 1)
             dy = (
-                self._draw(g, n, lambda k, g=g: torch.randint(0, 2 * p + 1, (k,), generator=g))
-                if p
-                else torch.zeros(n)
+                self._draw(g, n, lambda k, g=g: torch.randint(0, 2 * p + 1, (k,), generator=g)) if p else torch.zeros(n)
             )
             dx = (
-                self._draw(g, n, lambda k, g=g: torch.randint(0, 2 * p + 1, (k,), generator=g))
-                if p
-                else torch.zeros(n)
+                self._draw(g, n, lambda k, g=g: torch.randint(0, 2 * p + 1, (k,), generator=g)) if p else torch.zeros(n)
             )
             flip = (
                 (self._draw(g, n, lambda k, g=g: torch.rand(k, generator=g)) < 0.5)
@@ -148,9 +142,7 @@ class TensorLoader:
             p = self.crop_padding
             dy, dx = draws[0], draws[1]
             xp = F.pad(x, (p, p, p, p))
-            rows = (dy[:, None] + torch.arange(h, device=self.device))[:, None, :, None].expand(
-                n, c, h, w + 2 * p
-            )
+            rows = (dy[:, None] + torch.arange(h, device=self.device))[:, None, :, None].expand(n, c, h, w + 2 * p)
             x = xp.gather(2, rows)
             cols = (dx[:, None] + torch.arange(w, device=self.device))[:, None, None, :].expand(n, c, h, w)
             x = x.gather(3, cols)
@@ -247,14 +239,10 @@ class FolderLoader:
     def batches(self, start: int = 0):
         try:
             yield from self._batches(start)
-        except (
-            UsageError
-        ) as e:  # from a worker process: the message arrives wrapped in the worker's traceback
+        except UsageError as e:  # from a worker process: the message arrives wrapped in the worker's traceback
             text = str(e)
             raise UsageError(
-                text.rsplit("UsageError: ", 1)[-1].strip().splitlines()[-1]
-                if "UsageError: " in text
-                else text
+                text.rsplit("UsageError: ", 1)[-1].strip().splitlines()[-1] if "UsageError: " in text else text
             ) from None
 
     def _batches(self, start: int):

@@ -50,9 +50,7 @@ def batches_for(data, split: str, preprocess: Preprocess, *, batch_size: int, de
     )
 
 
-def metrics_from_logits(
-    all_logits: torch.Tensor, labels: torch.Tensor, classes: list[str], seconds: float
-) -> dict:
+def metrics_from_logits(all_logits: torch.Tensor, labels: torch.Tensor, classes: list[str], seconds: float) -> dict:
     """accuracy, top5, loss, per-class accuracy, confusion matrix from stacked logits (never from NaN scores)."""
     from cnncli.engine.runtime import check_finite_outputs
 
@@ -114,9 +112,7 @@ def onnx_logits(sess, x: torch.Tensor) -> torch.Tensor:
     inp = sess.get_inputs()[0]
     batch = inp.shape[0]
     if isinstance(batch, int) and batch != len(arr):
-        out = np.concatenate(
-            [run_onnx(sess, {inp.name: arr[i : i + batch]})[0] for i in range(0, len(arr), batch)]
-        )
+        out = np.concatenate([run_onnx(sess, {inp.name: arr[i : i + batch]})[0] for i in range(0, len(arr), batch)])
     else:
         out = run_onnx(sess, {inp.name: arr})[0]
     return torch.from_numpy(out).float()
@@ -143,14 +139,10 @@ def label_map(model_classes: list[str], data_classes: list[str], path: str, data
         return None
     unknown = [c for c in data_classes if c not in model_classes]
     if unknown:
-        shown = ", ".join(map(repr, unknown[:5])) + (
-            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        )
+        shown = ", ".join(map(repr, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         raise UsageError(
             f"{data} has classes {path} does not know: {shown}",
-            "the model's classes: "
-            + ", ".join(model_classes[:10])
-            + ("..." if len(model_classes) > 10 else ""),
+            "the model's classes: " + ", ".join(model_classes[:10]) + ("..." if len(model_classes) > 10 else ""),
         )
     return [model_classes.index(c) for c in data_classes]
 
@@ -195,9 +187,7 @@ def evaluate_file(
     if ds is not None:
         from dataclasses import replace
 
-        req = replace(
-            req, fallback=Preprocess(ds.input_size, tuple(ds.mean), tuple(ds.std), tuple(ds.classes))
-        )
+        req = replace(req, fallback=Preprocess(ds.input_size, tuple(ds.mean), tuple(ds.std), tuple(ds.classes)))
     from cnncli.fileio import is_onnx_file
 
     onnx = is_onnx_file(path)
@@ -226,12 +216,7 @@ def evaluate_file(
             "evaluate on the dataset the model was trained for",
         )
     loader = batches_for(
-        ds,
-        split,
-        preprocess,
-        batch_size=batch_size,
-        device="cpu" if onnx else (device or "cpu"),
-        workers=workers,
+        ds, split, preprocess, batch_size=batch_size, device="cpu" if onnx else (device or "cpu"), workers=workers
     )
     lut = label_map(model_classes, ds.classes, path, name)
     if onnx:  # ONNX Runtime's refusals (an op it lacks, several inputs) come before any note: exit 2 alone
@@ -244,9 +229,7 @@ def evaluate_file(
         res = evaluate_onnx(session, Relabelled(loader, lut), model_classes or ds.classes)
         res["device"] = "onnxruntime-cpu"
     else:
-        res = evaluate_model(
-            opened.model, Relabelled(loader, lut), model_classes or ds.classes, device or "cpu"
-        )
+        res = evaluate_model(opened.model, Relabelled(loader, lut), model_classes or ds.classes, device or "cpu")
         res["device"] = str(device or "cpu")
     res.update({"model": path, "data": name, "split": split, "input": list(preprocess.input_size)})
     return res
@@ -264,24 +247,14 @@ def pick_split(ds, split: str | None) -> tuple[str, str]:
             return "all", f"{ds.name}: all {n('all'):,} images (one folder of classes, evaluated whole)"
         if split == "test":
             raise UsageError(f"{ds.name} has no test/ folder", "leave out --split to evaluate every image")
-        return (
-            split,
-            f"{ds.name}: the seeded {split} part ({n(split):,} images) of the folder, as cnn train split it",
-        )
+        return (split, f"{ds.name}: the seeded {split} part ({n(split):,} images) of the folder, as cnn train split it")
     if split is None:
         split = "test" if "test" in folders else "val" if "val" in folders else None
         if split is None:
-            raise UsageError(
-                f"{ds.name} has train/ only", "give --split train, or add a test/ or val/ folder"
-            )
-        return (
-            split,
-            "" if split == "test" else f"{ds.name}: no test/ folder, evaluating val/ ({n('val'):,} images)",
-        )
+            raise UsageError(f"{ds.name} has train/ only", "give --split train, or add a test/ or val/ folder")
+        return (split, "" if split == "test" else f"{ds.name}: no test/ folder, evaluating val/ ({n('val'):,} images)")
     if split not in ds.splits:
-        raise UsageError(
-            f"{ds.name} has no {split}/ folder", "folders there: " + ", ".join(f + "/" for f in folders)
-        )
+        raise UsageError(f"{ds.name} has no {split}/ folder", "folders there: " + ", ".join(f + "/" for f in folders))
     return split, ""
 
 

@@ -36,14 +36,10 @@ def image_files(sources: list[str]) -> list[str]:
             found = [check_input(path, "image", kind="image")]  # a FIFO, a device, a link loop: named here
         elif glob.has_magic(path):
             found = sorted(
-                p
-                for p in glob.glob(path, recursive=True)
-                if os.path.isfile(p) and is_image_name(os.path.basename(p))
+                p for p in glob.glob(path, recursive=True) if os.path.isfile(p) and is_image_name(os.path.basename(p))
             )
             if not found:
-                raise UsageError(
-                    f"no images match {src}", "check the pattern (quote it so the shell leaves it)"
-                )
+                raise UsageError(f"no images match {src}", "check the pattern (quote it so the shell leaves it)")
         else:
             raise UsageError(f"image not found: {src}", "give image files, folders or glob patterns")
         out.update(dict.fromkeys(found))
@@ -91,9 +87,7 @@ class _Runner:
         from cnncli.fileio import check_input, is_onnx_file
 
         self.onnx = (
-            is_onnx_file(check_input(model_arg, "model file", kind="model"))
-            if os.path.lexists(model_arg)
-            else False
+            is_onnx_file(check_input(model_arg, "model file", kind="model")) if os.path.lexists(model_arg) else False
         )
         if self.onnx:
             from cnncli.engine.evaluate import onnx_preprocess
@@ -192,18 +186,12 @@ def predict(
         for row_p, row_i in zip(p.tolist(), idx.tolist()):
             out.append(
                 Prediction(
-                    paths[len(out)],
-                    [{"class": classes[i], "index": i, "prob": q} for q, i in zip(row_p, row_i)],
+                    paths[len(out)], [{"class": classes[i], "index": i, "prob": q} for q, i in zip(row_p, row_i)]
                 )
             )
         if progress:
             progress(len(out), len(paths))
     seconds = time.perf_counter() - t0
     return PredictResult(
-        out,
-        model_arg,
-        classes,
-        "onnxruntime-cpu" if runner.onnx else str(runner.device),
-        seconds,
-        runner.notes,
+        out, model_arg, classes, "onnxruntime-cpu" if runner.onnx else str(runner.device), seconds, runner.notes
     )

@@ -60,9 +60,7 @@ class ScoreMapper:
         import re
 
         stem = stem or os.path.splitext(os.path.basename(path))[0]
-        suffix = (
-            "-" + re.sub(r"[^\w.-]+", "_", self.classes[only])[:80].lstrip(".") if only is not None else ""
-        )
+        suffix = "-" + re.sub(r"[^\w.-]+", "_", self.classes[only])[:80].lstrip(".") if only is not None else ""
         return os.path.join(out_dir, stem + ".npy"), os.path.join(out_dir, stem + suffix + "-scoremap.png")
 
     def check_outputs(self, paths: list[str], out_dir: str, stems: list[str], only: int | None) -> None:
@@ -95,9 +93,7 @@ class ScoreMapper:
         write_npy(npy, scores.numpy().astype(np.float32))
         render_overlay(img, scores, self.facts, self.classes, png, only)
         win = scores.argmax(0)
-        counts = {
-            self.classes[i]: int((win == i).sum()) for i in range(len(self.classes)) if int((win == i).sum())
-        }
+        counts = {self.classes[i]: int((win == i).sum()) for i in range(len(self.classes)) if int((win == i).sum())}
         r = {
             "image": path,
             "scores_shape": list(scores.shape),

@@ -85,12 +85,7 @@ def _number(t: dict, key: str, kind=float):
     v = t[key]
     if isinstance(v, torch.Tensor) and v.numel() == 1:
         v = v.item()
-    if (
-        isinstance(v, bool)
-        or not isinstance(v, (int, float))
-        or not math.isfinite(v)
-        or (kind is int and v != int(v))
-    ):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (kind is int and v != int(v)):
         raise TypeError(f"{key!r} is {type(v).__name__} {str(v)[:40]}, not a number")
     return kind(v)
 
@@ -217,9 +212,7 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 class Trainer:
-    def __init__(
-        self, cfg: TrainConfig, reporter: Callable[[Event], None] | None = None, resume: str | None = None
-    ):
+    def __init__(self, cfg: TrainConfig, reporter: Callable[[Event], None] | None = None, resume: str | None = None):
         self.report = reporter or (lambda event: None)
         self.resume_from: Checkpoint | None = None
         self.run_dir: str | None = None
@@ -240,8 +233,7 @@ class Trainer:
         saved = TrainConfig.from_dict(ckpt.args)
         if saved.model and is_user_model(saved.model) and not request.model:  # a run folder never picks a .py
             raise UsageError(
-                f"{last_pt} is a run of the Python file {saved.model}; cnn imports a .py file only when "
-                "you name it",
+                f"{last_pt} is a run of the Python file {saved.model}; cnn imports a .py file only when you name it",
                 f"cnn train {saved.model} --resume {os.path.dirname(last_pt)}",
             )
         for flag, asked, had in (("MODEL", request.model, saved.model), ("--data", request.data, saved.data)):
@@ -325,8 +317,7 @@ class Trainer:
         self.val_loader = self._loader("val", train=False)
         if len(self.train_loader) == 0:
             raise UsageError(
-                f"batch size {self.cfg.batch_size} is larger than the training set",
-                "use a smaller --batch-size",
+                f"batch size {self.cfg.batch_size} is larger than the training set", "use a smaller --batch-size"
             )
         self.total_steps = self.cfg.epochs * len(self.train_loader)
         if self.cfg.max_steps:
@@ -355,10 +346,7 @@ class Trainer:
         if weights is not None:
             done = transfer_weights(model, weights[0], self.cfg.weights)
             self.report(
-                Note(
-                    message=f"weights from {self.cfg.weights}{weights[1]}{self._layout_note()}: "
-                    f"{done.summary()}"
-                )
+                Note(message=f"weights from {self.cfg.weights}{weights[1]}{self._layout_note()}: {done.summary()}")
             )
         out = probe(model.eval(), self.spec.input_size)
         if out.dim() != 2 or out.shape[1] != self.spec.num_classes:  # fails here, before any file is written
@@ -464,9 +452,7 @@ class Trainer:
 
     def _restore(self, ckpt: Checkpoint) -> TrainState:
         if ckpt.model != self.spec:
-            raise UsageError(
-                "the checkpoint's model does not match its own arguments", "was the dataset changed?"
-            )
+            raise UsageError("the checkpoint's model does not match its own arguments", "was the dataset changed?")
         t = ckpt.training
         # the boundary: the training state is read and checked here, whole, so a malformed field is exit 2 naming
         # the file, not a TypeError epochs later
@@ -530,9 +516,7 @@ class Trainer:
         self.forward_model.train()
         sums = state.running or {"loss": 0.0, "correct": 0.0, "n": 0.0}
         state.running = sums
-        pending = torch.zeros(
-            3, device=self.device
-        )  # loss * n, correct, non-finite losses since the last read
+        pending = torch.zeros(3, device=self.device)  # loss * n, correct, non-finite losses since the last read
         steps, first = len(self.train_loader), state.step_in_epoch
         seen, t0, since, pending_n = 0, time.perf_counter(), first, 0
         for step, (x, y) in enumerate(self.train_loader.batches(first), start=first):
@@ -629,9 +613,7 @@ class Trainer:
         from cnncli.engine.device import evaluation_precision
 
         self.model.eval()
-        totals = torch.zeros(
-            2, dtype=torch.float64 if self.device.type != "mps" else torch.float32, device=self.device
-        )
+        totals = torch.zeros(2, dtype=torch.float64 if self.device.type != "mps" else torch.float32, device=self.device)
         n = 0
         with evaluation_precision(self.device):
             for x, y in loader:
@@ -720,9 +702,7 @@ class Trainer:
                 from cnncli.engine.plots import plot_curves
 
                 plot_curves(
-                    state.history,
-                    os.path.join(self.run_dir, "curves.png"),
-                    f"{self.spec.name} on {self.cfg.data}",
+                    state.history, os.path.join(self.run_dir, "curves.png"), f"{self.spec.name} on {self.cfg.data}"
                 )
         return result
 

@@ -171,9 +171,7 @@ def _onnx_dynamo(job: ExportJob, path: str) -> None:
 
 
 def _onnx_torchscript(job: ExportJob, path: str) -> None:
-    axes = ({0: "batch"} if job.dynamic_batch else {}) | (
-        {2: "height", 3: "width"} if job.dynamic_size else {}
-    )
+    axes = ({0: "batch"} if job.dynamic_batch else {}) | ({2: "height", 3: "width"} if job.dynamic_size else {})
     with _quiet_exporters():
         torch.onnx.export(
             job.prepared,
@@ -284,12 +282,8 @@ def _pt2_export(job: ExportJob, path: str) -> None:
         warnings.simplefilter("ignore")
         program = torch.export.export(job.prepared, (job.example,), dynamic_shapes=_dynamic_shapes(job))
     # torch.export's writer aborts the interpreter (a C++ backtrace) on a full disk: refuse before it starts
-    ensure_free_space(
-        path, 2 * sum(t.numel() * t.element_size() for t in job.model.state_dict().values()) + (8 << 20)
-    )
-    torch.export.save(
-        program, path, extra_files={PT2_METADATA: json.dumps({**job.metadata, "exporter": "export"})}
-    )
+    ensure_free_space(path, 2 * sum(t.numel() * t.element_size() for t in job.model.state_dict().values()) + (8 << 20))
+    torch.export.save(program, path, extra_files={PT2_METADATA: json.dumps({**job.metadata, "exporter": "export"})})
 
 
 def _pt2_load(path: str, extra: dict | None = None):
@@ -343,14 +337,7 @@ def export_formats() -> dict[str, ExportFormat]:
 
 
 def _prepare(
-    model_arg: str,
-    fmt: ExportFormat,
-    *,
-    opset,
-    dynamic_batch,
-    dynamic_size,
-    request=None,
-    log=lambda msg: None,
+    model_arg: str, fmt: ExportFormat, *, opset, dynamic_batch, dynamic_size, request=None, log=lambda msg: None
 ) -> ExportJob:
     """Open the model (any form `open_model` takes), fold BatchNorm, and gather the metadata and the shapes to check."""
     from cnncli.models.open import open_model
@@ -387,9 +374,7 @@ def _prepare(
         "assumed": [n for n in opened.notes if n.startswith("assumed")],
     }
     if fcn:
-        meta.update(
-            {"stride": fcn["stride"], "receptive_field": fcn["receptive_field"], "offset": fcn["offset"]}
-        )
+        meta.update({"stride": fcn["stride"], "receptive_field": fcn["receptive_field"], "offset": fcn["offset"]})
     # batch 2 for a dynamic batch (exporters specialize a size-1 dimension); a static batch is 1, what the file takes
     batch = static or (2 if dynamic_batch else 1)
     example = torch.randn(batch, *size, generator=torch.Generator().manual_seed(1))
@@ -445,9 +430,7 @@ def _write_verified(job: ExportJob, fmt: ExportFormat, writer: str, out: str, ch
             msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             raise _Rejected(f"{writer} file fails the check: {type(e).__name__}: {msg}") from None
         if check and math.isnan(result["diff"]):
-            raise WorkFailed(
-                "the model's outputs are NaN or infinite on the check inputs", "no file was written"
-            )
+            raise WorkFailed("the model's outputs are NaN or infinite on the check inputs", "no file was written")
         if check and not result["diff"] <= tolerance:
             raise _Rejected(f"{writer} graph differs from PyTorch by {result['diff']:.3g} (> {tolerance:g})")
 
@@ -489,29 +472,19 @@ def export_model(
     spec = formats[fmt]
     writers = list(spec.writers) if exporter == "auto" else [exporter]
     if any(w not in spec.writers for w in writers):
-        raise UsageError(
-            f"format {fmt} has no exporter {exporter!r}", "use auto or " + ", ".join(spec.writers)
-        )
+        raise UsageError(f"format {fmt} has no exporter {exporter!r}", "use auto or " + ", ".join(spec.writers))
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise UsageError(f"--tolerance must be a number >= 0, got {tolerance}")
     if fmt == "onnx" and not 7 <= opset <= 23:
         raise UsageError(f"unsupported opset {opset}", "use 7..23 (default 18)")
     out = check_output(output or default_output(model_arg, spec.suffix), [model_arg], force)
     job = _prepare(
-        model_arg,
-        spec,
-        opset=opset,
-        dynamic_batch=dynamic_batch,
-        dynamic_size=dynamic_size,
-        request=request,
-        log=log,
+        model_arg, spec, opset=opset, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, request=request, log=log
     )
     from cnncli.engine.runtime import check_finite_weights
 
     check_finite_weights(job.model, model_arg)
-    if (
-        isinstance(job.model, torch.jit.ScriptModule) and exporter == "auto"
-    ):  # torch.export cannot trace TorchScript
+    if isinstance(job.model, torch.jit.ScriptModule) and exporter == "auto":  # torch.export cannot trace TorchScript
         writers = [w for w in writers if w != "dynamo"] or writers
     remove_stale_temp_files(os.path.dirname(os.path.abspath(out)), out)  # of an export that was killed
     failures = []

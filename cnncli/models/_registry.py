@@ -48,9 +48,7 @@ def register_model(*, family: str, input_size=(3, 224, 224), num_classes: int = 
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = ModelInfo(
-            name, family, "builtin", tuple(input_size), num_classes, fn, doc[0] if doc else ""
-        )
+        _REGISTRY[name] = ModelInfo(name, family, "builtin", tuple(input_size), num_classes, fn, doc[0] if doc else "")
         if default or family not in _FAMILY_DEFAULT:
             _FAMILY_DEFAULT[family] = name
         return fn
@@ -265,10 +263,7 @@ def load_user_class(spec: str):
         try:
             sys.modules[mod_name] = module
             spec_.loader.exec_module(module)
-        except (
-            Exception,
-            SystemExit,
-        ) as e:  # a file that calls sys.exit() at import is a broken file, not an exit
+        except (Exception, SystemExit) as e:  # a file that calls sys.exit() at import is a broken file, not an exit
             sys.modules.pop(mod_name, None)
             raise_if_interrupted()
             raise UsageError(
@@ -283,8 +278,7 @@ def load_user_class(spec: str):
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         what = f"a {type(cls).__name__}" if not isinstance(cls, type) else f"the class {cls.__name__}"
         raise UsageError(
-            f"{shown(spec)} is not a torch.nn.Module class ({what})",
-            "give a class that subclasses torch.nn.Module",
+            f"{shown(spec)} is not a torch.nn.Module class ({what})", "give a class that subclasses torch.nn.Module"
         )
     return cls
 

@@ -85,23 +85,17 @@ def build_on_meta(name: str, num_classes: int, in_channels: int, image_size) -> 
         warnings.simplefilter("ignore")
         try:
             with torch.device("meta"):
-                return get_model(
-                    name, num_classes=num_classes, in_channels=in_channels, image_size=image_size
-                )
+                return get_model(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
         except (NotImplementedError, RuntimeError):
             with _parameters_on_meta():
-                return get_model(
-                    name, num_classes=num_classes, in_channels=in_channels, image_size=image_size
-                )
+                return get_model(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
 
 
 _shapes: dict[str, dict[str, tuple] | None] = {}
 _cache = {"loaded": False, "dirty": False, "keep": set()}
 
 
-def shapes_of(
-    name: str, num_classes: int, in_channels: int, image_size, keep: bool = False
-) -> dict[str, tuple] | None:
+def shapes_of(name: str, num_classes: int, in_channels: int, image_size, keep: bool = False) -> dict[str, tuple] | None:
     """{key: shape} of a registry model's state dict (cached in memory; on disk too with `keep`, for the default
     builds every detection compares against; None when it cannot be built that way)."""
     key = f"{name}|{num_classes}|{in_channels}|{image_size[0]}x{image_size[1]}"
@@ -152,9 +146,7 @@ def _load_cache() -> None:
     try:
         with open(cache_path()) as f:
             stored = json.load(f)
-        _shapes.update(
-            {k: None if v is None else {n: tuple(s) for n, s in v.items()} for k, v in stored.items()}
-        )
+        _shapes.update({k: None if v is None else {n: tuple(s) for n, s in v.items()} for k, v in stored.items()})
         _cache["keep"].update(stored)
     except (OSError, ValueError, AttributeError, TypeError):
         pass  # no cache yet, or an unreadable one: it is rebuilt
@@ -173,9 +165,7 @@ def save_cache() -> None:
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         kept = {k: _shapes[k] for k in _cache["keep"] if k in _shapes}
-        text = json.dumps(
-            {k: v if v is None else {n: list(s) for n, s in v.items()} for k, v in kept.items()}
-        )
+        text = json.dumps({k: v if v is None else {n: list(s) for n, s in v.items()} for k, v in kept.items()})
         write_text(path, text)
         _cache["dirty"] = False
     except OSError:
@@ -198,11 +188,7 @@ def candidates(input_size=None, only: str | None = None) -> list[Candidate]:
     """The registry's models as detection candidates (`only`: one name, as `--model NAME` gives it)."""
     from cnncli.models._registry import _torchvision_names, builtin_models, resolve
 
-    infos = (
-        [resolve(only)]
-        if only
-        else list(builtin_models()) + [resolve("tv:" + n) for n in _torchvision_names()]
-    )
+    infos = [resolve(only)] if only else list(builtin_models()) + [resolve("tv:" + n) for n in _torchvision_names()]
     out = []
     for info in infos:
         sizes = [tuple(info.input_size[1:])]
@@ -275,11 +261,7 @@ def fit_one(cand: Candidate, shapes: dict[str, tuple], size) -> Fit | Near:
     c = cand.in_channels
     if more_classes is None or not differ <= {k for k in a if a[k] != more_classes[k]}:  # not the head alone
         more_channels = shapes_of(cand.name, cand.num_classes, cand.in_channels + 2, size)
-        c = (
-            cand.in_channels
-            if more_channels is None
-            else _read_off(a, more_channels, shapes, 2, cand.in_channels)
-        )
+        c = cand.in_channels if more_channels is None else _read_off(a, more_channels, shapes, 2, cand.in_channels)
     if nc is False or c is False:
         return _near(cand.name, a, shapes)
     nc, c = nc or cand.num_classes, c or cand.in_channels
@@ -297,13 +279,7 @@ def _near(name: str, expected: dict, shapes: dict, compare_shapes: bool = True) 
         for k in expected
         if compare_shapes and k in shapes and tuple(expected[k]) != tuple(shapes[k])
     ]
-    return Near(
-        name,
-        score,
-        [k for k in expected if k not in shapes],
-        [k for k in shapes if k not in expected],
-        differ,
-    )
+    return Near(name, score, [k for k in expected if k not in shapes], [k for k in shapes if k not in expected], differ)
 
 
 def find_fits(state: dict, input_size=None, only: str | None = None) -> tuple[list[Fit], list[Near]]:
@@ -333,9 +309,7 @@ def _try(cand: Candidate, state: dict, variants, fits: list, near: list) -> None
         for size in _sizes_for(cand, sets, frozenset(keys)):
             got = fit_one(cand, shapes, size)
             if isinstance(got, Fit):
-                fits.append(
-                    Fit(got.name, got.source, got.num_classes, got.in_channels, got.build_size, prefix)
-                )
+                fits.append(Fit(got.name, got.source, got.num_classes, got.in_channels, got.build_size, prefix))
                 return
             near.append(got)
         return
@@ -363,9 +337,7 @@ def timm_candidates(variants) -> list[Candidate]:
             continue
         heads = cfg.classifier if isinstance(cfg.classifier, (list, tuple)) else [cfg.classifier]
         firsts = cfg.first_conv if isinstance(cfg.first_conv, (list, tuple)) else [cfg.first_conv]
-        if all(f"{h}.weight" in names for h in heads if h) and any(
-            f"{f}.weight" in names for f in firsts if f
-        ):
+        if all(f"{h}.weight" in names for h in heads if h) and any(f"{f}.weight" in names for f in firsts if f):
             size = tuple(cfg.input_size[1:]) if cfg.input_size else (224, 224)
             out.append(Candidate("timm:" + name, "timm", 1000, 3, (size,)))
     return out
@@ -374,11 +346,7 @@ def timm_candidates(variants) -> list[Candidate]:
 def _sizes_for(cand: Candidate, sets: dict, keys: frozenset) -> list:
     """The layout sizes worth fitting: those whose key names are the file's (all sizes for built-in models, whose
     names rarely change with the size while their shapes do)."""
-    return [
-        s
-        for s in cand.sizes
-        if (shapes_of(cand.name, cand.num_classes, cand.in_channels, s) or {}).keys() == keys
-    ]
+    return [s for s in cand.sizes if (shapes_of(cand.name, cand.num_classes, cand.in_channels, s) or {}).keys() == keys]
 
 
 # ----------------------------------------------------------------------------------------------- choosing
@@ -476,12 +444,6 @@ def _nearest(near: list[Near]) -> str:
         if n.name in seen or len(parts) == 3:
             continue
         seen.add(n.name)
-        first = (
-            n.shapes[:1]
-            or [f"unexpected {k}" for k in n.unexpected[:1]]
-            or [f"missing {k}" for k in n.missing[:1]]
-        )
-        parts.append(
-            f"{n.name} ({n.score:.0%} of names in common; first difference: {first[0] if first else '-'})"
-        )
+        first = n.shapes[:1] or [f"unexpected {k}" for k in n.unexpected[:1]] or [f"missing {k}" for k in n.missing[:1]]
+        parts.append(f"{n.name} ({n.score:.0%} of names in common; first difference: {first[0] if first else '-'})")
     return "; nearest: " + "; ".join(parts) if parts else ""

@@ -47,9 +47,7 @@ class ModelFile:
     checkpoint: object | None = None  # cnncli.checkpoint.Checkpoint
     state_dict: dict | None = None  # kind state_dict (and pickle, as the module's weights)
     module: nn.Module | None = None  # torchscript, program (its runnable module), pickle
-    metadata: dict = field(
-        default_factory=dict
-    )  # what the file says about its inputs (classes, input_size...)
+    metadata: dict = field(default_factory=dict)  # what the file says about its inputs (classes, input_size...)
     where: str = ""  # "under 'model_state_dict'" for wrapped state dicts
 
     @property
@@ -84,14 +82,12 @@ def read_model_file(path: str, *, trust_pickle: bool = False, replaceable: bool 
     if kind is not None and not trust_pickle:
         what = "a torch.export program" if kind == "program" else "a TorchScript archive"
         raise UsageError(
-            f"refusing to load {shown(path)}: it is {what}, which carries code that runs when it is "
-            "loaded or run",
+            f"refusing to load {shown(path)}: it is {what}, which carries code that runs when it is loaded or run",
             "pass --trust-code if you trust where the file came from, or give the state dict it was "
             "made from (docs/security.md)",
         )
     with reading(
-        f"cannot read model file {shown(path)}",
-        "expected a checkpoint, state dict, TorchScript, .pt2 or .onnx file",
+        f"cannot read model file {shown(path)}", "expected a checkpoint, state dict, TorchScript, .pt2 or .onnx file"
     ):
         if kind == "program":
             return _read_program(path)
@@ -122,9 +118,7 @@ def _safe_globals() -> list:
 
         core = getattr(np, "_core", None) or np.core
         allowed += [core.multiarray.scalar, np.dtype]
-        allowed += [
-            getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n != "ObjectDType"
-        ]
+        allowed += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n != "ObjectDType"]
     except Exception:  # numpy missing or laid out differently: those files are refused like any pickle
         pass
     return allowed
@@ -202,12 +196,7 @@ def _classify(path: str, obj) -> ModelFile:
         return ModelFile(path, "pickle", module=obj, state_dict=obj.state_dict())
     if isinstance(obj, dict) and (
         obj.get("format") == FORMAT
-        or (
-            "model" in obj
-            and "state_dict" in obj
-            and isinstance(obj.get("model"), dict)
-            and "name" in obj["model"]
-        )
+        or ("model" in obj and "state_dict" in obj and isinstance(obj.get("model"), dict) and "name" in obj["model"])
     ):
         return ModelFile(path, "checkpoint", checkpoint=Checkpoint.from_dict(obj, path))
     if _is_tensor_dict(obj):
@@ -216,16 +205,10 @@ def _classify(path: str, obj) -> ModelFile:
         for key in WRAPPER_KEYS:
             inner = obj.get(key)
             if isinstance(inner, nn.Module):  # a trusted pickle that wraps the module (Ultralytics, timm EMA)
-                return ModelFile(
-                    path, "pickle", module=inner, state_dict=inner.state_dict(), where=f"under {key!r}"
-                )
+                return ModelFile(path, "pickle", module=inner, state_dict=inner.state_dict(), where=f"under {key!r}")
             if _is_tensor_dict(inner):
                 return ModelFile(
-                    path,
-                    "state_dict",
-                    state_dict=dict(inner),
-                    metadata=_file_facts(obj),
-                    where=f"under {key!r}",
+                    path, "state_dict", state_dict=dict(inner), metadata=_file_facts(obj), where=f"under {key!r}"
                 )
     what = (
         f"a dict with keys {', '.join(map(repr, list(obj)[:6]))}"
@@ -270,9 +253,7 @@ def _read_program(path: str) -> ModelFile:
     extra = {PT2_METADATA: ""}
     logger = logging.getLogger("torch.export")
     level = logger.level
-    logger.setLevel(
-        logging.CRITICAL
-    )  # a bad archive is logged with a traceback before the exception says it all
+    logger.setLevel(logging.CRITICAL)  # a bad archive is logged with a traceback before the exception says it all
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -330,9 +311,7 @@ def weights_of(mf: ModelFile) -> tuple[dict, str]:
     if mf.kind == "checkpoint":
         return mf.checkpoint.state_dict, " (cnncli checkpoint)"
     if mf.kind == "onnx":
-        raise UsageError(
-            f"cannot take weights from the ONNX file {mf.path}", "give a .pt state dict or checkpoint"
-        )
+        raise UsageError(f"cannot take weights from the ONNX file {mf.path}", "give a .pt state dict or checkpoint")
     state = mf.state_dict if mf.state_dict is not None else mf.module.state_dict()
     return state, f" ({mf.description}{' ' + mf.where if mf.where else ''})"
 

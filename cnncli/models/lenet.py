@@ -53,16 +53,12 @@ class LineNet(nn.Module):
 
 
 @register_model(family="lenet", input_size=(3, 32, 32), num_classes=10)
-def lenet5(
-    *, num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)
-) -> nn.Module:
+def lenet5(*, num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)) -> nn.Module:
     """LeNet-5 (LeCun et al. 1998): two conv/pool stages and three fully-connected layers."""
     return LeNet5(num_classes, in_channels, tuple(image_size))
 
 
 @register_model(family="linenet", input_size=(1, 32, 32), num_classes=2)
-def linenet(
-    *, num_classes: int = 2, in_channels: int = 1, image_size: tuple[int, int] = (32, 32)
-) -> nn.Module:
+def linenet(*, num_classes: int = 2, in_channels: int = 1, image_size: tuple[int, int] = (32, 32)) -> nn.Module:
     """Two-channel line detector: conv 2x9x9, ReLU, global average pool, linear (horizontal vs vertical)."""
     return LineNet(num_classes, in_channels)

@@ -15,9 +15,7 @@ SMALL_INPUT = 96
 
 
 class MobileNetV2(nn.Module):
-    def __init__(
-        self, num_classes: int = 1000, in_channels: int = 3, image_size=(224, 224), width_mult: float = 1.0
-    ):
+    def __init__(self, num_classes: int = 1000, in_channels: int = 3, image_size=(224, 224), width_mult: float = 1.0):
         super().__init__()
         tv = _TVMobileNetV2(num_classes=num_classes, width_mult=width_mult)
         self.features = tv.features

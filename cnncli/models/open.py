@@ -130,10 +130,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
             in_channels=spec.in_channels,
             image_size=tuple(spec.build_size or spec.image_size),
         )
-    except (
-        MemoryError,
-        RuntimeError,
-    ) as e:  # a head sized by a huge input: say so instead of an allocator dump
+    except (MemoryError, RuntimeError) as e:  # a head sized by a huge input: say so instead of an allocator dump
         if not isinstance(e, MemoryError) and "allocate" not in str(e).lower():
             raise
         size = "x".join(map(str, spec.input_size))
@@ -168,23 +165,17 @@ def probe(model: nn.Module, input_size: tuple[int, int, int], device: str = "cpu
         with torch.no_grad():
             out = model(torch.zeros(batch, *input_size, device=device))
     except MemoryError:
-        raise UsageError(
-            f"a {size} input is too large for this machine's memory", "give a smaller --in"
-        ) from None
+        raise UsageError(f"a {size} input is too large for this machine's memory", "give a smaller --in") from None
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         if "allocate" in msg.lower() or "out of memory" in msg.lower():
-            raise UsageError(
-                f"a {size} input is too large for this machine's memory", "give a smaller --in"
-            ) from None
+            raise UsageError(f"a {size} input is too large for this machine's memory", "give a smaller --in") from None
         raise UsageError(
             f"the model fails on a {size} input: {type(e).__name__}: {msg}",
             "check --in against the input size the model expects",
         ) from None
     if not isinstance(out, torch.Tensor):
-        raise UsageError(
-            f"the model returns {type(out).__name__}, not a tensor", "forward() must return the logits"
-        )
+        raise UsageError(f"the model returns {type(out).__name__}, not a tensor", "forward() must return the logits")
     return out
 
 
@@ -195,14 +186,11 @@ def trusted_spec(ckpt: Checkpoint, path: str, model: str | None) -> ModelSpec:
     spec = ckpt.model
     if not is_user_model(spec.name):
         if model and model != spec.name:
-            raise UsageError(
-                f"{path} holds a {spec.name}, not {model}", "leave out --model, or give the right file"
-            )
+            raise UsageError(f"{path} holds a {spec.name}, not {model}", "leave out --model, or give the right file")
         return spec
     if not model:
         raise UsageError(
-            f"{path} was trained from the Python file {spec.name}; cnn imports a .py file only when you "
-            "name it",
+            f"{path} was trained from the Python file {spec.name}; cnn imports a .py file only when you name it",
             f"add --model {spec.name} to run that file",
         )
     if not is_user_model(model):
@@ -252,8 +240,7 @@ def _open_architecture(arg: str, req: ModelRequest) -> OpenedModel:
         fit = _fit(spec.name, state, req.input_size, req.weights)
         if req.num_classes and req.num_classes != fit.num_classes:
             raise UsageError(
-                f"{req.weights} has {fit.num_classes} classes, not {req.num_classes}",
-                "leave out --num-classes",
+                f"{req.weights} has {fit.num_classes} classes, not {req.num_classes}", "leave out --num-classes"
             )
         if req.input_size and req.input_size[0] and req.input_size[0] != fit.in_channels:
             raise UsageError(
@@ -270,14 +257,10 @@ def _open_architecture(arg: str, req: ModelRequest) -> OpenedModel:
     elif req.on_meta:
         from cnncli.models.detect import build_on_meta
 
-        model = build_on_meta(
-            spec.name, spec.num_classes, spec.in_channels, tuple(spec.build_size or spec.image_size)
-        )
+        model = build_on_meta(spec.name, spec.num_classes, spec.in_channels, tuple(spec.build_size or spec.image_size))
     else:
         model = build_model(spec)
-    known = bool(
-        req.weights or _asked(req)
-    )  # a bare architecture says nothing about data, and assumes nothing
+    known = bool(req.weights or _asked(req))  # a bare architecture says nothing about data, and assumes nothing
     pre, assumed = resolve_preprocess(spec, req, {})
     return OpenedModel(
         model,
@@ -312,14 +295,10 @@ def _open_state_dict(
     path: str, state: dict, req: ModelRequest, meta: dict, *, where: str = "", kind: str = "state_dict"
 ) -> OpenedModel:
     """A state dict: its architecture named (--model) or detected, the layout its weights need."""
-    size = req.input_size or (
-        (None, *req.fallback.input_size[1:]) if req.fallback else None
-    )  # the data's H, W
+    size = req.input_size or ((None, *req.fallback.input_size[1:]) if req.fallback else None)  # the data's H, W
     fit = _fit(req.model, state, size, path)
     info = resolve(fit.name)
-    c, h, w = (
-        (size[0] or fit.in_channels, *size[1:]) if size else (fit.in_channels, *_default_size(info, fit))
-    )
+    c, h, w = (size[0] or fit.in_channels, *size[1:]) if size else (fit.in_channels, *_default_size(info, fit))
     if c != fit.in_channels:
         raise UsageError(
             f"{path} takes {fit.in_channels}-channel images, not {c}", f"use --in {fit.in_channels}x{h}x{w}"
@@ -392,8 +371,7 @@ def _open_module(mf, req: ModelRequest) -> OpenedModel:
     fit a registry architecture is rebuilt from the registry instead (then every command can use it)."""
     if req.model and mf.kind != "pickle":
         raise UsageError(
-            f"--model names the architecture of a state dict; {mf.path} is {mf.description}, which "
-            "runs as saved",
+            f"--model names the architecture of a state dict; {mf.path} is {mf.description}, which runs as saved",
             "leave out --model",
         )
     module = mf.module.eval()
@@ -429,9 +407,7 @@ def _rebuild_pickle(mf, req: ModelRequest) -> OpenedModel | None:
     from cnncli.models.detect import same_outputs
 
     try:
-        opened = _open_state_dict(
-            mf.path, mf.state_dict, req, mf.metadata, where=mf.where, kind="pickled module"
-        )
+        opened = _open_state_dict(mf.path, mf.state_dict, req, mf.metadata, where=mf.where, kind="pickled module")
     except UsageError:
         if req.model:
             raise
@@ -523,23 +499,17 @@ def resolve_preprocess(spec: ModelSpec, req: ModelRequest, meta: dict) -> tuple[
         ((), "none"),
     )
     if classes and len(classes) != k:
-        raise UsageError(
-            f"{len(classes)} class names for a model with {k} outputs", "give one name per output"
-        )
+        raise UsageError(f"{len(classes)} class names for a model with {k} outputs", "give one name per output")
     notes = []
     if mean_from not in ("--mean", "the file") or std_from not in ("--std", "the file"):
         how = "no normalization" if mean_from == "none" else f"{mean_from} normalization"
         notes.append(
-            f"assumed {how}: mean {_fmt(mean)}, std {_fmt(std)} (give --mean/--std if it was trained "
-            "with others)"
+            f"assumed {how}: mean {_fmt(mean)}, std {_fmt(std)} (give --mean/--std if it was trained with others)"
         )
     if classes_from in ("ImageNet", "the dataset's"):
         notes.append(f"assumed {classes_from} class names (give --classes to name them)")
     pre = Preprocess(
-        spec.input_size,
-        tuple(float(v) for v in mean),
-        tuple(float(v) for v in std),
-        tuple(str(v) for v in classes),
+        spec.input_size, tuple(float(v) for v in mean), tuple(float(v) for v in std), tuple(str(v) for v in classes)
     )
     return pre, notes
 

@@ -108,9 +108,7 @@ def _make_tv(depth: int):
 
 
 def _make_cifar(depth: int):
-    def builder(
-        *, num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)
-    ) -> nn.Module:
+    def builder(*, num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)) -> nn.Module:
         return CifarResNet(depth, num_classes, in_channels)
 
     builder.__name__ = f"resnet{depth}"
@@ -119,8 +117,6 @@ def _make_cifar(depth: int):
 
 
 for _d in (18, 34, 50, 101, 152):
-    register_model(family="resnet", input_size=(3, 224, 224), num_classes=1000, default=_d == 18)(
-        _make_tv(_d)
-    )
+    register_model(family="resnet", input_size=(3, 224, 224), num_classes=1000, default=_d == 18)(_make_tv(_d))
 for _d in (20, 32, 44, 56, 110):
     register_model(family="resnet_cifar", input_size=(3, 32, 32), num_classes=10)(_make_cifar(_d))

@@ -10,9 +10,7 @@ from cnncli.models._registry import register_model
 
 
 def _conv_bn(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
-    )
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class SmallCNN(nn.Module):
@@ -57,9 +55,7 @@ class MLP(nn.Module):
 
 
 @register_model(family="smallcnn", input_size=(3, 32, 32), num_classes=10)
-def smallcnn(
-    *, num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)
-) -> nn.Module:
+def smallcnn(*, num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)) -> nn.Module:
     """A small plain CNN: 6 conv-BN-ReLU layers, 2 max-pools, global average pooling."""
     return SmallCNN(num_classes, in_channels)
 

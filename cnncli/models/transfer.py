@@ -19,9 +19,7 @@ from cnncli.models.files import align_keys
 class Transfer:
     loaded: list[str] = field(default_factory=list)
     remade: list[str] = field(default_factory=list)  # in the model, other shape in the file: left as built
-    adapted: list[str] = field(
-        default_factory=list
-    )  # the input convolution, converted to the model's channels
+    adapted: list[str] = field(default_factory=list)  # the input convolution, converted to the model's channels
     missing: list[str] = field(default_factory=list)  # in the model, not in the file: left as built
     unused: list[str] = field(default_factory=list)  # in the file, not in the model
     prefix: str = ""

@@ -15,29 +15,7 @@ CFGS = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    19: [
-        64,
-        64,
-        "M",
-        128,
-        128,
-        "M",
-        256,
-        256,
-        256,
-        256,
-        "M",
-        512,
-        512,
-        512,
-        512,
-        "M",
-        512,
-        512,
-        512,
-        512,
-        "M",
-    ],
+    19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
 SMALL_INPUT = 96
 
@@ -78,11 +56,7 @@ class VGG(nn.Module):
             _, h, w = arith.run_layers((in_channels, *image_size), spec)[-1].output
             self.avgpool = nn.Identity()
             self.classifier = nn.Sequential(
-                nn.Flatten(),
-                nn.Linear(512 * h * w, 512),
-                nn.ReLU(True),
-                nn.Dropout(0.5),
-                nn.Linear(512, num_classes),
+                nn.Flatten(), nn.Linear(512 * h * w, 512), nn.ReLU(True), nn.Dropout(0.5), nn.Linear(512, num_classes)
             )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -38,12 +38,8 @@ def _scan(root: str) -> _Scan:
         empty += [] if files else [name]
         samples += [(f, i) for f in files]
     if empty:
-        listed = ", ".join(shown(n, 40) for n in empty[:5]) + (
-            f" and {len(empty) - 5} more" if len(empty) > 5 else ""
-        )
-        raise UsageError(
-            f"cannot read images in {shown(root)}: no images in the class folder(s) {listed}", hint
-        )
+        listed = ", ".join(shown(n, 40) for n in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise UsageError(f"cannot read images in {shown(root)}: no images in the class folder(s) {listed}", hint)
     return _Scan(classes, samples)
 
 
@@ -67,9 +63,7 @@ def _splits(path: str) -> tuple[dict[str, list], list[str], tuple[str, ...]]:
     for name in present or ("all",):
         ds = _scan(os.path.join(path, name) if present else path)
         if classes is not None and list(ds.classes) != classes:
-            raise UsageError(
-                f"{name}/ has different classes from {present[0]}/", f"{ds.classes} vs {classes}"
-            )
+            raise UsageError(f"{name}/ has different classes from {present[0]}/", f"{ds.classes} vs {classes}")
         classes, splits[name] = list(ds.classes), list(ds.samples)
     source = "train" if present else "all"
     if source in splits and "val" not in splits:  # a seeded validation split when there is no val/

@@ -41,8 +41,7 @@ def read_array_pickle(path: str):
         ) from None
     except Exception as e:
         raise UsageError(
-            f"unreadable dataset file {path}: {type(e).__name__}: {e}",
-            "replace it with the original release file",
+            f"unreadable dataset file {path}: {type(e).__name__}: {e}", "replace it with the original release file"
         ) from None
 
 
@@ -71,9 +70,7 @@ def _safe_cifar(base):
                 entry = read_array_pickle(os.path.join(folder, name))
                 try:
                     data.append(np.asarray(entry["data"], dtype=np.uint8))
-                    self.targets.extend(
-                        int(v) for v in entry["labels" if "labels" in entry else "fine_labels"]
-                    )
+                    self.targets.extend(int(v) for v in entry["labels" if "labels" in entry else "fine_labels"])
                 except (KeyError, TypeError, ValueError) as e:
                     raise UsageError(
                         f"malformed dataset file {os.path.join(folder, name)}: {type(e).__name__}: {e}",
@@ -113,14 +110,7 @@ def _open(info, name: str, data_dir: str, train: bool, download: bool):
     except RuntimeError as e:  # torchvision's "not found": try the download below
         if "not found" not in str(e).lower() and "corrupted" not in str(e).lower():
             raise _unreadable(info, data_dir, e) from None
-    except (
-        ValueError,
-        KeyError,
-        IndexError,
-        EOFError,
-        AssertionError,
-        OSError,
-    ) as e:  # files there, but broken
+    except (ValueError, KeyError, IndexError, EOFError, AssertionError, OSError) as e:  # files there, but broken
         raise _unreadable(info, data_dir, e) from None
     if download:
         try:
@@ -165,9 +155,7 @@ def _load(info, name: str, data_dir: str, download: bool):
         return torch.as_tensor(ds.targets if hasattr(ds, "targets") else ds.labels).long()
 
     classes = list(getattr(tr, "classes", None) or [str(i) for i in range(10)])
-    return tensor_dataset(
-        info, _to_uint8_nchw(tr.data), labels(tr), _to_uint8_nchw(te.data), labels(te), classes
-    )
+    return tensor_dataset(info, _to_uint8_nchw(tr.data), labels(tr), _to_uint8_nchw(te.data), labels(te), classes)
 
 
 _CIFAR = {"crop_padding": 4, "flip": True, "batch_size": 256, "source": "torchvision"}
