@@ -275,6 +275,7 @@ def test_hidden_files_and_link_loops_in_a_folder(tmp_path):
     ds = load_dataset(f"folder:{root}")
     assert ds.classes == ["a", "b"]
     assert ds.num_samples("all") == 10 and len({p for p, _ in ds.split("all")}) == 10
+    assert "skipped 4 hidden" in ds.notes[0]  # ._a.png, ._b.png, .ipynb_checkpoints, .DS_Store: said
 
 
 # -------------------------------------------------------------------------------------------------- images

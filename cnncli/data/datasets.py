@@ -70,6 +70,7 @@ class FolderData(_Dataset):
     image_size: tuple[int, int] = (0, 0)
     channels: int = 3
     folders: tuple[str, ...] = ()  # the split folders present (train/ val/ test/); () for one folder of classes
+    notes: tuple[str, ...] = ()  # what reading the folder left out (hidden files), for the log
 
     @property
     def input_size(self) -> tuple[int, int, int]:

@@ -27,16 +27,20 @@ def is_image_name(name: str) -> bool:
     return not is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def walk_images(root: str) -> list[str]:
-    """Every image file under `root`, sorted, hidden files and folders skipped; symbolic links to folders are
-    followed once each (a link loop is not followed again), so no image is counted twice."""
-    found, seen = [], set()
+def walk_images(root: str, skipped: list[str] | None = None) -> list[str]:
+    """Every image file under `root`, sorted, hidden files and folders skipped (and added to `skipped`, to be
+    said); symbolic links to folders are followed once each (a link loop is not followed again), so no image is
+    counted twice."""
+    found: list[str] = []
+    seen: set[str] = set()
     for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:
             dirs[:] = []
             continue
         seen.add(real)
+        if skipped is not None:
+            skipped += [os.path.join(folder, n) for n in (*dirs, *files) if is_hidden(n)]
         dirs[:] = sorted(d for d in dirs if not is_hidden(d) and os.path.realpath(os.path.join(folder, d)) not in seen)
         found += [os.path.join(folder, f) for f in files if is_image_name(f)]
     from cnncli.fileio import note_inputs

@@ -208,7 +208,7 @@ def evaluate_file(
         raise UsageError("give --data", f"{path} does not say which dataset it was trained on")
     ds = ds or load_dataset(name, data_dir)
     split, split_note = pick_split(ds, split)
-    notes = list(notes) + ([split_note] if split_note else [])
+    notes = list(notes) + list(getattr(ds, "notes", ())) + ([split_note] if split_note else [])
     model_classes = list(preprocess.classes)
     if not model_classes and ds.num_classes > num_classes:
         raise UsageError(

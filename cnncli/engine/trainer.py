@@ -291,6 +291,9 @@ class Trainer:
                 f"{self.cfg.data} has no train/ folder (only {', '.join(self.data.splits)}/)",
                 "training needs PATH/train/CLASS/*.png or PATH/CLASS/*.png; cnn eval measures the rest",
             )
+        if self.is_main:
+            for note in getattr(self.data, "notes", ()):
+                self.report(Note(note))
         facts = RunFacts(
             self.data.epochs,
             self.data.batch_size,

@@ -16,6 +16,7 @@ GRAY_MEAN, GRAY_STD = (0.5,), (0.25,)
 class _Scan:
     classes: list[str]
     samples: list[tuple[str, int]]
+    skipped: list[str]  # hidden files and folders left out (said once)
 
 
 def _scan(root: str) -> _Scan:
@@ -27,32 +28,34 @@ def _scan(root: str) -> _Scan:
 
     hint = "expected one sub-folder per class with .png/.jpg images"
     try:
-        classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not is_hidden(e.name))
+        entries = list(os.scandir(root))
     except OSError as e:
         raise os_error(e, root, reading=True) from None
+    classes = sorted(e.name for e in entries if e.is_dir() and not is_hidden(e.name))
+    skipped = [e.path for e in entries if is_hidden(e.name)]
     if not classes:
         raise UsageError(f"cannot read images in {shown(root)}: no class sub-folders", hint)
     samples, empty = [], []
     for i, name in enumerate(classes):
-        files = walk_images(os.path.join(root, name))
+        files = walk_images(os.path.join(root, name), skipped)
         empty += [] if files else [name]
         samples += [(f, i) for f in files]
     if empty:
         listed = ", ".join(shown(n, 40) for n in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
         raise UsageError(f"cannot read images in {shown(root)}: no images in the class folder(s) {listed}", hint)
-    return _Scan(classes, samples)
+    return _Scan(classes, samples, skipped)
 
 
 SPLIT_FOLDERS = ("train", "val", "test")
 
 
-def _splits(path: str) -> tuple[dict[str, list], list[str], tuple[str, ...]]:
+def _splits(path: str) -> tuple[dict[str, list], list[str], tuple[str, ...], list[str]]:
     """Two layouts, as torchvision's ImageFolder and timm's validate.py read them:
     - split folders: train/ (+ val/, test/), each with one sub-folder per class; any of them may be missing (a
       folder with test/ alone can be evaluated, not trained on); train without val/ gets a seeded val;
     - one folder of class sub-folders: `all` is every image (what cnn eval measures), and train/val are a seeded
       80/20 split of it for training; there is no test split.
-    Returns (splits, classes, the split folders present)."""
+    Returns (splits, classes, the split folders present, the hidden files and folders skipped)."""
     import torch
 
     from cnncli.data.datasets import VAL_SEED
@@ -60,8 +63,10 @@ def _splits(path: str) -> tuple[dict[str, list], list[str], tuple[str, ...]]:
     present = tuple(f for f in SPLIT_FOLDERS if os.path.isdir(os.path.join(path, f)))
     splits: dict[str, list] = {}
     classes = None
+    skipped: list[str] = []
     for name in present or ("all",):
         ds = _scan(os.path.join(path, name) if present else path)
+        skipped += ds.skipped
         if classes is not None and list(ds.classes) != classes:
             raise UsageError(f"{name}/ has different classes from {present[0]}/", f"{ds.classes} vs {classes}")
         classes, splits[name] = list(ds.classes), list(ds.samples)
@@ -77,7 +82,7 @@ def _splits(path: str) -> tuple[dict[str, list], list[str], tuple[str, ...]]:
         n_val = max(1, len(samples) // 5)
         splits["val"] = [samples[i] for i in sorted(perm[:n_val])]
         splits["train"] = [samples[i] for i in sorted(perm[n_val:])]
-    return splits, classes, present
+    return splits, classes, present, skipped
 
 
 @register_dataset(name="folder", prefix=True, epochs=20, batch_size=64, flip=True, source="folder")
@@ -89,7 +94,7 @@ def folder(info, *, data_dir, image_size=None, download=True, arg=None):
     path = os.path.expandvars(os.path.expanduser(arg or ""))
     if not os.path.isdir(path):
         raise UsageError(f"image folder not found: {path}", "give folder:PATH with one sub-folder per class")
-    splits, classes, present = _splits(path)
+    splits, classes, present, skipped = _splits(path)
     first = next(iter(splits.values()))[0][0]
     channels, native = image_mode(first)
     size = tuple(image_size) if image_size else native
@@ -108,4 +113,15 @@ def folder(info, *, data_dir, image_size=None, download=True, arg=None):
         image_size=size,
         channels=channels,
         folders=present,
+        notes=tuple(_skipped_note(f"folder:{arg}", skipped)),
     )
+
+
+def _skipped_note(name: str, skipped: list[str]) -> list[str]:
+    if not skipped:
+        return []
+    shown_names = ", ".join(shown(os.path.basename(p), 40) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    return [
+        f"{name}: skipped {len(skipped)} hidden file(s) and folder(s) ({shown_names}): macOS ._ files, .DS_Store "
+        "and checkpoint folders are not images or classes"
+    ]
