@@ -255,6 +255,20 @@ def test_no_reader_blocks_on_or_reads_a_fifo_device_loop_folder_or_huge_file(ws,
     assert _snapshot(ws) == before
 
 
+@pytest.mark.parametrize(
+    "dataset,relpath", [("mnist", "MNIST/raw/train-images-idx3-ubyte"), ("cifar10", "cifar-10-batches-py/data_batch_1")]
+)
+def test_dataset_files_that_are_fifos_are_named_not_read(tmp_path, dataset, relpath):
+    """torchvision's readers would block on a FIFO among a dataset's files: the gate checks them all first."""
+    path = tmp_path / relpath
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path)
+    line = _one_error(
+        run_cnn("train", "lenet5", "--data", dataset, "--data-dir", tmp_path, "--project", tmp_path / "r")
+    )
+    assert "FIFO" in line and relpath.split("/")[-1] in line
+
+
 def test_hidden_files_and_link_loops_in_a_folder(tmp_path):
     """`._x.png` (macOS), `.DS_Store`, `.ipynb_checkpoints/` are not images or classes; a link loop inside a class
     folder is followed once: every image is counted once."""

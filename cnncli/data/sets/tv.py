@@ -30,6 +30,9 @@ def read_array_pickle(path: str):
                 return super().find_class(module, name)
             raise pickle.UnpicklingError(f"{module}.{name}")
 
+    from cnncli.fileio import check_input
+
+    check_input(path, "dataset file", kind="data")
     try:
         with open(path, "rb") as f:
             return ArraysOnly(f, encoding="latin1").load()
@@ -102,8 +105,29 @@ def _tv_class(name: str):
     return base
 
 
+def _gate_files(cls, name: str, data_dir: str) -> None:
+    """The reading gate for the files torchvision will open: a FIFO or a device among them would block or never end
+    inside torchvision's reader, so every file in the dataset's folders is checked first."""
+    from cnncli.fileio import check_input
+
+    if os.path.lexists(data_dir):
+        check_input(data_dir, "--data-dir folder", folder=True)
+        if not os.path.isdir(data_dir):
+            raise UsageError(f"--data-dir {data_dir} is a file", "give the folder that holds the datasets")
+    folders = {os.path.join(data_dir, getattr(cls, "base_folder", "") or name), os.path.join(data_dir, name)}
+    for top in sorted(f for f in folders if os.path.isdir(f)):
+        for folder, _, files in os.walk(top):
+            for f in files:
+                check_input(os.path.join(folder, f), "dataset file", kind="data")
+    if name == "SVHN":
+        for f in os.listdir(data_dir) if os.path.isdir(data_dir) else ():
+            if f.endswith(".mat"):
+                check_input(os.path.join(data_dir, f), "dataset file", kind="data")
+
+
 def _open(info, name: str, data_dir: str, train: bool, download: bool):
     cls = _tv_class(name)
+    _gate_files(cls, name, data_dir)
     kwargs = {"split": "train" if train else "test"} if name == "SVHN" else {"train": train}
     try:
         return cls(data_dir, download=False, **kwargs)
