@@ -76,10 +76,10 @@ def check_input(
             raise UsageError(f"{shown(path)} is a folder, not a {what}", f"give the {what} itself")
     elif (odd := _kind_of_mode(st.st_mode)) is not None:
         raise UsageError(f"{shown(path)} is {odd}, not a {what}", "cnn reads regular files only")
-    elif st.st_size > LIMITS.get(kind, LIMITS["file"]):
+    elif st.st_size > _limit(kind):
         raise UsageError(
             f"{shown(path)} is {_size(st.st_size)}: too large for a {what}",
-            f"cnn reads {what}s up to {_size(LIMITS.get(kind, LIMITS['file']))}",
+            f"cnn reads {what}s up to {_size(_limit(kind))}" + (" (this machine's memory)" if kind == "model" else ""),
         )
     else:
         try:
@@ -90,6 +90,17 @@ def check_input(
     if not replaceable and not stat.S_ISDIR(st.st_mode):
         _inputs.add(os.path.realpath(path))
     return path
+
+
+def _limit(kind: str) -> int:
+    """A kind's size limit; a model file is loaded whole, so it is also at most this machine's memory."""
+    limit = LIMITS.get(kind, LIMITS["file"])
+    if kind == "model":
+        try:
+            limit = min(limit, max(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), GiB))
+        except (ValueError, OSError, AttributeError):
+            pass
+    return limit
 
 
 def _stat(path: str, what: str) -> os.stat_result:

@@ -114,11 +114,20 @@ class OpenedModel:
         )
 
 
+def _is_known_name(arg: str) -> bool:
+    try:
+        resolve(arg)
+        return True
+    except UsageError:
+        return False
+
+
 def is_checkpoint_path(arg: str) -> bool:
     """A MODEL argument that names a file to load rather than an architecture."""
-    return arg.lower().endswith((".pt", ".pth", ".pt2", ".ckpt", ".bin", ".onnx")) or (
-        os.path.lexists(arg) and ".py:" not in arg
-    )  # anything on disk, a FIFO too: the reading gate names it
+    # anything on disk but a folder (a FIFO and a device too: the reading gate names them); a folder that happens to
+    # be called like a model (./resnet18/) leaves the name a name
+    on_disk = os.path.lexists(arg) and not os.path.isdir(arg) and ".py:" not in arg
+    return arg.lower().endswith((".pt", ".pth", ".pt2", ".ckpt", ".bin", ".onnx")) or on_disk
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
@@ -208,6 +217,8 @@ def open_model(arg: str, request: ModelRequest | None = None, **fields) -> Opene
 
     req = replace(request or ModelRequest(), **fields)
     if not is_checkpoint_path(arg):
+        if os.path.isdir(arg) and (os.sep in arg or not _is_known_name(arg)):
+            raise UsageError(f"{arg} is a folder, not a model file", "give the model file itself")
         return _open_architecture(arg, req)
     mf = read_model_file(arg, trust_pickle=req.trust_pickle)
     if mf.kind == "onnx":
