@@ -278,6 +278,18 @@ def test_dataset_files_that_are_fifos_are_named_not_read(tmp_path, dataset, relp
     assert "FIFO" in line and relpath.split("/")[-1] in line
 
 
+def test_a_fifo_among_a_folders_images_is_named_before_a_run_starts(tmp_path):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8)).save(tmp_path / "d" / c / f"{i}.png")
+    os.mkfifo(tmp_path / "d" / "a" / "pipe.png")
+    line = _one_error(run_cnn("train", "lenet5", "--data", f"folder:{tmp_path / 'd'}", "--project", tmp_path / "r"))
+    assert "FIFO" in line and "pipe.png" in line and not (tmp_path / "r").exists()
+
+
 def test_hidden_files_and_link_loops_in_a_folder(tmp_path):
     """`._x.png` (macOS), `.DS_Store`, `.ipynb_checkpoints/` are not images or classes; a link loop inside a class
     folder is followed once: every image is counted once."""

@@ -43,7 +43,11 @@ def walk_images(root: str, skipped: list[str] | None = None) -> list[str]:
             skipped += [os.path.join(folder, n) for n in (*dirs, *files) if is_hidden(n)]
         dirs[:] = sorted(d for d in dirs if not is_hidden(d) and os.path.realpath(os.path.join(folder, d)) not in seen)
         found += [os.path.join(folder, f) for f in files if is_image_name(f)]
-    from cnncli.fileio import note_inputs
+    from cnncli.fileio import check_input, note_inputs
+
+    for path in found:  # a FIFO or a device named x.png would block a loader worker mid-epoch: named now
+        if not os.path.isfile(path):
+            check_input(path, "image", kind="image")
 
     note_inputs(found)  # inputs of this command: no output may replace one
     return sorted(found)
