@@ -504,7 +504,7 @@ def test_an_interrupt_inside_an_exporter_is_exit_130_and_writes_nothing(ws, tmp_
 
 # ------------------------------------------------------------------------------------- checkpoint fields
 
-WRONG = [None, "x", float("nan")]  # absent, a string, not a number
+WRONG = [None, float("nan")]  # absent (no dict, list or number), not a number
 
 
 @pytest.fixture(scope="module")

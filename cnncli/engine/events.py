@@ -44,9 +44,9 @@ class Step:
     images_per_second: float
 
 
-@dataclass(frozen=True)
-class Epoch:
-    """An epoch done and validated (the fields of trainer.EpochResult, whether it is the best, of how many)."""
+@dataclass
+class EpochResult:
+    """One epoch's figures: what metrics.csv, summary.json's history and last.pt keep."""
 
     epoch: int
     train_loss: float
@@ -56,8 +56,14 @@ class Epoch:
     lr: float
     images_per_second: float
     seconds: float
-    best: bool
-    epochs: int
+
+
+@dataclass
+class Epoch(EpochResult):
+    """An epoch done and validated: its figures, whether it is the best so far, and of how many epochs."""
+
+    best: bool = False
+    epochs: int = 0
 
 
 Event = Note | Start | Step | Epoch

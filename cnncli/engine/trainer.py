@@ -27,20 +27,8 @@ from cnncli.checkpoint import Checkpoint, ModelSpec
 from cnncli.config import EVAL_BATCH_MIN, SGD_MOMENTUM, RunFacts, TrainConfig, lr_at, resolve, validate
 from cnncli.engine import distributed as dist_utils
 from cnncli.engine.device import bf16_supported, pick_device, training_kernels
-from cnncli.engine.events import Epoch, Event, Note, Start, Step
+from cnncli.engine.events import Epoch, EpochResult, Event, Note, Start, Step
 from cnncli.errors import UsageError, WorkFailed, reading, shown
-
-
-@dataclass
-class EpochResult:
-    epoch: int
-    train_loss: float
-    train_accuracy: float
-    val_loss: float
-    val_accuracy: float
-    lr: float
-    images_per_second: float
-    seconds: float
 
 
 @dataclass
