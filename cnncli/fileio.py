@@ -181,20 +181,17 @@ def check_writable_place(path: str) -> None:
     if parent and not os.path.isdir(parent):
         raise UsageError(f"cannot use {shown(path)}: {shown(parent)} is not a folder", "check the path")
     if parent and not os.access(parent, os.W_OK):
-        raise os_error(
-            OSError(
-                errno.EROFS if _read_only(parent) else errno.EACCES,
-                "read-only file system" if _read_only(parent) else "permission denied",
-            ),
-            parent,
-        )
+        raise _not_writable(parent)
 
 
-def _read_only(folder: str) -> bool:
+def _not_writable(folder: str) -> CnnError:
+    """A folder cnn may not write in: read-only file system or permission, in os_error's words."""
     try:
-        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
     except OSError:
-        return False
+        read_only = False
+    no, why = (errno.EROFS, "read-only file system") if read_only else (errno.EACCES, "permission denied")
+    return os_error(OSError(no, why), folder)
 
 
 def _refuse_target(path: str) -> None:
@@ -245,11 +242,20 @@ def atomic_write(path: str, write: Callable[[str], None], suffix: str = ".tmp") 
     except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(e, OSError):
-            raise os_error(e, path) from None
-        if isinstance(e, RuntimeError) and _disk_full_text(str(e)):  # torch's C++ writers say it in words
-            raise os_error(OSError(errno.ENOSPC, "No space left on device"), path) from None
+        err = write_error(e)
+        if err is not None:
+            raise os_error(err, path) from None
         raise
+
+
+def write_error(e: BaseException) -> OSError | None:
+    """The OS error a writer's exception stands for: an OSError itself, or torch's C++ writers' words for a full
+    disk (they raise RuntimeError); None for anything else."""
+    if isinstance(e, OSError):
+        return e
+    if isinstance(e, RuntimeError) and _disk_full_text(str(e)):
+        return OSError(errno.ENOSPC, "No space left on device")
+    return None
 
 
 def _disk_full_text(text: str) -> bool:
@@ -319,13 +325,7 @@ def check_output_folder(path: str, what: str = "output folder") -> str:
     if os.path.lexists(path) and not os.path.isdir(path):
         raise UsageError(f"cannot use {shown(path)}: it is a file, not a folder", f"give a folder as the {what}")
     if os.path.isdir(path) and not os.access(path, os.W_OK):
-        raise os_error(
-            OSError(
-                errno.EROFS if _read_only(path) else errno.EACCES,
-                "read-only file system" if _read_only(path) else "permission denied",
-            ),
-            path,
-        )
+        raise _not_writable(path)
     return path
 
 

@@ -69,7 +69,16 @@ def predict_cmd(
 
     dev = None if is_onnx_file(model) else pick_device(device)
     with _progress() as bar:
-        res = predict(model, images, request=req, topk=topk, batch_size=batch_size, device=dev or "cpu", progress=bar)
+        res = predict(
+            model,
+            images,
+            request=req,
+            topk=topk,
+            batch_size=batch_size,
+            device=dev or "cpu",
+            progress=bar,
+            expanded=True,
+        )
     for note in res.notes:
         log(note)
     if dev is not None and not json_out:

@@ -150,8 +150,10 @@ def predict(
     device="cpu",
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    expanded: bool = False,
 ) -> PredictResult:
-    """Top-k classes with probabilities for every image the sources name (see the module docstring)."""
+    """Top-k classes with probabilities for every image the sources name (see the module docstring).
+    `expanded`: `sources` is image_files()'s list already (the CLI expands once, to check --csv against it)."""
     from cnncli.config import check_count
     from cnncli.data.loader import FolderLoader
     from cnncli.models.open import ModelRequest
@@ -159,7 +161,7 @@ def predict(
     if topk < 1:
         raise UsageError(f"--topk must be at least 1, got {topk}")
     check_count("--batch-size", batch_size)
-    paths = image_files(sources)
+    paths = list(sources) if expanded else image_files(sources)
     runner = _Runner(model_arg, request or ModelRequest(), device)
     pre = runner.preprocess
     c, h, w = pre.input_size

@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from cnncli import __version__
 from cnncli.errors import CnnError, UsageError, WorkFailed, raise_if_interrupted
-from cnncli.fileio import atomic_write, check_output, ensure_free_space, os_error, remove_stale_temp_files
+from cnncli.fileio import atomic_write, check_output, ensure_free_space, os_error, remove_stale_temp_files, write_error
 
 
 @dataclass
@@ -417,10 +417,9 @@ def _write_verified(job: ExportJob, fmt: ExportFormat, writer: str, out: str, ch
             raise
         except Exception as e:
             raise_if_interrupted()  # Ctrl-C inside an exporter comes back as its ImportError or RuntimeError
-            if _is_disk_error(e):  # a full disk is not the exporter's fault: no other exporter will do better
-                raise os_error(
-                    e if isinstance(e, OSError) else OSError(errno.ENOSPC, "No space left on device"), out
-                ) from None
+            err = write_error(e)  # a full disk is not the exporter's fault: no other exporter will do better
+            if err is not None and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES):
+                raise os_error(err, out) from None
             msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             raise _Rejected(f"{writer} exporter failed: {type(e).__name__}: {msg}") from None
         try:
@@ -440,14 +439,6 @@ def _write_verified(job: ExportJob, fmt: ExportFormat, writer: str, out: str, ch
 
 class _Rejected(Exception):
     pass
-
-
-def _is_disk_error(e: Exception) -> bool:
-    from cnncli.fileio import _disk_full_text
-
-    if isinstance(e, OSError):
-        return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES)
-    return isinstance(e, RuntimeError) and _disk_full_text(str(e))
 
 
 def export_model(
