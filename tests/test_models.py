@@ -9,7 +9,8 @@ from conftest import run_cnn
 
 from cnncli.errors import UsageError
 from cnncli.models import get_model, list_models, resolve
-from cnncli.models._registry import count_params, register_model
+from cnncli.models._factory import count_params
+from cnncli.models._registry import register_model
 
 BUILTIN = [m.name for m in list_models()]
 

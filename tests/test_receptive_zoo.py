@@ -45,7 +45,7 @@ def _build(name: str, size: int, device="meta") -> nn.Module:
             except TypeError:
                 return timm.create_model(name[len("timm:") :], pretrained=False)
         if name.startswith("builtin:"):
-            from cnncli.models._registry import get_model
+            from cnncli.models._factory import get_model
 
             return get_model(name[len("builtin:") :], image_size=(size, size))
         kw = {"image_size": size} if name.startswith("vit_") else {}
@@ -292,3 +292,43 @@ def test_swin_fields_are_measured_and_said_to_be():
     assert stage1["receptive_field"] == [56, 56] and stage1["jump"] == [4, 4]
     assert rows["features.3"]["receptive_field"][0] > 56
     assert rows["avgpool"]["receptive_field"] == "global" and res["receptive_field"] == "global"
+
+
+def test_an_operation_is_added_by_registering_one_rule():
+    """The rules are a table: a module no rule covers is UNKNOWN (measured), and one decorated function makes it
+    computed, for the module and every subclass of it; the walk never names an operation itself."""
+    from cnncli.analysis.receptive import rules
+
+    class Blur(nn.Module):  # a 3x3 box filter written as a module the rules have never seen
+        def forward(self, x):
+            return nn.functional.avg_pool2d(x, 3, 1, 1)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.blur = Blur()
+
+        def forward(self, x):
+            return self.blur(self.conv(x))
+
+    class Leaf(torch.fx.Tracer):  # keep Blur as one call_module node, as a custom kernel would be
+        def is_leaf_module(self, m, name):
+            return isinstance(m, Blur) or super().is_leaf_module(m, name)
+
+    def fields():
+        net = Net().eval()
+        graph = Leaf().trace(net)
+        gm = torch.fx.GraphModule(net, graph)
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        ShapeProp(gm).propagate(torch.zeros(1, 3, 16, 16))
+        return {n.name: i.field for n, i in R.node_infos(gm).items()}
+
+    assert fields()["blur"] is R.UNKNOWN
+    R.module_rule(Blur)(lambda c: R.Info(c.f.through((3, 3), (1, 1), (1, 1)), c.lay))
+    try:
+        got = fields()["blur"]
+    finally:
+        del rules.MODULE_RULES[Blur]
+    assert isinstance(got, Field) and got.rf == (5, 5) and fields()["blur"] is R.UNKNOWN

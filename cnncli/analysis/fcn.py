@@ -21,10 +21,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnncli.analysis.arith import Field
-from cnncli.analysis.receptive import GLOBAL, meta_twin, module_fields, trace
+from cnncli.analysis.receptive import GLOBAL, module_fields, trace
 from cnncli.checkpoint import Checkpoint
 from cnncli.errors import UsageError, WorkFailed
 from cnncli.fileio import atomic_write
+from cnncli.models._manipulate import meta_twin
 
 _ELEMENTWISE_MODULES = (
     nn.ReLU,

@@ -16,9 +16,10 @@ import os
 import torch
 import torch.nn as nn
 
-from cnncli.analysis.receptive import GLOBAL, no_inplace
+from cnncli.analysis.receptive import GLOBAL
 from cnncli.errors import UsageError
 from cnncli.fileio import atomic_write
+from cnncli.models._manipulate import no_inplace
 
 MAX_PANELS = 64  # channels shown per layer
 

@@ -21,8 +21,9 @@ import torch
 import torch.nn as nn
 
 from cnncli.analysis.arith import Field
-from cnncli.analysis.receptive import GLOBAL, UNKNOWN, measure_fields, meta_twin, model_fields
+from cnncli.analysis.receptive import GLOBAL, UNKNOWN, measure_fields, model_fields
 from cnncli.errors import UsageError
+from cnncli.models._manipulate import meta_twin
 from cnncli.models.files import ProgramModule
 from cnncli.models.open import probe
 

@@ -79,7 +79,7 @@ def _parameters_on_meta():
 
 def build_on_meta(name: str, num_classes: int, in_channels: int, image_size) -> nn.Module:
     """A registry model with no memory behind its tensors."""
-    from cnncli.models._registry import get_model
+    from cnncli.models._factory import get_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -354,7 +354,7 @@ def _sizes_for(cand: Candidate, sets: dict, keys: frozenset) -> list:
 
 def same_function(fits: list[Fit], state: dict, input_size) -> list[list[Fit]]:
     """Group the fits by what they compute: each built with the file's weights and run on the same input."""
-    from cnncli.models._registry import get_model
+    from cnncli.models._factory import get_model
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, *input_size, generator=g)

@@ -24,7 +24,8 @@ import torch.nn as nn
 
 from cnncli.checkpoint import Checkpoint, ModelSpec
 from cnncli.errors import UsageError
-from cnncli.models._registry import get_model, is_user_model, resolve
+from cnncli.models._factory import get_model
+from cnncli.models._registry import is_user_model, resolve
 from cnncli.preprocess import Preprocess
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

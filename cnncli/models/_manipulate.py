@@ -1,0 +1,60 @@
+"""Changing a built model in place or as a copy (timm `_manipulate.py` style): its first convolution's channels, a
+weightless twin on the meta device, in-place activations turned off."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from cnncli.errors import UsageError
+
+
+def adapt_in_channels(model, in_channels: int):
+    """Replace the first Conv2d so the model takes `in_channels` channels."""
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                setattr(
+                    parent,
+                    child_name,
+                    nn.Conv2d(
+                        in_channels,
+                        child.out_channels,
+                        child.kernel_size,
+                        child.stride,
+                        child.padding,
+                        child.dilation,
+                        1 if child.groups == 1 else in_channels,
+                        child.bias is not None,
+                    ),
+                )
+                return model
+    raise UsageError("cannot adapt the model to the input channels", "it has no Conv2d layer")
+
+
+def meta_twin(model: nn.Module) -> nn.Module | None:
+    """A copy of `model` whose tensors live on the meta device (None when it cannot be made)."""
+    if any(p.device.type == "meta" for p in model.parameters()):
+        return model
+    try:
+        memo = {
+            id(t): (
+                nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=t.requires_grad)
+                if isinstance(t, nn.Parameter)
+                else torch.empty_like(t, device="meta")
+            )
+            for t in [*model.parameters(), *model.buffers()]
+        }  # no data is copied
+        return copy.deepcopy(model, memo)
+    except Exception:
+        return None
+
+
+def no_inplace(model: nn.Module) -> nn.Module:
+    """In-place activations would overwrite the outputs a hook keeps (and the graph a gradient needs)."""
+    for m in model.modules():
+        if getattr(m, "inplace", False) is True:
+            m.inplace = False
+    return model
