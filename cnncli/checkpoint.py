@@ -211,22 +211,52 @@ def load_dict(path: str, map_location="cpu") -> dict:
     if not os.path.exists(path):
         raise UsageError(f"checkpoint not found: {path}", "check the path, e.g. runs/train/best.pt")
     check_input(path, "checkpoint", kind="model", replaceable=True)  # a run's own last.pt is rewritten on resume
+    return safe_load(path, "checkpoint", "is it a file written by cnn train?", map_location)
+
+
+def safe_load(path: str, what: str, hint: str, map_location="cpu"):
+    """The one safe `torch.load` (weights_only): tensors, builtins and a few data-only types; a file that pickles
+    any other class is refused naming the classes, never run. `what` and `hint` word the unreadable-file error."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = str(e).strip().splitlines()
-        detail = next((ln.strip() for ln in lines if "GLOBAL" in ln), "")
-        if not detail:
-            raise UsageError(
-                f"unreadable checkpoint {path}: not a torch checkpoint file", "is it a file written by cnn train?"
-            ) from None
-        detail = detail.split(" was not")[0].replace("WeightsUnpickler error: ", "")
+        if "GLOBAL" not in str(e):
+            raise UsageError(f"unreadable {what} {path}: not a PyTorch file", hint) from None
+        names = _unsafe_globals(path)
+        listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         raise UsageError(
-            f"refusing to load {path}: it contains pickled Python objects, which could run code",
-            f"cnncli checkpoints hold only tensors and plain values; {detail}".rstrip("; "),
+            f"refusing to load {path}: it holds pickled Python objects ({listed}); loading them would "
+            "run code from the file",
+            "save model.state_dict() instead, or pass --trust-code if you trust where the file came from",
         ) from None
     except Exception as e:
-        raise UsageError(
-            f"unreadable checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-            "is it a file written by cnn train?",
-        ) from None
+        raise unreadable(path, what, hint, e) from None
+
+
+def unreadable(path: str, what: str, hint: str, e: Exception) -> UsageError:
+    msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    return UsageError(f"unreadable {what} {path}: {type(e).__name__}: {msg}".rstrip(": "), hint)
+
+
+def _safe_globals() -> list:
+    """Types that are only data, commonly found in training scripts' checkpoints (timm saves its argparse args)."""
+    import argparse
+
+    allowed: list = [argparse.Namespace]
+    try:
+        import numpy as np
+
+        core = getattr(np, "_core", None) or np.core
+        allowed += [core.multiarray.scalar, np.dtype]
+        allowed += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n != "ObjectDType"]
+    except Exception:  # numpy missing or laid out differently: those files are refused like any pickle
+        pass
+    return allowed
+
+
+def _unsafe_globals(path: str) -> list[str]:
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:
+        return ["unknown classes"]

@@ -21,13 +21,13 @@ that training scripts commonly leave in their checkpoints (argparse.Namespace, n
 
 from __future__ import annotations
 
-import pickle
 import zipfile
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
+from cnncli.checkpoint import safe_load, unreadable
 from cnncli.errors import UsageError
 
 # where wrapped checkpoints keep their weights, in the order they are preferred (the EMA copy last)
@@ -108,51 +108,9 @@ def _zip_names(path: str) -> list[str]:
 # ------------------------------------------------------------------------------------------ torch.load
 
 
-def _safe_globals() -> list:
-    """Types that are only data, commonly found in training scripts' checkpoints (timm saves its argparse args)."""
-    import argparse
-
-    allowed: list = [argparse.Namespace]
-    try:
-        import numpy as np
-
-        core = getattr(np, "_core", None) or np.core
-        allowed += [core.multiarray.scalar, np.dtype]
-        allowed += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n != "ObjectDType"]
-    except Exception:  # numpy missing or laid out differently: those files are refused like any pickle
-        pass
-    return allowed
-
-
 def _load_plain(path: str, trust_pickle: bool):
     """torch.load, weights only unless the user trusts the file."""
-    if trust_pickle:
-        return _load_trusted(path)
-    try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "GLOBAL" not in str(e):
-            raise UsageError(
-                f"unreadable model file {path}: not a PyTorch file",
-                "expected a checkpoint, state dict, TorchScript, .pt2 or .onnx file",
-            ) from None
-        names = _unsafe_globals(path)
-        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        raise UsageError(
-            f"refusing to load {path}: it holds pickled Python objects ({shown}); loading them would "
-            "run code from the file",
-            "save model.state_dict() instead, or pass --trust-code if you trust where the file came from",
-        ) from None
-    except Exception as e:
-        raise _unreadable(path, e) from None
-
-
-def _unsafe_globals(path: str) -> list[str]:
-    try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:
-        return ["unknown classes"]
+    return _load_trusted(path) if trust_pickle else safe_load(path, "model file", _EXPECTED)
 
 
 def _load_trusted(path: str):
@@ -169,12 +127,11 @@ def _load_trusted(path: str):
         raise _unreadable(path, e) from None
 
 
+_EXPECTED = "expected a checkpoint, state dict, TorchScript, .pt2 or .onnx file"
+
+
 def _unreadable(path: str, e: Exception) -> UsageError:
-    msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-    return UsageError(
-        f"unreadable model file {path}: {type(e).__name__}: {msg}".rstrip(": "),
-        "expected a checkpoint, state dict, TorchScript, .pt2 or .onnx file",
-    )
+    return unreadable(path, "model file", _EXPECTED, e)
 
 
 # ------------------------------------------------------------------------------------------ what it is

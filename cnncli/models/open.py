@@ -246,10 +246,10 @@ def _open_architecture(arg: str, req: ModelRequest) -> OpenedModel:
     )
     notes = []
     if req.weights:
-        from cnncli.models.files import read_model_file, weights_of
+        from cnncli.models.weights import read_weights
 
-        state, where = weights_of(read_model_file(req.weights, trust_pickle=req.trust_pickle))
-        fit = _fit(spec.name, state, req.input_size, req.weights)
+        got = read_weights(req.weights, spec.name, req.input_size, trust_pickle=req.trust_pickle, exact=True)
+        fit = got.fit
         if req.num_classes and req.num_classes != fit.num_classes:
             raise UsageError(
                 f"{req.weights} has {fit.num_classes} classes, not {req.num_classes}", "leave out --num-classes"
@@ -259,13 +259,10 @@ def _open_architecture(arg: str, req: ModelRequest) -> OpenedModel:
                 f"{req.weights} takes {fit.in_channels}-channel images, not {req.input_size[0]}",
                 f"use --in {fit.in_channels}x{h}x{w}",
             )
-        build = fit.build_size if (info.source == "builtin" and tuple(fit.build_size) != (h, w)) else None
+        build = got.build_size(info.source, (h, w))
         spec = replace(spec, num_classes=fit.num_classes, in_channels=fit.in_channels, build_size=build)
-        model, spec = _load_fitted(spec, state, req.weights)
-        notes.append(
-            f"weights: {req.weights}{where}"
-            + (f", layout built for {build[0]}x{build[1]} as the weights are" if build else "")
-        )
+        model, spec = _load_fitted(spec, got.state, req.weights)
+        notes.append(f"weights: {got.describe(build)}")
     elif req.on_meta:
         from cnncli.models.detect import build_on_meta
 

@@ -1,0 +1,116 @@
+"""What a run trains on and what it trains, built in one place: the data and the config made concrete from it; the model (fresh, from --weights, or in a resumed run's layout), checked
+to return one score per class, placed on the device (channels_last, DistributedDataParallel, torch.compile), and
+its optimizer."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+
+from cnncli.checkpoint import Checkpoint, ModelSpec
+from cnncli.config import SGD_MOMENTUM, RunFacts, TrainConfig, resolve
+from cnncli.engine.events import Note
+from cnncli.errors import UsageError
+
+
+def training_data(cfg: TrainConfig, device: torch.device, dist, report: Callable | None) -> tuple[object, TrainConfig]:
+    """The dataset (the whole small-image set as one uint8 tensor on the device; folders stream from disk), and the
+    config made concrete from what the data and the device are. `report` (rank 0's) hears the data's notes."""
+    from cnncli.data import load_dataset
+    from cnncli.engine.device import bf16_supported
+
+    data = load_dataset(cfg.data, cfg.data_dir, image_size=tuple(cfg.img_size) if cfg.img_size else None)
+    if "train" not in data.splits:
+        raise UsageError(
+            f"{cfg.data} has no train/ folder (only {', '.join(data.splits)}/)",
+            "training needs PATH/train/CLASS/*.png or PATH/CLASS/*.png; cnn eval measures the rest",
+        )
+    for note in getattr(data, "notes", ()) if report else ():
+        report(Note(note))
+    facts = RunFacts(
+        data.epochs,
+        data.batch_size,
+        data.num_classes,
+        device.type,
+        bf16_supported(device),
+        dist.world_size,
+        data.num_samples("train"),
+    )
+    cfg = resolve(cfg, facts)
+    if dist.enabled and report:
+        per_rank = cfg.batch_size // dist.world_size
+        report(Note(f"global batch {cfg.batch_size} split across {dist.world_size} ranks: {per_rank} per rank"))
+    return data, cfg
+
+
+@dataclass
+class Built:
+    spec: ModelSpec
+    model: nn.Module  # the plain model: checkpoints always hold its state dict
+    forward_model: nn.Module  # what the steps call (wrapped by DDP and torch.compile when asked)
+    channels_last: bool
+
+
+def build_for_training(
+    cfg: TrainConfig, input_size, device: torch.device, dist, resume_from: Checkpoint | None, report: Callable
+) -> Built:
+    from cnncli.models import build_model
+    from cnncli.models import resolve as resolve_model
+    from cnncli.models.open import probe
+    from cnncli.models.transfer import transfer_weights
+    from cnncli.models.weights import read_weights
+
+    info = resolve_model(cfg.model)
+    c, h, w = input_size
+    name = info.qualified if info.source != "file" else cfg.model
+    spec = ModelSpec(name, cfg.num_classes, c, (h, w), resume_from.model.build_size if resume_from else None)
+    weights = None
+    if cfg.weights and resume_from is None:  # a resumed run has its weights in last.pt
+        weights = read_weights(cfg.weights, spec.name, spec.input_size, trust_pickle=cfg.trust_pickle, exact=False)
+        spec = replace(spec, build_size=weights.build_size(info.source, spec.image_size))
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = build_model(spec)
+    if weights is not None:
+        done = transfer_weights(model, weights.state, cfg.weights)
+        report(Note(message=f"weights from {weights.describe(spec.build_size)}: {done.summary()}"))
+    out = probe(model.eval(), spec.input_size)
+    if out.dim() != 2 or out.shape[1] != spec.num_classes:  # fails here, before any file is written
+        raise UsageError(
+            f"{spec.name} returns {tuple(out.shape)} for one image, not [1, {spec.num_classes}] class scores",
+            "forward() must return the logits",
+        )
+    channels_last = cfg.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    forward_model = model
+    if dist.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        forward_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.compile:
+        forward_model = torch.compile(forward_model)
+    return Built(spec, model, forward_model, channels_last)
+
+
+def optimizer_for(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW; no weight decay on biases and normalization scales."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=SGD_MOMENTUM, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not deterministic
