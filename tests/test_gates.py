@@ -496,7 +496,7 @@ def test_an_interrupt_inside_an_exporter_is_exit_130_and_writes_nothing(ws, tmp_
         except SystemExit:
             raise ImportError("initialization failed") from None  # ...and comes back as its ImportError
 
-    monkeypatch.setattr(export, "_onnx_check", interrupted_check)  # export_formats() reads it at each call
+    monkeypatch.setattr(export, "onnx_check", interrupted_check)  # export_formats() reads it at each call
     p = run_cnn("export", ws / "m.pt", "--onnx", "-o", tmp_path / "x.onnx")
     assert p.returncode == 130 and p.stderr.strip().splitlines()[-1] == "error: interrupted", p.stderr
     assert "torchscript" not in p.stderr and os.listdir(tmp_path) == []

@@ -114,3 +114,49 @@ def test_bad_input(shots, args, needle):
     p = run_cnn("predict", shots["ck"], *[a.replace("{root}", str(root)) for a in args])
     assert p.returncode == 2 and p.stdout == "" and len(p.stderr.strip().splitlines()) == 1
     assert needle in p.stderr and sorted(os.listdir(root)) == before
+
+
+def test_one_image_reaches_the_model_as_one_tensor_in_every_command(tmp_path):
+    """eval, predict, inspect and scoremap decode, resize and normalise an image the same way: the tensor the first
+    convolution receives is the same in all four (a camera-sized image resized to the model's input, and a scene at
+    the input size that scoremap takes whole)."""
+    import numpy as np
+    import torch
+    from conftest import make_checkpoint
+    from PIL import Image
+
+    ckpt = make_checkpoint(tmp_path / "m.pt", "smallcnn", size=(3, 32, 32))
+    rng = np.random.default_rng(0)
+    for c in ("c0", "c1"):  # eval's folder: the image under test is the last one it reads
+        (tmp_path / "data" / c).mkdir(parents=True)
+    big, small = tmp_path / "data" / "c1" / "big.png", tmp_path / "small.png"
+    Image.fromarray(rng.integers(0, 256, (45, 61, 3), dtype=np.uint8)).save(big)
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "data" / "c0" / "a.png")
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(small)
+    seen: list = []
+
+    def first_conv(module, args):
+        if isinstance(module, torch.nn.Conv2d) and module.in_channels == 3:
+            seen.append(args[0].detach().float().cpu().contiguous())
+
+    def fed(*argv):
+        seen.clear()
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(first_conv)
+        try:
+            run_cnn(*argv, "--device", "cpu", check=0)
+        finally:
+            handle.remove()
+        assert seen, argv
+        return seen[-1][-1:]  # the last image of the last batch
+
+    out = str(tmp_path / "out")
+    for image in (big, small):
+        by = {"predict": fed("predict", ckpt, image), "inspect": fed("inspect", "features", ckpt, image, "-o", out)}
+        if image == big:
+            by["eval"] = fed("eval", ckpt, "--data", f"folder:{tmp_path / 'data'}")
+        else:
+            by["scoremap"] = fed("scoremap", ckpt, image, "-o", out)
+        first = by["predict"]
+        assert first.shape == (1, 3, 32, 32)
+        for name, x in by.items():
+            assert torch.equal(x, first), (image.name, name, (x - first).abs().max())

@@ -43,8 +43,8 @@ def fcn_cmd(
 ) -> None:
     """Rewrite the classifier head as convolutions, verify identical logits, record stride and receptive field."""
     from cnncli.errors import UsageError
-    from cnncli.export import default_output
     from cnncli.fileio import check_output
+    from cnncli.models.open import default_output
 
     req = opts.check(checkpoint)
     out = check_output(output or default_output(checkpoint, "-fcn.pt"), [checkpoint], force)

@@ -6,6 +6,7 @@ The checkpoint's own preprocessing is used (its mean/std and input size), and Ba
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from cnncli.preprocess import Preprocess
 def batches_for(data, split: str, preprocess: Preprocess, *, batch_size: int, device="cpu", workers: int = 2):
     """(x, y) batches of a split, preprocessed the way the model expects (its input size, its mean/std)."""
     from cnncli.data.datasets import TensorData
+    from cnncli.data.images import resize
     from cnncli.data.loader import FolderLoader, TensorLoader
 
     c, h, w = preprocess.input_size
@@ -27,13 +29,7 @@ def batches_for(data, split: str, preprocess: Preprocess, *, batch_size: int, de
         )
     if isinstance(data, TensorData):
         x, y = data.split(split)
-        if tuple(x.shape[2:]) != (h, w):  # resize once, in memory, to the model's input size
-            x = (
-                F.interpolate(x.float(), size=(h, w), mode="bilinear", align_corners=False)
-                .round()
-                .clamp(0, 255)
-                .to(torch.uint8)
-            )
+        x = resize(x, (h, w))  # once, in memory, to the model's input size, by the one resize policy
         return TensorLoader(
             x, y, batch_size=batch_size, mean=preprocess.mean, std=preprocess.std, train=False, device=device
         )
@@ -81,55 +77,19 @@ def metrics_from_logits(all_logits: torch.Tensor, labels: torch.Tensor, classes:
     }
 
 
-@torch.no_grad()
-def evaluate_model(model: torch.nn.Module, loader, classes: list[str], device) -> dict:
-    from cnncli.engine.device import evaluation_precision
-
-    model = model.to(device).eval()  # BatchNorm uses its running statistics, not the batch's
-    logits, labels = [], []
-    t0 = time.perf_counter()
-    with evaluation_precision(device):  # the numerics `cnn train` validates with
-        for x, y in loader:  # results stay on the device until the end: no batch waits for the one before
-            logits.append(model(x.to(device, non_blocking=True)).float())
-            labels.append(y)
-        if not logits:
-            raise UsageError("the split is empty")
-        out = torch.cat(logits).cpu()
-        target = torch.cat([t.to(out.device) for t in labels])
-    seconds = time.perf_counter() - t0
-    if out.dim() == 4:  # a fully-convolutional model at the training size: one cell
-        out = out.flatten(2).mean(2)
-    return metrics_from_logits(out, target, classes, seconds)
-
-
-def onnx_logits(sess, x: torch.Tensor) -> torch.Tensor:
-    """An ONNX Runtime session's first output for a batch; a static-batch export takes it in slices."""
-    import numpy as np
-
-    from cnncli.engine.runtime import run_onnx
-
-    arr = x.contiguous().cpu().numpy().astype(np.float32)
-    inp = sess.get_inputs()[0]
-    batch = inp.shape[0]
-    if isinstance(batch, int) and batch != len(arr):
-        out = np.concatenate([run_onnx(sess, {inp.name: arr[i : i + batch]})[0] for i in range(0, len(arr), batch)])
-    else:
-        out = run_onnx(sess, {inp.name: arr})[0]
-    return torch.from_numpy(out).float()
-
-
-def evaluate_onnx(sess, loader, classes: list[str]) -> dict:
-    """Run an exported model (an ONNX Runtime session, engine/runtime.py:onnx_session) over a loader."""
+def evaluate_runner(runner, loader, classes: list[str]) -> dict:
+    """Metrics of a model (engine/runner.py) over a loader. Logits stay on the device until the end: no batch waits
+    for the one before."""
     logits, labels = [], []
     t0 = time.perf_counter()
     for x, y in loader:
-        logits.append(onnx_logits(sess, x))
-        labels.append(y.cpu())
-    seconds = time.perf_counter() - t0
-    out = torch.cat(logits)
-    if out.dim() == 4:
-        out = out.flatten(2).mean(2)
-    return metrics_from_logits(out, torch.cat(labels), classes, seconds)
+        logits.append(runner.logits(x))
+        labels.append(y)
+    if not logits:
+        raise UsageError("the split is empty")
+    out = torch.cat(logits).cpu()
+    target = torch.cat([t.to(out.device) for t in labels])
+    return metrics_from_logits(out, target, classes, time.perf_counter() - t0)
 
 
 def label_map(model_classes: list[str], data_classes: list[str], path: str, data: str) -> list[int] | None:
@@ -179,59 +139,34 @@ def evaluate_file(
     or the dataset's, as logged). `data` defaults to the dataset the model was trained on."""
     from cnncli.config import check_count
     from cnncli.data import load_dataset
+    from cnncli.engine.runner import open_runner
     from cnncli.models.open import ModelRequest
 
     check_count("--batch-size", batch_size)
     req = request or ModelRequest()
     ds = load_dataset(data, data_dir) if data else None
     if ds is not None:
-        from dataclasses import replace
-
         req = replace(req, fallback=Preprocess(ds.input_size, tuple(ds.mean), tuple(ds.std), tuple(ds.classes)))
-    from cnncli.fileio import is_onnx_file
-
-    onnx = is_onnx_file(path)
-    if onnx:
-        preprocess, trained_on, num_classes, notes = onnx_preprocess(path, req)
-    else:
-        from cnncli.models.open import open_model
-
-        opened = open_model(path, req)
-        from cnncli.engine.runtime import check_finite_weights
-
-        check_finite_weights(opened.model, path)
-        notes = opened.notes
-        preprocess, num_classes = opened.preprocess, opened.spec.num_classes
-        trained_on = opened.dataset
-    name = data or trained_on
+    runner = open_runner(path, req, device or "cpu")
+    name = data or runner.dataset
     if not name:
         raise UsageError("give --data", f"{path} does not say which dataset it was trained on")
     ds = ds or load_dataset(name, data_dir)
     split, split_note = pick_split(ds, split)
-    notes = list(notes) + list(getattr(ds, "notes", ())) + ([split_note] if split_note else [])
-    model_classes = list(preprocess.classes)
-    if not model_classes and ds.num_classes > num_classes:
+    pre = runner.preprocess
+    model_classes = list(pre.classes)
+    if not model_classes and ds.num_classes > runner.num_classes:
         raise UsageError(
-            f"{name} has {ds.num_classes} classes, the model {num_classes}",
+            f"{name} has {ds.num_classes} classes, the model {runner.num_classes}",
             "evaluate on the dataset the model was trained for",
         )
-    loader = batches_for(
-        ds, split, preprocess, batch_size=batch_size, device="cpu" if onnx else (device or "cpu"), workers=workers
-    )
+    loader = batches_for(ds, split, pre, batch_size=batch_size, device=runner.device, workers=workers)
     lut = label_map(model_classes, ds.classes, path, name)
-    if onnx:  # ONNX Runtime's refusals (an op it lacks, several inputs) come before any note: exit 2 alone
-        from cnncli.engine.runtime import onnx_session
-
-        session = onnx_session(path)
-    for note in notes:  # what was detected or assumed, once the input is known to be good
-        log(note)
-    if onnx:
-        res = evaluate_onnx(session, Relabelled(loader, lut), model_classes or ds.classes)
-        res["device"] = "onnxruntime-cpu"
-    else:
-        res = evaluate_model(opened.model, Relabelled(loader, lut), model_classes or ds.classes, device or "cpu")
-        res["device"] = str(device or "cpu")
-    res.update({"model": path, "data": name, "split": split, "input": list(preprocess.input_size)})
+    for note in [*runner.notes, *getattr(ds, "notes", ()), *([split_note] if split_note else [])]:
+        log(note)  # what was detected or assumed, once the input is known to be good
+    res = evaluate_runner(runner, Relabelled(loader, lut), model_classes or ds.classes)
+    res.update({"device": runner.device_label, "model": path, "data": name, "split": split})
+    res["input"] = list(pre.input_size)
     return res
 
 
@@ -256,36 +191,3 @@ def pick_split(ds, split: str | None) -> tuple[str, str]:
     if split not in ds.splits:
         raise UsageError(f"{ds.name} has no {split}/ folder", "folders there: " + ", ".join(f + "/" for f in folders))
     return split, ""
-
-
-def onnx_preprocess(path: str, req) -> tuple[Preprocess, str, int, list[str]]:
-    """An ONNX file's preprocessing: the metadata cnn export wrote, else the command line, the graph's input shape
-    and the dataset's. Returns (preprocess, dataset it was trained on, number of outputs, notes on what was assumed)."""
-    from cnncli.analysis.summary import onnx_summary
-    from cnncli.export import read_onnx_metadata
-
-    meta = read_onnx_metadata(path, required=())
-    facts = onnx_summary(path)
-    shape = [v if isinstance(v, int) else None for v in facts["input"]]
-    fb = req.fallback
-    size = meta.get("input_size") or (req.input_size if req.input_size and req.input_size[0] else None)
-    if not size:
-        given = req.input_size or (None, None, None)
-        size = [
-            shape[i] if i < len(shape) and shape[i] else (given[i] or (fb.input_size[i] if fb else None))
-            for i in range(3)
-        ]
-    if len(size) != 3 or not all(isinstance(v, int) and v > 0 for v in size):
-        raise UsageError(f"{path} does not say its input size", "give --in CxHxW")
-    outputs = facts["output"][0] if facts["output"] and isinstance(facts["output"][0], int) else 0
-    from cnncli.checkpoint import ModelSpec
-    from cnncli.models.open import resolve_preprocess
-
-    spec = ModelSpec(
-        f"onnx:{path}",
-        outputs or max(1, len(meta.get("classes") or ()) or (len(fb.classes) if fb else 1)),
-        int(size[0]),
-        (int(size[1]), int(size[2])),
-    )
-    preprocess, notes = resolve_preprocess(spec, req, meta)
-    return preprocess, meta.get("dataset") or "", spec.num_classes, [f"{path}: {n}" for n in notes]

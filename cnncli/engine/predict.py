@@ -3,7 +3,8 @@
 Sources are image files, folders (recursively) and glob patterns. Images are decoded and resized in DataLoader
 workers while the model runs on the previous batch; each is resized to the model's input size and normalized the
 way the model expects (its checkpoint's or file's preprocessing, or what `--in/--mean/--std` say). The model is
-any file `open_model` takes, or an `.onnx` file run in ONNX Runtime with the preprocessing in its metadata.
+any file `open_model` takes, or an `.onnx` file run in ONNX Runtime with the preprocessing in its metadata: one
+`engine/runner.py` runner, as `cnn eval` uses.
 """
 
 from __future__ import annotations
@@ -80,66 +81,6 @@ class PredictResult:
         }
 
 
-class _Runner:
-    """Logits for normalized batches: a PyTorch model on a device, or an ONNX Runtime session."""
-
-    def __init__(self, model_arg: str, request, device):
-        from cnncli.fileio import check_input, is_onnx_file
-
-        self.onnx = (
-            is_onnx_file(check_input(model_arg, "model file", kind="model")) if os.path.lexists(model_arg) else False
-        )
-        if self.onnx:
-            from cnncli.engine.evaluate import onnx_preprocess
-            from cnncli.engine.runtime import onnx_session
-
-            self.preprocess, _, self.num_classes, self.notes = onnx_preprocess(model_arg, request)
-            self.session = onnx_session(model_arg)
-            self.device = torch.device("cpu")
-            return
-        from cnncli.models.open import open_model, resolve_preprocess
-
-        opened = open_model(model_arg, request)
-        from cnncli.engine.runtime import check_finite_weights
-
-        check_finite_weights(opened.model, model_arg)
-        self.preprocess = opened.preprocess or resolve_preprocess(opened.spec, request, {})[0]
-        self.num_classes, self.notes = opened.spec.num_classes, list(opened.notes)
-        if opened.origin == "registry" and not request.weights:
-            self.notes.append(f"{model_arg}: random weights (give a trained model file, or --weights FILE)")
-        self.device = torch.device(device)
-        self.model, self.channels_last = _for_inference(opened.model.eval(), opened.rebuildable)
-        self.model = self.model.to(self.device)
-
-    @torch.inference_mode()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.onnx:
-            from cnncli.engine.evaluate import onnx_logits
-
-            logits = onnx_logits(self.session, x)
-        else:
-            logits = self.model(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
-        logits = logits.float()
-        if logits.dim() == 4:  # a fully-convolutional model at its training size: one cell
-            logits = logits.flatten(2).mean(2)
-        from cnncli.engine.runtime import check_finite_outputs
-
-        check_finite_outputs(logits, "the model")
-        return logits.cpu()
-
-
-def _for_inference(model: torch.nn.Module, plain: bool) -> tuple[torch.nn.Module, bool]:
-    """BatchNorm folded into the convolutions (as in the exported files) and NHWC memory for convolutions: about
-    1.5x on CPU. TorchScript and programs run as saved."""
-    if not plain:
-        return model, False
-    from cnncli.export import fold_batchnorm
-
-    model = fold_batchnorm(model)
-    convs = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    return (model.to(memory_format=torch.channels_last), True) if convs else (model, False)
-
-
 def predict(
     model_arg: str,
     sources: list[str],
@@ -156,13 +97,14 @@ def predict(
     `expanded`: `sources` is image_files()'s list already (the CLI expands once, to check --csv against it)."""
     from cnncli.config import check_count
     from cnncli.data.loader import FolderLoader
+    from cnncli.engine.runner import open_runner
     from cnncli.models.open import ModelRequest
 
     if topk < 1:
         raise UsageError(f"--topk must be at least 1, got {topk}")
     check_count("--batch-size", batch_size)
     paths = list(sources) if expanded else image_files(sources)
-    runner = _Runner(model_arg, request or ModelRequest(), device)
+    runner = open_runner(model_arg, request or ModelRequest(), device, fast=True)
     pre = runner.preprocess
     c, h, w = pre.input_size
     classes = pre.class_names(runner.num_classes)
@@ -183,7 +125,7 @@ def predict(
     out: list[Prediction] = []
     t0 = time.perf_counter()
     for x, _ in loader:
-        probs = torch.softmax(runner(x), dim=1)
+        probs = torch.softmax(runner.scores(x), dim=1)
         p, idx = probs.topk(k, dim=1)
         for row_p, row_i in zip(p.tolist(), idx.tolist()):
             out.append(
@@ -194,6 +136,4 @@ def predict(
         if progress:
             progress(len(out), len(paths))
     seconds = time.perf_counter() - t0
-    return PredictResult(
-        out, model_arg, classes, "onnxruntime-cpu" if runner.onnx else str(runner.device), seconds, runner.notes
-    )
+    return PredictResult(out, model_arg, classes, runner.device_label, seconds, runner.notes)

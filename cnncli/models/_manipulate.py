@@ -58,3 +58,13 @@ def no_inplace(model: nn.Module) -> nn.Module:
         if getattr(m, "inplace", False) is True:
             m.inplace = False
     return model
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Conv+BatchNorm pairs folded into one conv (eval mode), via torch.fx; the model itself if untraceable."""
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(model.eval(), inplace=False)
+    except Exception:
+        return model.eval()

@@ -546,3 +546,14 @@ def _per_channel(values, c: int, flag: str) -> tuple:
 
 def _fmt(values) -> str:
     return ",".join(f"{v:g}" for v in values)
+
+
+def default_output(model_arg: str, suffix: str) -> str:
+    """MODEL with the format's suffix: runs/train/best.pt -> runs/train/best.onnx; a registry name -> NAME.onnx
+    in the current folder (tv:resnet18 -> tv-resnet18.onnx; my_net.py:Net -> my_net-Net.onnx)."""
+    import re
+
+    if is_checkpoint_path(model_arg):
+        return os.path.splitext(model_arg)[0] + suffix
+    base = os.path.basename(model_arg).replace(".py:", "-")
+    return re.sub(r"[^\w.-]+", "-", base).strip("-.") + suffix

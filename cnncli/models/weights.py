@@ -39,7 +39,7 @@ def read_weights(path: str, name: str, input_size, *, trust_pickle: bool, exact:
     """Read `path` and fit `name` to it. `exact` (running the weights): the architecture must fit them, or
     UsageError names the first tensors that do not; otherwise (training from them) a built-in architecture is fitted
     when it can be, and anything else is left to the partial transfer."""
-    from cnncli.models import resolve
+    from cnncli.models._registry import resolve
     from cnncli.models.detect import fit_named
     from cnncli.models.files import read_model_file, weights_of
 

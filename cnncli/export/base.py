@@ -1,0 +1,92 @@
+"""What every export format shares: the job a writer gets, a format's entry in the table, the result, and the
+check that runs a written file against PyTorch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class ExportJob:
+    """What every writer and check gets: the model, its folded copy, an example input, the shapes to check."""
+
+    model: nn.Module  # the reference: the model as trained, in eval mode
+    prepared: nn.Module  # what is written: BatchNorm folded into the convolutions
+    example: torch.Tensor
+    shapes: list[tuple[int, ...]]  # input shapes the check runs
+    metadata: dict  # preprocessing and provenance, written into the file
+    opset: int = 18
+    dynamic_batch: bool = True
+    dynamic_size: bool = False
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str  # --format NAME
+    suffix: str  # default output: MODEL with this suffix
+    description: str
+    writers: dict[str, Callable[[ExportJob, str], None]]  # name -> write(job, path), tried in order
+    check: Callable[[str, ExportJob], float]  # max |file - PyTorch| over job.shapes
+    describe: Callable[[str], tuple[list[dict], list[dict]]]  # (inputs, outputs) with names and shapes
+    flag: str = ""  # a short alias flag, e.g. --onnx
+
+
+@dataclass
+class ExportResult:
+    path: str
+    format: str
+    opset: int | None
+    exporter: str
+    max_abs_diff: float | None
+    inputs: list[dict]
+    outputs: list[dict]
+    size_bytes: int
+    checked: list[list[int]]
+    metadata: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "format": self.format,
+            "opset": self.opset,
+            "exporter": self.exporter,
+            "max_abs_diff": self.max_abs_diff,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "size_bytes": self.size_bytes,
+            "checked_shapes": self.checked,
+            "metadata": self.metadata,
+        }
+
+
+def check_shapes(input_size, dynamic_batch: bool, dynamic_size: bool, stride=(1, 1)) -> list[tuple[int, ...]]:
+    c, h, w = input_size
+    batches = [1, 2, 5] if dynamic_batch else [1]
+    shapes = [(b, c, h, w) for b in batches]
+    if dynamic_size:
+        sh, sw = stride
+        shapes += [(2, c, h + 3 * sh, w + sh), (1, c, 2 * h, w + 5 * sw + 1), (3, c, h + 1, 2 * w + 2)]
+    return shapes
+
+
+def max_diff(run: Callable[[torch.Tensor], torch.Tensor], reference: nn.Module, shapes) -> float:
+    """Max |run(x) - reference(x)| over seeded inputs of the given shapes (inf on a shape mismatch)."""
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for shape in shapes:
+        x = torch.randn(*shape, generator=g)
+        with torch.no_grad():
+            ref = reference(x).float()
+            got = run(x).float()
+        if tuple(got.shape) != tuple(ref.shape):
+            return float("inf")
+        diff = (got - ref).abs()
+        # NaN-aware: max() would drop a NaN; a NaN or infinity on either side is no match, however equal the rest
+        if not bool(torch.isfinite(got).all() and torch.isfinite(ref).all()):
+            return float("nan")
+        worst = max(worst, float(diff.max()))
+    return worst
