@@ -78,8 +78,8 @@ class ModelSpec:
             name,
             _count(d["num_classes"]),
             _count(d["in_channels"]),
-            tuple(_count(v) for v in size),
-            None if build is None else tuple(_count(v) for v in build),
+            (_count(size[0]), _count(size[1])),
+            None if build is None else (_count(build[0]), _count(build[1])),
         )
 
 
@@ -167,25 +167,28 @@ class Checkpoint:
             "expected a file written by cnn train or cnn fcn",
         ):
             training = {k: d[k] for k in TRAINING_KEYS if k in d} if "optimizer" in d else None
-            fields = [d.get("dataset") or "", d.get("args") or {}, d.get("metrics") or {}]
+            dataset, args, metrics = d.get("dataset") or "", d.get("args") or {}, d.get("metrics") or {}
             kinds = [("dataset", str), ("args", dict), ("metrics", dict)]
-            for (name, kind), value in zip(kinds, fields):
+            for (name, kind), value in zip(kinds, (dataset, args, metrics)):
                 if not isinstance(value, kind):
                     raise TypeError(f"{name!r} is a {type(value).__name__}, not a {kind.__name__}")
             if d.get("fcn") is not None and not isinstance(d.get("fcn"), dict):
                 raise TypeError(f"'fcn' is a {type(d.get('fcn')).__name__}, not a dict")
             if training is not None and not isinstance(training.get("optimizer"), dict):
                 raise TypeError("'optimizer' is not an optimizer state dict")
-            counters = [_counter(d, k) for k in ("epoch", "step_in_epoch", "global_step")]
             return cls(
                 spec,
                 d["state_dict"],
                 pre,
-                *fields,
-                *counters,
+                dataset,
+                args,
+                metrics,
+                _counter(d, "epoch"),
+                _counter(d, "step_in_epoch"),
+                _counter(d, "global_step"),
                 d.get("fcn"),
                 training,
-                d.get("versions") if isinstance(d.get("versions"), dict) else {},
+                versions if isinstance(versions := d.get("versions"), dict) else {},
             )
 
     def save(self, path: str) -> None:

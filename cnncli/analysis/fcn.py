@@ -24,7 +24,6 @@ from cnncli.analysis.arith import Field
 from cnncli.analysis.receptive import GLOBAL, module_fields, trace
 from cnncli.checkpoint import Checkpoint
 from cnncli.errors import UsageError, WorkFailed
-from cnncli.fileio import atomic_write
 from cnncli.models._manipulate import meta_twin
 
 _ELEMENTWISE_MODULES = (
@@ -373,74 +372,3 @@ def score_map(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
     """Class probabilities [classes, H', W'] of a fully-convolutional model on one preprocessed image [C, H, W]."""
     logits = model.eval()(image[None])
     return torch.softmax(logits[0].float(), dim=0)
-
-
-def load_image(path: str, channels: int) -> torch.Tensor:
-    """An image file as uint8 [C, H, W] with the model's channel count (the one image reader, data/images.py)."""
-    from cnncli.data.images import read_image
-
-    return read_image(path, channels)
-
-
-def render_overlay(
-    img: torch.Tensor,
-    scores: torch.Tensor,
-    facts: dict,
-    classes: list[str],
-    path: str,
-    only_class: int | None = None,
-    title: str = "",
-) -> None:
-    """The image with the winning class per cell (colour) and its confidence (opacity), or one class's heat map."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from matplotlib.patches import Patch
-
-    k, hp, wp = scores.shape
-    s, (o, rf) = facts["stride"], placement(facts)
-    # each cell is drawn as a stride x stride square centred on its window's centre
-    cy, cx = o[0] + (rf[0] - 1) / 2, o[1] + (rf[1] - 1) / 2
-    extent = (
-        cx - s[1] / 2 - 0.5,
-        cx + (wp - 1) * s[1] + s[1] / 2 - 0.5,
-        cy + (hp - 1) * s[0] + s[0] / 2 - 0.5,
-        cy - s[0] / 2 - 0.5,
-    )
-    base = img.permute(1, 2, 0).numpy()
-    h, w = base.shape[:2]
-    fig_w = 7 if only_class is not None else 8.5
-    fig, ax = plt.subplots(figsize=(fig_w, fig_w * h / w * 0.9 + 0.6))
-    ax.imshow(
-        base[..., 0] if base.shape[2] == 1 else base,
-        cmap="gray",
-        vmin=0,
-        vmax=255,
-        extent=(-0.5, w - 0.5, h - 0.5, -0.5),
-    )
-    probs = scores.numpy()
-    if only_class is None:
-        cmap = plt.get_cmap("tab10" if k <= 10 else "tab20")
-        colours = np.array([cmap(i % cmap.N) for i in range(k)])
-        win = probs.argmax(0)
-        conf = probs.max(0)
-        rgba = colours[win].copy()
-        rgba[..., 3] = 0.15 + 0.5 * (conf - 1 / k) / (1 - 1 / k + 1e-9)
-        ax.imshow(rgba, extent=extent, interpolation="nearest")
-        present = sorted(set(win.flatten().tolist()))
-        handles = [Patch(color=colours[i], label=f"{classes[i]} ({(win == i).mean():.0%})") for i in present]
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), title="winning class", fontsize=9)
-        ax.set_title(title or f"winning class per cell (opacity = confidence), stride {s[0]}, RF {rf[0]}")
-    else:
-        im = ax.imshow(
-            probs[only_class], extent=extent, cmap="inferno", alpha=0.55, vmin=0, vmax=1, interpolation="nearest"
-        )
-        fig.colorbar(im, ax=ax, fraction=0.046, label=f"P({classes[only_class]})")
-        ax.set_title(title or f"score map of class '{classes[only_class]}', stride {s[0]}, RF {rf[0]}")
-    ax.set_xlim(-0.5, w - 0.5)
-    ax.set_ylim(h - 0.5, -0.5)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import difflib
-import math
 import os
 
 import torch
@@ -18,19 +17,9 @@ import torch.nn as nn
 
 from cnncli.analysis.receptive import GLOBAL
 from cnncli.errors import UsageError
-from cnncli.fileio import atomic_write
 from cnncli.models._manipulate import no_inplace
 
 MAX_PANELS = 64  # channels shown per layer
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def named_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -69,48 +58,6 @@ def conv_weight(model: nn.Module, layer: str | None) -> tuple[str, torch.Tensor]
 def dft_magnitude(kernel: torch.Tensor, size: int = 32) -> torch.Tensor:
     """|DFT| of a 2-D kernel, zero-padded to size x size, zero frequency in the centre."""
     return torch.fft.fftshift(torch.fft.fft2(kernel, s=(size, size)).abs())
-
-
-def plot_kernels(weight: torch.Tensor, path: str, *, dft: bool = False, title: str = "") -> dict:
-    """The grid PNG of kernels; returns the facts shown. A layer reading 3 channels shows each kernel in colour (8
-    to a row); otherwise one row per kernel, one panel per input channel (at most 8, and 16 kernels when they
-    have more than 3 inputs), on a diverging map centred on zero."""
-    plt = _plt()
-    out_c, in_c, kh, kw = weight.shape
-    colour = in_c == 3 and not dft
-    shown = min(out_c, MAX_PANELS if colour or in_c == 1 else 16)
-    ins = 1 if colour else min(in_c, 8)
-    per = 2 if dft else 1
-    rows, cols = (math.ceil(shown / 8), min(8, shown)) if colour else (shown, ins * per)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 0.8, 1.3 * rows + 0.6), squeeze=False)
-    lim = float(weight.abs().max()) or 1.0
-    for ax in axes.flat:
-        ax.set_xticks([]), ax.set_yticks([])
-    for o in range(rows * cols if colour else shown):
-        if colour:
-            ax = axes[o // 8, o % 8]
-            if o >= shown:
-                ax.axis("off")
-                continue
-            w = weight[o]
-            ax.imshow(((w - w.min()) / (w.max() - w.min() + 1e-12)).permute(1, 2, 0).numpy())
-            continue
-        for i in range(ins):
-            ax = axes[o, i * per]
-            ax.imshow(weight[o, i].numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
-            if dft:
-                axes[o, i * per + 1].imshow(dft_magnitude(weight[o, i]).numpy(), cmap="magma")
-            if o == 0:
-                ax.set_title(f"in {i}" if in_c > 1 else "kernel", fontsize=7)
-                if dft:
-                    axes[o, i * per + 1].set_title("|DFT|", fontsize=7)
-        axes[o, 0].set_ylabel(f"out {o}", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-    return {"kernels": out_c, "shown": shown, "in_channels": in_c, "in_channels_shown": ins, "kernel_size": [kh, kw]}
 
 
 def dft_energy_axes(kernel: torch.Tensor) -> tuple[float, float]:
@@ -171,39 +118,6 @@ def pca_rgb(fmap: torch.Tensor) -> torch.Tensor:
             comps = torch.cat([comps, torch.zeros(comps.shape[0], 3 - comps.shape[1])], 1)
     lo, hi = comps.amin(0), comps.amax(0)
     return ((comps - lo) / (hi - lo + 1e-12)).reshape(h, w, 3)
-
-
-def plot_features(maps: dict[str, torch.Tensor], path: str, *, pca: bool = False, title: str = "") -> list[dict]:
-    plt = _plt()
-    facts = [{"layer": n, "shape": list(m.shape)} for n, m in maps.items()]
-    if pca:
-        fig, axes = plt.subplots(1, len(maps), figsize=(2.6 * len(maps), 3.0), squeeze=False)
-        for ax, (name, m) in zip(axes[0], maps.items()):
-            ax.imshow(pca_rgb(m).numpy(), interpolation="nearest")
-            ax.set_title(f"{name}\n{'x'.join(map(str, m.shape))}", fontsize=8)
-            ax.set_xticks([]), ax.set_yticks([])
-    else:
-        cols = min(8, max(m.shape[0] for m in maps.values()))
-        rows = sum(math.ceil(min(m.shape[0], MAX_PANELS) / cols) for m in maps.values())
-        fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols + 0.6, 1.5 * rows + 0.5), squeeze=False)
-        r = 0
-        for name, m in maps.items():
-            n = min(m.shape[0], MAX_PANELS)
-            for k in range(math.ceil(n / cols) * cols):
-                ax = axes[r + k // cols, k % cols]
-                ax.set_xticks([]), ax.set_yticks([])
-                if k < n:
-                    ax.imshow(m[k].numpy(), cmap="viridis", interpolation="nearest")
-                else:
-                    ax.axis("off")
-            axes[r, 0].set_ylabel(name, fontsize=8)
-            r += math.ceil(n / cols)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
-    return facts
 
 
 # ------------------------------------------------------------------------------------------------ receptive field
@@ -274,29 +188,6 @@ def default_rf_layer(model: nn.Module, x: torch.Tensor) -> str:
     if not maps:
         raise UsageError("no layer of the model outputs a spatial feature map", "give --layer")
     return maps[-1]
-
-
-def plot_rf(image: torch.Tensor, grad: torch.Tensor, facts: dict, path: str, title: str = "") -> None:
-    plt = _plt()
-    from matplotlib.patches import Rectangle
-
-    img = image.float() / 255
-    shown = img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4.2))
-    (y0, y1), (x0, x1) = facts["box"]
-    for ax in axes:
-        ax.imshow(shown, cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
-        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, edgecolor="red", lw=1.5))
-        ax.set_xticks([]), ax.set_yticks([])
-    axes[1].imshow(grad.numpy(), cmap="inferno", alpha=0.75)
-    rf = facts["receptive_field"]
-    axes[0].set_title(f"theoretical field {rf[0]:g}x{rf[1]:g}", fontsize=9)
-    axes[1].set_title(f"measured: |d unit / d input|, {facts['effective']:.0%} of it in the central half", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
 
 
 def central_share(grad: torch.Tensor, box) -> float:

@@ -89,7 +89,7 @@ def eval_cmd(
     if dev is not None and not json_out:
         log_device(device, dev)
     if confusion:
-        from cnncli.engine.plots import plot_confusion
+        from cnncli.plots import plot_confusion
 
         plot_confusion(res, confusion, f"{model} on {res['data']} {res['split']}: {res['accuracy']:.2%}")
         log(f"confusion matrix: {confusion}")

@@ -48,15 +48,14 @@ def _open(model: str, opts):
 def _image(opened, path: str):
     """The image as the model sees it: uint8 [C, H, W] at the model's input size, and normalized."""
 
-    from cnncli.analysis.fcn import load_image
     from cnncli.cli._common import check_file
     from cnncli.models.open import ModelRequest, resolve_preprocess
 
     check_file(path, "image")
     c, h, w = opened.input_size
-    from cnncli.data.images import resize
+    from cnncli.data.images import read_image, resize
 
-    img = resize(load_image(path, c), (h, w))
+    img = resize(read_image(path, c), (h, w))
     pre = opened.preprocess or resolve_preprocess(opened.spec, ModelRequest(), {})[0]
     return img, pre.normalize(img)
 
@@ -83,7 +82,8 @@ def kernels_cmd(
     from cnncli.fileio import check_output_folder
 
     check_output_folder(output, "-o folder")  # before any work: nothing is run for an unusable -o
-    from cnncli.analysis.inspection import conv_weight, dft_energy_axes, out_path, plot_kernels
+    from cnncli.analysis.inspection import conv_weight, dft_energy_axes, out_path
+    from cnncli.plots import plot_kernels
 
     opened = _open(model, opts)
     name, weight = conv_weight(opened.model, layer)
@@ -153,7 +153,8 @@ def features_cmd(
     check_output_folder(output, "-o folder")  # before any work: nothing is run for an unusable -o
     import os
 
-    from cnncli.analysis.inspection import feature_maps, out_path, plot_features
+    from cnncli.analysis.inspection import feature_maps, out_path
+    from cnncli.plots import plot_features
 
     dev = pick_device(device)
     opened = _open(model, opts)
@@ -202,15 +203,9 @@ def rf_cmd(
     check_output_folder(output, "-o folder")  # before any work: nothing is run for an unusable -o
     import os
 
-    from cnncli.analysis.inspection import (
-        central_share,
-        default_rf_layer,
-        measured_field,
-        out_path,
-        plot_rf,
-        unit_field,
-    )
+    from cnncli.analysis.inspection import central_share, default_rf_layer, measured_field, out_path, unit_field
     from cnncli.errors import UsageError
+    from cnncli.plots import plot_rf
 
     pos = None
     if at is not None:

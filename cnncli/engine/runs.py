@@ -138,6 +138,6 @@ class RunFolder:
         """summary.json and, when an epoch finished, curves.png."""
         fileio.write_json(os.path.join(self.path, "summary.json"), {**summary, "history": [asdict(h) for h in history]})
         if history:
-            from cnncli.engine.plots import plot_curves
+            from cnncli.plots import plot_curves
 
             plot_curves(history, os.path.join(self.path, "curves.png"), title)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cnncli.analysis.fcn import load_image, render_overlay, score_map, to_fully_convolutional
+from cnncli.analysis.fcn import score_map, to_fully_convolutional
+from cnncli.data.images import read_image
 from cnncli.errors import UsageError, shown
 from cnncli.fileio import atomic_write
 from cnncli.models.open import OpenedModel
@@ -91,6 +92,8 @@ class ScoreMapper:
         scores = score_map(self.model, self.opened.preprocess.normalize(img, device)).cpu()
         npy, png = self.output_paths(path, out_dir, only=only, stem=stem)
         write_npy(npy, scores.numpy().astype(np.float32))
+        from cnncli.plots import render_overlay
+
         render_overlay(img, scores, self.facts, self.classes, png, only)
         win = scores.argmax(0)
         counts = {self.classes[i]: int((win == i).sum()) for i in range(len(self.classes)) if int((win == i).sum())}
@@ -150,7 +153,7 @@ def region_agreement(win: torch.Tensor, labels: torch.Tensor, facts: dict) -> fl
 
 
 def images_from(paths: list[str], channels: int) -> list[tuple[str, torch.Tensor]]:
-    return [(p, load_image(p, channels)) for p in paths]
+    return [(p, read_image(p, channels)) for p in paths]
 
 
 def output_stems(paths: list[str]) -> list[str]:

@@ -158,7 +158,9 @@ def _dim_groups(a, b) -> list[tuple[list[int], list[int]]] | None:
     merges and splits dimensions; None where the shapes do not line up that way."""
     groups, i, j = [], 0, 0
     while i < len(a) or j < len(b):
-        gi, gj, pa, pb = [], [], 1, 1
+        gi: list[int] = []
+        gj: list[int] = []
+        pa, pb = 1, 1
         while True:
             if i < len(a) and (not gi or pa < pb):
                 gi.append(i)

@@ -55,7 +55,7 @@ class Call:
 
     node: torch.fx.Node
     walk: Any
-    module: nn.Module | None = None
+    module: Any = None  # an nn.Module for call_module nodes
 
     @property
     def args(self) -> tuple:
@@ -470,9 +470,9 @@ def _attention_function(c: Call) -> Info:
 
 @function_rule("einsum")
 def _einsum(c: Call) -> Info:
-    eq, ops = c.args[0], c.args[1:]
+    eq, ops = c.args[0], list(c.args[1:])
     if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
-        ops = ops[0]
+        ops = list(ops[0])
     infos = [c.info(o) for o in ops]
     fields = [i.field for i in infos]
     if not isinstance(eq, str) or "->" not in eq or "." in eq:
@@ -576,7 +576,8 @@ def _getitem(c: Call) -> Info:
             return Info(unknown(f) if spatial(lay[d]) else f, None)  # a tensor index
         if not all(v is None or isinstance(v, int) for v in (i.start, i.stop, i.step)):
             return Info(unknown(f), None)
-        f = _sliced(f, lay[d], i, shape_of(src)[d] if lay[d] in ("h", "w") else 0)
+        size = shape_of(src) or ()
+        f = _sliced(f, lay[d], i, size[d] if lay[d] in ("h", "w") else 0)
         out.append(lay[d])
         d += 1
     return Info(f, tuple(out) + tuple(lay[d:]))
