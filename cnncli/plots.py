@@ -49,22 +49,22 @@ def plot_curves(history, path: str, title: str) -> None:
     _save(fig, path)
 
 
-def plot_confusion(result: dict, path: str, title: str = "") -> None:
-    """Write the confusion matrix as a PNG (row-normalized colours, counts in cells)."""
+def plot_confusion(confusion: list, classes: list[str], path: str, title: str) -> None:
+    """Write a confusion matrix (rows: true, columns: predicted) as a PNG: row-normalized colours, counts in cells."""
     import numpy as np
 
     plt = _pyplot()
 
-    conf = np.array(result["confusion"])
+    conf = np.array(confusion)
     k = len(conf)
     norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
     size = max(4.0, min(0.45 * k + 2, 20))
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    names = result["classes"]
+    names = classes
     ax.set_xticks(range(k), names, rotation=90 if k > 10 else 45, ha="right" if k <= 10 else "center")
     ax.set_yticks(range(k), names)
-    ax.set(xlabel="predicted", ylabel="true", title=title or f"accuracy {result['accuracy']:.2%}")
+    ax.set(xlabel="predicted", ylabel="true", title=title)
     if k <= 20:
         for i in range(k):
             for j in range(k):

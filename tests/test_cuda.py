@@ -145,7 +145,7 @@ def test_training_memory_figure_against_the_allocator(name, size, batch):
     from cnncli.models import get_model
 
     model = get_model(name)
-    res = summarize(model, (3, size, size), batch=batch, device="cuda", measure=False)
+    res = summarize(model, (3, size, size), batch=batch, device="cuda", measure=False).as_json()
     model = model.cuda().train()
     x = torch.randn(batch, 3, size, size, device="cuda")
     torch.cuda.synchronize()

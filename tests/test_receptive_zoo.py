@@ -283,7 +283,7 @@ def test_swin_fields_are_measured_and_said_to_be():
     from cnncli.analysis.summary import summarize
 
     model = torchvision.models.swin_t().eval()
-    res = summarize(model, (3, 224, 224), depth=2)
+    res = summarize(model, (3, 224, 224), depth=2).as_json()
     rows = {r["name"]: r for r in res["layers"]}
     assert rows["features.0"]["receptive_field"] == [4, 4] and rows["features.0"]["receptive_field_kind"] == "exact"
     stage1 = rows["features.1"]

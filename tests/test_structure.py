@@ -285,3 +285,29 @@ def test_the_tree_is_formatted_linted_and_type_checked():
     ):
         p = subprocess.run(argv, capture_output=True, text=True, cwd=root, timeout=300)
         assert p.returncode == 0, (argv[1:], p.stdout[-2000:], p.stderr[-2000:])
+
+
+def test_each_result_is_one_dataclass_with_the_documented_keys(tmp_path):
+    """summary, eval and scoremap results are dataclasses whose `as_json()` is the `--json` object, key for key:
+    the CLI contract's keys are fields (a renamed field fails here), and the JSON printed is exactly as_json()."""
+    import json
+
+    from conftest import make_checkpoint
+
+    from cnncli.analysis.summary import LayerRow, Summary
+    from cnncli.engine.evaluate import EvalResult
+    from cnncli.engine.scoremap import ScoreMap
+
+    documented = {
+        Summary: "model input output params trainable_params macs receptive_field jump memory layers",
+        LayerRow: "name type output params macs receptive_field jump",
+        EvalResult: "accuracy top5 loss per_class samples images_per_second",
+        ScoreMap: "image scores_shape stride receptive_field argmax_counts",
+    }
+    for cls, keys in documented.items():
+        names = [f.name for f in dataclasses.fields(cls)]
+        assert set(keys.split()) <= set(names), (cls.__name__, set(keys.split()) - set(names))
+    ckpt = make_checkpoint(tmp_path / "m.pt", "lenet5")
+    out = json.loads(run_cnn("summary", ckpt, "--json", check=0).stdout)
+    assert list(out) == [f.name for f in dataclasses.fields(Summary)][:11]  # no ONNX-only keys for a .pt
+    assert list(out["layers"][0]) == [f.name for f in dataclasses.fields(LayerRow)]

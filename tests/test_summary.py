@@ -20,7 +20,7 @@ from cnncli.models import get_model
     ],
 )
 def test_published_figures(name, params, gmacs):
-    res = summarize(get_model(name), (3, 224, 224))
+    res = summarize(get_model(name), (3, 224, 224)).as_json()
     assert res["params"] == params
     assert round(res["macs"] / 1e9, 2) == gmacs
     assert res["output"] == [1000]
@@ -52,7 +52,7 @@ def test_resnet18_cli_json():
 def test_lenet_summary_agrees_with_shape_layer_by_layer():
     spec = "conv(6,k=5) relu maxpool(2) conv(16,k=5) relu maxpool(2) flatten fc(120) relu fc(84) relu fc(10)"
     rows = arith.run_layers((3, 32, 32), spec)
-    res = summarize(get_model("lenet5"), (3, 32, 32))
+    res = summarize(get_model("lenet5"), (3, 32, 32)).as_json()
     leaves = [r for r in res["layers"] if r["type"] not in ("LeNet5", "Sequential")]
     assert len(leaves) == len(rows)
     flat = False
@@ -120,7 +120,7 @@ def test_rows_add_up_to_the_total(name):
 
     model = build_on_meta("tv:" + name, 1000, 3, (224, 224))
     for depth in (1, 3):
-        res = summarize(model, (3, 224, 224), depth=depth, measure=False)
+        res = summarize(model, (3, 224, 224), depth=depth, measure=False).as_json()
         assert sum(r["macs"] for r in res["layers"]) == res["macs"], depth
         top = [r for r in res["layers"] if r["depth"] == 1]
         assert sum(r["macs_total"] for r in top) + res["layers"][0]["macs"] == res["macs"]
@@ -130,7 +130,7 @@ def test_attention_is_counted():
     """vit_b_16: 17.56 G with attention's matrix products (11.27 G without them, the old figure)."""
     from cnncli.models.detect import build_on_meta
 
-    res = summarize(build_on_meta("tv:vit_b_16", 1000, 3, (224, 224)), (3, 224, 224), depth=4, measure=False)
+    res = summarize(build_on_meta("tv:vit_b_16", 1000, 3, (224, 224)), (3, 224, 224), depth=4, measure=False).as_json()
     assert round(res["macs"] / 1e9, 2) == 17.56
     attn = next(r for r in res["layers"] if r["name"] == "encoder.layers.encoder_layer_0.self_attention")
     # q/k/v and output projections (4 x 197 x 768^2) plus q@k^T and attn@v (2 x 197^2 x 768)
@@ -182,7 +182,7 @@ def test_training_memory_is_what_autograd_saves(name, size, batch):
     from cnncli.models import get_model as build
 
     model = build(name)
-    res = summarize(model, (3, size, size), batch=batch, measure=False)
+    res = summarize(model, (3, size, size), batch=batch, measure=False).as_json()
     model.train()
     x = torch.randn(batch, 3, size, size)
     out = model(x)

@@ -16,6 +16,7 @@ nothing); only measured fields run the real model.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -96,6 +97,51 @@ def saved_for_backward(model: nn.Module, input_size, batch: int, device, fake: b
     return sum(saved.values())
 
 
+@dataclass(kw_only=True)
+class LayerRow:
+    """One row of the layer table: a `layers` entry of `cnn summary --json`."""
+
+    name: str
+    type: str
+    depth: int
+    output: list | None  # None: not measurable (TorchScript, programs)
+    params: int
+    macs: int | None  # what no row below it shows
+    macs_total: int | None  # the module's own and its children's
+    container: bool
+    receptive_field: object  # [h, w], "global" or None (unknown)
+    jump: object
+    receptive_field_kind: str | None  # exact | global | measured | at least | None
+
+
+@dataclass(kw_only=True)
+class Summary:
+    """What `cnn summary` reports, key for key its `--json` object (`as_json`); `inputs`, `outputs` and `opset`
+    only for an ONNX file."""
+
+    model: str = ""
+    input: list
+    output: list | None
+    params: int | None
+    trainable_params: int | None = None
+    macs: int | None = None
+    receptive_field: object = None
+    jump: object = None
+    receptive_field_kind: str | None = None
+    memory: dict | None = None
+    layers: list[LayerRow] = field(default_factory=list)
+    inputs: list | None = None
+    outputs: list | None = None
+    opset: int | None = None
+
+    def as_json(self) -> dict:
+        d = asdict(self)
+        if self.inputs is None:  # a PyTorch model: no graph inputs to list
+            for key in ("inputs", "outputs", "opset"):
+                del d[key]
+        return d
+
+
 def summarize(
     model: nn.Module,
     input_size: tuple[int, int, int],
@@ -104,13 +150,13 @@ def summarize(
     batch: int = 1,
     measure: bool = True,
     real=None,
-) -> dict:
+) -> Summary:
     """Layer rows and totals for `cnn summary` (see CLI.md for the JSON keys). `model` may live on the meta device;
     `real()` then builds the model with weights, if a field must be measured."""
     model = model.eval()
     if is_opaque(model):
         out = probe(model, input_size, device)
-        return {**_opaque_summary(model, input_size, out), "macs": _counted_macs(model, input_size, device)}
+        return replace(_opaque_summary(model, input_size, out), macs=_counted_macs(model, input_size, device))
     twin = meta_twin(model)
     if twin is not None:
         try:
@@ -122,7 +168,7 @@ def summarize(
     return _summarize(subject.to(device), device, subject, input_size, depth, device, batch, measure, None)
 
 
-def _summarize(work: nn.Module, dev, model: nn.Module, input_size, depth, device, batch, measure, real) -> dict:
+def _summarize(work: nn.Module, dev, model: nn.Module, input_size, depth, device, batch, measure, real) -> Summary:
     """summarize() on `work`, a copy of `model` on the meta device or `model` itself on `dev`."""
     import torchinfo
 
@@ -160,40 +206,39 @@ def _summarize(work: nn.Module, dev, model: nn.Module, input_size, depth, device
     for i in shown:
         info, qual = infos[i], quals[i]
         f = fields.get(qual) if qual else (traced.output if traced else None)
-        field = _field_values(f, measured.get(qual), input_size, info.output_size, traced, qual)
-        macs_total = inclusive.get(qual, 0) if qual else total_macs
-        rows.append(_row(info, qual, depth, own[i], macs_total, field))
+        values = _field_values(f, measured.get(qual), input_size, info.output_size, traced, qual)
+        rows.append(_row(info, qual, depth, own[i], inclusive.get(qual, 0) if qual else total_macs, values))
     rf, jump, kind = _field_values(traced.output if traced else None, measured.get(""), input_size, None, traced, "")
-    return {
-        "input": list(input_size),
-        "output": out_shape,
-        "params": sum(p.numel() for p in model.parameters()),
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "macs": total_macs,
-        "receptive_field": rf,
-        "jump": jump,
-        "receptive_field_kind": kind,
-        "memory": _memory(work, input_size, batch, device, infos),
-        "layers": rows,
-    }
+    return Summary(
+        input=list(input_size),
+        output=out_shape,
+        params=sum(p.numel() for p in model.parameters()),
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        macs=total_macs,
+        receptive_field=rf,
+        jump=jump,
+        receptive_field_kind=kind,
+        memory=_memory(work, input_size, batch, device, infos),
+        layers=rows,
+    )
 
 
-def _row(info, qual: str, depth: int, macs, macs_total, field) -> dict:
+def _row(info, qual: str, depth: int, macs, macs_total, values) -> LayerRow:
     """One row of the layer table (the JSON `layers` entries)."""
-    rf, jump, kind = field
-    return {
-        "name": qual or info.class_name,
-        "type": info.class_name,
-        "depth": info.depth,
-        "output": list(info.output_size[1:]) if info.output_size else [],
-        "params": sum(p.numel() for p in info.module.parameters()),
-        "macs": macs,
-        "macs_total": macs_total,
-        "container": info.depth < depth and not info.is_leaf_layer,
-        "receptive_field": rf,
-        "jump": jump,
-        "receptive_field_kind": kind,
-    }
+    rf, jump, kind = values
+    return LayerRow(
+        name=qual or info.class_name,
+        type=info.class_name,
+        depth=info.depth,
+        output=list(info.output_size[1:]) if info.output_size else [],
+        params=sum(p.numel() for p in info.module.parameters()),
+        macs=macs,
+        macs_total=macs_total,
+        container=info.depth < depth and not info.is_leaf_layer,
+        receptive_field=rf,
+        jump=jump,
+        receptive_field_kind=kind,
+    )
 
 
 def _own_macs(shown: list[int], quals: list[str], inclusive: dict) -> dict[int, int]:
@@ -322,40 +367,35 @@ def _counted_macs(model: nn.Module, input_size, device) -> int | None:
         return None
 
 
-def _opaque_summary(model: nn.Module, input_size, out) -> dict:
+def _opaque_summary(model: nn.Module, input_size, out) -> Summary:
     root = model.program if isinstance(model, ProgramModule) else model
     rows = [
-        {
-            "name": name,
-            "type": getattr(m, "original_name", type(m).__name__),
-            "depth": 1,
-            "output": None,
-            "params": sum(p.numel() for p in m.parameters()),
-            "macs": None,
-            "macs_total": None,
-            "container": False,
-            "receptive_field": None,
-            "jump": None,
-            "receptive_field_kind": None,
-        }
+        LayerRow(
+            name=name,
+            type=getattr(m, "original_name", type(m).__name__),
+            depth=1,
+            output=None,
+            params=sum(p.numel() for p in m.parameters()),
+            macs=None,
+            macs_total=None,
+            container=False,
+            receptive_field=None,
+            jump=None,
+            receptive_field_kind=None,
+        )
         for name, m in root.named_children()
         if not name.startswith("_")
     ]
-    return {
-        "input": list(input_size),
-        "output": list(out.shape[1:]),
-        "params": sum(p.numel() for p in model.parameters()),
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "macs": None,
-        "receptive_field": None,
-        "jump": None,
-        "receptive_field_kind": None,
-        "memory": None,
-        "layers": rows,
-    }
+    return Summary(
+        input=list(input_size),
+        output=list(out.shape[1:]),
+        params=sum(p.numel() for p in model.parameters()),
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        layers=rows,
+    )
 
 
-def onnx_summary(path: str) -> dict:
+def onnx_summary(path: str) -> Summary:
     """An ONNX file: its inputs, outputs and parameter count (the initializers' elements); nothing is run."""
     from cnncli.engine.runtime import read_onnx
 
@@ -368,18 +408,11 @@ def onnx_summary(path: str) -> dict:
     outputs = [desc(o) for o in m.graph.output]
     params = sum(math.prod(t.dims) for t in m.graph.initializer)
     opset = next((i.version for i in m.opset_import if i.domain in ("", "ai.onnx")), None)
-    return {
-        "input": inputs[0]["shape"][1:] if inputs else [],
-        "output": outputs[0]["shape"][1:] if outputs else [],
-        "params": int(params),
-        "trainable_params": None,
-        "macs": None,
-        "receptive_field": None,
-        "jump": None,
-        "receptive_field_kind": None,
-        "memory": None,
-        "layers": [],
-        "inputs": inputs,
-        "outputs": outputs,
-        "opset": opset,
-    }
+    return Summary(
+        input=inputs[0]["shape"][1:] if inputs else [],
+        output=outputs[0]["shape"][1:] if outputs else [],
+        params=int(params),
+        inputs=inputs,
+        outputs=outputs,
+        opset=opset,
+    )

@@ -91,27 +91,27 @@ def eval_cmd(
     if confusion:
         from cnncli.plots import plot_confusion
 
-        plot_confusion(res, confusion, f"{model} on {res['data']} {res['split']}: {res['accuracy']:.2%}")
+        plot_confusion(res.confusion, res.classes, confusion, f"{model} on {res.data} {res.split}: {res.accuracy:.2%}")
         log(f"confusion matrix: {confusion}")
     if json_out:
-        emit_json(res)
+        emit_json(res.as_json())
     else:
         _render(res)
-    if min_accuracy is not None and res["accuracy"] < min_accuracy:
-        raise WorkFailed(f"accuracy {res['accuracy']:.4f} is below --min-accuracy {min_accuracy}")
+    if min_accuracy is not None and res.accuracy < min_accuracy:
+        raise WorkFailed(f"accuracy {res.accuracy:.4f} is below --min-accuracy {min_accuracy}")
 
 
-def _render(res: dict) -> None:
-    top5 = f"  top-5 {res['top5']:.2%}" if res["top5"] is not None else ""
+def _render(res) -> None:
+    top5 = f"  top-5 {res.top5:.2%}" if res.top5 is not None else ""
     say(
-        f"{res['model']} on {res['data']} ({res['split']}, {res['samples']:,} images at {dims(res['input'])}): "
-        f"top-1 {res['accuracy']:.2%}{top5}  loss {res['loss']:.4f}  {res['images_per_second']:,.0f} img/s"
+        f"{res.model} on {res.data} ({res.split}, {res.samples:,} images at {dims(res.input)}): "
+        f"top-1 {res.accuracy:.2%}{top5}  loss {res.loss:.4f}  {res.images_per_second:,.0f} img/s"
     )
-    names, per_class = res["classes"], res["per_class"]
+    names, per_class = res.classes, res.per_class
     pct = {n: "-" if per_class[n] is None else f"{per_class[n]:.2%}" for n in names}
     if len(names) > 20:  # too wide for a matrix: per-class accuracy only
         render_table([Column("class"), Column("accuracy", right=True)], [[n, pct[n]] for n in names])
         return
     columns = [Column("true \\ predicted"), *(Column(n, right=True) for n in names), Column("accuracy", right=True)]
-    rows = [[n, *map(str, row), pct[n]] for n, row in zip(names, res["confusion"])]
+    rows = [[n, *map(str, row), pct[n]] for n, row in zip(names, res.confusion)]
     render_table(columns, rows, title="confusion matrix (rows: true, columns: predicted)")

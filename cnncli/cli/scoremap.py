@@ -116,10 +116,11 @@ def scoremap_cmd(
         results.append(r)
         if not json_out:
             agree = (
-                f", agrees with the scene's regions on {r['region_agreement']:.1%} of cells"
-                if "region_agreement" in r
+                f", agrees with the scene's regions on {r.region_agreement:.1%} of cells"
+                if r.region_agreement is not None
                 else ""
             )
-            say(f"{path}: score map {'x'.join(map(str, r['scores_shape']))} -> {r['png']}{agree}")
+            say(f"{path}: score map {'x'.join(map(str, r.scores_shape))} -> {r.png}{agree}")
     if json_out:
-        emit_json(results[0] if len(results) == 1 else {"images": results})
+        maps = [r.as_json() for r in results]
+        emit_json(maps[0] if len(maps) == 1 else {"images": maps})

@@ -76,7 +76,7 @@ def summary_cmd(
     if is_onnx_file(model):
         from cnncli.analysis.summary import onnx_summary
 
-        result = {"model": model, **onnx_summary(check_file(model, "model"))}
+        result = replace(onnx_summary(check_file(model, "model")), model=model).as_json()
         emit_json(result) if json_out else _render(result)
         return
     from cnncli.analysis.summary import summarize
@@ -91,10 +91,8 @@ def summary_cmd(
     from cnncli.models.open import build_model
 
     real = (lambda: build_model(opened.spec)) if opened.origin == "registry" and not opts.weights else None
-    result = {
-        "model": opened.name,
-        **summarize(opened.model, (c, h, w), depth=depth, device=str(dev), batch=batch, real=real),
-    }
+    summary = summarize(opened.model, (c, h, w), depth=depth, device=str(dev), batch=batch, real=real)
+    result = replace(summary, model=opened.name).as_json()
     log_notes(opened)
     if not json_out:
         log_device(device, dev)

@@ -6,13 +6,35 @@ The checkpoint's own preprocessing is used (its mean/std and input size), and Ba
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 
 from cnncli.errors import UsageError
 from cnncli.preprocess import Preprocess
+
+
+@dataclass
+class EvalResult:
+    """What `cnn eval` measured: the `--json` object, key for key (`as_json`)."""
+
+    accuracy: float
+    top5: float | None  # with more than 5 classes
+    loss: float
+    per_class: dict  # class name -> accuracy (None: no image of that class)
+    confusion: list  # rows: true class, columns: predicted
+    classes: list
+    samples: int
+    images_per_second: float
+    device: str = ""
+    model: str = ""
+    data: str = ""
+    split: str = ""
+    input: list = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return asdict(self)
 
 
 def batches_for(data, split: str, preprocess: Preprocess, *, batch_size: int, device="cpu", workers: int = 2):
@@ -46,7 +68,9 @@ def batches_for(data, split: str, preprocess: Preprocess, *, batch_size: int, de
     )
 
 
-def metrics_from_logits(all_logits: torch.Tensor, labels: torch.Tensor, classes: list[str], seconds: float) -> dict:
+def metrics_from_logits(
+    all_logits: torch.Tensor, labels: torch.Tensor, classes: list[str], seconds: float
+) -> EvalResult:
     """accuracy, top5, loss, per-class accuracy, confusion matrix from stacked logits (never from NaN scores)."""
     from cnncli.engine.runtime import check_finite_outputs
 
@@ -65,19 +89,10 @@ def metrics_from_logits(all_logits: torch.Tensor, labels: torch.Tensor, classes:
     for i, name in enumerate(names):
         total = int(conf[i].sum())
         per_class[name] = (int(conf[i, i]) / total) if total else None
-    return {
-        "accuracy": acc,
-        "top5": top5,
-        "loss": loss,
-        "per_class": per_class,
-        "confusion": conf.tolist(),
-        "classes": names,
-        "samples": int(n),
-        "images_per_second": n / max(seconds, 1e-9),
-    }
+    return EvalResult(acc, top5, loss, per_class, conf.tolist(), names, int(n), n / max(seconds, 1e-9))
 
 
-def evaluate_runner(runner, loader, classes: list[str]) -> dict:
+def evaluate_runner(runner, loader, classes: list[str]) -> EvalResult:
     """Metrics of a model (engine/runner.py) over a loader. Logits stay on the device until the end: no batch waits
     for the one before."""
     logits, labels = [], []
@@ -133,7 +148,7 @@ def evaluate_file(
     workers: int = 2,
     request=None,
     log=lambda msg: None,
-) -> dict:
+) -> EvalResult:
     """`cnn eval`: any model file in PyTorch on `device`, or an `.onnx` file in ONNX Runtime, on a dataset split,
     each with its own recorded preprocessing (or, for files that carry none, the command line's, the architecture's
     or the dataset's, as logged). `data` defaults to the dataset the model was trained on."""
@@ -165,9 +180,7 @@ def evaluate_file(
     for note in [*runner.notes, *getattr(ds, "notes", ()), *([split_note] if split_note else [])]:
         log(note)  # what was detected or assumed, once the input is known to be good
     res = evaluate_runner(runner, Relabelled(loader, lut), model_classes or ds.classes)
-    res.update({"device": runner.device_label, "model": path, "data": name, "split": split})
-    res["input"] = list(pre.input_size)
-    return res
+    return replace(res, device=runner.device_label, model=path, data=name, split=split, input=list(pre.input_size))
 
 
 def pick_split(ds, split: str | None) -> tuple[str, str]:

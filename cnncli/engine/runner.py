@@ -129,7 +129,7 @@ def onnx_preprocess(path: str, req) -> tuple[Preprocess, str, int, list[str]]:
 
     meta = read_onnx_metadata(path, required=())
     facts = onnx_summary(path)
-    shape = [v if isinstance(v, int) else None for v in facts["input"]]
+    shape = [v if isinstance(v, int) else None for v in facts.input]
     fb = req.fallback
     size = meta.get("input_size") or (req.input_size if req.input_size and req.input_size[0] else None)
     if not size:
@@ -140,7 +140,7 @@ def onnx_preprocess(path: str, req) -> tuple[Preprocess, str, int, list[str]]:
         ]
     if len(size) != 3 or not all(isinstance(v, int) and v > 0 for v in size):
         raise UsageError(f"{path} does not say its input size", "give --in CxHxW")
-    outputs = facts["output"][0] if facts["output"] and isinstance(facts["output"][0], int) else 0
+    outputs = facts.output[0] if facts.output and isinstance(facts.output[0], int) else 0
     from cnncli.checkpoint import ModelSpec
     from cnncli.models.open import resolve_preprocess
 

@@ -6,7 +6,7 @@ A classifier checkpoint is converted on the fly (verified), so `cnn scoremap` ac
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -16,6 +16,28 @@ from cnncli.data.images import read_image
 from cnncli.errors import UsageError, shown
 from cnncli.fileio import atomic_write
 from cnncli.models.open import OpenedModel
+
+
+@dataclass
+class ScoreMap:
+    """One image's score map as `cnn scoremap --json` reports it (`as_json`; `region_agreement` only for a
+    generated scene, whose true regions are known)."""
+
+    image: str
+    scores_shape: list  # [classes, H', W']
+    stride: list
+    receptive_field: list
+    offset: list
+    argmax_counts: dict  # class -> cells it wins
+    npy: str
+    png: str
+    region_agreement: float | None = None
+
+    def as_json(self) -> dict:
+        d = asdict(self)
+        if self.region_agreement is None:
+            del d["region_agreement"]
+        return d
 
 
 @dataclass
@@ -85,7 +107,7 @@ class ScoreMapper:
         only: int | None = None,
         regions: torch.Tensor | None = None,
         stem: str | None = None,
-    ) -> dict:
+    ) -> ScoreMap:
         """Score map of one uint8 image [C, H, W]: STEM.npy (probabilities [classes, H', W']) and an overlay PNG."""
         self.check_size(path, img)
         device = next(self.model.parameters()).device
@@ -97,19 +119,17 @@ class ScoreMapper:
         render_overlay(img, scores, self.facts, self.classes, png, only)
         win = scores.argmax(0)
         counts = {self.classes[i]: int((win == i).sum()) for i in range(len(self.classes)) if int((win == i).sum())}
-        r = {
-            "image": path,
-            "scores_shape": list(scores.shape),
-            "stride": list(self.facts["stride"]),
-            "receptive_field": _listed(self.facts["receptive_field"]),
-            "offset": list(self.facts["offset"]),
-            "argmax_counts": counts,
-            "npy": npy,
-            "png": png,
-        }
-        if regions is not None:
-            r["region_agreement"] = region_agreement(win, regions, self.facts)
-        return r
+        return ScoreMap(
+            path,
+            list(scores.shape),
+            list(self.facts["stride"]),
+            _listed(self.facts["receptive_field"]),
+            list(self.facts["offset"]),
+            counts,
+            npy,
+            png,
+            None if regions is None else region_agreement(win, regions, self.facts),
+        )
 
 
 def write_npy(path: str, arr: np.ndarray) -> None:
