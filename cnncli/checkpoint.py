@@ -142,15 +142,7 @@ class Checkpoint:
         if not isinstance(d, dict) or "model" not in d or "state_dict" not in d:
             raise UsageError(f"{path} is not a cnncli checkpoint", "expected a file written by cnn train or cnn fcn")
         try:
-            spec = ModelSpec.from_dict(d["model"])
-            norm = d.get("normalization") or {}
-            c = spec.in_channels
-            pre = Preprocess(
-                tuple(d.get("input_size") or spec.input_size),
-                tuple(norm.get("mean") or [0.0] * c),
-                tuple(norm.get("std") or [1.0] * c),
-                tuple(d.get("classes") or ()),
-            )
+            spec, pre = _spec_and_preprocess(d)
         except Exception as e:  # any field of the wrong type or shape: the file is malformed (exit 2)
             raise UsageError(
                 f"{shown(path)} is not a cnncli checkpoint: malformed {type(e).__name__}: {shown(e)}",
@@ -199,6 +191,19 @@ class Checkpoint:
     @classmethod
     def load(cls, path: str, map_location="cpu") -> Checkpoint:
         return cls.from_dict(load_dict(path, map_location), path)
+
+
+def _spec_and_preprocess(d: dict) -> tuple[ModelSpec, Preprocess]:
+    spec = ModelSpec.from_dict(d["model"])
+    norm = d.get("normalization") or {}
+    c = spec.in_channels
+    pre = Preprocess(
+        tuple(d.get("input_size") or spec.input_size),
+        tuple(norm.get("mean") or [0.0] * c),
+        tuple(norm.get("std") or [1.0] * c),
+        tuple(d.get("classes") or ()),
+    )
+    return spec, pre
 
 
 def _counter(d: dict, key: str) -> int:

@@ -183,6 +183,19 @@ def plot_rf(image: torch.Tensor, grad: torch.Tensor, facts: dict, path: str, tit
 # ---------------------------------------------------------------------------------------------- score maps
 
 
+def _cells_extent(facts: dict, cells) -> tuple[float, float, float, float]:
+    """Where a score map's cells lie on the image (matplotlib's extent): each cell a stride x stride square centred
+    on its window's centre."""
+    (hp, wp), s, (o, rf) = cells, facts["stride"], placement(facts)
+    cy, cx = o[0] + (rf[0] - 1) / 2, o[1] + (rf[1] - 1) / 2
+    return (
+        cx - s[1] / 2 - 0.5,
+        cx + (wp - 1) * s[1] + s[1] / 2 - 0.5,
+        cy + (hp - 1) * s[0] + s[0] / 2 - 0.5,
+        cy - s[0] / 2 - 0.5,
+    )
+
+
 def render_overlay(
     img: torch.Tensor,
     scores: torch.Tensor,
@@ -198,16 +211,9 @@ def render_overlay(
 
     plt = _pyplot()
 
-    k, hp, wp = scores.shape
-    s, (o, rf) = facts["stride"], placement(facts)
-    # each cell is drawn as a stride x stride square centred on its window's centre
-    cy, cx = o[0] + (rf[0] - 1) / 2, o[1] + (rf[1] - 1) / 2
-    extent = (
-        cx - s[1] / 2 - 0.5,
-        cx + (wp - 1) * s[1] + s[1] / 2 - 0.5,
-        cy + (hp - 1) * s[0] + s[0] / 2 - 0.5,
-        cy - s[0] / 2 - 0.5,
-    )
+    k = scores.shape[0]
+    s, rf = facts["stride"], placement(facts)[1]
+    extent = _cells_extent(facts, scores.shape[1:])
     base = img.permute(1, 2, 0).numpy()
     h, w = base.shape[:2]
     fig_w = 7 if only_class is not None else 8.5

@@ -292,23 +292,7 @@ def to_fully_convolutional(
     layers, steps = _head_modules(gm, feature, chain)
     fcn = FullyConvolutional(_body(gm, feature), nn.Sequential(*layers)).eval()
 
-    diff = None
-    if verify:
-        with torch.no_grad():
-            ref = model(example)
-            got = fcn(example)
-        if got.dim() != 4 or got.shape[2:] != (1, 1):
-            raise WorkFailed(
-                f"conversion check failed: output is {tuple(got.shape)}, expected one cell at the training size"
-            )
-        got = got.flatten(1)
-        diff = float((ref - got).abs().max())
-        scale = max(1.0, float(ref.abs().max()))
-        if not diff <= tolerance * scale:
-            raise WorkFailed(
-                f"conversion check failed: logits differ by {diff:.3g} (tolerance {tolerance * scale:.3g})",
-                "nothing was written",
-            )
+    diff = _verified(model, fcn, example, tolerance) if verify else None
     traced = module_fields(fcn, input_size)
     if traced is None:
         raise UsageError("cannot compute the receptive field of the converted model")
@@ -328,6 +312,26 @@ def to_fully_convolutional(
         diff,
         steps,
     )
+
+
+def _verified(model: nn.Module, fcn: nn.Module, example: torch.Tensor, tolerance: float) -> float:
+    """Max |classifier - converted| on `example` (one cell at the training size); WorkFailed above the tolerance
+    (relative to the logits' scale when they are larger than 1)."""
+    with torch.no_grad():
+        ref = model(example)
+        got = fcn(example)
+    if got.dim() != 4 or got.shape[2:] != (1, 1):
+        raise WorkFailed(
+            f"conversion check failed: output is {tuple(got.shape)}, expected one cell at the training size"
+        )
+    diff = float((ref - got.flatten(1)).abs().max())
+    scale = max(1.0, float(ref.abs().max()))
+    if not diff <= tolerance * scale:
+        raise WorkFailed(
+            f"conversion check failed: logits differ by {diff:.3g} (tolerance {tolerance * scale:.3g})",
+            "nothing was written",
+        )
+    return diff
 
 
 def _stride_by_probing(fcn: nn.Module, input_size) -> tuple:

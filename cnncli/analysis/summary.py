@@ -170,22 +170,7 @@ def summarize(
 
 def _summarize(work: nn.Module, dev, model: nn.Module, input_size, depth, device, batch, measure, real) -> Summary:
     """summarize() on `work`, a copy of `model` on the meta device or `model` itself on `dev`."""
-    import torchinfo
-
-    try:
-        stats = torchinfo.summary(
-            work,
-            input_size=(1, *input_size),
-            depth=max(depth, 1),
-            verbose=0,
-            device=dev,
-            mode="eval",
-            col_names=("output_size", "num_params"),
-        )
-    except Exception:
-        if dev != "meta":
-            probe(work, input_size, dev)  # says why the model fails on this input
-        raise
+    stats = _torchinfo(work, input_size, depth, dev)
     out_shape = _output_shape(stats)
     infos = stats.summary_list
     names = {id(m): n for n, m in work.named_modules()}
@@ -221,6 +206,26 @@ def _summarize(work: nn.Module, dev, model: nn.Module, input_size, depth, device
         memory=_memory(work, input_size, batch, device, infos),
         layers=rows,
     )
+
+
+def _torchinfo(work: nn.Module, input_size, depth: int, dev):
+    """torchinfo's layer list (output sizes, params); a model that fails on this input says why (`probe`)."""
+    import torchinfo
+
+    try:
+        return torchinfo.summary(
+            work,
+            input_size=(1, *input_size),
+            depth=max(depth, 1),
+            verbose=0,
+            device=dev,
+            mode="eval",
+            col_names=("output_size", "num_params"),
+        )
+    except Exception:
+        if dev != "meta":
+            probe(work, input_size, dev)
+        raise
 
 
 def _row(info, qual: str, depth: int, macs, macs_total, values) -> LayerRow:

@@ -80,20 +80,9 @@ def export_cmd(
     req = opts.check(checkpoint)
     from cnncli.export import export_model
 
-    res = export_model(
-        checkpoint,
-        fmt,
-        output,
-        opset=opset,
-        dynamic_batch=dynamic_batch,
-        dynamic_size=dynamic_size,
-        check=check,
-        tolerance=tolerance,
-        force=force,
-        exporter=exporter,
-        log=log,
-        request=req,
-    )
+    shapes = {"dynamic_batch": dynamic_batch, "dynamic_size": dynamic_size}
+    verify = {"check": check, "tolerance": tolerance, "exporter": exporter}
+    res = export_model(checkpoint, fmt, output, opset=opset, **shapes, **verify, force=force, log=log, request=req)
     if json_out:
         emit_json(res.as_dict())
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Optional
 
 import typer
@@ -148,19 +149,10 @@ def features_cmd(
     opts=None,
 ) -> None:
     """Feature maps of chosen layers for one image, as grids or (--pca) as RGB images side by side."""
-    from cnncli.fileio import check_output_folder
-
-    check_output_folder(output, "-o folder")  # before any work: nothing is run for an unusable -o
-    import os
-
     from cnncli.analysis.inspection import feature_maps, out_path
     from cnncli.plots import plot_features
 
-    dev = pick_device(device)
-    opened = _open(model, opts)
-    _, x = _image(opened, image)
-    opened.model.to(dev)
-    x = x.to(dev)
+    dev, opened, _, x = _prepared(model, image, output, device, opts)
     names = [n.strip() for n in layers.split(",") if n.strip()] if layers else None
     maps = feature_maps(opened.model, x, names)
     log_notes(opened)
@@ -198,27 +190,11 @@ def rf_cmd(
     opts=None,
 ) -> None:
     """One unit's theoretical receptive field on the image, next to the measured one (input-gradient magnitude)."""
-    from cnncli.fileio import check_output_folder
-
-    check_output_folder(output, "-o folder")  # before any work: nothing is run for an unusable -o
-    import os
-
     from cnncli.analysis.inspection import central_share, default_rf_layer, measured_field, out_path, unit_field
-    from cnncli.errors import UsageError
     from cnncli.plots import plot_rf
 
-    pos = None
-    if at is not None:
-        try:
-            pos = tuple(int(v) for v in at.split(","))
-            assert len(pos) == 2
-        except (ValueError, AssertionError):
-            raise UsageError(f"--at takes Y,X, got {at!r}", "e.g. --at 3,4") from None
-    dev = pick_device(device)
-    opened = _open(model, opts)
-    img, x = _image(opened, image)
-    opened.model.to(dev)
-    x = x.to(dev)
+    pos = _position(at)
+    dev, opened, img, x = _prepared(model, image, output, device, opts)
     layer = layer or default_rf_layer(opened.model, x)
     grad, pos, size = measured_field(opened.model, x, layer, pos)
     grad = grad.cpu()
@@ -244,3 +220,31 @@ def rf_cmd(
         f"{rf[0]:g}x{rf[1]:g}, stride {facts['jump'][0]:g}; {facts['effective']:.0%} of the measured gradient lies "
         "in the central half of it"
     )
+
+
+def _position(at: str | None) -> tuple[int, int] | None:
+    """--at Y,X as a pair (None: the centre)."""
+    from cnncli.errors import UsageError
+
+    if at is None:
+        return None
+    parts = at.split(",")
+    try:
+        if len(parts) == 2:
+            return int(parts[0]), int(parts[1])
+    except ValueError:
+        pass
+    raise UsageError(f"--at takes Y,X, got {at!r}", "e.g. --at 3,4")
+
+
+def _prepared(model: str, image: str, output: str, device: str, opts):
+    """(device, opened model on it, the image as uint8, its normalised batch on the device), once the -o folder is
+    known to be usable: nothing is run for an unusable one."""
+    from cnncli.fileio import check_output_folder
+
+    check_output_folder(output, "-o folder")
+    dev = pick_device(device)
+    opened = _open(model, opts)
+    img, x = _image(opened, image)
+    opened.model.to(dev)
+    return dev, opened, img, x.to(dev)

@@ -53,6 +53,10 @@ def models_cmd(
     if not rows:
         say(f"no models match {pattern!r} in source {source!r} (try --source all)")
         return
+    _print_models(rows)
+
+
+def _print_models(rows: list[dict]) -> None:
     columns = [
         Column("name"),
         Column("family"),

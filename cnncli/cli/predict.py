@@ -89,6 +89,10 @@ def predict_cmd(
     if json_out:
         emit_json(res.as_dict())
         return
+    _print_predictions(res)
+
+
+def _print_predictions(res) -> None:
     k = max((len(p.topk) for p in res.predictions), default=0)
     rows = [
         [

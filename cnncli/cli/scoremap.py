@@ -67,24 +67,8 @@ def scoremap_cmd(
     opts=None,
 ) -> None:
     """Write per image a .npy score map [classes, H', W'] and a PNG overlay of the winning class per cell."""
-    from cnncli.analysis.arith import parse_size
-    from cnncli.cli._common import check_file
-    from cnncli.errors import UsageError
-
     req = opts.check(checkpoint)
-    images = list(images or [])
-    if not images and not scene:
-        raise UsageError("give at least one IMAGE, or --scene lines")
-    for im in images:
-        check_file(im, "image")
-    from cnncli.fileio import check_output_folder
-
-    if os.path.lexists(output) and not os.path.isdir(output):
-        raise UsageError(f"cannot use {output}: it is a file", "-o takes a folder for the score maps")
-    check_output_folder(output, "-o folder")
-    _, sh, sw = parse_size(scene_size)
-    if scene and max(sh, sw) > MAX_SCENE_SIDE:
-        raise UsageError(f"--scene-size {sh}x{sw} is too large", f"at most {MAX_SCENE_SIDE} pixels a side")
+    images, (sh, sw) = _checked(images, scene, output, scene_size)
     from cnncli.engine.scoremap import ScoreMapper, images_from, lines_scene, output_stems
     from cnncli.models.open import open_model
 
@@ -116,11 +100,32 @@ def scoremap_cmd(
         results.append(r)
         if not json_out:
             agree = (
-                f", agrees with the scene's regions on {r.region_agreement:.1%} of cells"
-                if r.region_agreement is not None
-                else ""
+                ""
+                if r.region_agreement is None
+                else f", agrees with the scene's regions on {r.region_agreement:.1%} of cells"
             )
             say(f"{path}: score map {'x'.join(map(str, r.scores_shape))} -> {r.png}{agree}")
     if json_out:
         maps = [r.as_json() for r in results]
         emit_json(maps[0] if len(maps) == 1 else {"images": maps})
+
+
+def _checked(images, scene, output: str, scene_size: str) -> tuple[list[str], tuple[int, int]]:
+    """The images (each a readable file), the -o folder (usable) and the scene size, before any work is done."""
+    from cnncli.analysis.arith import parse_size
+    from cnncli.cli._common import check_file
+    from cnncli.errors import UsageError
+    from cnncli.fileio import check_output_folder
+
+    images = list(images or [])
+    if not images and not scene:
+        raise UsageError("give at least one IMAGE, or --scene lines")
+    for im in images:
+        check_file(im, "image")
+    if os.path.lexists(output) and not os.path.isdir(output):
+        raise UsageError(f"cannot use {output}: it is a file", "-o takes a folder for the score maps")
+    check_output_folder(output, "-o folder")
+    _, sh, sw = parse_size(scene_size)
+    if scene and max(sh, sw) > MAX_SCENE_SIDE:
+        raise UsageError(f"--scene-size {sh}x{sw} is too large", f"at most {MAX_SCENE_SIDE} pixels a side")
+    return images, (sh, sw)

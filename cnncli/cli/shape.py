@@ -78,7 +78,10 @@ def shape_cmd(
         layer = arith.conv_transpose2d(shape, output_padding=output_padding, **conv)
     else:
         layer = arith.pool2d(shape, kind=op[:3], kernel=k, stride=s, padding=p, dilation=d, ceil_mode=ceil_mode)
-    rf, jump = layer.field.describe()
+    _print_layer(op, shape, layer, json_out)
+
+
+def _print_layer(op: str, shape, layer, json_out: bool) -> None:
     if json_out:
         emit_json(
             {
@@ -93,6 +96,7 @@ def shape_cmd(
             }
         )
         return
+    rf, jump = layer.field.describe()
     lines = [f"{op}  {dims(shape)} -> {dims(layer.output)}", *(f"  {f}" for f in layer.formulas)]
     if layer.params is None and op in ("conv", "convT"):
         lines.append("  params/MACs: give --out-channels")

@@ -127,39 +127,7 @@ def train_cmd(
     if nproc_per_node is not None:
         _launch_torchrun(nproc_per_node)
         return
-    size = None
-    if img_size:
-        from cnncli.analysis.arith import parse_size
-
-        _, h, w = parse_size(img_size)
-        size = [h, w]
-    cfg = TrainConfig(
-        model=model,
-        data=data,
-        data_dir=data_dir,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer=optimizer,
-        schedule=schedule,
-        weight_decay=weight_decay,
-        label_smoothing=label_smoothing,
-        precision=precision,
-        channels_last=channels_last,
-        compile=compile_,
-        seed=seed,
-        deterministic=deterministic,
-        workers=workers,
-        patience=patience,
-        max_steps=max_steps,
-        project=project,
-        name=name,
-        device=device,
-        img_size=size,
-        num_classes=num_classes,
-        weights=weights,
-        trust_pickle=trust_pickle,
-    )
+    cfg = _config(dict(locals()))
     result = _run(cfg, resume)
     if result is None:  # not rank 0 of a torchrun job: rank 0 reports
         return
@@ -182,6 +150,20 @@ def train_cmd(
     log(f"  cnn eval {d}/best.pt --data {cfg.data if not resume else _data_of(d)}{split}")
     log(f"  cnn export {d}/best.pt --onnx")
     log(f"  cnn fcn {d}/best.pt")
+
+
+def _config(given: dict) -> TrainConfig:
+    """The TrainConfig the options describe: every config field has the option of its name (`compile` is
+    `compile_`, a keyword in the CLI's signature); --img-size is parsed to [H, W]."""
+    from dataclasses import fields
+
+    values = {f.name: given[f.name + "_" if f.name == "compile" else f.name] for f in fields(TrainConfig)}
+    if values["img_size"]:
+        from cnncli.analysis.arith import parse_size
+
+        _, h, w = parse_size(values["img_size"])
+        values["img_size"] = [h, w]
+    return TrainConfig(**values)
 
 
 def _run(cfg, resume):

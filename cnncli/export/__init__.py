@@ -148,6 +148,22 @@ class _Rejected(Exception):
     pass
 
 
+def _format_and_writers(fmt: str, exporter: str, opset: int, tolerance: float) -> tuple[ExportFormat, list[str]]:
+    """The format's table entry and the writers to try, once the options are known to be usable."""
+    formats = export_formats()
+    if fmt not in formats:
+        raise UsageError(f"unknown format {fmt!r}", "use " + ", ".join(formats))
+    spec = formats[fmt]
+    writers = list(spec.writers) if exporter == "auto" else [exporter]
+    if any(w not in spec.writers for w in writers):
+        raise UsageError(f"format {fmt} has no exporter {exporter!r}", "use auto or " + ", ".join(spec.writers))
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise UsageError(f"--tolerance must be a number >= 0, got {tolerance}")
+    if fmt == "onnx" and not 7 <= opset <= 23:
+        raise UsageError(f"unsupported opset {opset}", "use 7..23 (default 18)")
+    return spec, writers
+
+
 def export_model(
     model_arg: str,
     fmt: str = "onnx",
@@ -164,17 +180,7 @@ def export_model(
     request=None,
 ) -> ExportResult:
     """Export a model file to `fmt`, verified against PyTorch, written atomically."""
-    formats = export_formats()
-    if fmt not in formats:
-        raise UsageError(f"unknown format {fmt!r}", "use " + ", ".join(formats))
-    spec = formats[fmt]
-    writers = list(spec.writers) if exporter == "auto" else [exporter]
-    if any(w not in spec.writers for w in writers):
-        raise UsageError(f"format {fmt} has no exporter {exporter!r}", "use auto or " + ", ".join(spec.writers))
-    if not (math.isfinite(tolerance) and tolerance >= 0):
-        raise UsageError(f"--tolerance must be a number >= 0, got {tolerance}")
-    if fmt == "onnx" and not 7 <= opset <= 23:
-        raise UsageError(f"unsupported opset {opset}", "use 7..23 (default 18)")
+    spec, writers = _format_and_writers(fmt, exporter, opset, tolerance)
     out = check_output(output or default_output(model_arg, spec.suffix), [model_arg], force)
     job = _prepare(
         model_arg, spec, opset=opset, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, request=request, log=log
