@@ -57,7 +57,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     seed: int = 0
     deterministic: bool = False  # deterministic algorithms: bit-repeatable on CPU
-    workers: int | None = None  # DataLoader workers for folder datasets (None: default_workers())
+    workers: int | None = None  # DataLoader workers for folder datasets (None: the thread policy's, engine/threads.py)
+    threads: int | None = None  # torch's CPU threads (None: CNN_THREADS, else the thread policy's)
     patience: int | None = None  # stop after this many epochs without a better val accuracy
     max_steps: int | None = None  # stop after this many optimizer steps (quick runs, tests)
     project: str = "runs"  # folder of runs
@@ -89,6 +90,23 @@ class RunFacts:
     bf16: bool = False  # the device computes bf16 natively
     world_size: int = 1  # processes under torchrun
     train_samples: int | None = None  # images in the training split (small data gets smaller batches)
+    workers: int | None = None  # the thread policy's DataLoader workers (None: default_workers())
+
+
+THREADS_ENV = "CNN_THREADS"  # the intra-op threads, when --threads is not given
+
+
+def parse_threads(value, source: str = "--threads") -> int | None:
+    """A thread count as given (`--threads` or CNN_THREADS): a positive integer, or None when not given."""
+    if value is None or value == "":
+        return None
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise UsageError(f"{source} must be a positive integer, got {value!r}", "e.g. --threads 2") from None
+    if n < 1:
+        raise UsageError(f"{source} must be at least 1, got {n}", "leave it out to let cnn choose")
+    return n
 
 
 def _at_least(flag: str, value, low) -> None:
@@ -106,6 +124,7 @@ RANGE_LIMITS = (
     ("--max-steps", "max_steps", 10**12),
     ("--patience", "patience", 1_000_000),
     ("--workers", "workers", 256),
+    ("--threads", "threads", 1024),
     ("--num-classes", "num_classes", 1_000_000),
 )
 
@@ -149,6 +168,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
         ("--max-steps", cfg.max_steps, 1),
         ("--patience", cfg.patience, 0),
         ("--workers", cfg.workers, 0),
+        ("--threads", cfg.threads, 1),
         ("--num-classes", cfg.num_classes, 1),
     )
     for flag, value, low in counts:
@@ -220,7 +240,8 @@ def resolve(cfg: TrainConfig, facts: RunFacts) -> TrainConfig:
             f"--num-classes {cfg.num_classes} is fewer than the {facts.num_classes} classes of {cfg.data}",
             f"leave it out (the dataset's {facts.num_classes}) or give at least {facts.num_classes}",
         )
-    workers = default_workers(facts.world_size) if cfg.workers is None else cfg.workers
+    workers = cfg.workers if cfg.workers is not None else facts.workers
+    workers = default_workers(facts.world_size) if workers is None else workers
     return replace(
         cfg,
         epochs=cfg.epochs or facts.epochs,

@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> None:
         for category in (UserWarning, FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category, module=r"(torch|torchvision|onnx\w*)(\.|$)")
     from cnncli import errors, fileio
+    from cnncli.engine.threads import prepare_environment
 
+    prepare_environment()  # before any command imports torch
     errors.begin_command()
     fileio.begin_command()
     previous = _exit_on_interrupt()

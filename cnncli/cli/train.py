@@ -117,6 +117,13 @@ def train_cmd(
             help="--weights may be a file that carries code: TorchScript, a .pt2 program, a whole pickled model (trusted files only; docs/security.md).",
         ),
     ] = D.trust_pickle,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(
+            "--threads",
+            help="CPU threads for the model (default: CNN_THREADS, else the cores this process may use less the data workers).",
+        ),
+    ] = D.threads,
     nproc_per_node: Annotated[
         Optional[int], typer.Option("--nproc-per-node", help="Launch N DDP processes with torchrun.")
     ] = None,
@@ -260,8 +267,8 @@ class _Reporter:
         resumed = f", resumed at epoch {e.resumed_at[0] + 1} step {e.resumed_at[1]}" if e.resumed_at else ""
         log(
             f"train {e.model} on {e.data}: {e.train_samples:,} images {'x'.join(map(str, e.input))}, "
-            f"{e.epochs} epochs x {e.steps_per_epoch} steps, batch {e.batch_size}, device {e.device}, "
-            f"{_prec(e.precision)}{resumed}"
+            f"{e.epochs} epochs x {e.steps_per_epoch} steps, batch {e.batch_size}, device {e.device}"
+            f"{' (' + e.threads + ')' if e.threads else ''}, {_prec(e.precision)}{resumed}"
         )
         log(f"run folder: {e.run_dir}")
         if not self.plain:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -18,10 +19,13 @@ from cnncli.engine.events import Note
 from cnncli.errors import UsageError
 
 
-def training_data(cfg: TrainConfig, device: torch.device, dist, report: Callable | None) -> tuple[object, TrainConfig]:
-    """The dataset (the whole small-image set as one uint8 tensor on the device; folders stream from disk), and the
-    config made concrete from what the data and the device are. `report` (rank 0's) hears the data's notes."""
+def training_data(cfg: TrainConfig, device: torch.device, dist, report: Callable | None):
+    """(the dataset, the config made concrete from what the data and the device are, the CPU thread plan). The
+    dataset is the whole small-image set as one uint8 tensor on the device, or a folder streamed from disk. On a
+    CPU the thread policy (engine/threads.py) shares the cores between torch's threads and the data workers, and is
+    applied here. `report` (rank 0's) hears the data's notes."""
     from cnncli.data import load_dataset
+    from cnncli.engine import threads
     from cnncli.engine.device import bf16_supported
 
     data = load_dataset(cfg.data, cfg.data_dir, image_size=tuple(cfg.img_size) if cfg.img_size else None)
@@ -32,6 +36,10 @@ def training_data(cfg: TrainConfig, device: torch.device, dist, report: Callable
         )
     for note in getattr(data, "notes", ()) if report else ():
         report(Note(note))
+    plan = None
+    if device.type == "cpu":
+        plan = threads.plan(cfg.threads, cfg.workers, streams_files=getattr(data, "folders", None) is not None)
+        threads.apply(plan)
     facts = RunFacts(
         data.epochs,
         data.batch_size,
@@ -40,16 +48,16 @@ def training_data(cfg: TrainConfig, device: torch.device, dist, report: Callable
         bf16_supported(device),
         dist.world_size,
         data.num_samples("train"),
+        plan.workers if plan else None,
     )
     cfg = resolve(cfg, facts)
     if dist.enabled and report:
         per_rank = cfg.batch_size // dist.world_size
         report(Note(f"global batch {cfg.batch_size} split across {dist.world_size} ranks: {per_rank} per rank"))
-    return data, cfg
+    return data, cfg, plan
 
 
-@dataclass
-class Built:
+class Built(NamedTuple):
     spec: ModelSpec
     model: nn.Module  # the plain model: checkpoints always hold its state dict
     forward_model: nn.Module  # what the steps call (wrapped by DDP and torch.compile when asked)

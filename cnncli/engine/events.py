@@ -29,6 +29,7 @@ class Start:
     input: list
     resumed_at: tuple[int, int] | None  # (epoch, step in epoch) of a resumed run
     train_samples: int
+    threads: str = ""  # the CPU thread plan, e.g. "1 thread, 1 data worker on 2 core(s)" (empty on a GPU)
 
 
 @dataclass(frozen=True)

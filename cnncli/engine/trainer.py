@@ -87,13 +87,13 @@ class Trainer:
         """Data, the concrete config, model, optimizer and loaders."""
         seed_everything(self.cfg.seed, self.cfg.deterministic)
         training_kernels(self.device, self.cfg.deterministic)  # TF32, cuDNN autotuning (CUDA only)
-        self.data, self.cfg = training_data(self.cfg, self.device, self.dist, self.report if self.is_main else None)
+        main_report = self.report if self.is_main else None
+        self.data, self.cfg, self.threads = training_data(self.cfg, self.device, self.dist, main_report)
         self.local_batch = self.cfg.batch_size // self.dist.world_size
         built = build_for_training(
             self.cfg, self.data.input_size, self.device, self.dist, self.resume_from, self.report
         )
-        self.spec, self.model, self.forward_model = built.spec, built.model, built.forward_model
-        self.channels_last = built.channels_last
+        self.spec, self.model, self.forward_model, self.channels_last = built
         self.optimizer = optimizer_for(self.model, self.cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.precision == "16")
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
@@ -153,6 +153,7 @@ class Trainer:
                 steps_per_epoch=len(self.train_loader),
                 input=list(self.data.input_size),
                 resumed_at=(state.epoch, state.step_in_epoch) if self.resume_from is not None else None,
+                threads=self.threads.describe() if self.threads else "",
                 train_samples=self.train_loader.num_samples * self.dist.world_size,
             )
         )
