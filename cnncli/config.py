@@ -91,6 +91,7 @@ class RunFacts:
     world_size: int = 1  # processes under torchrun
     train_samples: int | None = None  # images in the training split (small data gets smaller batches)
     workers: int | None = None  # the thread policy's DataLoader workers (None: default_workers())
+    threads: int | None = None  # the thread policy's intra-op threads (saved in args.json: a resume keeps them)
 
 
 THREADS_ENV = "CNN_THREADS"  # the intra-op threads, when --threads is not given
@@ -249,6 +250,7 @@ def resolve(cfg: TrainConfig, facts: RunFacts) -> TrainConfig:
         lr=lr,
         weight_decay=wd,
         workers=workers,
+        threads=cfg.threads or facts.threads,
         num_classes=cfg.num_classes or facts.num_classes,
         precision=resolve_precision(cfg.precision, facts.device_type, facts.bf16),
     )

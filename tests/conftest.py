@@ -5,6 +5,9 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Two runs that a test compares bit for bit must train with the same threads: the thread policy would choose them
+# from the machine's load, which CI neighbours change between two runs (tests/test_threads.py tests the policy).
+os.environ.setdefault("CNN_THREADS", "2")
 
 
 def pytest_addoption(parser):

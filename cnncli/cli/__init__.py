@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     from cnncli import errors, fileio
     from cnncli.engine.threads import prepare_environment
 
-    prepare_environment()  # before any command imports torch
+    prepare_environment(next((a for a in args if not a.startswith("-")), None))  # before any command imports torch
     errors.begin_command()
     fileio.begin_command()
     previous = _exit_on_interrupt()

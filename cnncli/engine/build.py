@@ -38,7 +38,8 @@ def training_data(cfg: TrainConfig, device: torch.device, dist, report: Callable
         report(Note(note))
     plan = None
     if device.type == "cpu":
-        plan = threads.plan(cfg.threads, cfg.workers, streams_files=getattr(data, "folders", None) is not None)
+        streams = getattr(data, "folders", None) is not None and threads.decoding_is_costly(data)
+        plan = threads.plan(cfg.threads, cfg.workers, streams_files=streams, deterministic=cfg.deterministic)
         threads.apply(plan)
     facts = RunFacts(
         data.epochs,
@@ -49,6 +50,7 @@ def training_data(cfg: TrainConfig, device: torch.device, dist, report: Callable
         dist.world_size,
         data.num_samples("train"),
         plan.workers if plan else None,
+        plan.intra if plan else None,
     )
     cfg = resolve(cfg, facts)
     if dist.enabled and report:
