@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     from cnncli import errors, fileio
     from cnncli.engine.threads import prepare_environment
 
-    prepare_environment(next((a for a in args if not a.startswith("-")), None))  # before any command imports torch
+    if not {"-h", "--help"} & set(args):  # before any command imports torch; help text needs no sample
+        prepare_environment(next((a for a in args if not a.startswith("-")), None))
     errors.begin_command()
     fileio.begin_command()
     previous = _exit_on_interrupt()
