@@ -125,3 +125,20 @@ def test_a_run_says_and_saves_its_threads_and_a_resume_keeps_them(tmp_path):
     assert args["threads"] == 1
     q = run_cnn("train", "--resume", tmp_path / "t", "--epochs", "2", check=0)
     assert "1 thread" in q.stderr and json.loads((tmp_path / "t" / "args.json").read_text())["threads"] == 1
+
+
+def test_the_data_workers_do_not_change_what_a_run_learns(tmp_path):
+    """A sample's crop and flip come from its own seed (seed, epoch, index), not from whichever process decoded
+    it: the policy may choose 0 or 2 workers, and the trained weights are the same bit for bit."""
+    import torch
+    from fixtures import write_image_folder
+
+    root = write_image_folder(str(tmp_path / "imgs"), classes=("a", "b"), per_class=8, size=(20, 24))
+    weights = []
+    for w in ("0", "2"):
+        run_cnn(
+            "train", "smallcnn", "--data", f"folder:{root}", "--epochs", "2", "--workers", w, "--threads", "2",
+            "--device", "cpu", "--project", tmp_path / "runs", "--name", f"w{w}", check=0,
+        )  # fmt: skip
+        weights.append(torch.load(tmp_path / "runs" / f"w{w}" / "last.pt", weights_only=True)["state_dict"])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -152,17 +152,42 @@ class TensorLoader:
 
 
 class _FileDataset(torch.utils.data.Dataset):
-    def __init__(self, samples, transform, channels: int):
+    """Images from files, keyed by (index, augmentation seed): a sample's random crop and flip are drawn from its own
+    seed, so they are the same whichever process decodes it (0, 1 or 8 workers give the same batches)."""
+
+    def __init__(self, samples, transform, channels: int, random: bool):
         self.samples, self.transform, self.mode = samples, transform, "L" if channels == 1 else "RGB"
+        self.random = random
 
     def __len__(self):
         return len(self.samples)
 
-    def __getitem__(self, i):
+    def __getitem__(self, key):
         from cnncli.data.images import read_image
 
+        i, draw = key
         path, label = self.samples[i]
-        return self.transform(read_image(path, 1 if self.mode == "L" else 3)), label
+        img = read_image(path, 1 if self.mode == "L" else 3)
+        if not self.random:
+            return self.transform(img), label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(draw)
+            return self.transform(img), label
+
+
+class _Keyed(torch.utils.data.Sampler):
+    """Another sampler's indices, each with the seed of its augmentation: a function of (seed, epoch, index) only,
+    computed in the main process (where the epoch is known, persistent workers or not)."""
+
+    def __init__(self, inner, seed: int):
+        self.inner, self.seed, self.epoch = inner, seed, 0
+
+    def __iter__(self):
+        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
+        return ((i, (base + i) % (1 << 62)) for i in self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
 
 
 def folder_transform(image_size, train: bool, flip: bool = True):
@@ -205,21 +230,25 @@ class FolderLoader:
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.scale, self.shift = affine(mean, std, self.device)
-        ds = _FileDataset(samples, folder_transform(image_size, train, flip), channels)
+        ds = _FileDataset(samples, folder_transform(image_size, train, flip), channels, random=train)
         self.sampler = None
+        self.generator = torch.Generator().manual_seed(seed)
         if world_size > 1:
             self.sampler = torch.utils.data.distributed.DistributedSampler(
                 ds, world_size, rank, shuffle=train, seed=seed
             )
-        g = torch.Generator().manual_seed(seed)
+            inner = self.sampler
+        elif train:
+            inner = torch.utils.data.RandomSampler(ds, generator=self.generator)
+        else:
+            inner = torch.utils.data.SequentialSampler(ds)
+        self.keyed = _Keyed(inner, seed)
         self.loader = torch.utils.data.DataLoader(
             ds,
             batch_size=batch_size,
-            shuffle=train and self.sampler is None,
-            sampler=self.sampler,
+            sampler=self.keyed,
             num_workers=workers,
             drop_last=train and len(ds) >= batch_size,
-            generator=g,
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
         )
@@ -228,7 +257,8 @@ class FolderLoader:
     def set_epoch(self, epoch: int) -> None:
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
-        self.loader.generator.manual_seed(epoch * 7919 + 17)
+        self.generator.manual_seed(epoch * 7919 + 17)
+        self.keyed.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.loader)
