@@ -16,7 +16,9 @@ ARGS = ["linenet", "--data", "lines", "--epochs", "2", "--deterministic", "--dev
 
 
 def _torchrun(*args, **kw):
-    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "CNN_DIST_TIMEOUT": "120"}
+    # each rank takes its share of the cores from the thread policy (the suite's CNN_THREADS would oversubscribe)
+    env = {k: v for k, v in os.environ.items() if k != "CNN_THREADS"}
+    env.update({"CI": "1", "OMP_NUM_THREADS": "1", "CNN_DIST_TIMEOUT": "120"})
     cmd = [
         sys.executable,
         "-m",
@@ -146,7 +148,9 @@ def test_two_nodes_on_one_host(tmp_path):
     """The model of a multi-machine job: two torchrun launchers (one per "node", one process each) meet at a c10d
     rendezvous on localhost, node 0 hosting its store, as they would across machines (docs/distributed.md)."""
     port = _free_port()
-    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "CNN_DIST_TIMEOUT": "120"}
+    # each rank takes its share of the cores from the thread policy (the suite's CNN_THREADS would oversubscribe)
+    env = {k: v for k, v in os.environ.items() if k != "CNN_THREADS"}
+    env.update({"CI": "1", "OMP_NUM_THREADS": "1", "CNN_DIST_TIMEOUT": "120"})
     procs = []
     for node in (0, 1):
         cmd = [
