@@ -38,6 +38,8 @@ def test_each_torchrun_rank_gets_its_share(eight_cores, monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     p = threads.plan(load=0.0, streams_files=True)
     assert p.cores == 2 and p.intra + p.workers == 2
+    q = threads.plan(load=5.0)  # the other ranks starting up are not contention: no sample, the whole share
+    assert (q.intra, q.busy) == (2, 0)
 
 
 def test_threads_given_win_over_the_load_and_deterministic_ignores_it(eight_cores, monkeypatch):

@@ -12,6 +12,7 @@ wheels ship GNU libgomp, `torch.__config__.parallel_info()`) and gives the model
 
 The cores: the CPU affinity mask (`os.sched_getaffinity`), capped by a cgroup CPU quota (containers, CI runners:
 cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us`), shared equally by the processes of a torchrun job on this node.
+The ranks of a torchrun job take their share without sampling (they would count each other starting up).
 `--threads N` or `CNN_THREADS=N` sets the intra-op threads instead; `--deterministic` uses every core whatever the
 load (the same threads every time: a thread count changes the order of floating-point sums). The count a run
 chose is saved in args.json, so `--resume` continues with it. Worker processes run one thread each (PyTorch's
@@ -40,8 +41,8 @@ def prepare_environment(command: str | None = None) -> None:
     """Before torch is imported, for the commands that train (`cnn train`): sample the machine's load and, when
     other work keeps a core busy, set OpenMP's passive wait policy. A user's own wait policy (OMP_WAIT_POLICY,
     libgomp's GOMP_SPINCOUNT) wins."""
-    if command != "train" or "torch" in sys.modules:
-        return
+    if command != "train" or "torch" in sys.modules or processes_per_node() > 1:
+        return  # under torchrun the ranks would see each other starting: each takes its share, unsampled
     load = other_load()
     os.environ[LOAD_ENV] = f"{load:.3f}"
     if load >= BUSY and "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
@@ -171,9 +172,9 @@ def plan(
         threads, chosen_by = env, ENV
     elif deterministic:
         threads, chosen_by = cores, "--deterministic"
-    else:
+    elif processes_per_node() == 1:  # torchrun's ranks take their share: sampling, they would count each other
         load = sampled_load() if load is None else load
-        busy = min(cores - 1, int(load / processes_per_node() + (1 - BUSY)))
+        busy = min(cores - 1, int(load + (1 - BUSY)))
     free = cores - busy
     if workers is None:
         workers = max(1 if free >= 2 else 0, min(8, free // 2) if free >= 4 else 0) if streams_files else 0
