@@ -19,7 +19,7 @@ from cnncli.engine.events import Note
 from cnncli.errors import UsageError
 
 
-def training_data(cfg: TrainConfig, device: torch.device, dist, report: Callable | None):
+def training_data(cfg: TrainConfig, device: torch.device, dist, report: Callable | None, resumed: bool = False):
     """(the dataset, the config made concrete from what the data and the device are, the CPU thread plan). The
     dataset is the whole small-image set as one uint8 tensor on the device, or a folder streamed from disk. On a
     CPU the thread policy (engine/threads.py) shares the cores between torch's threads and the data workers, and is
@@ -38,8 +38,12 @@ def training_data(cfg: TrainConfig, device: torch.device, dist, report: Callable
         report(Note(note))
     plan = None
     if device.type == "cpu":
-        streams = getattr(data, "folders", None) is not None and threads.decoding_is_costly(data)
+        # the decoding cost only decides the workers: none is measured when --workers is given
+        folder = getattr(data, "folders", None) is not None
+        streams = folder and cfg.workers is None and threads.decoding_is_costly(data)
         plan = threads.plan(cfg.threads, cfg.workers, streams_files=streams, deterministic=cfg.deterministic)
+        if resumed and cfg.threads is not None:  # the count the run chose, from its args.json
+            plan = replace(plan, chosen_by="as saved")
         threads.apply(plan)
     facts = RunFacts(
         data.epochs,

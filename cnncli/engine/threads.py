@@ -142,7 +142,7 @@ class ThreadPlan:
     intra: int  # torch.set_num_threads
     workers: int  # DataLoader worker processes (one thread each)
     cores: int  # what this process may use
-    chosen_by: str  # "auto", "--threads", "CNN_THREADS", "--deterministic"
+    chosen_by: str  # "auto", "--threads", "CNN_THREADS", "--deterministic", "as saved" (a resumed run)
     busy: int = 0  # cores other work keeps busy (auto only)
 
     def describe(self) -> str:
@@ -189,16 +189,20 @@ DECODE_MS = 2.0  # an image that decodes faster than this is read in the trainin
 def decoding_is_costly(data, sample: int = 8) -> bool:
     """Whether a folder's images take long enough to decode and resize that a worker process pays for itself
     (camera photos do; small PNGs decode in a fraction of the cost of passing them between processes): the mean
-    time of the first `sample` training images."""
+    time of the first `sample` training images (it stops as soon as their total says so: camera photos are slow)."""
     from cnncli.data.images import read_image, resize
 
     files = [path for path, _ in data.split("train")[:sample]]
-    if files:  # the decoders' first use (imports, tables) is not what every image costs
-        read_image(files[0], data.channels)
+    if not files:
+        return False
+    read_image(files[0], data.channels)  # the decoders' first use (imports, tables) is not what every image costs
+    budget = DECODE_MS * len(files) / 1000
     t0 = time.perf_counter()
     for path in files:
         resize(read_image(path, data.channels), data.image_size)
-    return bool(files) and (time.perf_counter() - t0) * 1000 / len(files) >= DECODE_MS
+        if time.perf_counter() - t0 >= budget:
+            return True
+    return False
 
 
 def apply(p: ThreadPlan) -> None:

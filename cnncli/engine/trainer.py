@@ -87,8 +87,8 @@ class Trainer:
         """Data, the concrete config, model, optimizer and loaders."""
         seed_everything(self.cfg.seed, self.cfg.deterministic)
         training_kernels(self.device, self.cfg.deterministic)  # TF32, cuDNN autotuning (CUDA only)
-        main_report = self.report if self.is_main else None
-        self.data, self.cfg, self.threads = training_data(self.cfg, self.device, self.dist, main_report)
+        report, resumed = (self.report if self.is_main else None), self.resume_from is not None
+        self.data, self.cfg, self.threads = training_data(self.cfg, self.device, self.dist, report, resumed)
         self.local_batch = self.cfg.batch_size // self.dist.world_size
         built = build_for_training(
             self.cfg, self.data.input_size, self.device, self.dist, self.resume_from, self.report
