@@ -33,8 +33,8 @@ TORCHVISION = torchvision.models.list_models(module=torchvision.models)
 BUILTIN = ["lenet5", "linenet", "resnet18", "resnet20", "smallcnn", "vgg11_bn"]  # at 32x32: the CIFAR layouts
 
 
-def _build(name: str, size: int, device="meta") -> nn.Module:
-    from cnncli.models.detect import _parameters_on_meta
+def _build(name: str, size: int) -> nn.Module:
+    from cnncli.models.detect import _parameters_on_meta, no_initialisation
 
     def make():
         if name.startswith("timm:"):
@@ -51,10 +51,10 @@ def _build(name: str, size: int, device="meta") -> nn.Module:
         kw = {"image_size": size} if name.startswith("vit_") else {}
         return torchvision.models.get_model(name, weights=None, **kw)
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), no_initialisation():  # the weights are set by _materialize, or never used
         warnings.simplefilter("ignore")
         try:
-            with torch.device(device):
+            with torch.device("meta"):
                 return make().eval()
         except (NotImplementedError, RuntimeError):  # a builder computing widths with tensors (regnet)
             with _parameters_on_meta():

@@ -114,10 +114,12 @@ def count_params(info: ModelInfo) -> int | None:
     """Parameters at the model's default size, built on the meta device (no memory, no weights)."""
     import torch
 
+    from cnncli.models.detect import no_initialisation
+
     if info.source == "torchvision":
         return torchvision_params(info.name)
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), no_initialisation():
             m = get_model(info.qualified)
         return sum(p.numel() for p in m.parameters())
     except Exception:

@@ -78,7 +78,7 @@ def _parameters_on_meta():
 
 
 @contextlib.contextmanager
-def _no_initialisation():
+def no_initialisation():
     """torch.nn.init's in-place initialisers do nothing while a model is built on the meta device: there is no value
     to set, and on meta each of them still runs its decomposition through Python (half of a meta build's time)."""
     import torch.nn.init as init
@@ -102,7 +102,7 @@ def build_on_meta(name: str, num_classes: int, in_channels: int, image_size) -> 
     """A registry model with no memory behind its tensors."""
     from cnncli.models._factory import get_model
 
-    with warnings.catch_warnings(), _no_initialisation():
+    with warnings.catch_warnings(), no_initialisation():
         warnings.simplefilter("ignore")
         try:
             with torch.device("meta"):

@@ -7,7 +7,6 @@ head). Small inputs (< 96 px) keep more resolution: the stem and the first down-
 from __future__ import annotations
 
 import torch.nn as nn
-from torchvision.models.mobilenetv2 import MobileNetV2 as _TVMobileNetV2
 
 from cnncli.models._registry import register_model
 
@@ -16,8 +15,10 @@ SMALL_INPUT = 96
 
 class MobileNetV2(nn.Module):
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, image_size=(224, 224), width_mult: float = 1.0):
+        from torchvision.models.mobilenetv2 import MobileNetV2 as TorchvisionMobileNetV2  # 1.5 s to import: when built
+
         super().__init__()
-        tv = _TVMobileNetV2(num_classes=num_classes, width_mult=width_mult)
+        tv = TorchvisionMobileNetV2(num_classes=num_classes, width_mult=width_mult)
         self.features = tv.features
         stem = self.features[0][0]
         if in_channels != 3:

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from cnncli.models._registry import register_model
 
 SMALL_INPUT = 96
 
 
-def _build_imagenet_style(block, layers, *, num_classes: int, in_channels: int, image_size) -> ResNet:
-    model = ResNet(block, layers, num_classes=num_classes)
+def _build_imagenet_style(block: str, layers, *, num_classes: int, in_channels: int, image_size) -> nn.Module:
+    from torchvision.models import resnet as tv  # imported when built: torchvision costs 1.5 s to import
+
+    model = tv.ResNet(getattr(tv, block), layers, num_classes=num_classes)
     if min(image_size) < SMALL_INPUT:
         model.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()
@@ -84,11 +85,11 @@ class CifarResNet(nn.Module):
 
 
 _TV = {
-    18: (BasicBlock, [2, 2, 2, 2]),
-    34: (BasicBlock, [3, 4, 6, 3]),
-    50: (Bottleneck, [3, 4, 6, 3]),
-    101: (Bottleneck, [3, 4, 23, 3]),
-    152: (Bottleneck, [3, 8, 36, 3]),
+    18: ("BasicBlock", [2, 2, 2, 2]),
+    34: ("BasicBlock", [3, 4, 6, 3]),
+    50: ("Bottleneck", [3, 4, 6, 3]),
+    101: ("Bottleneck", [3, 4, 23, 3]),
+    152: ("Bottleneck", [3, 8, 36, 3]),
 }
 
 
