@@ -25,17 +25,12 @@ def _draw(
     bright = 0.5 + 0.5 * torch.rand(n, lines, generator=gen)
     present = torch.rand(n, lines, generator=gen) < torch.tensor([1.0, 0.6, 0.4])  # the first line always
     ar = torch.arange(size)
-    # along: coordinate along the line; across: coordinate across it
+    # across: coordinate across the line, along: along it; a pixel is on where both are inside one line
     across = ar.view(1, 1, size, 1)
     along = ar.view(1, 1, 1, size)
-    on = (
-        (across >= pos[..., None, None])
-        & (across < (pos + thick)[..., None, None])
-        & (along >= start[..., None, None])
-        & (along < (start + length)[..., None, None])
-        & present[..., None, None]
-    )
-    img = (on.float() * bright[..., None, None]).amax(1)  # [n, across, along]: horizontal lines
+    rows = (across >= pos[..., None, None]) & (across < (pos + thick)[..., None, None]) & present[..., None, None]
+    cols = (along >= start[..., None, None]) & (along < (start + length)[..., None, None])
+    img = ((rows * bright[..., None, None]) * cols).amax(1)  # [n, across, along]: horizontal lines
     img = torch.where(vertical.view(-1, 1, 1), img.transpose(1, 2), img)
     if not noise:
         return img
