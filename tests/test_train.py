@@ -94,12 +94,8 @@ def _wait_for_first_epoch(p, run):
     assert p.poll() is None, "the run finished before it could be interrupted"
 
 
-def _start(tmp_path, name):
-    env = {**os.environ, "CI": "1"}
-    args = [
-        sys.executable,
-        "-m",
-        "cnncli",
+def _train_args(tmp_path, name):
+    return [
         "train",
         "linenet",
         "--data",
@@ -116,6 +112,11 @@ def _start(tmp_path, name):
         "--precision",
         "32",
     ]
+
+
+def _start(tmp_path, name):
+    env = {**os.environ, "CI": "1"}
+    args = [sys.executable, "-m", "cnncli", *_train_args(tmp_path, name)]
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -128,10 +129,9 @@ def _final_state(run):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
+    # in this process (the same command, threads and precision as _start's): a subprocess would add its start-up
     tmp = tmp_path_factory.mktemp("ref")
-    p = _start(tmp, "ref")
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err
+    run_cnn(*_train_args(tmp, "ref"), check=0)
     return _final_state(os.path.join(tmp, "ref"))
 
 
