@@ -1,4 +1,5 @@
-"""`cnn train` under the real torchrun: a 2-process gloo DDP job on CPU."""
+"""`cnn train` under the real torchrun: 2-process gloo DDP jobs on CPU, launched as two nodes meeting at a rendezvous
+(the reference run) and as one node of two processes (the interrupted and resumed run, which must equal it)."""
 
 import csv
 import json
@@ -12,7 +13,21 @@ import pytest
 import torch
 from conftest import ROOT, run_cnn
 
-ARGS = ["linenet", "--data", "lines", "--epochs", "2", "--deterministic", "--device", "cpu", "--precision", "32"]
+# one thread per rank however the job is launched, so that two launches of the same job compute the same sums
+ARGS = [
+    "linenet",
+    "--data",
+    "lines",
+    "--epochs",
+    "2",
+    "--deterministic",
+    "--device",
+    "cpu",
+    "--precision",
+    "32",
+    "--threads",
+    "1",
+]
 
 
 def _torchrun(*args, **kw):
@@ -41,13 +56,65 @@ def _rows(run):
         return list(csv.DictReader(f))
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node(node: int, port: int, *args) -> subprocess.Popen:
+    """One "node" of a two-machine job: its own torchrun launcher with one process, meeting the other at a c10d
+    rendezvous on localhost, node 0 hosting its store, as they would across machines (docs/distributed.md)."""
+    env = {k: v for k, v in os.environ.items() if k != "CNN_THREADS"}  # each rank takes its share of the cores
+    env.update({"CI": "1", "OMP_NUM_THREADS": "1", "CNN_DIST_TIMEOUT": "120"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        "cnn-two-nodes",
+        "--rdzv-conf",
+        f"is_host={1 if node == 0 else 0}",
+        "-m",
+        "cnncli",
+        "train",
+        *map(str, args),
+    ]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
+    """The reference job: two nodes of one process each (the standalone launch of two processes on one node is
+    test_resume_under_torchrun's, whose result must equal this one's: the same two ranks, however launched)."""
     project = tmp_path_factory.mktemp("ddp")
-    p = _torchrun(*ARGS, "--project", project, "--name", "ddp", "--json")
-    out, err = p.communicate(timeout=400)
-    assert p.returncode == 0, err
-    return json.loads(out), project, err
+    port = _free_port()
+    procs = [_node(node, port, *ARGS, "--project", project, "--name", "ddp", "--json") for node in (0, 1)]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=400))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    printed = [json.loads(out) for out, _ in outs if out.strip()]
+    assert len(printed) == 1  # rank 0 reports; the other node trains silently
+    return printed[0], project, outs[0][1] + outs[1][1]
 
 
 def test_two_rank_job_writes_one_run_and_matches_single_process(ddp_run, tmp_path):
@@ -63,11 +130,11 @@ def test_two_rank_job_writes_one_run_and_matches_single_process(ddp_run, tmp_pat
         "summary.json",
     ]
     assert len(_rows(run)) == 2
-    assert "global batch 64 split across 2 ranks: 32 per rank" in err
+    assert "global batch 64 split across 2 ranks: 32 per rank" in err  # (either node may say it)
     assert err.count("epoch 1/2") == 1  # only rank 0 reports
     assert res["test_accuracy"] >= 0.99
-    # the same global batch in one process: comparable accuracy, (nearly) the same weights
-    single = json.loads(run_cnn("train", *ARGS, "--project", tmp_path, "--name", "single", "--json", check=0).stdout)
+    # the same global batch in one process (on both cores): comparable accuracy, (nearly) the same weights
+    single = json.loads(run_cnn("train", *ARGS[:-2], "--project", tmp_path, "--name", "single", "--json", check=0).stdout)
     assert abs(single["test_accuracy"] - res["test_accuracy"]) <= 0.005
     a = torch.load(os.path.join(run, "last.pt"), weights_only=True)
     b = torch.load(os.path.join(single["run_dir"], "last.pt"), weights_only=True)
@@ -134,83 +201,3 @@ def test_a_failing_rank_ends_the_job_instead_of_hanging(tmp_path):
     assert "rank 1 lost its device" in err
     assert time.time() - t < 200  # ended by torchrun, well before any collective timeout
     assert not os.path.exists(os.path.join(tmp_path, "train", "last.pt"))  # nothing half-written
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_nodes_on_one_host(tmp_path):
-    """The model of a multi-machine job: two torchrun launchers (one per "node", one process each) meet at a c10d
-    rendezvous on localhost, node 0 hosting its store, as they would across machines (docs/distributed.md)."""
-    port = _free_port()
-    # each rank takes its share of the cores from the thread policy (the suite's CNN_THREADS would oversubscribe)
-    env = {k: v for k, v in os.environ.items() if k != "CNN_THREADS"}
-    env.update({"CI": "1", "OMP_NUM_THREADS": "1", "CNN_DIST_TIMEOUT": "120"})
-    procs = []
-    for node in (0, 1):
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nnodes",
-            "2",
-            "--nproc-per-node",
-            "1",
-            "--rdzv-backend",
-            "c10d",
-            "--rdzv-endpoint",
-            f"127.0.0.1:{port}",
-            "--rdzv-id",
-            "cnn-two-nodes",
-            "--rdzv-conf",
-            f"is_host={1 if node == 0 else 0}",
-            "-m",
-            "cnncli",
-            "train",
-            "linenet",
-            "--data",
-            "lines",
-            "--epochs",
-            "1",
-            "--device",
-            "cpu",
-            "--precision",
-            "32",
-            "--project",
-            str(tmp_path),
-            "--name",
-            "nodes",
-            "--json",
-        ]
-        procs.append(
-            subprocess.Popen(
-                cmd,
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                start_new_session=True,
-            )
-        )
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=400))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err
-    printed = [json.loads(out) for out, _ in outs if out.strip()]
-    assert len(printed) == 1  # rank 0 reports; the other node trains silently
-    res = printed[0]
-    assert os.listdir(tmp_path) == ["nodes"]
-    assert "split across 2 ranks" in outs[0][1] + outs[1][1]
-    assert res["test_accuracy"] >= 0.95

@@ -34,7 +34,8 @@ BUILTIN = ["lenet5", "linenet", "resnet18", "resnet20", "smallcnn", "vgg11_bn"] 
 
 
 def _build(name: str, size: int) -> nn.Module:
-    from cnncli.models.detect import _parameters_on_meta, no_initialisation
+    from cnncli.models._factory import no_initialisation
+    from cnncli.models.detect import _parameters_on_meta
 
     def make():
         if name.startswith("timm:"):

@@ -297,7 +297,6 @@ def model_request(
     mean=None,
     std=None,
     classes=None,
-    fallback=None,
 ):
     """The ModelRequest (cnncli.models.open) for a command's model options, with the values parsed."""
     from cnncli.models.open import ModelRequest
@@ -311,7 +310,6 @@ def model_request(
         std=parse_floats(std, "--std", positive=True),
         classes=parse_classes(classes),
         trust_pickle=trust_pickle,
-        fallback=fallback,
     )
 
 

@@ -150,8 +150,8 @@ def evaluate_file(
     log=lambda msg: None,
 ) -> EvalResult:
     """`cnn eval`: any model file in PyTorch on `device`, or an `.onnx` file in ONNX Runtime, on a dataset split,
-    each with its own recorded preprocessing (or, for files that carry none, the command line's, the architecture's
-    or the dataset's, as logged). `data` defaults to the dataset the model was trained on."""
+    each with its own recorded preprocessing (or, for files that carry none, the command line's or the
+    architecture's, as logged: the same as every other command's, so a gate measures the file that is deployed). `data` defaults to the dataset the model was trained on."""
     from cnncli.config import check_count
     from cnncli.data import load_dataset
     from cnncli.engine.runner import open_runner
@@ -161,7 +161,7 @@ def evaluate_file(
     req = request or ModelRequest()
     ds = load_dataset(data, data_dir) if data else None
     if ds is not None:
-        req = replace(req, fallback=Preprocess(ds.input_size, tuple(ds.mean), tuple(ds.std), tuple(ds.classes)))
+        req = replace(req, dataset_classes=tuple(ds.classes))  # names for the outputs; the images are the model's
     runner = open_runner(path, req, device or "cpu")
     name = data or runner.dataset
     if not name:

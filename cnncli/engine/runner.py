@@ -122,22 +122,18 @@ class OnnxRunner(Runner):
 
 
 def onnx_preprocess(path: str, req) -> tuple[Preprocess, str, int, list[str]]:
-    """An ONNX file's preprocessing: the metadata cnn export wrote, else the command line, the graph's input shape
-    and the dataset's. Returns (preprocess, dataset it was trained on, number of outputs, notes on what was assumed)."""
+    """An ONNX file's preprocessing: the metadata cnn export wrote, else the command line and the graph's input shape
+    (the same for every command: a dataset being evaluated never changes it). Returns (preprocess, dataset it was trained on, number of outputs, notes on what was assumed)."""
     from cnncli.analysis.summary import onnx_summary
     from cnncli.export import read_onnx_metadata
 
     meta = read_onnx_metadata(path, required=())
     facts = onnx_summary(path)
     shape = [v if isinstance(v, int) else None for v in facts.input]
-    fb = req.fallback
     size = meta.get("input_size") or (req.input_size if req.input_size and req.input_size[0] else None)
     if not size:
         given = req.input_size or (None, None, None)
-        size = [
-            shape[i] if i < len(shape) and shape[i] else (given[i] or (fb.input_size[i] if fb else None))
-            for i in range(3)
-        ]
+        size = [shape[i] if i < len(shape) and shape[i] else given[i] for i in range(3)]
     if len(size) != 3 or not all(isinstance(v, int) and v > 0 for v in size):
         raise UsageError(f"{path} does not say its input size", "give --in CxHxW")
     outputs = facts.output[0] if facts.output and isinstance(facts.output[0], int) else 0
@@ -146,7 +142,7 @@ def onnx_preprocess(path: str, req) -> tuple[Preprocess, str, int, list[str]]:
 
     spec = ModelSpec(
         f"onnx:{path}",
-        outputs or max(1, len(meta.get("classes") or ()) or (len(fb.classes) if fb else 1)),
+        outputs or max(1, len(meta.get("classes") or ()) or len(req.dataset_classes or ()) or 1),
         int(size[0]),
         (int(size[1]), int(size[2])),
     )

@@ -3,6 +3,7 @@ and a user's `path/to/file.py:ClassName`, adapted to the data's channels, classe
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import os
@@ -114,8 +115,6 @@ def count_params(info: ModelInfo) -> int | None:
     """Parameters at the model's default size, built on the meta device (no memory, no weights)."""
     import torch
 
-    from cnncli.models.detect import no_initialisation
-
     if info.source == "torchvision":
         return torchvision_params(info.name)
     try:
@@ -124,3 +123,24 @@ def count_params(info: ModelInfo) -> int | None:
         return sum(p.numel() for p in m.parameters())
     except Exception:
         return None
+
+
+@contextlib.contextmanager
+def no_initialisation():
+    """torch.nn.init's in-place initialisers do nothing while a model is built on the meta device: there is no value
+    to set, and on meta each of them still runs its decomposition through Python (half of a meta build's time)."""
+    import torch.nn.init as init
+
+    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))]
+    saved = {n: getattr(init, n) for n in names}
+
+    def unchanged(tensor, *args, **kwargs):
+        return tensor
+
+    for n in names:
+        setattr(init, n, unchanged)
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(init, n, f)

@@ -77,30 +77,9 @@ def _parameters_on_meta():
         nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer
 
 
-@contextlib.contextmanager
-def no_initialisation():
-    """torch.nn.init's in-place initialisers do nothing while a model is built on the meta device: there is no value
-    to set, and on meta each of them still runs its decomposition through Python (half of a meta build's time)."""
-    import torch.nn.init as init
-
-    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))]
-    saved = {n: getattr(init, n) for n in names}
-
-    def unchanged(tensor, *args, **kwargs):
-        return tensor
-
-    for n in names:
-        setattr(init, n, unchanged)
-    try:
-        yield
-    finally:
-        for n, f in saved.items():
-            setattr(init, n, f)
-
-
 def build_on_meta(name: str, num_classes: int, in_channels: int, image_size) -> nn.Module:
     """A registry model with no memory behind its tensors."""
-    from cnncli.models._factory import get_model
+    from cnncli.models._factory import get_model, no_initialisation
 
     with warnings.catch_warnings(), no_initialisation():
         warnings.simplefilter("ignore")

@@ -249,7 +249,18 @@ class ProgramModule(nn.Module):
         return self
 
     def forward(self, x):
-        return self.program(x)
+        """A program exported for one batch size takes any batch: in pieces of that size, the last one padded with
+        zeros (its outputs dropped), as `torch.export.export(model, (torch.randn(1, ...),))` programs need."""
+        n = self.static_batch
+        if n is None or x.dim() == 0 or x.shape[0] == n:
+            return self.program(x)
+        outs = []
+        for piece in x.split(n):
+            short = n - piece.shape[0]
+            if short:
+                piece = torch.cat([piece, piece.new_zeros(short, *piece.shape[1:])])
+            outs.append(self.program(piece)[: n - short])
+        return torch.cat(outs)
 
 
 def _program_input(program) -> list:

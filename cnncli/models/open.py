@@ -11,7 +11,9 @@ notes saying what was detected or assumed. Commands call this; they never open m
 
 Preprocessing a file does not carry comes, in this order, from the command line (`--in`, `--mean`, `--std`,
 `--classes`), the file, the architecture's own defaults (torchvision's weights metadata for torchvision models),
-and what the command knows (the dataset being evaluated); what was assumed is said.
+else none; what was assumed is said. It is decided here, once, the same for every command: the dataset `cnn eval`
+runs on never changes how a model sees its images (only the names of its outputs), so the accuracy a gate measures
+is the accuracy of what `cnn predict` and the exported file compute.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class ModelRequest:
     std: tuple | None = None
     classes: tuple | None = None
     trust_pickle: bool = False
-    fallback: Preprocess | None = None  # what the command knows (eval: the dataset's size, mean/std, classes)
+    dataset_classes: tuple | None = None  # eval: the dataset's class names, for outputs the file does not name (they
+    # label the outputs; how images are prepared never depends on the command)
     on_meta: bool = False  # a registry name without --weights is built on the meta device (no memory,
     # no initialisation: for commands that only look at its structure)
 
@@ -166,9 +169,12 @@ def model_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
     return model
 
 
-def probe(model: nn.Module, input_size: tuple[int, int, int], device: str = "cpu") -> torch.Tensor:
+def probe(
+    model: nn.Module, input_size: tuple[int, int, int], device: str = "cpu", assumed: bool = False
+) -> torch.Tensor:
     """One forward pass on zeros; a model that fails on this input, or does not return a tensor, is a UsageError
-    naming the cause (torchinfo would only say "see above stack traces")."""
+    naming the cause (torchinfo would only say "see above stack traces"). `assumed`: nothing said the input size,
+    so it is the likely cause and the message says so."""
     batch = getattr(model, "static_batch", None) or 1  # a torch.export program may take one batch size only
     size = "x".join(map(str, (batch, *input_size)))
     try:
@@ -180,8 +186,14 @@ def probe(model: nn.Module, input_size: tuple[int, int, int], device: str = "cpu
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         if "allocate" in msg.lower() or "out of memory" in msg.lower():
             raise UsageError(f"a {size} input is too large for this machine's memory", "give a smaller --in") from None
+        if assumed:
+            raise UsageError(
+                f"the model fails on a {size} input, a size assumed because the file does not record one "
+                f"({type(e).__name__}{': ' + msg if msg else ''})",
+                "give --in CxHxW, the size it was trained at (e.g. --in 3x32x32)",
+            ) from None
         raise UsageError(
-            f"the model fails on a {size} input: {type(e).__name__}: {msg}",
+            f"the model fails on a {size} input: {type(e).__name__}{': ' + msg if msg else ' (no message)'}",
             "check --in against the input size the model expects",
         ) from None
     if not isinstance(out, torch.Tensor):
@@ -244,7 +256,7 @@ def _open_architecture(arg: str, req: ModelRequest) -> OpenedModel:
         c or info.input_size[0],
         (h, w),
     )
-    notes = []
+    notes, recorded, defaults = [], {}, spec
     if req.weights:
         from cnncli.models.weights import read_weights
 
@@ -263,6 +275,7 @@ def _open_architecture(arg: str, req: ModelRequest) -> OpenedModel:
         spec = replace(spec, num_classes=fit.num_classes, in_channels=fit.in_channels, build_size=build)
         model, spec = _load_fitted(spec, got.state, req.weights)
         notes.append(f"weights: {got.describe(build)}")
+        recorded, defaults = got.recorded, _as_detected(spec, got.state)
     elif req.on_meta:
         from cnncli.models.detect import build_on_meta
 
@@ -270,7 +283,7 @@ def _open_architecture(arg: str, req: ModelRequest) -> OpenedModel:
     else:
         model = build_model(spec)
     known = bool(req.weights or _asked(req))  # a bare architecture says nothing about data, and assumes nothing
-    pre, assumed = resolve_preprocess(spec, req, {})
+    pre, assumed = resolve_preprocess(defaults, req, recorded)
     return OpenedModel(
         model,
         spec,
@@ -279,6 +292,22 @@ def _open_architecture(arg: str, req: ModelRequest) -> OpenedModel:
         notes=notes + (assumed if known else []),
         source={"architecture": spec.name, "weights": req.weights or None},
     )
+
+
+def _as_detected(spec: ModelSpec, state: dict) -> ModelSpec:
+    """The spec whose defaults a weights file gets: the architecture the same file given as MODEL is detected as. A
+    built-in model in torchvision's layout (resnet18 at ImageNet sizes) is detected as torchvision's, whose
+    weights' normalization it then assumes, as `cnn predict FILE` would."""
+    from cnncli.models.detect import fit_named
+
+    info = resolve(spec.name)
+    if info.source != "builtin" or spec.build_size or not _is_known_name("tv:" + info.name):
+        return spec
+    try:
+        fit_named("tv:" + info.name, state, (spec.in_channels, *spec.image_size))
+    except UsageError:
+        return spec
+    return replace(spec, name="tv:" + info.name)
 
 
 def _asked(req: ModelRequest) -> bool:
@@ -304,7 +333,7 @@ def _open_state_dict(
     path: str, state: dict, req: ModelRequest, meta: dict, *, where: str = "", kind: str = "state_dict"
 ) -> OpenedModel:
     """A state dict: its architecture named (--model) or detected, the layout its weights need."""
-    size = req.input_size or ((None, *req.fallback.input_size[1:]) if req.fallback else None)  # the data's H, W
+    size = req.input_size
     fit = _fit(req.model, state, size, path)
     info = resolve(fit.name)
     c, h, w = (size[0] or fit.in_channels, *size[1:]) if size else (fit.in_channels, *_default_size(info, fit))
@@ -390,12 +419,15 @@ def _open_module(mf, req: ModelRequest) -> OpenedModel:
             return rebuilt
     meta = mf.metadata
     c, h, w, assumed_size = _module_input_size(module, meta, req)
-    out = probe(module, (c, h, w))
+    batch = getattr(module, "static_batch", None)
+    out = probe(module, (c, h, w), assumed=assumed_size)
     num_classes = int(out.shape[1]) if out.dim() >= 2 else int(out.numel())
     spec = ModelSpec(f"{mf.kind}:{os.path.basename(mf.path)}", num_classes, c, (h, w))
     notes = [
         f"{mf.path}: {mf.description}{' ' + mf.where if mf.where else ''}, {num_classes} outputs"
         + (f"; input {c}x{h}x{w} assumed (give --in)" if assumed_size else f", input {c}x{h}x{w}")
+        + (f", exported for batch {batch} only: runs {batch} at a time" if batch and batch > 1 else "")
+        + (", exported for batch 1 only: runs one image at a time" if batch == 1 else "")
     ]
     pre, assumed = resolve_preprocess(spec, req, meta)
     return OpenedModel(
@@ -436,8 +468,8 @@ def _rebuild_pickle(mf, req: ModelRequest) -> OpenedModel | None:
 
 
 def _module_input_size(module: nn.Module, meta: dict, req: ModelRequest) -> tuple[int, int, int, bool]:
-    """(C, H, W, assumed): --in, then the file's metadata, the program's example input, the command's fallback; the
-    channels of the first convolution and 224x224 as the last resort (said)."""
+    """(C, H, W, assumed): --in, then the file's metadata, the program's example input; the channels of the first
+    convolution and 224x224 as the last resort (said). Never the command's data: every command runs a file alike."""
     given = req.input_size
     if given and given[0]:
         return (*given, False)
@@ -448,8 +480,6 @@ def _module_input_size(module: nn.Module, meta: dict, req: ModelRequest) -> tupl
     c = next((int(p.shape[1]) for p in module.parameters() if p.dim() == 4), 3)
     if given:
         return (c, *given[1:], False)
-    if req.fallback is not None:
-        return (*req.fallback.input_size, False)
     return (c, 224, 224, True)
 
 
@@ -476,27 +506,20 @@ def torchvision_defaults(name: str) -> dict:
 
 
 def resolve_preprocess(spec: ModelSpec, req: ModelRequest, meta: dict) -> tuple[Preprocess, list[str]]:
-    """Mean, std and classes for a model: the command line, the file, the architecture's defaults, the command's
-    fallback (the dataset); notes say where each came from when the file did not carry it."""
+    """Mean, std and classes for a model: the command line, the file, the architecture's defaults, else no
+    normalization; notes say where each came from when the file did not carry it. The one rule every command uses,
+    so that eval's gate, predict and the exported file see the same pixels. Only class names may come from the
+    dataset being evaluated (they name the outputs, and change no prediction)."""
     c = spec.in_channels
     info_source, arch = _arch_source(spec.name)
     tv = torchvision_defaults(arch) if info_source == "torchvision" else {}
     if info_source == "timm":
         tv = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    fb = req.fallback
     mean, mean_from = _first(
-        (req.mean, "--mean"),
-        (meta.get("mean"), "the file"),
-        (tv.get("mean"), f"{arch}'s"),
-        (fb.mean if fb else None, "the dataset's"),
-        ((0.0,) * c, "none"),
+        (req.mean, "--mean"), (meta.get("mean"), "the file"), (tv.get("mean"), f"{arch}'s"), ((0.0,) * c, "none")
     )
     std, std_from = _first(
-        (req.std, "--std"),
-        (meta.get("std"), "the file"),
-        (tv.get("std"), f"{arch}'s"),
-        (fb.std if fb else None, "the dataset's"),
-        ((1.0,) * c, "none"),
+        (req.std, "--std"), (meta.get("std"), "the file"), (tv.get("std"), f"{arch}'s"), ((1.0,) * c, "none")
     )
     mean, std = _per_channel(mean, c, "--mean"), _per_channel(std, c, "--std")
     k = spec.num_classes
@@ -504,7 +527,7 @@ def resolve_preprocess(spec: ModelSpec, req: ModelRequest, meta: dict) -> tuple[
         (req.classes, "--classes"),
         (meta.get("classes"), "the file"),
         (tv.get("classes") if k == 1000 else None, "ImageNet"),
-        (fb.classes if fb and len(fb.classes) == k else None, "the dataset's"),
+        (req.dataset_classes if req.dataset_classes and len(req.dataset_classes) == k else None, "the dataset's"),
         ((), "none"),
     )
     if classes and len(classes) != k:

@@ -22,6 +22,7 @@ class Weights:
     state: dict
     where: str
     fit: object | None  # models.detect.Fit
+    recorded: dict  # the preprocessing the file records (mean, std, classes), as a state dict's metadata reads
 
     def build_size(self, source: str, image_size) -> tuple[int, int] | None:
         """The layout's size when it differs from the image size (built-in models only), else None."""
@@ -43,7 +44,8 @@ def read_weights(path: str, name: str, input_size, *, trust_pickle: bool, exact:
     from cnncli.models.detect import fit_named
     from cnncli.models.files import read_model_file, weights_of
 
-    state, where = weights_of(read_model_file(path, trust_pickle=trust_pickle))
+    mf = read_model_file(path, trust_pickle=trust_pickle)
+    state, where = weights_of(mf)
     fit = None
     if exact:
         fit = fit_named(name, state, input_size, what=path)
@@ -52,4 +54,13 @@ def read_weights(path: str, name: str, input_size, *, trust_pickle: bool, exact:
             fit = fit_named(name, state, input_size)
         except UsageError:  # another architecture: whatever fits is loaded into the default layout
             fit = None
-    return Weights(path, state, where, fit)
+    return Weights(path, state, where, fit, recorded_preprocess(mf))
+
+
+def recorded_preprocess(mf) -> dict:
+    """What a model file says about its inputs: a cnncli checkpoint's preprocessing, or the metadata beside a state
+    dict (the same keys either way, so the weights are preprocessed alike whichever way they are given)."""
+    if mf.kind == "checkpoint":
+        pre = mf.checkpoint.preprocess
+        return {"mean": pre.mean, "std": pre.std, "classes": pre.classes}
+    return {k: v for k, v in mf.metadata.items() if k in ("mean", "std", "classes")}
