@@ -236,10 +236,27 @@ def safe_load(path: str, what: str, hint: str, map_location="cpu"):
         raise UsageError(
             f"refusing to load {path}: it holds pickled Python objects ({listed}); loading them would "
             "run code from the file",
-            "save model.state_dict() instead, or pass --trust-code if you trust where the file came from",
+            pickled_from_script_hint(" ".join(names))
+            or "save model.state_dict() instead, or pass --trust-code if you trust where the file came from",
         ) from None
     except Exception as e:
         raise unreadable(path, what, hint, e) from None
+
+
+def pickled_from_script_hint(text: str) -> str | None:
+    """A module pickled by a script run as `python train.py` names its class `__main__.Net`, which no other program
+    can import (not even with --trust-code): the hint that works."""
+    import re
+
+    m = re.search(r"__main__\.([A-Za-z_][A-Za-z0-9_]*)", text) or re.search(
+        r"attribute '([A-Za-z_][A-Za-z0-9_]*)' on <module '__main__'", text
+    )
+    if not m:
+        return None
+    return (
+        f"it was pickled from a script's __main__ ({m.group(1)}), which only that script can load: save "
+        f"model.state_dict() there, then pass the file with --model your_script.py:{m.group(1)}"
+    )
 
 
 def unreadable(path: str, what: str, hint: str, e: Exception) -> UsageError:

@@ -105,6 +105,22 @@ def test_pool2d_matches_torch(c, h, w, k, s, p, d, ceil, kind):
         return
     m = nn.MaxPool2d(k, s, p, d, ceil_mode=ceil) if kind == "max" else nn.AvgPool2d(k, s, p, ceil_mode=ceil)
     assert layer.output == _torch_out(m, c, h, w)
+    for line, size in zip(layer.formulas, layer.output[1:] if len(layer.formulas) == 2 else layer.output[1:2]):
+        _check_formula(line, size)
+
+
+def _check_formula(line: str, size: int) -> None:
+    """A printed formula evaluates to what it says, and ends on the layer's output size (with ceil_mode's
+    last-window rule written out where it changes the result)."""
+    import math
+    import re
+
+    expr, _, rest = line.split(": ", 1)[1].partition(" = ")
+    value = eval(expr, {"ceil": math.ceil, "floor": math.floor})  # noqa: S307 (the tool's own formula text)
+    stated = int(re.match(r"\d+", rest).group())
+    assert value == stated, line
+    final = int(re.search(r"so (\d+)$", rest).group(1)) if "less the last window" in rest else stated
+    assert final == size, line
 
 
 @SETTINGS

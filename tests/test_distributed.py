@@ -134,7 +134,9 @@ def test_two_rank_job_writes_one_run_and_matches_single_process(ddp_run, tmp_pat
     assert err.count("epoch 1/2") == 1  # only rank 0 reports
     assert res["test_accuracy"] >= 0.99
     # the same global batch in one process (on both cores): comparable accuracy, (nearly) the same weights
-    single = json.loads(run_cnn("train", *ARGS[:-2], "--project", tmp_path, "--name", "single", "--json", check=0).stdout)
+    single = json.loads(
+        run_cnn("train", *ARGS[:-2], "--project", tmp_path, "--name", "single", "--json", check=0).stdout
+    )
     assert abs(single["test_accuracy"] - res["test_accuracy"]) <= 0.005
     a = torch.load(os.path.join(run, "last.pt"), weights_only=True)
     b = torch.load(os.path.join(single["run_dir"], "last.pt"), weights_only=True)

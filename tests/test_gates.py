@@ -208,11 +208,11 @@ def test_a_run_folder_has_one_writer(tmp_path):
     before = _snapshot(run)
     lock = FolderLock(str(run)).acquire()  # another cnn train still holds the run
     try:
-        line = _one_error(run_cnn("train", "--resume", run, "--epochs", "2"))
+        line = _one_error(run_cnn("train", "--resume", run, "--epochs", "2", "--max-steps", "4"))
     finally:
         lock.release()
     assert "in use by another cnn process" in line and _snapshot(run) == before
-    p = run_cnn("train", "--resume", run, "--epochs", "2", check=0)  # free again: it resumes
+    p = run_cnn("train", "--resume", run, "--epochs", "2", "--max-steps", "4", check=0)  # free again: it resumes
     assert p.returncode == 0
 
 

@@ -108,3 +108,44 @@ def test_bad_input(images, args, needle):
     p = run_cnn("inspect", *[a.replace("{root}", str(images)) for a in args])
     assert p.returncode == 2 and p.stdout == "" and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert needle in p.stderr and sorted(os.listdir(images)) == before
+
+
+INACTIVE_MODEL = """
+import torch
+import torch.nn as nn
+
+
+class Bright(nn.Module):
+    # one channel that is the image's brightness, rectified: 0 wherever the image is black
+    def __init__(self, num_classes=2, in_channels=3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 1, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+            self.conv.bias.fill_(-1.0)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(1, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.relu(self.conv(x)).mean((2, 3)))
+"""
+
+
+def test_an_inactive_unit_is_said_and_an_active_one_shown(tmp_path):
+    """A unit that is 0 on this image passes no gradient: the default (centre) one gives way to the most active
+    unit, said; an asked one is exit 2 naming an active one (never "0% of the measured gradient" over nothing)."""
+    from PIL import Image
+
+    (tmp_path / "bright.py").write_text(INACTIVE_MODEL)
+    img = np.zeros((32, 32, 3), dtype=np.uint8)
+    img[:6, :6] = 255  # bright in the top-left corner only: the centre is black
+    Image.fromarray(img).save(tmp_path / "corner.png")
+    model = f"{tmp_path / 'bright.py'}:Bright"
+    args = ("inspect", "rf", model, tmp_path / "corner.png", "--layer", "relu", "--in", "3x32x32", "-o", tmp_path)
+    p = run_cnn(*args, "--json", check=0)
+    assert "the centre unit 16,16 is inactive" in p.stderr
+    y, x = json.loads(p.stdout)["at"]
+    assert y < 6 and x < 6  # a unit that sees the bright corner
+    bad = run_cnn(*args, "--at", "16,16")
+    assert bad.returncode == 2 and "inactive" in bad.stderr and "try --at" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

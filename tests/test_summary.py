@@ -220,3 +220,23 @@ def test_untraceable_model_is_measured_and_says_so(tmp_path):
     assert rows["fc"]["receptive_field_kind"] == "at least"  # the mean reaches the border: the field may be larger
     assert out["macs"] == 32 * 32 * 8 * 27 + 16 * 16 * 8 * 72 + 80
     assert out["memory"]["saved_for_backward"] > 0  # counted on a real step (fake tensors cannot run .sum() > x)
+
+
+def test_a_module_called_twice_has_the_field_of_each_call():
+    """torchvision's BasicBlock runs one ReLU twice: after conv1 (field 19 in layer1.0) and after the sum (27). Each
+    call is a row, and each row says its own call's field (not the last call's on both)."""
+    p = run_cnn("summary", "tv:resnet18", "--json", "--depth", "3", check=0)
+    relu = [r for r in json.loads(p.stdout)["layers"] if r["name"] == "layer1.0.relu"]
+    assert [r["receptive_field"] for r in relu] == [[19, 19], [27, 27]]
+
+
+def test_an_unknown_training_memory_says_why():
+    """resnet18 at 32x32 ends on 1x1 maps: at batch 1 BatchNorm cannot train, so what a step keeps is unknown, and
+    the line says why and what to give."""
+    p = run_cnn("summary", "tv:resnet18", "--in", "3x32x32", check=0)
+    assert "keeps unknown" not in p.stdout
+    assert "BatchNorm layer sees one value per channel" in p.stdout and "--batch 2" in p.stdout
+    memory = json.loads(run_cnn("summary", "tv:resnet18", "--in", "3x32x32", "--json", check=0).stdout)["memory"]
+    assert memory["saved_for_backward"] is None and "batch 1" in memory["saved_for_backward_unknown"]
+    batch2 = json.loads(run_cnn("summary", "tv:resnet18", "--in", "3x32x32", "--batch", "2", "--json", check=0).stdout)
+    assert batch2["memory"]["saved_for_backward"] > 0 and "saved_for_backward_unknown" not in batch2["memory"]

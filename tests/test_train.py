@@ -323,3 +323,18 @@ def test_compile_trains_on_cpu(tmp_path):
     assert all(not k.startswith("_orig_mod.") for k in ck["state_dict"])
     ev = _json(run_cnn("eval", out["best_checkpoint"], "--json"))
     assert ev["accuracy"] == pytest.approx(out["test_accuracy"], abs=1e-9)
+
+
+def test_resuming_a_finished_run_says_it_is_complete_and_changes_nothing(tmp_path):
+    """`--resume` of a run with nothing left: exit 0 (a requeued job that had finished), the run said complete with
+    the option that trains it longer, no file rewritten; with that option it trains on."""
+    run_cnn("train", "lenet5", "--data", "fake", "--max-steps", "2", "--project", tmp_path, "--name", "r", check=0)
+    run = tmp_path / "r"
+    before = {f: (run / f).read_bytes() for f in os.listdir(run) if not f.startswith(".")}
+    p = run_cnn("train", "--resume", run, "--json", check=0)
+    assert "is complete (1 of 1 epochs are done, it stopped at --max-steps 2)" in p.stderr
+    assert "--epochs N (N > 1) --max-steps N (N > 2)" in p.stderr and "images/s" not in p.stderr
+    assert json.loads(p.stdout) == json.loads(before["summary.json"])
+    assert {f: (run / f).read_bytes() for f in before} == before
+    more = run_cnn("train", "--resume", run, "--epochs", "2", "--max-steps", "4", "--json", check=0)
+    assert json.loads(more.stdout)["epochs"] == 2 and "resumed at epoch 2 step 0" in more.stderr

@@ -307,7 +307,15 @@ def _formula_lines(
             op = (extra or {}).get("output_padding", (0, 0))[a]
             lines.append(f"{label}: ({i}-1)*{s[a]} - 2*{p[a]} + {d[a]}*({k[a]}-1) + {op} + 1 = {o}")
         elif kind == "ceil":
-            lines.append(f"{label}: ceil(({i} + 2*{p[a]} - {d[a]}*({k[a]}-1) - 1) / {s[a]}) + 1 = {o}")
+            raw = -(-(i + 2 * p[a] - d[a] * (k[a] - 1) - 1) // s[a]) + 1
+            formula = f"{label}: ceil(({i} + 2*{p[a]} - {d[a]}*({k[a]}-1) - 1) / {s[a]}) + 1 = {raw}"
+            if raw == o:
+                lines.append(formula)
+            else:  # PyTorch's last-window rule: a window may not start in the right padding or beyond
+                lines.append(
+                    f"{formula}, less the last window: it would start at ({raw}-1)*{s[a]} = {(raw - 1) * s[a]}, "
+                    f"past the input and its left padding ({i} + {p[a]}), so {o}"
+                )
         else:
             lines.append(f"{label}: floor(({i} + 2*{p[a]} - {d[a]}*({k[a]}-1) - 1) / {s[a]}) + 1 = {o}")
     return lines

@@ -150,7 +150,9 @@ def unit_field(model: nn.Module, input_size, layer: str, at: tuple[int, int]) ->
 
 
 def measured_field(model: nn.Module, x: torch.Tensor, layer: str, at: tuple[int, int] | None) -> tuple:
-    """|d unit / d input| for the unit `at` (summed over channels) of `layer` on image x [C, H, W]; (map, at)."""
+    """|d unit / d input| for the unit `at` (summed over channels) of `layer` on image x [C, H, W]; (map, at, map
+    size, note). A default (centre) unit that is inactive on this image gives way to the most active one (said in
+    the note); an asked one is a UsageError naming an active one."""
     module = find_layer(no_inplace(model), layer)
     got = {}
     hook = module.register_forward_hook(lambda m, a, r: got.__setitem__("out", r))
@@ -163,11 +165,25 @@ def measured_field(model: nn.Module, x: torch.Tensor, layer: str, at: tuple[int,
     if not isinstance(out, torch.Tensor) or out.dim() != 4:
         raise UsageError(f"layer {layer!r} does not output a feature map (C x H x W)", "choose a conv or pooling layer")
     _, _, h, w = out.shape
+    asked, note = at, ""
     at = at or (h // 2, w // 2)
     if not (0 <= at[0] < h and 0 <= at[1] < w):
         raise UsageError(f"--at {at[0]},{at[1]} is outside {layer}'s {h}x{w} map", f"use 0..{h - 1},0..{w - 1}")
+    strength = out[0].detach().abs().sum(0)  # how active each position is, over its channels
+    if float(strength[at]) == 0.0:  # an inactive unit (every channel 0 there): no gradient reaches the input
+        best = divmod(int(strength.flatten().argmax()), w)
+        if float(strength[best]) == 0.0:
+            raise UsageError(f"every unit of {layer} is inactive on this image (all zero)", "choose another --layer")
+        if asked is not None:
+            raise UsageError(
+                f"the unit at {at[0]},{at[1]} of {layer} is inactive on this image (every channel is 0 there, "
+                "so no gradient reaches the input)",
+                f"try --at {best[0]},{best[1]}, its most active unit",
+            )
+        note = f"the centre unit {at[0]},{at[1]} is inactive on this image: showing the most active one instead"
+        at = best
     out[0, :, at[0], at[1]].sum().backward()
-    return xi.grad[0].abs().sum(0).detach(), at, (h, w)
+    return xi.grad[0].abs().sum(0).detach(), at, (h, w), note
 
 
 def default_rf_layer(model: nn.Module, x: torch.Tensor) -> str:

@@ -187,10 +187,13 @@ def _summarize(work: nn.Module, dev, model: nn.Module, input_size, depth, device
         unknown = [quals[i] for i in shown if infos[i].depth <= 2]
     measured = _measure(model, real, unknown, input_size, device, traced) if unknown and measure else {}
 
-    rows = []
-    for i in shown:
-        info, qual = infos[i], quals[i]
-        f = fields.get(qual) if qual else (traced.output if traced else None)
+    rows, seen = [], {}
+    for i, info in enumerate(infos):  # the k-th row of a module is its k-th call: its field is that call's
+        qual = quals[i]
+        k = seen[qual] = seen.get(qual, -1) + 1
+        if i not in shown:
+            continue
+        f = (traced.of_call(qual, k) if traced else None) if qual else (traced.output if traced else None)
         values = _field_values(f, measured.get(qual), input_size, info.output_size, traced, qual)
         rows.append(_row(info, qual, depth, own[i], inclusive.get(qual, 0) if qual else total_macs, values))
     rf, jump, kind = _field_values(traced.output if traced else None, measured.get(""), input_size, None, traced, "")
@@ -336,16 +339,17 @@ def _memory(work: nn.Module, input_size, batch: int, target, infos) -> dict:
 
     elem = next((p.element_size() for p in work.parameters()), 4)
     fwd = 2 * batch * sum(info.output_bytes for info in infos if info.is_leaf_layer and info.num_params > 0)
+    why = None
     try:
         saved = saved_for_backward(work, input_size, batch, target)
-    except Exception:
-        saved = None  # a model that cannot run a training step on this device: unknown, not 0
+    except Exception as e:
+        saved, why = None, _why_no_step(e, batch)  # a training step that cannot run here: unknown, not 0
         if not any(p.device.type == "meta" for p in work.parameters()):
             try:  # code that reads values cannot run on fake tensors: count a real step
                 saved = saved_for_backward(work, input_size, batch, target, fake=False)
-            except Exception:
-                pass
-    return {
+            except Exception as e:
+                why = _why_no_step(e, batch)
+    out = {
         "batch": batch,
         "params": size(work.parameters()),
         "buffers": size(work.buffers()),
@@ -353,6 +357,20 @@ def _memory(work: nn.Module, input_size, batch: int, target, infos) -> dict:
         "forward_backward": fwd,
         "saved_for_backward": saved,
     }
+    if saved is None:
+        out["saved_for_backward_unknown"] = why  # why it is unknown, in words
+    return out
+
+
+def _why_no_step(e: Exception, batch: int) -> str:
+    """Why a training-mode forward failed, for the line that says the figure is unknown."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "more than 1 value per channel" in msg:
+        return (
+            f"a training step cannot run at batch {batch}: a BatchNorm layer sees one value per channel "
+            "(a 1x1 feature map at this input size); give --batch 2 or a larger --in"
+        )
+    return f"a training step cannot run on this input: {type(e).__name__}: {msg[:160]}"
 
 
 def is_opaque(model: nn.Module) -> bool:

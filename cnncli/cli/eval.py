@@ -38,12 +38,12 @@ EPILOG = (
 
 
 @app.command("eval", epilog=epilog(EPILOG))
-@model_options(skip=("weights",))
+@model_options()
 def eval_cmd(
     model: Annotated[
         str,
         typer.Argument(
-            help="A model file: checkpoint, state dict, TorchScript, .pt2, .onnx (see cnn summary for what each shows)."
+            help="A model file: checkpoint, state dict, TorchScript, .pt2, .onnx (see cnn summary for what each shows); or a registry name with --weights FILE."
         ),
     ],
     data: Annotated[
@@ -73,18 +73,19 @@ def eval_cmd(
     """Top-1, top-5, loss, per-class accuracy and confusion matrix; --min-accuracy gates CI."""
     from cnncli.errors import UsageError, WorkFailed
 
-    check_file(model, "model", kind="model")
+    if not opts.weights:  # a trained model is a file; a registry name is one only with --weights
+        check_file(model, "model", kind="model")
+    req = opts.check(model)
     if confusion:
         from cnncli.fileio import check_output
 
         check_output(confusion, [model], force, flag="--confusion")
     if min_accuracy is not None and not 0 <= min_accuracy <= 1:
         raise UsageError(f"--min-accuracy must be between 0 and 1, got {min_accuracy}", "0.9 means 90%")
-    req = opts.request()
     from cnncli.engine.evaluate import evaluate_file
-    from cnncli.fileio import is_onnx_file
+    from cnncli.engine.runner import is_onnx
 
-    dev = None if is_onnx_file(model) else pick_device(device)
+    dev = None if is_onnx(model) else pick_device(device)
     res = evaluate_file(model, data, split, data_dir=data_dir, batch_size=batch_size, request=req, device=dev, log=log)
     if dev is not None and not json_out:
         log_device(device, dev)

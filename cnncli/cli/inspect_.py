@@ -14,6 +14,7 @@ from cnncli.cli._common import (
     JsonOpt,
     emit_json,
     epilog,
+    log,
     log_device,
     log_notes,
     model_options,
@@ -196,8 +197,10 @@ def rf_cmd(
     pos = _position(at)
     dev, opened, img, x = _prepared(model, image, output, device, opts)
     layer = layer or default_rf_layer(opened.model, x)
-    grad, pos, size = measured_field(opened.model, x, layer, pos)
+    grad, pos, size, note = measured_field(opened.model, x, layer, pos)
     grad = grad.cpu()
+    if note:
+        log(note)
     facts = {
         "layer": layer,
         "at": list(pos),

@@ -192,10 +192,14 @@ def _notes(res: dict) -> list[str]:
     notes = [foot]
     mem = res.get("memory")
     if mem:
+        kept = (
+            f"a training step keeps {_bytes(mem['saved_for_backward'])} for backward (what autograd saves)"
+            if mem["saved_for_backward"] is not None
+            else f"what a training step keeps for backward is unknown: {mem.get('saved_for_backward_unknown')}"
+        )
         notes.append(
             f"memory at batch {mem['batch']}: params {_bytes(mem['params'])}, input {_bytes(mem['input'])}, "
-            f"forward/backward {_bytes(mem['forward_backward'])} (torchinfo's estimate), a training step "
-            f"keeps {_bytes(mem['saved_for_backward'])} for backward (what autograd saves)"
+            f"forward/backward {_bytes(mem['forward_backward'])} (torchinfo's estimate), {kept}"
         )
     kinds = {r.get("receptive_field_kind") for r in res["layers"]}
     if kinds & {"measured", "at least"}:

@@ -135,7 +135,16 @@ def train_cmd(
         _launch_torchrun(nproc_per_node)
         return
     cfg = _config(dict(locals()))
-    result = _run(cfg, resume)
+    from cnncli.engine.runs import RunComplete
+
+    try:
+        result = _run(cfg, resume)
+    except RunComplete as done:  # --resume of a finished run: said, nothing trained or rewritten
+        if int(os.environ.get("RANK", "0")) == 0:
+            log(done.message)
+            if json_out:
+                emit_json(done.summary())
+        return
     if result is None:  # not rank 0 of a torchrun job: rank 0 reports
         return
     if json_out:

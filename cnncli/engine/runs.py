@@ -75,8 +75,9 @@ def resolve_resume(path: str) -> str:
 
 
 def resume_config(request: TrainConfig, resume: str) -> tuple[TrainConfig, Checkpoint, str]:
-    """(the saved run's config, its last.pt, its folder) for `--resume PATH`; `--device` and `--epochs` given with
-    `--resume` override the saved ones, and a MODEL or --data that names another run is refused."""
+    """(the saved run's config, its last.pt, its folder) for `--resume PATH`; `--device`, `--epochs` and
+    `--max-steps` given with `--resume` override the saved ones, and a MODEL or --data that names another run is
+    refused. A run with nothing left to train is RunComplete."""
     from cnncli.models import is_user_model
 
     last_pt = resolve_resume(resume)
@@ -99,7 +100,50 @@ def resume_config(request: TrainConfig, resume: str) -> tuple[TrainConfig, Check
         saved.device = request.device
     if request.epochs:  # --epochs with --resume extends (or shortens) the run
         saved.epochs = request.epochs
-    return saved, ckpt, os.path.dirname(os.path.abspath(last_pt))
+    if request.max_steps is not None:  # and --max-steps moves a step limit
+        saved.max_steps = request.max_steps
+    run_dir = os.path.dirname(os.path.abspath(last_pt))
+    _refuse_complete(saved, ckpt, run_dir)
+    return saved, ckpt, run_dir
+
+
+class RunComplete(Exception):
+    """`--resume` of a run with nothing left to train: said, and nothing is rewritten (exit 0, as a requeued job
+    that already finished should)."""
+
+    def __init__(self, run_dir: str, message: str):
+        super().__init__(message)
+        self.run_dir = run_dir
+        self.message = message
+
+    def summary(self) -> dict:
+        """The run's summary.json, as the run wrote it (what --json prints)."""
+        import json
+
+        try:
+            with open(os.path.join(self.run_dir, "summary.json")) as f:
+                got = json.load(f)
+            return got if isinstance(got, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+
+def _refuse_complete(cfg: TrainConfig, ckpt: Checkpoint, run_dir: str) -> None:
+    """A finished run is not trained again (which only rewrote its summary, with 0 images/s): RunComplete says what
+    is complete and how to train it longer."""
+    if ckpt.step_in_epoch > 0:  # stopped inside an epoch (a signal): there is work left
+        return
+    why, more = [], []
+    if ckpt.epoch >= cfg.epochs:
+        why.append(f"{ckpt.epoch} of {cfg.epochs} epochs are done")
+        more.append(f"--epochs N (N > {cfg.epochs})")
+    if cfg.max_steps is not None and ckpt.global_step >= cfg.max_steps:
+        why.append(f"it stopped at --max-steps {cfg.max_steps}")
+        more.append(f"--max-steps N (N > {cfg.max_steps})")
+    if not why:
+        return
+    message = f"{run_dir} is complete ({', '.join(why)}); nothing was trained. To train it longer: "
+    raise RunComplete(run_dir, message + f"cnn train --resume {run_dir} {' '.join(more)}")
 
 
 class RunFolder:

@@ -42,7 +42,7 @@ def get_model(
 
 def load_user_class(spec: str):
     """Import `path/to/file.py:ClassName`; a file that fails to import is UsageError naming file and reason."""
-    from cnncli.errors import raise_if_interrupted, shown
+    from cnncli.errors import shown
     from cnncli.fileio import check_input
 
     path, cls_name = spec.rsplit(":", 1)
@@ -56,18 +56,7 @@ def load_user_class(spec: str):
     key = (os.path.realpath(path), st.st_mtime_ns, st.st_size, command_id())
     module = _user_modules.get(key)
     if module is None:  # imported once per process, however many times the model is built
-        mod_name = "cnncli_user_" + os.path.splitext(os.path.basename(path))[0]
-        spec_ = importlib.util.spec_from_file_location(mod_name, path)
-        module = importlib.util.module_from_spec(spec_)
-        try:
-            sys.modules[mod_name] = module
-            spec_.loader.exec_module(module)
-        except (Exception, SystemExit) as e:  # a file that calls sys.exit() at import is a broken file, not an exit
-            sys.modules.pop(mod_name, None)
-            raise_if_interrupted()
-            raise UsageError(
-                f"cannot import {shown(path)}: {type(e).__name__}: {shown(e)}", "fix the file or its imports"
-            ) from None
+        module = _import_file(path)
         _user_modules[key] = module
     if not hasattr(module, cls_name):
         raise UsageError(f"{shown(path)} has no {shown(cls_name, 80)!r}", "give path/to/file.py:ClassName")
@@ -83,6 +72,63 @@ def load_user_class(spec: str):
 
 
 _user_modules: dict = {}
+
+
+def _import_file(path: str):
+    """Import a user's Python file as a module: what its top level runs is said first, and what it prints goes to
+    stderr (stdout may carry --json); a file that fails to import is a UsageError naming the reason."""
+    from cnncli.errors import raise_if_interrupted, shown
+
+    mod_name = "cnncli_user_" + os.path.splitext(os.path.basename(path))[0]
+    spec_ = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(spec_)
+    work = _top_level_work(path)
+    if work:
+        lines = ", ".join(map(str, work[:5])) + (" ..." if len(work) > 5 else "")
+        sys.stderr.write(
+            f"note: importing {shown(path)} runs its top-level code (line {lines}), once; put it under "
+            '`if __name__ == "__main__":` to import only the model\n'
+        )
+    try:
+        sys.modules[mod_name] = module
+        with contextlib.redirect_stdout(sys.stderr):  # what the script prints never mixes with --json output
+            spec_.loader.exec_module(module)
+    except (Exception, SystemExit) as e:  # a file that calls sys.exit() at import is a broken file, not an exit
+        sys.modules.pop(mod_name, None)
+        raise_if_interrupted()
+        raise UsageError(
+            f"cannot import {shown(path)}: {type(e).__name__}: {shown(e)}", "fix the file or its imports"
+        ) from None
+    return module
+
+
+def _top_level_work(path: str) -> list[int]:
+    """Lines of a Python file's top level that do work when it is imported (loops, with-blocks, calls as
+    statements, an `if` that is not the `__main__` guard): a training script with its model class in it."""
+    import ast
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return []  # the import itself says what is wrong
+    work = []
+    for node in tree.body:
+        if isinstance(node, ast.If):
+            t = node.test
+            guard = (
+                isinstance(t, ast.Compare)
+                and isinstance(t.left, ast.Name)
+                and t.left.id == "__name__"
+                and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in t.comparators)
+            )
+            if not guard:
+                work.append(node.lineno)
+        elif isinstance(node, (ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith)):
+            work.append(node.lineno)
+        elif isinstance(node, ast.Expr) and isinstance(node.value, (ast.Call, ast.Await)):
+            work.append(node.lineno)
+    return work
 
 
 def _build_user_model(spec: str, *, num_classes: int, in_channels: int, image_size):

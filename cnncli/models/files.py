@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from cnncli.checkpoint import safe_load, unreadable
+from cnncli.checkpoint import pickled_from_script_hint, safe_load, unreadable
 from cnncli.errors import UsageError
 
 # where wrapped checkpoints keep their weights, in the order they are preferred (the EMA copy last)
@@ -121,7 +121,8 @@ def _load_trusted(path: str):
     except (AttributeError, ModuleNotFoundError, ImportError) as e:
         raise UsageError(
             f"cannot load {path}: a class it was pickled with cannot be imported: {e}",
-            "run cnn where that module is importable (PYTHONPATH), or save a state dict",
+            pickled_from_script_hint(str(e))
+            or "run cnn where that module is importable (PYTHONPATH), or save a state dict",
         ) from None
     except Exception as e:
         raise _unreadable(path, e) from None

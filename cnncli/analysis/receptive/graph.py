@@ -4,7 +4,7 @@ registered rules; then read the fields back per module."""
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx
@@ -92,6 +92,13 @@ class Fields:
     per_module: dict
     output: object
     layouts: dict
+    calls: dict = field(default_factory=dict)  # {module name: [field at each call's output]}: a module run twice
+    # (torchvision BasicBlock's one ReLU) has a field per call, as `cnn summary` has a row per call
+
+    def of_call(self, name: str, k: int):
+        """The field at the output of the k-th call (from 0) of module `name`; its last when not known per call."""
+        calls = self.calls.get(name) or ()
+        return calls[k] if k < len(calls) else self.per_module.get(name)
 
 
 def model_fields(
@@ -102,7 +109,9 @@ def model_fields(
         gm = trace(model, torch.zeros(1, *input_size, device=device))
     except Exception:
         return None
-    per_module, layouts = {}, {}
+    per_module: dict = {}
+    layouts: dict = {}
+    calls: dict[str, list] = {}
     out = None
     for node, info in node_infos(gm).items():
         if node.op == "call_module":
@@ -111,6 +120,8 @@ def model_fields(
             scope = _scope_of(node)
         else:
             scope = ""
+        if node.op == "call_module" and shape_of(node) is not None:
+            calls.setdefault(node.target, []).append(info.field)
         if scope and shape_of(node) is not None:
             parts = scope.split(".")
             for i in range(1, len(parts) + 1):  # a container's field is that of the last module it ran
@@ -118,7 +129,7 @@ def model_fields(
                 layouts[".".join(parts[:i])] = info.layout
         if node.op == "output":
             out = info.field
-    return Fields(per_module, out, layouts)
+    return Fields(per_module, out, layouts, calls)
 
 
 def module_fields(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[dict[str, object], object] | None:
