@@ -24,7 +24,8 @@ def _pyplot():
 
 
 def _save(fig, path: str, dpi: int = 100) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    # the figure's drawn extent only: no wide white margins around a picture (score maps of tall images)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight", pad_inches=0.08))
     _pyplot().close(fig)
 
 
@@ -36,16 +37,19 @@ def plot_curves(history, path: str, title: str) -> None:
     plt = _pyplot()
     ep = [h.epoch for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    losses = [v for h in history for v in (h.train_loss, h.val_loss)]
     a.plot(ep, [h.train_loss for h in history], "o-", label="train")
     a.plot(ep, [h.val_loss for h in history], "o-", label="val")
-    a.set(title="loss", xlabel="epoch")
-    a.legend()
-    b.plot(ep, [h.train_accuracy for h in history], "o-", label="train")
-    b.plot(ep, [h.val_accuracy for h in history], "o-", label="val")
+    # log scale: one spike (an early epoch, a bad batch) would flatten every later epoch on a linear axis
+    log = all(math.isfinite(v) and v > 0 for v in losses)
+    a.set(title="loss" + (" (log scale)" if log else ""), xlabel="epoch", yscale="log" if log else "linear")
+    b.plot(ep, [h.train_accuracy for h in history], "o-")
+    b.plot(ep, [h.val_accuracy for h in history], "o-")
     b.set(title="accuracy", xlabel="epoch", ylim=(0, 1.01))
-    b.legend()
+    # one legend for both panels, below them: never over the accuracy lines near 1.0
+    fig.legend(*a.get_legend_handles_labels(), loc="lower center", ncol=2, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     _save(fig, path)
 
 
@@ -77,7 +81,7 @@ def plot_confusion(confusion: list, classes: list[str], path: str, title: str) -
                     fontsize=8,
                     color="white" if norm[i, j] > 0.5 else "black",
                 )
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class (each row sums to 1)")
     fig.tight_layout()
     _save(fig, path)
 
@@ -119,9 +123,15 @@ def plot_kernels(weight: torch.Tensor, path: str, *, dft: bool = False, title: s
                 if dft:
                     axes[o, i * per + 1].set_title("|DFT|", fontsize=7)
         axes[o, 0].set_ylabel(f"out {o}", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    part = []  # a grid that shows part of the layer says which part
+    if shown < out_c:
+        part.append(f"first {shown} of {out_c} kernels")
+    if not colour and ins < in_c:
+        part.append(f"first {ins} of {in_c} input channels")
+    full = "; ".join(x for x in (title, ", ".join(part)) if x)
+    if full:
+        fig.suptitle(full, fontsize=9)
+    fig.tight_layout()  # after the title: the column labels keep their own room below it
     _save(fig, path, 110)
     return {"kernels": out_c, "shown": shown, "in_channels": in_c, "in_channels_shown": ins, "kernel_size": [kh, kw]}
 

@@ -169,3 +169,26 @@ def test_ruff_bans_heavy_imports_in_cli(tmp_path):
     assert p.returncode != 0 and "TID253" in p.stdout
     clean = subprocess.run([ruff, "check", "--no-cache", "cnncli"], capture_output=True, text=True, cwd=ROOT)
     assert clean.returncode == 0, clean.stdout
+
+
+def test_shell_completion_completes_commands_and_options_without_torch():
+    """Typer's completion: `--show-completion bash` prints the script `--install-completion` installs, and what
+    a TAB runs (the script calls `cnn` with _CNN_COMPLETE set) completes commands and their options without
+    importing torch (benchmarks/startup.py times it)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "cnn")
+    env = {**os.environ, "CI": "1"}
+    script = subprocess.run([exe, "--show-completion", "bash"], capture_output=True, text=True, env=env)
+    assert script.returncode == 0 and "_CNN_COMPLETE" in script.stdout and "complete" in script.stdout
+
+    def tab(words: str) -> list[str]:
+        n = len(words.split()) - (0 if words.endswith(" ") else 1)  # the word being completed
+        tab_env = {**env, "_CNN_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(n)}
+        # Python lists every module it imports on stderr; the completions are on stdout
+        got = subprocess.run([exe], capture_output=True, text=True, env={**tab_env, "PYTHONPROFILEIMPORTTIME": "1"})
+        assert got.returncode == 0 and "| cnncli.cli" in got.stderr, got.stderr[-2000:]
+        assert not [ln for ln in got.stderr.splitlines() if ln.rstrip().endswith("| torch")]
+        return got.stdout.split()
+
+    assert "shape" in tab("cnn sh") and "summary" not in tab("cnn sh")
+    assert {"--out-channels", "--ceil-mode"} <= set(tab("cnn shape --"))
+    assert "--resume" in tab("cnn train --re")

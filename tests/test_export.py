@@ -27,7 +27,11 @@ def test_every_family_exports_and_passes_the_check(tmp_path, name, size):
     from cnncli.export import export_onnx
 
     ck = make_checkpoint(tmp_path / f"{name}.pt", name, size)
-    out = export_onnx(ck).as_dict()  # in-process: the CLI wiring is tested below, imports are paid once
+    # in-process: the CLI wiring is tested below, imports are paid once. The default (dynamo) exporter on two
+    # families (the one pytorch#169178 broke, and a plain one); the rest through the TorchScript exporter, which
+    # the default falls back to, 3-5x faster: what is tested here is the graph, its folding and its metadata
+    exporter = "auto" if name in ("resnet18", "linenet") else "torchscript"
+    out = export_onnx(ck, exporter=exporter).as_dict()
     assert out["path"] == str(tmp_path / f"{name}.onnx") and os.path.getsize(out["path"]) == out["size_bytes"]
     assert out["max_abs_diff"] < 1e-4 and out["opset"] == 18
     assert out["inputs"][0]["shape"] == ["batch", *size] and out["outputs"][0]["shape"] == ["batch", 10]
@@ -54,7 +58,7 @@ def test_fully_convolutional_export_has_dynamic_size(tmp_path, name, size):
     ck = Checkpoint.load(make_checkpoint(tmp_path / f"{name}.pt", name, size))
     fcn = str(tmp_path / f"{name}-fcn.pt")
     fcn_checkpoint(ck, to_fully_convolutional(model_from_checkpoint(ck), size)).save(fcn)
-    out = export_onnx(fcn).as_dict()
+    out = export_onnx(fcn, exporter="auto" if name == "resnet18" else "torchscript").as_dict()  # (as above)
     assert out["inputs"][0]["shape"] == ["batch", size[0], "height", "width"]
     assert out["max_abs_diff"] < 1e-4 and len(out["checked_shapes"]) == 6
     import onnxruntime as ort

@@ -125,7 +125,7 @@ def test_a_run_says_and_saves_its_threads_and_a_resume_keeps_them(tmp_path):
     assert "device cpu (1 thread (--threads) on " in p.stderr
     args = json.loads((tmp_path / "t" / "args.json").read_text())
     assert args["threads"] == 1
-    q = run_cnn("train", "--resume", tmp_path / "t", "--epochs", "2", check=0)
+    q = run_cnn("train", "--resume", tmp_path / "t", "--epochs", "2", "--max-steps", "6", check=0)
     assert "1 thread (as saved)" in q.stderr and json.loads((tmp_path / "t" / "args.json").read_text())["threads"] == 1
 
 

@@ -29,7 +29,7 @@ app = typer.Typer(
     "Start with `cnn shape --in 3x32x32 --k 5 --p 2 --out-channels 10`, `cnn models` or "
     "`cnn train lenet --data digits`. Every command has --help.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion (Typer's); a TAB imports no torch
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -205,7 +205,9 @@ def choice(what: str, choices: Iterable[str], aliases: dict[str, str] | None = N
 
 
 DEVICES_HELP = "auto|cpu|cuda|cuda:N|mps. auto picks CUDA, then MPS, then CPU."
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON result object on stdout (logs go to stderr).")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print the result as JSON on stdout (logs go to stderr; on an error, nothing).")
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help=DEVICES_HELP)]
 DEFAULT_DEVICE = "auto"
 ModelFileOpt = Annotated[

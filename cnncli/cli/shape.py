@@ -24,7 +24,9 @@ EPILOG = (
 
 @app.command("shape", epilog=epilog(EPILOG))
 def shape_cmd(
-    input_size: Annotated[str, typer.Option("--in", help="Input size CxHxW or HxW (N = NxN).")] = "3x32x32",
+    input_size: Annotated[
+        str, typer.Option("--in", help="Input size CxHxW, e.g. 3x32x32 (channels count for params and MACs).")
+    ] = "3x32x32",
     k: Annotated[str, typer.Option("--k", help="Kernel size, N or HxW.")] = "3",
     s: Annotated[
         Optional[str], typer.Option("--s", help="Stride, N or HxW (pooling default: the kernel size).")
