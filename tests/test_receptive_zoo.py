@@ -84,9 +84,11 @@ def _prefix_macs(name: str, model: nn.Module, size: tuple[int, int], names: list
     (the whole pass's total is kept for test_macs_match_torchvision_ops)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from cnncli.models._manipulate import shapes_only_normalization
+
     got: dict[str, float] = {}
     modules = dict(model.named_modules())
-    with FlopCounterMode(display=False) as fc:
+    with FlopCounterMode(display=False) as fc, shapes_only_normalization():
 
         def seen(n):  # a forward hook's return value would replace the output: return nothing
             got.setdefault(n, fc.get_total_flops() / 2 / (size[0] * size[1]))

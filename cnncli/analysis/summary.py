@@ -34,8 +34,10 @@ def module_macs(model: nn.Module, input_size, device, batch: int = 1) -> tuple[d
     batch of `batch` (a torch.export program takes its own batch size only)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from cnncli.models._manipulate import shapes_only_normalization
+
     x = torch.zeros(batch, *input_size, device=device)
-    with FlopCounterMode(display=False) as fc:
+    with FlopCounterMode(display=False) as fc, shapes_only_normalization():
         model(x)  # autograd on: nn.MultiheadAttention's fused inference kernel is not counted
     counts = fc.get_flop_counts()
     root = type(model).__name__

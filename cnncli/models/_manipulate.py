@@ -3,7 +3,9 @@ weightless twin on the meta device, in-place activations turned off."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 
 import torch
 import torch.nn as nn
@@ -68,3 +70,32 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         return fuse(model.eval(), inplace=False)
     except Exception:
         return model.eval()
+
+
+@contextlib.contextmanager
+def shapes_only_normalization():
+    """While a model runs on the meta device to learn shapes, operations or multiply-adds: its normalization layers
+    (BatchNorm, LayerNorm, GroupNorm, InstanceNorm) return an empty tensor like their input, which is all a meta
+    tensor can say about their output, instead of running their decomposition in Python (a third of such a pass's
+    time on BatchNorm-heavy models; they have no multiply-adds to count). Tensors on any other device are untouched."""
+    import torch.nn.functional as F
+
+    names = ("batch_norm", "layer_norm", "group_norm", "instance_norm")
+    saved = {n: getattr(F, n) for n in names}
+
+    def shaped(original):
+        @functools.wraps(original)
+        def norm(input, *args, **kwargs):
+            if isinstance(input, torch.Tensor) and input.device.type == "meta":
+                return torch.empty_like(input)
+            return original(input, *args, **kwargs)
+
+        return norm
+
+    for n, f in saved.items():
+        setattr(F, n, shaped(f))
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(F, n, f)

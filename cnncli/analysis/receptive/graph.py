@@ -20,9 +20,11 @@ def trace(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
     """Symbolically trace (in eval mode) and propagate shapes of `example` through the graph."""
     was_training = model.training
     model.eval()
+    from cnncli.models._manipulate import shapes_only_normalization
+
     try:
-        gm = torch.fx.symbolic_trace(model)
-        with torch.no_grad():
+        gm = torch.fx.symbolic_trace(model)  # outside the context: the graph keeps torch's own functions
+        with torch.no_grad(), shapes_only_normalization():
             ShapeProp(gm).propagate(example)
     finally:
         model.train(was_training)
