@@ -248,9 +248,11 @@ def pickled_from_script_hint(text: str) -> str | None:
     can import (not even with --trust-code): the hint that works."""
     import re
 
-    m = re.search(r"__main__\.([A-Za-z_][A-Za-z0-9_]*)", text) or re.search(
-        r"attribute '([A-Za-z_][A-Za-z0-9_]*)' on <module '__main__'", text
+    m = re.search(r"attribute '([A-Za-z_][A-Za-z0-9_]*)' on <module '(?:[\w.]+\.)?__main__'", text) or re.search(
+        r"(?<![\w/])__main__\.([A-Za-z_][A-Za-z0-9_]*)(?![\w.])", text
     )
+    if m and m.group(1) == "py":  # a path to a __main__.py, not a class
+        m = None
     if not m:
         return None
     return (

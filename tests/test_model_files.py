@@ -489,3 +489,65 @@ def test_trust_pickle_names_a_class_that_cannot_be_imported(tmp_path):
         del sys.modules[MARKER_CLASS]
     p = run_cnn("summary", tmp_path / "net.pt", "--trust-pickle")
     assert p.returncode == 2 and "cannot be imported" in p.stderr and MARKER_CLASS in p.stderr
+
+
+TRAINING_SCRIPT = """
+import os
+
+import torch
+import torch.nn as nn
+
+
+class Net(nn.Module):  # takes no arguments: one network, 1 channel in, 10 classes out
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+print("training...")  # a training script's top level: no __main__ guard
+with open(os.path.join(os.path.dirname(__file__), "runs.txt"), "a") as f:
+    f.write("ran\\n")
+model = Net()
+for step in range(2):
+    model(torch.randn(4, 1, 8, 8)).sum().backward()
+torch.save(model.state_dict(), os.path.join(os.path.dirname(__file__), "again.pt"))
+torch.save(model, os.path.join(os.path.dirname(__file__), "whole.pt"))
+"""
+
+
+def test_a_class_inside_a_training_script(tmp_path):
+    """`--model train.py:Net` where train.py also trains at its top level: imported once (said, with the lines),
+    as Python runs it (never on the meta device, where its torch.save would write empty tensors), its prints kept
+    off stdout, and a class that takes no arguments fits by the network it builds (1 channel, 10 classes)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(TRAINING_SCRIPT)
+    subprocess.run([sys.executable, str(script)], check=True, capture_output=True)  # as the user trained it
+    (tmp_path / "again.pt").rename(tmp_path / "net.pt")
+    (tmp_path / "runs.txt").unlink()
+    p = run_cnn("eval", tmp_path / "net.pt", "--model", f"{script}:Net", "--data", "digits", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["samples"] > 0  # stdout is the result alone
+    assert "training..." in p.stderr and "runs its top-level code (line" in p.stderr
+    assert (tmp_path / "runs.txt").read_text() == "ran\n"  # once
+    rewritten = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert all(t.device.type == "cpu" for t in rewritten.values())  # not meta tensors over the user's file
+
+
+def test_a_module_pickled_from_a_script_gets_a_hint_that_works(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(TRAINING_SCRIPT)
+    subprocess.run([sys.executable, str(script)], check=True, capture_output=True)  # whole.pt holds __main__.Net
+    for extra in ([], ["--trust-code"]):
+        p = run_cnn("summary", tmp_path / "whole.pt", *extra)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert "pickled from a script's __main__ (Net)" in p.stderr and "--model your_script.py:Net" in p.stderr

@@ -18,7 +18,7 @@ D = TrainConfig()  # every default below is the config's own (a test checks each
 
 EPILOG = (
     "Examples:\n\n"
-    "  cnn train linenet --data lines                 # embedded data, no network, under a minute on a CPU\n\n"
+    "  cnn train linenet --data lines                 # embedded data, no network: about 10 s on 2 cores\n\n"
     "  cnn train lenet --data digits --epochs 40\n\n"
     "  cnn train resnet --data cifar10 --epochs 30     # downloads CIFAR-10 into --data-dir on first use\n\n"
     "  cnn train resnet18 --data folder:~/pets --img-size 128\n\n"

@@ -79,8 +79,11 @@ def _parameters_on_meta():
 
 def build_on_meta(name: str, num_classes: int, in_channels: int, image_size) -> nn.Module:
     """A registry model with no memory behind its tensors."""
-    from cnncli.models._factory import get_model, no_initialisation
+    from cnncli.models._factory import get_model, load_user_class, no_initialisation
+    from cnncli.models._registry import is_user_model
 
+    if is_user_model(name):  # imported first, as Python runs it: its top level must never run on the meta device
+        load_user_class(name)  # (a training script's torch.save would write meta tensors over its file)
     with warnings.catch_warnings(), no_initialisation():
         warnings.simplefilter("ignore")
         try:
@@ -196,16 +199,42 @@ def candidates(input_size=None, only: str | None = None) -> list[Candidate]:
             if input_size:
                 sizes.insert(0, tuple(input_size[-2:]))
             sizes += [s for s in SMALL_SIZES if s not in sizes]
+        nc, c = _user_numbers(only) if info.source == "file" else (info.num_classes, info.input_size[0])
         out.append(
             Candidate(
                 info.qualified if info.source != "file" else only,
                 info.source,
-                info.num_classes,
-                info.input_size[0],
+                nc or info.num_classes,
+                c or info.input_size[0],
                 tuple(dict.fromkeys(sizes)),
             )
         )
     return out
+
+
+def _user_numbers(spec: str) -> tuple[int | None, int | None]:
+    """(classes, channels) of a user's class that does not take them as arguments (`MyNet()` builds one network
+    only): read off the network it builds, its last layer's outputs and its first convolution's inputs. None for
+    a number the class takes (the weights decide it then)."""
+    import inspect
+
+    from cnncli.models._factory import load_user_class
+
+    params = inspect.signature(load_user_class(spec)).parameters
+    takes_c = any(k in params for k in ("in_channels", "in_chans"))
+    if "num_classes" in params and takes_c:
+        return None, None
+    try:
+        model = build_on_meta(spec, 10, 3, (32, 32))
+    except Exception:
+        return None, None
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    heads = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    c = None if takes_c or not convs else convs[0].in_channels
+    nc = None
+    if "num_classes" not in params and heads:
+        nc = heads[-1].out_features if isinstance(heads[-1], nn.Linear) else heads[-1].out_channels
+    return nc, c
 
 
 def _key_sets(cand: Candidate) -> dict[frozenset, tuple[int, int]]:
