@@ -131,7 +131,8 @@ def plot_kernels(weight: torch.Tensor, path: str, *, dft: bool = False, title: s
     full = "; ".join(x for x in (title, ", ".join(part)) if x)
     if full:
         fig.suptitle(full, fontsize=9)
-    fig.tight_layout()  # after the title: the column labels keep their own room below it
+    # the title gets its own strip (0.35 in) above the column labels, however tall the grid
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()) if full else None)
     _save(fig, path, 110)
     return {"kernels": out_c, "shown": shown, "in_channels": in_c, "in_channels_shown": ins, "kernel_size": [kh, kw]}
 

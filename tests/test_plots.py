@@ -20,8 +20,11 @@ def figures(monkeypatch):
     save = plots._save
 
     def keep(fig, path, dpi=100):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        save(fig, path, dpi)  # written (and closed) as the commands do
+        FigureCanvasAgg(fig).draw()  # then given a canvas again, to measure what was drawn
         kept.append(fig)
-        save(fig, path, dpi)
 
     monkeypatch.setattr(plots, "_save", keep)
     return kept
