@@ -172,13 +172,14 @@ def test_ruff_bans_heavy_imports_in_cli(tmp_path):
 
 
 def test_shell_completion_completes_commands_and_options_without_torch():
-    """Typer's completion: `--show-completion bash` prints the script `--install-completion` installs, and what
+    """Typer's completion: `--show-completion` prints the script `--install-completion` installs, and what
     a TAB runs (the script calls `cnn` with _CNN_COMPLETE set) completes commands and their options without
     importing torch (benchmarks/startup.py times it)."""
     exe = os.path.join(os.path.dirname(sys.executable), "cnn")
     env = {**os.environ, "CI": "1"}
-    script = subprocess.run([exe, "--show-completion", "bash"], capture_output=True, text=True, env=env)
-    assert script.returncode == 0 and "_CNN_COMPLETE" in script.stdout and "complete" in script.stdout
+    # from bash, as a user types it (Typer finds the shell among the parent processes)
+    script = subprocess.run(["bash", "-c", f"{exe} --show-completion"], capture_output=True, text=True, env=env)
+    assert script.returncode == 0 and "_CNN_COMPLETE" in script.stdout and "complete" in script.stdout, script
 
     def tab(words: str) -> list[str]:
         n = len(words.split()) - (0 if words.endswith(" ") else 1)  # the word being completed
@@ -192,3 +193,20 @@ def test_shell_completion_completes_commands_and_options_without_torch():
     assert "shape" in tab("cnn sh") and "summary" not in tab("cnn sh")
     assert {"--out-channels", "--ceil-mode"} <= set(tab("cnn shape --"))
     assert "--resume" in tab("cnn train --re")
+
+
+def test_completion_with_no_shell_to_find_is_one_error_line(monkeypatch):
+    """Typer finds the shell among cnn's parent processes (shellingham); where there is none (a cron job, a CI step
+    without a shell), that is one error line and exit 2, not "cannot write the result"."""
+    import shellingham
+
+    def no_shell(*args, **kwargs):
+        raise shellingham.ShellDetectionFailure()
+
+    monkeypatch.setattr(shellingham, "detect_shell", no_shell)
+    p = run_cnn("--show-completion")
+    assert p.returncode == 2 and p.stdout == "", p
+    assert p.stderr.strip().splitlines() == [
+        "error: cannot tell which shell cnn runs in, for --show-completion/--install-completion (run it from bash, "
+        "zsh, fish or PowerShell)"
+    ]

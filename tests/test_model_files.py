@@ -20,10 +20,13 @@ from fixtures import write_cifar10
 
 MODELS = ("resnet18", "mobilenet_v2", "squeezenet1_1")
 FORMS = ("plain", "tutorial_ddp", "lightning", "timm_ema", "compiled", "torchscript", "program", "pickle")
-# The wrappers (DDP, Lightning, timm's EMA, torch.compile) only rename the keys: each is run on resnet18; every
-# architecture runs as a plain state dict and in each form that carries its own code or pickled classes.
+# The wrappers (DDP, Lightning, timm's EMA, torch.compile) only rename the keys: each is run on resnet18. Every
+# architecture runs as a plain state dict; resnet18 and mobilenet_v2 (BatchNorm folding, depthwise convolutions)
+# also in each form that carries its own code or pickled classes; squeezenet1_1 (no BatchNorm, concatenations) as a
+# plain state dict, through the dynamo exporter.
 WRAPPERS = ("tutorial_ddp", "lightning", "timm_ema", "compiled")
-CASES = [(f, n) for n in MODELS for f in FORMS if n == "resnet18" or f not in WRAPPERS]
+CASES = [(f, n) for n in MODELS for f in FORMS if n == "resnet18" or (f not in WRAPPERS and n != "squeezenet1_1")]
+CASES += [("plain", "squeezenet1_1")]
 SIZE = {"resnet18": 32, "mobilenet_v2": 96, "squeezenet1_1": 64}  # mobilenet >= 96 px: see test_ambiguous_layout
 MARKER_CLASS = "tests_payload_marker"
 

@@ -192,6 +192,12 @@ def _run(argv: list[str] | None) -> None:
             _fail("interrupted", 130)
         if debug:
             raise
+        if type(e).__name__ == "ShellDetectionFailure":  # shellingham, for Typer's --show/--install-completion
+            _fail(
+                "cannot tell which shell cnn runs in, for --show-completion/--install-completion "
+                "(run it from bash, zsh, fish or PowerShell)",
+                2,
+            )
         if isinstance(e, OSError) and not e.filename:  # writing the result: stdout on a full disk, /dev/full
             _fail(f"cannot write the result: {e.strerror or e}", 1)
         if isinstance(e, OSError):
