@@ -14,7 +14,8 @@ def _collector_for_a_large_heap() -> None:
     """The suite's heap is large (torch, torchvision, thousands of FX graphs and meta models): Python's collector,
     run every 700 allocations, would walk all of it again and again (about 10% of the suite's time). torch and
     torchvision are imported and frozen once (never collected: they live as long as the process anyway), and the
-    young generation is collected less often."""
+    young generation is collected less often (not much less: cyclic garbage holding real tensors must not pile up,
+    the suite forks DataLoader workers and subprocesses from this process)."""
     import gc
 
     import torch  # noqa: F401
@@ -22,7 +23,7 @@ def _collector_for_a_large_heap() -> None:
 
     gc.collect()
     gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
+    gc.set_threshold(20_000, 10, 10)
 
 
 _collector_for_a_large_heap()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -178,7 +179,9 @@ def test_shell_completion_completes_commands_and_options_without_torch():
     exe = os.path.join(os.path.dirname(sys.executable), "cnn")
     env = {**os.environ, "CI": "1"}
     # from bash, as a user types it (Typer finds the shell among the parent processes)
-    script = subprocess.run(["bash", "-c", f"{exe} --show-completion"], capture_output=True, text=True, env=env)
+    script = subprocess.run(  # (`; true`: bash stays cnn's parent instead of exec-ing it)
+        ["bash", "-c", f"{exe} --show-completion; true"], capture_output=True, text=True, env=env
+    )
     assert script.returncode == 0 and "_CNN_COMPLETE" in script.stdout and "complete" in script.stdout, script
 
     def tab(words: str) -> list[str]:
@@ -210,3 +213,17 @@ def test_completion_with_no_shell_to_find_is_one_error_line(monkeypatch):
         "error: cannot tell which shell cnn runs in, for --show-completion/--install-completion (run it from bash, "
         "zsh, fish or PowerShell)"
     ]
+
+
+def test_the_in_help_lists_only_the_sizes_shape_takes():
+    """`--in`'s help promised HxW and N, which cnn shape refuses (it needs the channels): every form the help names
+    is taken, and the forms it does not name are refused with the one it does."""
+    text = " ".join(run_cnn("shape", "--help", check=0).stdout.split())
+    forms = {"CxHxW": "3x32x32", "HxW": "32x32", "N ": "32"}
+    named = {f for f in forms if re.search(rf"--in TEXT\s+Input size[^.]*\b{f.strip()}\b", text)}
+    assert named == {"CxHxW"}
+    for form, value in forms.items():
+        p = run_cnn("shape", "--in", value, "--k", "3")
+        assert (p.returncode == 0) == (form in named), (form, p.stderr)
+        if p.returncode:
+            assert "CxHxW" in p.stderr

@@ -192,18 +192,23 @@ def _run(argv: list[str] | None) -> None:
             _fail("interrupted", 130)
         if debug:
             raise
-        if type(e).__name__ == "ShellDetectionFailure":  # shellingham, for Typer's --show/--install-completion
-            _fail(
-                "cannot tell which shell cnn runs in, for --show-completion/--install-completion "
-                "(run it from bash, zsh, fish or PowerShell)",
-                2,
-            )
-        if isinstance(e, OSError) and not e.filename:  # writing the result: stdout on a full disk, /dev/full
-            _fail(f"cannot write the result: {e.strerror or e}", 1)
-        if isinstance(e, OSError):
-            from cnncli.fileio import os_error
+        _unexpected(e)
 
-            err = os_error(e)
-            _fail(str(err), err.exit_code)
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        _fail(f"{type(e).__name__}: {msg} (run with CNN_DEBUG=1 for the traceback)", 1)
+
+def _unexpected(e: Exception) -> None:
+    """The one line for an exception no layer turned into a CnnError."""
+    if type(e).__name__ == "ShellDetectionFailure":  # shellingham, for Typer's --show/--install-completion
+        _fail(
+            "cannot tell which shell cnn runs in, for --show-completion/--install-completion "
+            "(run it from bash, zsh, fish or PowerShell)",
+            2,
+        )
+    if isinstance(e, OSError) and not e.filename:  # writing the result: stdout on a full disk, /dev/full
+        _fail(f"cannot write the result: {e.strerror or e}", 1)
+    if isinstance(e, OSError):
+        from cnncli.fileio import os_error
+
+        err = os_error(e)
+        _fail(str(err), err.exit_code)
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    _fail(f"{type(e).__name__}: {msg} (run with CNN_DEBUG=1 for the traceback)", 1)
