@@ -27,7 +27,7 @@ from cnncli.analysis import receptive as R
 from cnncli.analysis.arith import Field
 
 FULL = os.environ.get("CNN_RF_FULL") == "1"
-BUDGET = float("inf") if FULL else 5.0e8  # multiply-adds of one model's measuring passes (float64, 2 cores: ~0.5 s)
+BUDGET = float("inf") if FULL else 2.5e8  # multiply-adds of one model's measuring passes (float64, 2 cores: ~0.25 s)
 
 TORCHVISION = torchvision.models.list_models(module=torchvision.models)
 BUILTIN = ["lenet5", "linenet", "resnet18", "resnet20", "smallcnn", "vgg11_bn"]  # at 32x32: the CIFAR layouts
