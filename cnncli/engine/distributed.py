@@ -47,8 +47,13 @@ def setup(device: str = "auto") -> DistInfo:
     return DistInfo(True, rank, world, local, dev)
 
 
-def teardown() -> None:
+def teardown(finished: bool = False) -> None:
+    """Leave the process group. A job that `finished` waits for every rank first: a rank that destroyed its group
+    while rank 0 still wrote the run's summary could die in gloo's threads at exit (SIGABRT, "terminate called
+    without an active exception"). After an error no rank waits (the others may never come: torchrun ends them)."""
     if dist.is_available() and dist.is_initialized():
+        if finished and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -299,6 +299,9 @@ def train(cfg: TrainConfig, reporter=None, resume: str | None = None) -> TrainRe
     """Run a training job (single process or one rank of a torchrun job)."""
     trainer = Trainer(cfg, reporter, resume)
     try:
-        return trainer.fit()
-    finally:
+        result = trainer.fit()
+    except BaseException:
         dist_utils.teardown()
+        raise
+    dist_utils.teardown(finished=True)
+    return result
