@@ -30,25 +30,20 @@ ARGS = [
 ]
 
 
-def _torchrun(*args, **kw):
+def _launch(launcher: list[str], *args) -> subprocess.Popen:
+    """`python -m torch.distributed.run LAUNCHER... -m cnncli train ARGS`, in its own session (to signal the job)."""
     # each rank takes its share of the cores from the thread policy (the suite's CNN_THREADS would oversubscribe)
     env = {k: v for k, v in os.environ.items() if k != "CNN_THREADS"}
     env.update({"CI": "1", "OMP_NUM_THREADS": "1", "CNN_DIST_TIMEOUT": "120"})
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "cnncli",
-        "train",
-        *map(str, args),
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "cnncli", "train", *map(str, args)]
     return subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
+
+
+def _torchrun(*args) -> subprocess.Popen:
+    """One node of two processes."""
+    return _launch(["--standalone", "--nproc-per-node", "2"], *args)
 
 
 def _rows(run):
@@ -67,32 +62,9 @@ def _free_port() -> int:
 def _node(node: int, port: int, *args) -> subprocess.Popen:
     """One "node" of a two-machine job: its own torchrun launcher with one process, meeting the other at a c10d
     rendezvous on localhost, node 0 hosting its store, as they would across machines (docs/distributed.md)."""
-    env = {k: v for k, v in os.environ.items() if k != "CNN_THREADS"}  # each rank takes its share of the cores
-    env.update({"CI": "1", "OMP_NUM_THREADS": "1", "CNN_DIST_TIMEOUT": "120"})
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes",
-        "2",
-        "--nproc-per-node",
-        "1",
-        "--rdzv-backend",
-        "c10d",
-        "--rdzv-endpoint",
-        f"127.0.0.1:{port}",
-        "--rdzv-id",
-        "cnn-two-nodes",
-        "--rdzv-conf",
-        f"is_host={1 if node == 0 else 0}",
-        "-m",
-        "cnncli",
-        "train",
-        *map(str, args),
-    ]
-    return subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    rendezvous = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "cnn-two-nodes"]
+    host = ["--rdzv-conf", f"is_host={1 if node == 0 else 0}"]
+    return _launch(["--nnodes", "2", "--nproc-per-node", "1", *rendezvous, *host], *args)
 
 
 @pytest.fixture(scope="module")
