@@ -135,11 +135,13 @@ class Summary:
     inputs: list | None = None
     outputs: list | None = None
     opset: int | None = None
+    precision: str | None = None  # an ONNX file's: fp32, fp16, int8 (from its graph)
+    quantization: dict | None = None  # what cnn export recorded of an int8 or fp16 file
 
     def as_json(self) -> dict:
         d = asdict(self)
         if self.inputs is None:  # a PyTorch model: no graph inputs to list
-            for key in ("inputs", "outputs", "opset"):
+            for key in ("inputs", "outputs", "opset", "precision", "quantization"):
                 del d[key]
         return d
 
@@ -431,8 +433,18 @@ def onnx_summary(path: str) -> Summary:
 
     inputs = [desc(i) for i in m.graph.input if i.name not in {t.name for t in m.graph.initializer}]
     outputs = [desc(o) for o in m.graph.output]
-    params = sum(math.prod(t.dims) for t in m.graph.initializer)
+    # a quantized graph's scales and zero points are not parameters: the inputs 1 and 2 of its (De)QuantizeLinear
+    qparams = {n for node in m.graph.node if node.op_type in _QDQ for n in node.input[1:3]}
+    weights = [t for t in m.graph.initializer if t.name not in qparams]
+    params = sum(math.prod(t.dims) for t in weights)
     opset = next((i.version for i in m.opset_import if i.domain in ("", "ai.onnx")), None)
+    import json
+
+    recorded = {p.key: p.value for p in m.metadata_props}
+    try:
+        quantization = json.loads(recorded["quantization"]) if "quantization" in recorded else None
+    except ValueError:
+        quantization = None
     return Summary(
         input=inputs[0]["shape"][1:] if inputs else [],
         output=outputs[0]["shape"][1:] if outputs else [],
@@ -440,4 +452,22 @@ def onnx_summary(path: str) -> Summary:
         inputs=inputs,
         outputs=outputs,
         opset=opset,
+        precision=_onnx_precision(m, weights),
+        quantization=quantization if isinstance(quantization, dict) else None,
     )
+
+
+_QDQ = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear")
+
+
+def _onnx_precision(m, weights) -> str:
+    """What an ONNX graph computes in, read from the graph itself (not from metadata a file could get wrong): int8
+    where it quantizes (QDQ or QLinear operators), else the element type holding most of its parameters."""
+    if any(node.op_type in _QDQ for node in m.graph.node):
+        return "int8"
+    names = {1: "fp32", 10: "fp16", 16: "bf16", 11: "fp64"}
+    count: dict[str, int] = {}
+    for t in weights:
+        key = names.get(t.data_type, "other")
+        count[key] = count.get(key, 0) + math.prod(t.dims)
+    return max(count, key=count.get) if count else "fp32"

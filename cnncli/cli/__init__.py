@@ -52,7 +52,19 @@ def _root(
 
 
 # the order `cnn --help` lists commands in (a workflow); commands not named here follow, alphabetically
-HELP_ORDER = ("shape", "models", "summary", "train", "eval", "predict", "inspect", "fcn", "scoremap", "export")
+HELP_ORDER = (
+    "shape",
+    "models",
+    "summary",
+    "train",
+    "eval",
+    "predict",
+    "inspect",
+    "fcn",
+    "scoremap",
+    "export",
+    "benchmark",
+)
 
 
 def commands() -> list[str]:

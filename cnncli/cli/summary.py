@@ -163,10 +163,26 @@ def _row(r: dict) -> list[str]:
 
 def _render_onnx(res: dict) -> None:
     """An ONNX graph: inputs, outputs, parameters; no layer table."""
-    lines = [f"{res['model']}: ONNX opset {res['opset']}"]
+    lines = [f"{res['model']}: ONNX opset {res['opset']}, {res['precision']}"]
     lines += [f"{io[:-1]} {v['name']}: {dims(v['shape'])}" for io in ("inputs", "outputs") for v in res[io]]
+    q = res.get("quantization") or {}
+    if q:
+        io = f"; input and output {q['io']}" if "io" in q else ""
+        lines.append(
+            f"{res['precision']}: weights {q.get('weights', '?')}; activations {q.get('activations', '?')}{io} "
+            f"({q.get('method', '?')})"
+        )
+    if "calibration_images" in q:
+        lines.append(
+            f"  calibrated ({q.get('calibration', '?')}) on {q['calibration_images']:,} {q.get('calibration_data', '')} training images"
+        )
+    if "accuracy_fp32" in q and f"accuracy_{res['precision']}" in q:
+        lines.append(
+            f"  top-1 when exported: {q['accuracy_' + res['precision']]:.2%} (fp32 {q['accuracy_fp32']:.2%}) on {q.get('evaluated_on', '?')}"
+        )
     lines += [
-        f"params {_both(res['params'])} (initializers, after any folding at export)",
+        f"params {_both(res['params'])} (initializers, after any folding at export"
+        + ("; scales and zero points not counted)" if res["precision"] == "int8" else ")"),
         "MACs and receptive field: unknown for an ONNX graph (give the PyTorch model)",
     ]
     say("\n".join(lines))

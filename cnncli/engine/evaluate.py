@@ -168,6 +168,19 @@ def evaluate_file(
         raise UsageError("give --data", f"{path} does not say which dataset it was trained on")
     ds = ds or load_dataset(name, data_dir)
     split, split_note = pick_split(ds, split)
+    notes = [*runner.notes, *getattr(ds, "notes", ()), *([split_note] if split_note else [])]
+    return measure(
+        runner, ds, split, path=path, batch_size=batch_size, workers=workers, name=name, log=log, notes=notes
+    )
+
+
+def measure(
+    runner, ds, split: str, *, path: str, batch_size: int = 256, workers: int = 2, name: str = "", log=None, notes=()
+) -> EvalResult:
+    """A runner's metrics on one split of a loaded dataset, labels matched to the model's classes by name: what
+    `cnn eval` reports, and what export's accuracy gate and `cnn benchmark` compare. `notes` (what was detected or
+    assumed) are logged once the input is known to be good."""
+    name = name or ds.name
     pre = runner.preprocess
     model_classes = list(pre.classes)
     if not model_classes and ds.num_classes > runner.num_classes:
@@ -177,8 +190,8 @@ def evaluate_file(
         )
     loader = batches_for(ds, split, pre, batch_size=batch_size, device=runner.device, workers=workers)
     lut = label_map(model_classes, ds.classes, path, name)
-    for note in [*runner.notes, *getattr(ds, "notes", ()), *([split_note] if split_note else [])]:
-        log(note)  # what was detected or assumed, once the input is known to be good
+    for note in notes:
+        log(note)
     res = evaluate_runner(runner, Relabelled(loader, lut), model_classes or ds.classes)
     return replace(res, device=runner.device_label, model=path, data=name, split=split, input=list(pre.input_size))
 

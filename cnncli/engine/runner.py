@@ -46,6 +46,10 @@ class Runner:
         out = self.forward(x).float()
         return out.flatten(2).mean(2) if out.dim() == 4 else out  # a fully-convolutional model: one cell
 
+    def timed_call(self, x: torch.Tensor):
+        """A call that runs the model on `x` (already where the model is): what a benchmark times."""
+        return lambda: self.forward(x)
+
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         from cnncli.engine.runtime import check_finite_outputs
 
@@ -61,7 +65,9 @@ class TorchRunner(Runner):
 
     kind = "pytorch"
 
-    def __init__(self, opened, device, *, fast: bool = False, path: str = ""):
+    def __init__(
+        self, opened, device, *, fast: bool = False, path: str = "", bf16: bool = False, compiled: bool = False
+    ):
         from cnncli.engine.runtime import check_finite_weights
 
         super().__init__(path or opened.path or opened.name, opened.preprocess, opened.spec.num_classes, opened.notes)
@@ -76,15 +82,21 @@ class TorchRunner(Runner):
             if any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
                 model, self.channels_last = model.to(memory_format=torch.channels_last), True
         self.model = model.to(self.device)
+        self.bf16 = bf16  # autocast to bfloat16 (a benchmark's torch-bf16 row: training's precision where it has it)
+        if compiled:
+            self.model = torch.compile(self.model)
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from contextlib import nullcontext
+
         from cnncli.engine.device import evaluation_precision
 
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with evaluation_precision(self.device):  # the numerics `cnn train` validates with
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        with evaluation_precision(self.device), autocast:  # the numerics `cnn train` validates with
             return self.model(x)
 
 
@@ -93,16 +105,29 @@ class OnnxRunner(Runner):
 
     kind = "onnx"
 
-    def __init__(self, path: str, request):
+    def __init__(self, path: str, request, *, threads: int | None = None, providers=("CPUExecutionProvider",)):
         from cnncli.engine.runtime import onnx_session
 
         preprocess, dataset, num_classes, notes = onnx_preprocess(path, request)
         super().__init__(path, preprocess, num_classes, notes, dataset)
-        self.session = onnx_session(path)  # ONNX Runtime's refusals are exit 2 here, before anything runs
+        # ONNX Runtime's refusals are exit 2 here, before anything runs
+        self.session = onnx_session(path, threads, providers)
 
     @property
     def device_label(self) -> str:
-        return "onnxruntime-cpu"
+        return "onnxruntime-" + ("cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu")
+
+    def timed_call(self, x: torch.Tensor):
+        """A call that runs the session on `x` and nothing else (the input prepared once): what a benchmark
+        times. None when the file takes another batch size."""
+        import numpy as np
+
+        inp = self.session.get_inputs()[0]
+        if isinstance(inp.shape[0], int) and inp.shape[0] != len(x):
+            return None
+        feed = {inp.name: x.contiguous().cpu().numpy().astype(np.float32)}
+        run = self.session.run
+        return lambda: run(None, feed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The session's first output; a static-batch export takes the batch in slices."""
@@ -121,11 +146,43 @@ class OnnxRunner(Runner):
         return torch.from_numpy(out)
 
 
+class OpenVinoRunner(Runner):
+    """An ONNX file compiled by OpenVINO for the CPU (the `openvino` extra), with the file's preprocessing."""
+
+    kind = "openvino"
+
+    def __init__(self, path: str, request, *, threads: int | None = None):
+        import openvino as ov
+
+        preprocess, dataset, num_classes, notes = onnx_preprocess(path, request)
+        super().__init__(path, preprocess, num_classes, notes, dataset)
+        # f32: OpenVINO would otherwise compute in bf16 on CPUs that have it, and the row is the fp32 file's
+        config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+        self.compiled = ov.Core().compile_model(path, "CPU", config)
+
+    @property
+    def device_label(self) -> str:
+        return "openvino-cpu"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import numpy as np
+
+        out = self.compiled(x.contiguous().cpu().numpy().astype(np.float32))
+        return torch.from_numpy(np.asarray(out[self.compiled.output(0)]).copy())
+
+    def timed_call(self, x: torch.Tensor):
+        import numpy as np
+
+        arr = x.contiguous().cpu().numpy().astype(np.float32)
+        request = self.compiled.create_infer_request()
+        return lambda: request.infer([arr])
+
+
 def onnx_preprocess(path: str, req) -> tuple[Preprocess, str, int, list[str]]:
     """An ONNX file's preprocessing: the metadata cnn export wrote, else the command line and the graph's input shape
     (the same for every command: a dataset being evaluated never changes it). Returns (preprocess, dataset it was trained on, number of outputs, notes on what was assumed)."""
     from cnncli.analysis.summary import onnx_summary
-    from cnncli.export import read_onnx_metadata
+    from cnncli.export.onnx_format import read_onnx_metadata
 
     meta = read_onnx_metadata(path, required=())
     facts = onnx_summary(path)

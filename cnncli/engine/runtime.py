@@ -31,15 +31,21 @@ def read_onnx(path: str):
         ) from None
 
 
-def onnx_session(path: str):
-    """An ONNX Runtime session on the CPU for a user's file; UsageError for anything the runtime refuses."""
+def onnx_session(path: str, threads: int | None = None, providers=("CPUExecutionProvider",)):
+    """An ONNX Runtime session (on the CPU unless `providers` say otherwise) for a user's file, with `threads`
+    intra-op threads (None: ONNX Runtime's choice) and one inter-op thread; UsageError for anything the runtime
+    refuses."""
     import onnxruntime as ort
 
     from cnncli.errors import raise_if_interrupted
 
     check_input(path, "ONNX file", kind="model")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
     try:
-        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(path, options, providers=list(providers))
     except Exception as e:
         raise_if_interrupted()
         raise UsageError(

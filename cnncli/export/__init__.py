@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+from dataclasses import replace
 
 import torch
 
@@ -101,7 +102,8 @@ def _prepare(
     shapes = check_shapes(size, dynamic_batch, dynamic_size, tuple(fcn["stride"]) if fcn else (1, 1))
     if static:
         shapes = [(static, *s[1:]) for s in shapes]
-    return ExportJob(model, fold_batchnorm(model), example, shapes, meta, opset, dynamic_batch, dynamic_size)
+    job = ExportJob(model, fold_batchnorm(model), example, shapes, meta, opset, dynamic_batch, dynamic_size)
+    return replace(job, preprocess=pre, static_batch=static or (None if dynamic_batch else 1))
 
 
 def _bare_preprocess(opened):
@@ -112,9 +114,12 @@ def _bare_preprocess(opened):
     return pre
 
 
-def _write_verified(job: ExportJob, fmt: ExportFormat, writer: str, out: str, check: bool, tolerance: float):
+def _write_verified(
+    job: ExportJob, fmt: ExportFormat, writer: str, out: str, check: bool, tolerance: float, finish=None
+):
     """Write with one writer to a temp file, check it, rename it onto `out`. Returns the diff (None unchecked) or
-    raises _Rejected with the reason; a rejected file never appears."""
+    raises _Rejected with the reason; a rejected file never appears. `finish(tmp)`, when given, turns the checked
+    fp32 file into the smaller one in place (int8, fp16) and returns its figures (result["figures"])."""
     result = {}
 
     def write(tmp: str) -> None:
@@ -139,9 +144,11 @@ def _write_verified(job: ExportJob, fmt: ExportFormat, writer: str, out: str, ch
             raise WorkFailed("the model's outputs are NaN or infinite on the check inputs", "no file was written")
         if check and not result["diff"] <= tolerance:
             raise _Rejected(f"{writer} graph differs from PyTorch by {result['diff']:.3g} (> {tolerance:g})")
+        if finish is not None:
+            result["figures"] = finish(tmp)
 
     atomic_write(out, write, suffix=".tmp" + fmt.suffix)  # some writers check the extension
-    return result["diff"]
+    return result["diff"], result.get("figures", {})
 
 
 class _Rejected(Exception):
@@ -178,13 +185,23 @@ def export_model(
     exporter: str = "auto",
     log=lambda msg: None,
     request=None,
+    precision: str = "fp32",
+    calibration=None,
+    fp16_tolerance: float | None = None,
 ) -> ExportResult:
-    """Export a model file to `fmt`, verified against PyTorch, written atomically."""
+    """Export a model file to `fmt`, verified against PyTorch, written atomically. `precision` int8 or fp16 (ONNX):
+    the verified fp32 graph made smaller (export/quantize.py), checked by accuracy on `calibration`'s dataset
+    (int8 always, fp16 when a dataset is given) and fp16 also by its logits within `fp16_tolerance` of their scale."""
+    from cnncli.export.quantize import check_options
+
+    check_options(precision, fmt, calibration and calibration.data, *_calibration_numbers(calibration))
     spec, writers = _format_and_writers(fmt, exporter, opset, tolerance)
-    out = check_output(output or default_output(model_arg, spec.suffix), [model_arg], force)
+    suffix = spec.suffix if precision == "fp32" else f"-{precision}{spec.suffix}"
+    out = check_output(output or default_output(model_arg, suffix), [model_arg], force)
     job = _prepare(
         model_arg, spec, opset=opset, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, request=request, log=log
     )
+    finish = _finisher(job, precision, calibration, check, fp16_tolerance, log)
     from cnncli.engine.runtime import check_finite_weights
 
     check_finite_weights(job.model, model_arg)
@@ -194,29 +211,48 @@ def export_model(
     failures = []
     for i, writer in enumerate(writers):
         try:
-            diff = _write_verified(job, spec, writer, out, check, tolerance)
+            diff, figures = _write_verified(job, spec, writer, out, check, tolerance, finish)
         except _Rejected as e:
             failures.append(str(e))
             if i + 1 < len(writers):  # the last failure is the error message itself
                 log(f"{failures[-1]}; trying the {writers[i + 1]} exporter")
             continue
-        inputs, outputs = spec.describe(out)
-        return ExportResult(
-            out,
-            fmt,
-            onnx_opset(out) if fmt == "onnx" else None,
-            writer,
-            diff,
-            inputs,
-            outputs,
-            os.path.getsize(out),
-            [list(s) for s in job.shapes],
-            {**job.metadata, "exporter": writer},
-        )
+        return _result(job, spec, out, writer, diff, precision, figures)
     hint = "no file was written"
     if job.dynamic_size:
         hint += "; --static-size exports the model for the training size only"
     raise WorkFailed("; ".join(failures), hint)
+
+
+def _result(job: ExportJob, spec: ExportFormat, out: str, writer: str, diff, precision: str, figures) -> ExportResult:
+    inputs, outputs = spec.describe(out)
+    return ExportResult(
+        out,
+        spec.name,
+        onnx_opset(out) if spec.name == "onnx" else None,
+        writer,
+        diff,
+        inputs,
+        outputs,
+        os.path.getsize(out),
+        [list(s) for s in job.shapes],
+        read_onnx_metadata(out, required=()) if precision != "fp32" else {**job.metadata, "exporter": writer},
+        precision,
+        figures,
+    )
+
+
+def _finisher(job, precision: str, calibration, check: bool, fp16_tolerance, log):
+    """What turns the checked fp32 file into the int8 or fp16 one (None for fp32); --no-check: unmeasured."""
+    if precision == "fp32":
+        return None
+    from cnncli.export.quantize import smaller_file
+
+    return smaller_file(job, precision, calibration, fp16_tolerance, log, check=check)
+
+
+def _calibration_numbers(cal) -> tuple[int, float]:
+    return (cal.images, cal.max_drop) if cal is not None else (1, 0.0)
 
 
 def export_onnx(model_arg: str, output: str | None = None, **kwargs) -> ExportResult:

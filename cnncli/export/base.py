@@ -22,6 +22,8 @@ class ExportJob:
     opset: int = 18
     dynamic_batch: bool = True
     dynamic_size: bool = False
+    preprocess: object = None  # cnncli.preprocess.Preprocess: how images become inputs (calibration uses it)
+    static_batch: int | None = None  # the one batch size the file takes, when it is fixed
 
 
 @dataclass(frozen=True)
@@ -47,9 +49,12 @@ class ExportResult:
     size_bytes: int
     checked: list[list[int]]
     metadata: dict = field(default_factory=dict)
+    precision: str = "fp32"
+    figures: dict = field(default_factory=dict)  # int8/fp16: accuracy_fp32, accuracy_int8, calibration_images...
 
     def as_dict(self) -> dict:
         return {
+            **self.figures,
             "path": self.path,
             "format": self.format,
             "opset": self.opset,
@@ -60,6 +65,7 @@ class ExportResult:
             "size_bytes": self.size_bytes,
             "checked_shapes": self.checked,
             "metadata": self.metadata,
+            "precision": self.precision,
         }
 
 
@@ -75,18 +81,24 @@ def check_shapes(input_size, dynamic_batch: bool, dynamic_size: bool, stride=(1,
 
 def max_diff(run: Callable[[torch.Tensor], torch.Tensor], reference: nn.Module, shapes) -> float:
     """Max |run(x) - reference(x)| over seeded inputs of the given shapes (inf on a shape mismatch)."""
+    return diff_and_scale(run, reference, shapes)[0]
+
+
+def diff_and_scale(run: Callable[[torch.Tensor], torch.Tensor], reference: nn.Module, shapes) -> tuple[float, float]:
+    """(max |run(x) - reference(x)|, max |reference(x)|) over seeded inputs of the given shapes: the second is the
+    scale a relative tolerance is taken of."""
     g = torch.Generator().manual_seed(0)
-    worst = 0.0
+    worst, scale = 0.0, 0.0
     for shape in shapes:
         x = torch.randn(*shape, generator=g)
         with torch.no_grad():
             ref = reference(x).float()
             got = run(x).float()
         if tuple(got.shape) != tuple(ref.shape):
-            return float("inf")
+            return float("inf"), float("nan")
         diff = (got - ref).abs()
         # NaN-aware: max() would drop a NaN; a NaN or infinity on either side is no match, however equal the rest
         if not bool(torch.isfinite(got).all() and torch.isfinite(ref).all()):
-            return float("nan")
-        worst = max(worst, float(diff.max()))
-    return worst
+            return float("nan"), float("nan")
+        worst, scale = max(worst, float(diff.max())), max(scale, float(ref.abs().max()))
+    return worst, scale
