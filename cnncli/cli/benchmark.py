@@ -54,7 +54,7 @@ def benchmark_cmd(
     ] = None,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,32",
     seconds: Annotated[
-        float, typer.Option("--seconds", help="Timed seconds per row (at least 10 calls).", min=0.0)
+        float, typer.Option("--seconds", help="Timed seconds per row, over three passes (at least 12 calls).", min=0.0)
     ] = 1.0,
     calib_images: Annotated[
         int, typer.Option("--calib-images", help="Training images that calibrate onnx-int8.", min=1)

@@ -1,9 +1,9 @@
 """`cnn benchmark`: one model in every form it can be deployed in, timed the same way and scored on the same images.
 
-Each format is made once (`_make`: a runner from engine/runner.py, and the file it runs, written under a work
-folder), then timed at each batch size by `time_calls`: warm-up calls first (torch.compile compiles then), then
-timed calls until both a minimum count and a minimum time are reached, each call synchronised on CUDA; latency
-p50/p95 from those calls, throughput from their mean. Accuracy comes from `engine.evaluate.measure`, the path
+Each format is made once (`Benchmark.make`: a runner from engine/runner.py, and the file it runs, written under a
+work folder) and scored; then every row is timed in three interleaved passes by `time_calls`: warm-up calls first
+(torch.compile compiles then), then timed calls until both a minimum count and a third of --seconds are reached,
+each call synchronised on CUDA; latency p50/p95 from all of a row's calls, throughput from their mean. Accuracy comes from `engine.evaluate.measure`, the path
 `cnn eval` takes, on the split `cnn eval` picks. A format that cannot be made or run here is a row with its reason.
 """
 
@@ -66,6 +66,9 @@ def percentile(values: list[float], q: float) -> float:
     k = (len(v) - 1) * q / 100
     lo, hi = math.floor(k), math.ceil(k)
     return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+MIN_RUNS_PER_PASS = 4  # three passes: at least 12 timed calls a row
 
 
 def time_calls(call, sync=lambda: None, *, seconds: float = 1.0, warmup: float = 0.2, min_runs: int = 10):
@@ -207,7 +210,7 @@ class Benchmark:
         path = self.fp32_file() if fmt == "onnx" else self._smaller(fmt.split("-")[1], calibration)
         return _Made(r.OnnxRunner(path, self._plain(), threads=self.threads), os.path.getsize(path), path)
 
-    def time(self, made: _Made, batch: int, seconds: float) -> tuple[list[float], str | None]:
+    def time(self, made: _Made, batch: int, seconds: float, warmup: float = 0.2) -> tuple[list[float], str | None]:
         runner = made.runner
         c, h, w = runner.preprocess.input_size
         x = torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(0)).to(runner.device)
@@ -215,7 +218,7 @@ class Benchmark:
         if call is None:
             return [], "the file takes another batch size only (exported with --static-batch)"
         sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
-        return time_calls(call, sync, seconds=seconds), None
+        return time_calls(call, sync, seconds=seconds, warmup=warmup, min_runs=MIN_RUNS_PER_PASS), None
 
 
 def run_benchmark(
@@ -232,59 +235,81 @@ def run_benchmark(
     seconds: float = 1.0,
     log=lambda msg: None,
 ) -> list[Row]:
-    """Every format at every batch size: a Row each, an error row for what cannot be made or run here."""
-    from cnncli.engine.evaluate import pick_split
-
+    """Every format at every batch size: a Row each, an error row for what cannot be made or run here. Every format
+    is made and scored first; then the timings, in PASSES interleaved passes over all rows (a burst of other work
+    on the machine spreads over every row instead of falling on one)."""
     bench = Benchmark(model_arg, request, device, workdir, threads, log)
     bench.check()
-    split = pick_split(data, None)[0] if data is not None else None
     rows: list[Row] = []
+    ready = []  # (row, made) for the rows that are timed
     for fmt in formats:
-        try:
-            t0 = time.perf_counter()
-            made = bench.make(fmt, calibration)
-            log(f"{fmt}: ready ({made.runner.device_label}, {time.perf_counter() - t0:.1f} s to make)")
-        except CnnError as e:
-            rows += [Row(fmt, b, error=_reason(e)) for b in batch_sizes]
-            log(f"{fmt}: {_reason(e)}")
+        made, error = _made(bench, fmt, calibration, log)
+        if made is None:
+            rows += [Row(fmt, b, error=error) for b in batch_sizes]
             continue
-        except Exception as e:  # an exporter, compiler or runtime that fails on this model: said in the row
-            raise_if_interrupted()
-            rows += [Row(fmt, b, error=f"{type(e).__name__}: {_reason(e)}") for b in batch_sizes]
-            log(f"{fmt}: {type(e).__name__}: {_reason(e)}")
-            continue
-        rows += _measure_format(bench, fmt, made, batch_sizes, data, split, seconds, log)
+        accuracy, accuracy_error = _accuracy(made, data)
+        runtime = made.runner.device_label
+        runtime = f"pytorch-{runtime}" if made.runner.kind == "pytorch" else runtime
+        for b in batch_sizes:
+            row = Row(fmt, b, size_bytes=made.size, accuracy=accuracy, runtime=runtime)
+            row.error = f"accuracy: {accuracy_error}" if accuracy_error else None
+            rows.append(row)
+            ready.append((row, made))
+    times: dict[int, list[float]] = {id(row): [] for row, _ in ready}
+    for p in range(PASSES):
+        for row, made in ready:
+            if row.error and not row.error.startswith("accuracy:"):
+                continue
+            try:
+                got, error = bench.time(made, row.batch_size, seconds / PASSES, warmup=0.2 if p == 0 else 0.02)
+            except Exception as e:
+                raise_if_interrupted()
+                got, error = [], f"{type(e).__name__}: {_reason(e)}"
+            times[id(row)] += got
+            row.error = error or row.error
+    for row, _ in ready:
+        _fill(row, times[id(row)], log)
     return rows
 
 
-def _measure_format(bench, fmt, made, batch_sizes, data, split, seconds, log) -> list[Row]:
-    """One format's rows: its accuracy once (on `data`, when given), its timing at every batch size."""
-    from cnncli.engine.evaluate import measure
+PASSES = 3
 
-    accuracy, accuracy_error = None, None
-    if data is not None:
-        try:
-            accuracy = measure(made.runner, data, split, path=made.path).accuracy
-        except CnnError as e:
-            accuracy_error = _reason(e)
-        except Exception as e:
-            raise_if_interrupted()
-            accuracy_error = f"{type(e).__name__}: {_reason(e)}"
-    rows = []
-    for b in batch_sizes:
-        row = Row(fmt, b, size_bytes=made.size, accuracy=accuracy, runtime=made.runner.device_label)
-        try:
-            times, error = bench.time(made, b, seconds)
-        except Exception as e:
-            raise_if_interrupted()
-            times, error = [], f"{type(e).__name__}: {_reason(e)}"
-        if error or accuracy_error:
-            row.error = error or f"accuracy: {accuracy_error}"
-        if times:
-            row.latency_ms_p50 = percentile(times, 50) * 1000
-            row.latency_ms_p95 = percentile(times, 95) * 1000
-            row.images_per_second = b * len(times) / sum(times)
-            row.runs = len(times)
-            log(f"{fmt} batch {b}: p50 {row.latency_ms_p50:.2f} ms, {row.images_per_second:,.0f} img/s")
-        rows.append(row)
-    return rows
+
+def _made(bench: Benchmark, fmt: str, calibration, log) -> tuple[_Made | None, str | None]:
+    try:
+        t0 = time.perf_counter()
+        made = bench.make(fmt, calibration)
+        log(f"{fmt}: ready ({made.runner.device_label}, {time.perf_counter() - t0:.1f} s to make)")
+        return made, None
+    except CnnError as e:
+        error = _reason(e)
+    except Exception as e:  # an exporter, compiler or runtime that fails on this model: said in the row
+        raise_if_interrupted()
+        error = f"{type(e).__name__}: {_reason(e)}"
+    log(f"{fmt}: {error}")
+    return None, error
+
+
+def _accuracy(made: _Made, data) -> tuple[float | None, str | None]:
+    """Top-1 on the split `cnn eval` picks, through its code (None without --data), or why it could not be had."""
+    from cnncli.engine.evaluate import measure, pick_split
+
+    if data is None:
+        return None, None
+    try:
+        return measure(made.runner, data, pick_split(data, None)[0], path=made.path).accuracy, None
+    except CnnError as e:
+        return None, _reason(e)
+    except Exception as e:
+        raise_if_interrupted()
+        return None, f"{type(e).__name__}: {_reason(e)}"
+
+
+def _fill(row: Row, times: list[float], log) -> None:
+    if not times:
+        return
+    row.latency_ms_p50 = percentile(times, 50) * 1000
+    row.latency_ms_p95 = percentile(times, 95) * 1000
+    row.images_per_second = row.batch_size * len(times) / sum(times)
+    row.runs = len(times)
+    log(f"{row.format} batch {row.batch_size}: p50 {row.latency_ms_p50:.2f} ms, {row.images_per_second:,.0f} img/s")
