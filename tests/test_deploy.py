@@ -138,6 +138,8 @@ def test_fp16_file_keeps_float32_io_and_close_logits(digits_run, tmp_path):
         (["--data", "digits"], "--data is for --int8 and --fp16"),
         (["--int8", "--data", "nosuchset"], "nosuchset"),
         (["--int8", "--data", "cifar10", "--data-dir", "{tmp}/nothing"], "cifar10"),
+        (["--int8", "--data", "lines"], "classes the model does not know"),
+        (["--fp16", "--data", "lines"], "classes the model does not know"),
     ],
 )
 def test_bad_int8_options_are_exit_2_and_write_nothing(digits_run, tmp_path, extra, needle):

@@ -233,6 +233,39 @@ def _fp16_logits(path: str, job, rel_tolerance: float | None) -> float:
     return rel
 
 
+def _check_fits(preprocess, ds) -> None:
+    """The dataset's images and classes fit the model (channels; classes matched by name, as cnn eval does)."""
+    from cnncli.engine.evaluate import label_map
+
+    if ds.input_size[0] != preprocess.input_size[0]:
+        raise UsageError(
+            f"the model takes {preprocess.input_size[0]}-channel images but {ds.name} has {ds.input_size[0]}",
+            "calibrate and score on the dataset the model was trained for",
+        )
+    label_map(list(preprocess.classes), ds.classes, "the model", ds.name)
+
+
+def _converted(convert, src: str, dst: str, *args) -> dict:
+    """ONNX Runtime's converters fail in their own words: a full disk is the disk's error, the rest one line."""
+    from cnncli.errors import CnnError
+    from cnncli.fileio import os_error, write_error
+
+    try:
+        return convert(src, dst, *args)
+    except CnnError:
+        raise
+    except Exception as e:
+        raise_if_interrupted()
+        err = write_error(e)
+        if err is not None:
+            raise os_error(err, dst) from None
+        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise WorkFailed(
+            f"ONNX Runtime could not convert this model: {type(e).__name__}: {text}",
+            "no file was written; the fp32 file exports (cnn export MODEL --onnx)",
+        ) from None
+
+
 def smaller_file(job, precision: str, cal: Calibration | None, rel_tolerance: float | None, log, check: bool = True):
     """export_model's `finish` for int8 and fp16: the checked fp32 temp file is made smaller in place (int8:
     calibrated on `cal`), checked (fp16: logits within `rel_tolerance` of their scale; both: top-1 on `cal`'s
@@ -241,7 +274,9 @@ def smaller_file(job, precision: str, cal: Calibration | None, rel_tolerance: fl
     from cnncli.models.open import ModelRequest
 
     batches, used = None, 0
-    if precision == "int8":  # gathered before anything is written: a dataset that does not fit is exit 2
+    if cal is not None:  # before anything is written: a dataset that does not fit the model is exit 2
+        _check_fits(job.preprocess, cal.data)
+    if precision == "int8":
         batches, used = calibration_batches(cal.data, job.preprocess, cal.images, job.static_batch)
 
     def finish(tmp: str) -> dict:
@@ -249,9 +284,10 @@ def smaller_file(job, precision: str, cal: Calibration | None, rel_tolerance: fl
         try:
             if precision == "int8":
                 log(f"int8: calibrating on {used:,} {cal.data.name} training images")
-                info = {**make_int8(tmp, small, batches), "calibration_images": used, "calibration_data": cal.data.name}
+                made = _converted(make_int8, tmp, small, batches)
+                info = {**made, "calibration_images": used, "calibration_data": cal.data.name}
             else:
-                info = make_fp16(tmp, small)
+                info = _converted(make_fp16, tmp, small)
             figures: dict = {"calibration_images": used} if precision == "int8" else {}
             if precision == "fp16" and check:  # int8 is judged by accuracy, not by logits
                 figures["max_rel_diff"] = _fp16_logits(small, job, rel_tolerance)
