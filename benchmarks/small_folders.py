@@ -4,7 +4,7 @@ Usage: python benchmarks/small_folders.py [MODEL] [LRS] [FOLDERS]
        (default resnet18, 0.01,0.03,0.1, colours,shapes,digits)
 
 Writes three small folders of its own making (train/ and test/, PNGs): `colours` (3 classes: the colour of a blob
-on noise, 48x48), `shapes` (squares, discs and triangles in random colours, 64x64) and `digits` (scikit-learn's
+on noise, 32x32), `shapes` (squares, discs and triangles in random colours, 40x40) and `digits` (scikit-learn's
 8x8 digits upscaled to 32x32, 10 classes). For each folder it trains MODEL with `cnn train` (a real process, the
 folder's default epochs) with no flags and with each `--lr` of the sweep; and again from `--weights`: the best.pt
 of the same model trained with no flags on another folder (shapes <- colours, colours <- shapes, digits <-
@@ -37,7 +37,7 @@ def _save(img: np.ndarray, path: str) -> None:
     Image.fromarray(img).save(path)
 
 
-def colours(root: str, n: int, seed: int, size: int = 48) -> None:
+def colours(root: str, n: int, seed: int, size: int = 32) -> None:
     rng = np.random.default_rng(seed)
     base = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (50, 60, 210)}
     yy, xx = np.mgrid[:size, :size]
@@ -51,7 +51,7 @@ def colours(root: str, n: int, seed: int, size: int = 48) -> None:
             _save(img.astype(np.uint8), os.path.join(root, cls, f"{i}.png"))
 
 
-def shapes(root: str, n: int, seed: int, size: int = 64) -> None:
+def shapes(root: str, n: int, seed: int, size: int = 40) -> None:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
     for cls in ("squares", "discs", "triangles"):

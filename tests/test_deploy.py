@@ -227,8 +227,9 @@ def test_benchmark_rows_agree_with_cnn_eval_and_are_real_timings(digits_run, int
             continue
         assert r["error"] is None, r
         assert 0 < r["latency_ms_p50"] <= r["latency_ms_p95"] and r["runs"] >= 10
-        # throughput is batch / the mean per-call time: of the order the median gives
-        assert 0.1 < r["images_per_second"] / (key[1] / (r["latency_ms_p50"] / 1e3)) < 10
+        # throughput is batch / the mean per-call time; half the calls take at least the median, so the mean is at
+        # least half the median (on a busy machine it can be far more)
+        assert 0 < r["images_per_second"] <= 2 * key[1] / (r["latency_ms_p50"] / 1e3) * (1 + 1e-9)
     assert by[("onnx-int8", 1)]["size_bytes"] < by[("onnx", 1)]["size_bytes"] / 2.5
 
 

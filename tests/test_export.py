@@ -213,3 +213,21 @@ def test_pt2_of_a_fully_convolutional_model(tmp_path):
         assert p.returncode == 1 and "--static-size" in p.stderr and len(p.stderr.strip().splitlines()) == 1
         assert p.stdout == ""
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # no temp file left either way
+
+
+def test_the_parity_tolerance_scales_with_the_logits(tmp_path):
+    """Logits near 1e10 (a random inception_v3 reaches 1e12): float32's own rounding is ~1e3 there, far above an
+    absolute 1e-4; the check allows --tolerance times the largest |logit| and says so."""
+    from cnncli.checkpoint import Checkpoint
+
+    ck = make_checkpoint(tmp_path / "m.pt", "lenet5")
+    c = Checkpoint.load(ck)
+    sd = dict(c.state_dict)
+    sd["classifier.5.weight"] = sd["classifier.5.weight"] * 1e10
+    c.state_dict = sd
+    c.save(ck)
+    res = json.loads(run_cnn("export", ck, "--onnx", "--exporter", "torchscript", "--json", check=0).stdout)
+    assert res["output_scale"] > 1e8 and res["max_abs_diff"] > 1e-4  # an absolute 1e-4 would have refused it
+    assert res["allowed_diff"] == pytest.approx(1e-4 * res["output_scale"])
+    assert res["max_abs_diff"] <= res["allowed_diff"]
+    assert res["max_abs_diff"] / res["output_scale"] < 1e-5  # float32-level agreement, relative to the scale

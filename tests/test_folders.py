@@ -99,3 +99,64 @@ def test_the_table_says_when_there_is_no_test_split(tmp_path):
         "train", "smallcnn", "--data", f"folder:{flat}", "--epochs", "1", "--project", tmp_path / "runs", check=0
     )
     assert "no test split: the folder has no test/, and val chose best.pt" in p.stdout
+
+
+def _train_one_step(model, folder, tmp_path, *extra):
+    p = run_cnn(
+        "train",
+        model,
+        "--data",
+        f"folder:{folder}",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--project",
+        tmp_path / "runs",
+        "--json",
+        *extra,
+    )
+    assert p.returncode == 0, p.stderr
+    from cnncli.checkpoint import Checkpoint
+
+    return list(Checkpoint.load(json.loads(p.stdout)["best_checkpoint"]).preprocess.input_size), p.stderr
+
+
+def test_the_image_size_is_the_folders_median_not_its_first_image(tmp_path):
+    from PIL import Image
+
+    folder = write_image_folder(str(tmp_path / "imgs"), per_class=6, size=(40, 48))
+    # the file listed first is an odd one out
+    first = sorted(os.listdir(os.path.join(folder, "cats")))[0]
+    Image.new("RGB", (10, 12), (200, 0, 0)).save(os.path.join(folder, "cats", first))
+    size, _ = _train_one_step("smallcnn", folder, tmp_path)
+    assert size == [3, 40, 48]
+
+
+def test_camera_sized_photos_train_at_a_capped_size_with_their_aspect(tmp_path):
+    from PIL import Image
+
+    for cls, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        os.makedirs(tmp_path / "photos" / cls)
+        for i in range(4):  # 1200x900 landscape JPEGs
+            Image.new("RGB", (1200, 900), colour).save(tmp_path / "photos" / cls / f"{i}.jpg", quality=50)
+    size, err = _train_one_step("resnet18", tmp_path / "photos", tmp_path)
+    assert size == [3, 168, 224]
+    assert "median size 900x1200, its longer side capped at 224" in err
+    given, _ = _train_one_step("resnet18", tmp_path / "photos", tmp_path, "--img-size", "96")
+    assert given == [3, 96, 96]
+
+
+def test_an_exif_turned_photo_counts_upright(tmp_path):
+    from PIL import Image
+
+    from cnncli.data.images import upright_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: stored 1200 wide, shown 1200 tall
+    Image.new("RGB", (1200, 900)).save(tmp_path / "p.jpg", exif=exif.tobytes())
+    assert upright_size(str(tmp_path / "p.jpg")) == (1200, 900)
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    assert upright_size(str(tmp_path / "bad.jpg")) is None

@@ -64,8 +64,8 @@ def export_cmd(
         Optional[float],
         typer.Option(
             "--tolerance",
-            help="Largest allowed max |file - PyTorch| on the logits (default 1e-4; with --fp16 a share of the "
-            "largest |logit|, default 0.01).",
+            help="Largest allowed max |file - PyTorch| on the logits, times the largest |logit| when that is above "
+            "1 (default 1e-4; with --fp16 0.01).",
         ),
     ] = None,
     int8: Annotated[
@@ -133,7 +133,8 @@ def export_cmd(
         graph = " (the fp32 graph)" if precision != "fp32" else ""
         say(
             f"  check: {checker}{graph} vs PyTorch max |diff| {res.max_abs_diff:.2e} over "
-            f"{len(res.checked)} input shapes (tolerance {fp32_tolerance:g})"
+            f"{len(res.checked)} input shapes (allowed {res.allowed:.2g}: {fp32_tolerance:g} x max(1, the largest "
+            f"|logit| {res.output_scale:.3g}))"
         )
         _say_smaller(res)
     else:

@@ -119,6 +119,23 @@ def image_mode(path: str) -> tuple[int, tuple[int, int]]:
     return (1 if im.mode == "L" else 3), (im.height, im.width)
 
 
+def upright_size(path: str) -> tuple[int, int] | None:
+    """An image's upright (height, width) from its header alone (no decode: EXIF orientations 5-8 swap the two), or
+    None when the header cannot be read (the image is then judged when it is read)."""
+    from PIL import Image
+
+    from cnncli.fileio import check_input
+
+    try:
+        check_input(path, "image", kind="image")
+        with Image.open(path) as im:
+            w, h = im.size
+            turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:
+        return None
+    return (w, h) if turned else (h, w)
+
+
 def read_image(path: str, channels: int):
     """An image file as uint8 [C, H, W] with `channels` channels, at its own size."""
     import numpy as np

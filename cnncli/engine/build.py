@@ -36,6 +36,8 @@ def training_data(cfg: TrainConfig, device: torch.device, dist, report: Callable
         )
     for note in getattr(data, "notes", ()) if report else ():
         report(Note(note))
+    if cfg.img_size is None and getattr(data, "folders", None) is not None:
+        data = _capped_size(data, cfg.model, report)
     plan = None
     if device.type == "cpu":
         # the decoding cost only decides the workers: none is measured when --workers is given
@@ -61,6 +63,34 @@ def training_data(cfg: TrainConfig, device: torch.device, dist, report: Callable
         per_rank = cfg.batch_size // dist.world_size
         report(Note(f"global batch {cfg.batch_size} split across {dist.world_size} ranks: {per_rank} per rank"))
     return data, cfg, plan
+
+
+IMAGE_SIDE_CAP = 224  # a folder's images are trained at most this large (or the model's own size, when larger)
+
+
+def _capped_size(data, model: str, report: Callable | None):
+    """A folder's median image size, its longer side capped at the model's design size and never above what
+    IMAGE_SIDE_CAP allows (camera photos at 3000x4000 would otherwise train at full size), said in the log."""
+    from cnncli.models import resolve as resolve_model
+
+    h, w = data.image_size
+    try:
+        design = max(resolve_model(model).input_size[1:])
+    except UsageError:  # the model's own error comes when it is built
+        design = IMAGE_SIDE_CAP
+    cap = max(IMAGE_SIDE_CAP, design)
+    if max(h, w) <= cap:
+        return data
+    f = cap / max(h, w)
+    size = (max(1, round(h * f)), max(1, round(w * f)))
+    if report:
+        report(
+            Note(
+                f"{data.name}: images resized to {size[0]}x{size[1]} (the folder's median size {h}x{w}, its longer "
+                f"side capped at {cap}); --img-size HxW sets another"
+            )
+        )
+    return replace(data, image_size=size)
 
 
 class Built(NamedTuple):

@@ -19,7 +19,14 @@ import torch
 
 from cnncli import __version__
 from cnncli.errors import CnnError, UsageError, WorkFailed, raise_if_interrupted
-from cnncli.export.base import ExportFormat, ExportJob, ExportResult, check_shapes, max_diff  # noqa: F401
+from cnncli.export.base import (  # noqa: F401
+    ExportFormat,
+    ExportJob,
+    ExportResult,
+    allowed_diff,
+    check_shapes,
+    max_diff,
+)
 from cnncli.export.onnx_format import (
     onnx_check,
     onnx_describe,
@@ -135,20 +142,24 @@ def _write_verified(
             msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             raise _Rejected(f"{writer} exporter failed: {type(e).__name__}: {msg}") from None
         try:
-            result["diff"] = fmt.check(tmp, job) if check else None
+            result["diff"], result["scale"] = fmt.check(tmp, job) if check else (None, None)
         except Exception as e:  # the file does not run on one of the checked shapes (e.g. a shape guard)
             raise_if_interrupted()
             msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             raise _Rejected(f"{writer} file fails the check: {type(e).__name__}: {msg}") from None
         if check and math.isnan(result["diff"]):
             raise WorkFailed("the model's outputs are NaN or infinite on the check inputs", "no file was written")
-        if check and not result["diff"] <= tolerance:
-            raise _Rejected(f"{writer} graph differs from PyTorch by {result['diff']:.3g} (> {tolerance:g})")
+        if check and not result["diff"] <= allowed_diff(tolerance, result["scale"]):
+            limit = allowed_diff(tolerance, result["scale"])
+            raise _Rejected(
+                f"{writer} graph differs from PyTorch by {result['diff']:.3g} (> {limit:.3g}: {tolerance:g} x "
+                f"max(1, the largest |logit| {result['scale']:.3g}))"
+            )
         if finish is not None:
             result["figures"] = finish(tmp)
 
     atomic_write(out, write, suffix=".tmp" + fmt.suffix)  # some writers check the extension
-    return result["diff"], result.get("figures", {})
+    return result["diff"], result.get("figures", {}), result["scale"]
 
 
 class _Rejected(Exception):
@@ -211,13 +222,16 @@ def export_model(
     failures = []
     for i, writer in enumerate(writers):
         try:
-            diff, figures = _write_verified(job, spec, writer, out, check, tolerance, finish)
+            diff, figures, scale = _write_verified(job, spec, writer, out, check, tolerance, finish)
         except _Rejected as e:
             failures.append(str(e))
             if i + 1 < len(writers):  # the last failure is the error message itself
                 log(f"{failures[-1]}; trying the {writers[i + 1]} exporter")
             continue
-        return _result(job, spec, out, writer, diff, precision, figures)
+        result = _result(job, spec, out, writer, diff, precision, figures)
+        if scale is not None:
+            result.output_scale, result.allowed = scale, allowed_diff(tolerance, scale)
+        return result
     hint = "no file was written"
     if job.dynamic_size:
         hint += "; --static-size exports the model for the training size only"

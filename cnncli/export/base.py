@@ -32,7 +32,7 @@ class ExportFormat:
     suffix: str  # default output: MODEL with this suffix
     description: str
     writers: dict[str, Callable[[ExportJob, str], None]]  # name -> write(job, path), tried in order
-    check: Callable[[str, ExportJob], float]  # max |file - PyTorch| over job.shapes
+    check: Callable[[str, ExportJob], tuple[float, float]]  # (max |file - PyTorch|, max |PyTorch|) over job.shapes
     describe: Callable[[str], tuple[list[dict], list[dict]]]  # (inputs, outputs) with names and shapes
     flag: str = ""  # a short alias flag, e.g. --onnx
 
@@ -50,7 +50,11 @@ class ExportResult:
     checked: list[list[int]]
     metadata: dict = field(default_factory=dict)
     precision: str = "fp32"
-    figures: dict = field(default_factory=dict)  # int8/fp16: accuracy_fp32, accuracy_int8, calibration_images...
+    figures: dict = field(default_factory=dict)
+    output_scale: float | None = None  # max |PyTorch logit| over the check inputs
+    allowed: float | None = (
+        None  # the max |diff| the check allowed: allowed_diff(tolerance, output_scale)  # int8/fp16: accuracy_fp32, accuracy_int8, calibration_images...
+    )
 
     def as_dict(self) -> dict:
         return {
@@ -66,7 +70,18 @@ class ExportResult:
             "checked_shapes": self.checked,
             "metadata": self.metadata,
             "precision": self.precision,
+            "output_scale": self.output_scale,
+            "allowed_diff": self.allowed,
         }
+
+
+def allowed_diff(tolerance: float, scale: float) -> float:
+    """What the parity check allows: --tolerance times the outputs' scale, when that is above 1 (max |logit| over
+    the check inputs). float32's own rounding through a deep network grows with the scale: for a randomly
+    initialised inception_v3 (logits near 1e12) PyTorch's float32 and float64 differ by ~1e6, and an absolute
+    1e-4 would refuse every exporter. For logits of order 1 it is the absolute tolerance; --tolerance 0 stays
+    exact."""
+    return tolerance * max(1.0, scale)
 
 
 def check_shapes(input_size, dynamic_batch: bool, dynamic_size: bool, stride=(1, 1)) -> list[tuple[int, ...]]:

@@ -13,7 +13,7 @@ import torch
 
 from cnncli import __version__
 from cnncli.errors import UsageError
-from cnncli.export.base import ExportJob, max_diff
+from cnncli.export.base import ExportJob, diff_and_scale
 from cnncli.export.pt2_format import dynamic_shapes
 
 
@@ -112,8 +112,8 @@ def _name_dynamic_dims(m) -> None:
                 d.dim_param = pattern.sub(lambda mt: names[mt.group(1)], d.dim_param)
 
 
-def onnx_check(path: str, job: ExportJob) -> float:
-    """onnx's full checker, then ONNX Runtime against PyTorch."""
+def onnx_check(path: str, job: ExportJob) -> tuple[float, float]:
+    """onnx's full checker, then ONNX Runtime against PyTorch: (max |diff|, max |PyTorch logit|)."""
     import onnx
 
     from cnncli.engine.runtime import onnx_session, run_onnx
@@ -121,7 +121,7 @@ def onnx_check(path: str, job: ExportJob) -> float:
     onnx.checker.check_model(path, full_check=True)
     sess = onnx_session(path)
     name = sess.get_inputs()[0].name
-    return max_diff(lambda x: torch.from_numpy(run_onnx(sess, {name: x.numpy()})[0]), job.model, job.shapes)
+    return diff_and_scale(lambda x: torch.from_numpy(run_onnx(sess, {name: x.numpy()})[0]), job.model, job.shapes)
 
 
 def onnx_describe(path: str) -> tuple[list[dict], list[dict]]:

@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from cnncli.export.base import ExportJob, max_diff
+from cnncli.export.base import ExportJob, diff_and_scale
 from cnncli.fileio import ensure_free_space
 from cnncli.models.files import PT2_METADATA  # the program's extra file with the metadata
 
@@ -39,8 +39,9 @@ def _pt2_load(path: str, extra: dict | None = None):
         return torch.export.load(path, extra_files=extra).module()
 
 
-def pt2_check(path: str, job: ExportJob) -> float:
-    return max_diff(_pt2_load(path), job.model, job.shapes)
+def pt2_check(path: str, job: ExportJob) -> tuple[float, float]:
+    """(max |program - PyTorch|, max |PyTorch logit|) over the check shapes."""
+    return diff_and_scale(_pt2_load(path), job.model, job.shapes)
 
 
 def pt2_describe(path: str) -> tuple[list[dict], list[dict]]:

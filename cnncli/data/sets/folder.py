@@ -97,7 +97,7 @@ def folder(info, *, data_dir, image_size=None, download=True, arg=None):
     splits, classes, present, skipped = _splits(path)
     first = next(iter(splits.values()))[0][0]
     channels, native = image_mode(first)
-    size = tuple(image_size) if image_size else native
+    size = tuple(image_size) if image_size else median_size(next(iter(splits.values())), native)
     mean, std = (GRAY_MEAN, GRAY_STD) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
     return FolderData(
         f"folder:{arg}",
@@ -115,6 +115,23 @@ def folder(info, *, data_dir, image_size=None, download=True, arg=None):
         folders=present,
         notes=tuple(_skipped_note(f"folder:{arg}", skipped)),
     )
+
+
+SIZE_SAMPLE = 64  # image headers read for the folder's typical size
+
+
+def median_size(samples, fallback: tuple[int, int]) -> tuple[int, int]:
+    """The median height and width of up to SIZE_SAMPLE images spread over `samples` (headers only): a folder's
+    typical size, which one odd first image does not decide."""
+    import statistics
+
+    from cnncli.data.images import upright_size
+
+    step = max(1, len(samples) // SIZE_SAMPLE)
+    sizes = [s for s in (upright_size(path) for path, _ in samples[::step][:SIZE_SAMPLE]) if s]
+    if not sizes:
+        return fallback
+    return (int(statistics.median_low(h for h, _ in sizes)), int(statistics.median_low(w for _, w in sizes)))
 
 
 def _skipped_note(name: str, skipped: list[str]) -> list[str]:
