@@ -240,3 +240,54 @@ def test_an_unknown_training_memory_says_why():
     assert memory["saved_for_backward"] is None and "batch 1" in memory["saved_for_backward_unknown"]
     batch2 = json.loads(run_cnn("summary", "tv:resnet18", "--in", "3x32x32", "--batch", "2", "--json", check=0).stdout)
     assert batch2["memory"]["saved_for_backward"] > 0 and "saved_for_backward_unknown" not in batch2["memory"]
+
+
+LOOPING = """
+import torch.nn as nn
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x).relu()
+
+
+class Net(nn.Module):
+    # timm's fastvit/hrnet habits: a container never called itself, a child run by .forward()
+    def __init__(self, num_classes=10, in_channels=3):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.stages = nn.Sequential(Block(8), Block(8))
+        self.extra = nn.ModuleList([Block(8)])
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.stages:
+            x = block(x)
+        x = self.extra[0].forward(x)
+        return self.head(x.mean((2, 3)))
+"""
+
+
+def test_macs_rows_of_a_model_that_loops_over_its_containers(tmp_path):
+    """Per-row MACs where a model runs a container's children itself (fastvit's stages, hrnet's ModuleLists):
+    each operation is its innermost running module's; no row is negative and the rows add up."""
+    (tmp_path / "net.py").write_text(LOOPING)
+    for depth in ("1", "2", "3"):
+        out = json.loads(
+            run_cnn("summary", f"{tmp_path / 'net.py'}:Net", "--in", "3x16x16", "--depth", depth, "--json", check=0).stdout
+        )
+        rows = {r["name"]: r for r in out["layers"]}
+        assert all(r["macs"] >= 0 for r in out["layers"] if r["macs"] is not None), out["layers"]
+        assert sum(r["macs"] for r in out["layers"] if r["macs"] is not None) == out["macs"]
+        conv = 8 * 8 * 9 * 16 * 16  # one Block's conv per image
+        assert rows["stages"]["macs_total"] == 2 * conv
+        # extra[0] ran through .forward() (no hook saw it), but its conv was called: that module ran it
+        assert rows["extra"]["macs_total"] == conv
+        assert out["macs"] == 3 * 8 * 9 * 16 * 16 + 3 * conv + 8 * 10
+        if depth == "1":
+            assert rows["Net"]["macs"] == 0  # the root runs no counted operation of its own

@@ -31,24 +31,69 @@ from cnncli.models.open import probe
 
 def module_macs(model: nn.Module, input_size, device, batch: int = 1) -> tuple[dict[str, int], int]:
     """({qualified module name: multiply-adds of its calls, children included}, total) per image, counted on a
-    batch of `batch` (a torch.export program takes its own batch size only)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    batch of `batch` (a torch.export program takes its own batch size only).
 
+    Each operation is counted once, for the innermost module that was running when it ran (`_ByModule`); a module's
+    figure is then the sum over itself and every module below it by name. So the figures add up by the module tree
+    even where a model runs its children out of order: `for block in self.stages: x = block(x)` (the container
+    `stages` is never called itself) or `block.forward(x)` (no hooks: its operations are its caller's)."""
     from cnncli.models._manipulate import shapes_only_normalization
 
     x = torch.zeros(batch, *input_size, device=device)
-    with FlopCounterMode(display=False) as fc, shapes_only_normalization():
+    with _ByModule(model) as fc, shapes_only_normalization():
         model(x)  # autograd on: nn.MultiheadAttention's fused inference kernel is not counted
-    counts = fc.get_flop_counts()
-    root = type(model).__name__
-    per = {}
-    for key, ops in counts.items():
-        if key == "Global":
-            continue
-        name = "" if key == root else key[len(root) + 1 :] if key.startswith(root + ".") else None
-        if name is not None:
-            per[name] = sum(ops.values()) // 2 // batch
+    per: dict[str, int] = {}
+    for name, flops in fc.own.items():
+        parts = name.split(".") if name else []
+        for i in range(len(parts) + 1):  # the module and each of its ancestors by name, the root ("") included
+            key = ".".join(parts[:i])
+            per[key] = per.get(key, 0) + flops
+    per = {k: v // 2 // batch for k, v in per.items()}
     return per, fc.get_total_flops() // 2 // batch
+
+
+def _by_module_mode():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class ByModule(FlopCounterMode):
+        """torch's FlopCounterMode that also adds each operation's flops to the innermost running module."""
+
+        def __init__(self, model: nn.Module):
+            super().__init__(display=False)
+            self.names = {id(m): n for n, m in model.named_modules()}
+            self.stack: list[str] = []
+            self.own: dict[str, int] = {}
+
+        def __enter__(self):
+            from torch.nn.modules import module as M
+
+            def pre(mod, args):
+                self.stack.append(self.names.get(id(mod), self.stack[-1] if self.stack else ""))
+
+            def post(mod, args, out):
+                if self.stack:
+                    self.stack.pop()
+
+            self.hooks = (M.register_module_forward_pre_hook(pre), M.register_module_forward_hook(post))
+            return super().__enter__()
+
+        def __exit__(self, *exc):
+            for h in self.hooks:
+                h.remove()
+            return super().__exit__(*exc)
+
+        def _count_flops(self, func_packet, out, args, kwargs):
+            if func_packet in self.flop_registry:
+                flops = self.flop_registry[func_packet](*args, **kwargs, out_val=out)
+                where = self.stack[-1] if self.stack else ""
+                self.own[where] = self.own.get(where, 0) + flops
+            return super()._count_flops(func_packet, out, args, kwargs)
+
+    return ByModule
+
+
+def _ByModule(model: nn.Module):
+    return _by_module_mode()(model)
 
 
 def saved_for_backward(model: nn.Module, input_size, batch: int, device, fake: bool = True) -> int:
