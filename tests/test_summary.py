@@ -279,7 +279,9 @@ def test_macs_rows_of_a_model_that_loops_over_its_containers(tmp_path):
     (tmp_path / "net.py").write_text(LOOPING)
     for depth in ("1", "2", "3"):
         out = json.loads(
-            run_cnn("summary", f"{tmp_path / 'net.py'}:Net", "--in", "3x16x16", "--depth", depth, "--json", check=0).stdout
+            run_cnn(
+                "summary", f"{tmp_path / 'net.py'}:Net", "--in", "3x16x16", "--depth", depth, "--json", check=0
+            ).stdout
         )
         rows = {r["name"]: r for r in out["layers"]}
         assert all(r["macs"] >= 0 for r in out["layers"] if r["macs"] is not None), out["layers"]
@@ -291,3 +293,37 @@ def test_macs_rows_of_a_model_that_loops_over_its_containers(tmp_path):
         assert out["macs"] == 3 * 8 * 9 * 16 * 16 + 3 * conv + 8 * 10
         if depth == "1":
             assert rows["Net"]["macs"] == 0  # the root runs no counted operation of its own
+
+
+ZERO_INIT = """
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    # a residual branch closed at initialisation (zero_init_residual), in a model fx cannot trace
+    def __init__(self, num_classes=2, in_channels=3):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.branch = nn.Sequential(nn.Conv2d(8, 8, 9, padding=4), nn.BatchNorm2d(8))
+        nn.init.zeros_(self.branch[1].weight)
+        self.after = nn.Identity()
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        if float(x.abs().sum()) >= 0:  # reads a value: no fx trace, the fields are measured
+            x = x + self.branch(x)
+        return self.head(self.after(x).mean((2, 3)))
+"""
+
+
+def test_a_measured_field_opens_zero_initialised_branches(tmp_path):
+    (tmp_path / "net.py").write_text(ZERO_INIT)
+    p = run_cnn("summary", f"{tmp_path / 'net.py'}:Net", "--in", "3x32x32", "--json", check=0)
+    out = json.loads(p.stdout)
+    rows = {r["name"]: r for r in out["layers"]}
+    # the shortcut alone would read 3 (the stem); the architecture reads 3 + 8 through the 9x9 branch
+    assert rows["after"]["receptive_field_kind"] == "measured" and rows["after"]["receptive_field"] == [11, 11]
+    assert out["opened_scales"] == 1
+    text = run_cnn("summary", f"{tmp_path / 'net.py'}:Net", "--in", "3x32x32", check=0).stdout
+    assert "1 zero-initialised scale tensor(s) set to 1" in text

@@ -180,6 +180,7 @@ class Summary:
     inputs: list | None = None
     outputs: list | None = None
     opset: int | None = None
+    opened_scales: int | None = None  # measured fields: zero-initialised scales set to 1 on the measuring copy
     precision: str | None = None  # an ONNX file's: fp32, fp16, int8 (from its graph)
     quantization: dict | None = None  # what cnn export recorded of an int8 or fp16 file
 
@@ -188,6 +189,8 @@ class Summary:
         if self.inputs is None:  # a PyTorch model: no graph inputs to list
             for key in ("inputs", "outputs", "opset", "precision", "quantization"):
                 del d[key]
+        if not self.opened_scales:
+            del d["opened_scales"]
         return d
 
 
@@ -257,6 +260,7 @@ def _summarize(work: nn.Module, dev, model: nn.Module, input_size, depth, device
         receptive_field_kind=kind,
         memory=_memory(work, input_size, batch, device, infos),
         layers=rows,
+        opened_scales=max((m.get("opened_scales", 0) for m in measured.values()), default=0) or None,
     )
 
 

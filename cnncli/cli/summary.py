@@ -222,6 +222,12 @@ def _notes(res: dict) -> list[str]:
         notes.append(
             "RF* measured: the extent of the input gradient of the layer's centre unit (the arithmetic does "
             "not cover an operation there); ≥ where it reached the image border"
+            + (
+                f"; measured on a float64 copy with {res['opened_scales']} zero-initialised scale tensor(s) set to 1 "
+                "(at zero they close residual branches: the gradient would see the shortcut alone)"
+                if res.get("opened_scales")
+                else ""
+            )
         )
     if res["macs"] is not None and any(r["container"] and r["macs"] for r in res["layers"]):
         notes.append(

@@ -88,6 +88,7 @@ def measure_fields(
     cannot be seen)}}."""
     layouts = layouts or {}
     work = no_inplace((copy.deepcopy(model) if copy_model else model).to(dtype=dtype).eval())
+    opened = open_closed_branches(work)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, *input_size, generator=gen, dtype=dtype).requires_grad_(True)
     result = {}
@@ -96,8 +97,35 @@ def measure_fields(
             lay = layouts.get(name) or (("n", "c", "h", "w") if out.dim() == 4 else ("n",) + ("c",) * (out.dim() - 1))
             got = _measure_one(out, x, lay, jumps, whole)
             if got is not None:
-                result[name] = got
+                result[name] = {**got, "opened_scales": opened}
     return {n: result[n] for n in names if n in result}
+
+
+def open_closed_branches(model: nn.Module) -> int:
+    """Set to 1 the all-zero scales that close a branch at initialisation, on the measuring copy: zero-initialised
+    BatchNorm/LayerNorm/GroupNorm weights at the end of residual branches (torchvision's zero_init_residual, timm's
+    zero_init_last), LayerScale gammas, ConvNeXt-V2's GRN weights. With them at zero the input gradient flows
+    through the identity alone and a measured field is that of the shortcut (efficientvit_m0's stages.0 read 31
+    where the field is the whole image). The field is a property of the architecture, not of the weights' values.
+    Returns how many tensors were opened."""
+    n = 0
+    with torch.no_grad():
+        for mod in model.modules():
+            kind = type(mod).__name__.lower()
+            norm_or_scale = isinstance(mod, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)) or any(
+                k in kind for k in ("norm", "scale", "grn")
+            )
+            for pname, p in mod.named_parameters(recurse=False):
+                if not p.is_floating_point() or p.numel() == 0 or bool(p.any()):
+                    continue
+                if (
+                    (norm_or_scale and pname in ("weight", "gamma", "scale"))
+                    or "gamma" in pname
+                    or "layer_scale" in pname
+                ):
+                    p.fill_(1.0)
+                    n += 1
+    return n
 
 
 def _measure_one(out: torch.Tensor, x: torch.Tensor, lay: tuple, jumps: bool, whole: bool) -> dict | None:
