@@ -136,3 +136,20 @@ def test_a_torchscript_file_that_fails_at_the_assumed_size_says_to_give_in(tmp_p
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "assumed because the file does not record one" in p.stderr and "give --in" in p.stderr
     assert run_cnn("summary", path, "--trust-code", "--in", "3x32x32").returncode == 0
+
+
+def test_timm_models_get_timms_own_normalisation():
+    """timm's pretrained configs, as torchvision's weights are read: vit_tiny (augreg) and inception_v3 use
+    0.5/0.5, resnet18 ImageNet's; inception_v3 is built for 299x299 (#29 point 2). timm comes with [dev]."""
+    from cnncli.checkpoint import ModelSpec
+    from cnncli.models import resolve
+    from cnncli.models.open import ModelRequest, resolve_preprocess
+
+    for name, mean, size in (
+        ("timm:vit_tiny_patch16_224", (0.5, 0.5, 0.5), (3, 224, 224)),
+        ("timm:inception_v3", (0.5, 0.5, 0.5), (3, 299, 299)),
+        ("timm:resnet18", (0.485, 0.456, 0.406), (3, 224, 224)),
+    ):
+        assert resolve(name).input_size == size
+        pre, notes = resolve_preprocess(ModelSpec(name, 1000, 3, size[1:]), ModelRequest(), {})
+        assert pre.mean == pytest.approx(mean) and any(name.split(":")[1] + "'s normalization" in n for n in notes)

@@ -183,6 +183,11 @@ def check_zoo_model(name: str, base: int) -> dict:
         return max(-(-n // step) * step, short)
 
     per_pixel = _prefix_macs(name, model, (base, base), list(finite) + ([first_global] if first_global else []))
+
+    def first_global_fits(stage) -> bool:
+        s = short if square else base
+        return bool(stage) and per_pixel[stage] * s * s <= BUDGET
+
     for axis in (0, 1):
         # one pass per axis on a strip sized for the last stage within the budget; one backward per stage
         # cost: the forward pass to the last stage, and two backward passes (centre unit, neighbour) per stage
@@ -190,8 +195,9 @@ def check_zoo_model(name: str, base: int) -> dict:
         for stage, f in finite.items():
             long = max(long_side(f, axis), size[axis] if size else 0)
             want = (long, long) if square else (long, short) if axis == 0 else (short, long)
-            if (per_pixel[stage] + 2 * (backward + per_pixel[stage])) * want[0] * want[1] > BUDGET:
-                break
+            over = (per_pixel[stage] + 2 * (backward + per_pixel[stage])) * want[0] * want[1] > BUDGET
+            if over and (todo or axis == 1 or first_global_fits(first_global)):
+                break  # within the budget; a model whose every stage is over it still checks its first, once
             todo.append(stage)
             size, backward = want, backward + per_pixel[stage]
         if not todo:

@@ -147,14 +147,25 @@ def resolve(name: str) -> ModelInfo:
         if not _timm_available():
             raise UsageError(f"unknown model {name!r}", "timm is not installed: pip install timm")
         if bare in _timm_names():
-            return ModelInfo(bare, _tv_family(bare), "timm", (3, 224, 224), 1000, None, "timm model")
+            return ModelInfo(bare, _tv_family(bare), "timm", _timm_input_size(bare), 1000, None, "timm model")
         raise _unknown(name, ["timm:" + n for n in _timm_names()])
     tv = _torchvision_names()
     if name in tv:
         return _torchvision_info(name)
     if _timm_available() and name in _timm_names():
-        return ModelInfo(name, _tv_family(name), "timm", (3, 224, 224), 1000, None, "timm model")
+        return ModelInfo(name, _tv_family(name), "timm", _timm_input_size(name), 1000, None, "timm model")
     raise _unknown(name, list(_REGISTRY) + list(_FAMILY_DEFAULT) + tv)
+
+
+def _timm_input_size(name: str) -> tuple[int, int, int]:
+    """The input size timm's pretrained config gives the model (inception_v3: 299), else 3x224x224."""
+    try:
+        import timm
+
+        cfg = timm.get_pretrained_cfg(name)
+        return tuple(int(v) for v in cfg.input_size) if cfg is not None else (3, 224, 224)
+    except Exception:
+        return (3, 224, 224)
 
 
 def _unknown(name: str, candidates: list[str]) -> UsageError:

@@ -505,6 +505,27 @@ def torchvision_defaults(name: str) -> dict:
         return {}
 
 
+def timm_defaults(name: str) -> dict:
+    """A timm model's mean/std, input size, interpolation and crop from timm's own pretrained config (no
+    download), as torchvision's are read from its weights: the augreg ViTs, inception_v3 and xception use 0.5/0.5,
+    not ImageNet's. ImageNet's when timm has no config for the name."""
+    try:
+        import timm
+
+        cfg = timm.get_pretrained_cfg(name)
+        if cfg is None:
+            raise LookupError(name)
+        return {
+            "mean": tuple(float(v) for v in cfg.mean),
+            "std": tuple(float(v) for v in cfg.std),
+            "input_size": tuple(int(v) for v in cfg.input_size),
+            "interpolation": cfg.interpolation,
+            "crop_pct": cfg.crop_pct,
+        }
+    except Exception:
+        return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+
+
 def resolve_preprocess(spec: ModelSpec, req: ModelRequest, meta: dict) -> tuple[Preprocess, list[str]]:
     """Mean, std and classes for a model: the command line, the file, the architecture's defaults, else no
     normalization; notes say where each came from when the file did not carry it. The one rule every command uses,
@@ -514,7 +535,7 @@ def resolve_preprocess(spec: ModelSpec, req: ModelRequest, meta: dict) -> tuple[
     info_source, arch = _arch_source(spec.name)
     tv = torchvision_defaults(arch) if info_source == "torchvision" else {}
     if info_source == "timm":
-        tv = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        tv = timm_defaults(arch)
     mean, mean_from = _first(
         (req.mean, "--mean"), (meta.get("mean"), "the file"), (tv.get("mean"), f"{arch}'s"), ((0.0,) * c, "none")
     )

@@ -116,7 +116,7 @@ def open_closed_branches(model: nn.Module) -> int:
                 k in kind for k in ("norm", "scale", "grn")
             )
             for pname, p in mod.named_parameters(recurse=False):
-                if not p.is_floating_point() or p.numel() == 0 or bool(p.any()):
+                if p.is_meta or not p.is_floating_point() or p.numel() == 0 or bool(p.any()):
                     continue
                 if (
                     (norm_or_scale and pname in ("weight", "gamma", "scale"))
