@@ -142,10 +142,10 @@ def test_camera_sized_photos_train_at_a_capped_size_with_their_aspect(tmp_path):
         os.makedirs(tmp_path / "photos" / cls)
         for i in range(4):  # 1200x900 landscape JPEGs
             Image.new("RGB", (1200, 900), colour).save(tmp_path / "photos" / cls / f"{i}.jpg", quality=50)
-    size, err = _train_one_step("resnet18", tmp_path / "photos", tmp_path)
+    size, err = _train_one_step("smallcnn", tmp_path / "photos", tmp_path)  # capped at 224: a 32x32 design is smaller
     assert size == [3, 168, 224]
     assert "median size 900x1200, its longer side capped at 224" in err
-    given, _ = _train_one_step("resnet18", tmp_path / "photos", tmp_path, "--img-size", "96")
+    given, _ = _train_one_step("smallcnn", tmp_path / "photos", tmp_path, "--img-size", "96")
     assert given == [3, 96, 96]
 
 

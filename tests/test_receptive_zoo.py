@@ -242,10 +242,12 @@ TIMM = [
     "levit_128s",
     "coat_lite_tiny",
 ]
+TIMM_QUICK = ["resnet50d", "convnext_atto", "efficientnet_b0", "vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"]
+TIMM_QUICK += ["repvgg_a0", "ghostnet_100", "levit_128s"]  # the rest with CNN_RF_FULL=1 (the suite's time)
 try:
     import timm  # noqa: F401
 
-    ZOO += [("timm:" + n, 224) for n in TIMM]
+    ZOO += [("timm:" + n, 224) for n in (TIMM if FULL else TIMM_QUICK)]
 except ImportError:
     pass
 
