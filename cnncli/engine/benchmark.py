@@ -138,11 +138,11 @@ class Benchmark:
         from cnncli.export.onnx_format import _onnx_metadata, read_onnx_metadata
         from cnncli.export.quantize import calibration_batches, make_fp16, make_int8
 
+        if precision == "int8" and calibration is None:  # said before anything is exported
+            raise UsageError("needs --data to calibrate")
         src = self.fp32_file()
         dst = os.path.join(self.workdir, f"model-{precision}.onnx")
         if precision == "int8":
-            if calibration is None:
-                raise UsageError("needs --data to calibrate")
             from cnncli.engine.runner import OnnxRunner
 
             pre = OnnxRunner(src, self._plain()).preprocess
