@@ -52,21 +52,11 @@ def colours(root: str, n: int, seed: int, size: int = 32) -> None:
 
 
 def shapes(root: str, n: int, seed: int, size: int = 40) -> None:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    for cls in ("squares", "discs", "triangles"):
-        for i in range(n):
-            img = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
-            r = int(rng.integers(size // 8, size // 4))
-            cy, cx = rng.integers(r + 2, size - r - 2, 2).tolist()
-            if cls == "squares":
-                mask = (abs(yy - cy) <= r) & (abs(xx - cx) <= r)
-            elif cls == "discs":
-                mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-            else:
-                mask = (yy - cy <= r) & (yy - cy >= -r) & (abs(xx - cx) * 2 <= (yy - cy + r))
-            img[mask] = rng.integers(110, 256, 3)
-            _save(img, os.path.join(root, cls, f"{i}.png"))
+    """benchmarks/deploy.py's shapes (squares, discs, triangles in random colours on noise), at 40x40."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from deploy import shapes as deploy_shapes
+
+    deploy_shapes(root, n, seed, size)
 
 
 def digits(root: str, n: int, seed: int) -> None:
