@@ -175,7 +175,16 @@ def evaluate_file(
 
 
 def measure(
-    runner, ds, split: str, *, path: str, batch_size: int = 256, workers: int = 2, name: str = "", log=None, notes=()
+    runner,
+    ds,
+    split: str,
+    *,
+    path: str,
+    batch_size: int = 256,
+    workers: int = 2,
+    name: str = "",
+    log=lambda msg: None,
+    notes=(),
 ) -> EvalResult:
     """A runner's metrics on one split of a loaded dataset, labels matched to the model's classes by name: what
     `cnn eval` reports, and what export's accuracy gate and `cnn benchmark` compare. `notes` (what was detected or
