@@ -306,3 +306,30 @@ def test_the_help_lists_the_engines_formats():
     from cnncli.engine.benchmark import FORMATS
 
     assert shown == FORMATS
+
+
+def test_a_folder_with_train_only_is_scored_on_the_part_cnn_train_holds_out(tmp_path):
+    from conftest import make_checkpoint
+    from fixtures import write_image_folder
+
+    from cnncli.data import load_dataset
+
+    folder = write_image_folder(str(tmp_path / "imgs"), classes=("c0", "c1"), per_class=10, with_val=True)
+    os.rename(os.path.join(folder, "val"), tmp_path / "elsewhere")  # train/ alone: cnn train holds out a seeded val
+    ck = make_checkpoint(tmp_path / "m.pt", "smallcnn", size=(3, 32, 32), num_classes=2)
+    p = run_cnn(
+        "export",
+        ck,
+        "--onnx",
+        "--int8",
+        "--data",
+        f"folder:{folder}",
+        "--max-drop",
+        "1",
+        "-o",
+        tmp_path / "s.onnx",
+        "--json",
+    )
+    assert p.returncode == 0, p.stderr
+    held_out = load_dataset(f"folder:{folder}").num_samples("val")
+    assert json.loads(p.stdout)["evaluated_on"] == f"folder:{folder} val ({held_out} images)"

@@ -36,14 +36,13 @@ class Calibration:
 
 
 def held_out_split(ds) -> str:
-    """The images a file is scored on: test/ (or val/) of a folder with split folders, the seeded val part of one
-    folder of classes (the part cnn train held out), a dataset's test split otherwise."""
-    from cnncli.engine.evaluate import pick_split
-
-    folders = getattr(ds, "folders", None)
-    if folders == () and "val" in ds.splits:
-        return "val"
-    return pick_split(ds, None)[0]
+    """The images a file is scored on, never the training images it was calibrated on: the test split (a
+    dataset's, or a folder's test/), else the validation split (val/, or the seeded part cnn train holds out of a
+    folder without one)."""
+    for split in ("test", "val"):
+        if split in ds.splits and ds.num_samples(split):
+            return split
+    raise UsageError(f"{ds.name} has no held-out images to score on", "add a test/ or val/ folder")
 
 
 def calibration_batches(ds, preprocess, count: int, static_batch: int | None = None):
