@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from cnncli.analysis.arith import Field
 from cnncli.analysis.receptive import GLOBAL, UNKNOWN, measure_fields, model_fields
@@ -52,48 +53,39 @@ def module_macs(model: nn.Module, input_size, device, batch: int = 1) -> tuple[d
     return per, fc.get_total_flops() // 2 // batch
 
 
-def _by_module_mode():
-    from torch.utils.flop_counter import FlopCounterMode
+class _ByModule(FlopCounterMode):
+    """torch's FlopCounterMode that also adds each operation's flops to the innermost running module."""
 
-    class ByModule(FlopCounterMode):
-        """torch's FlopCounterMode that also adds each operation's flops to the innermost running module."""
+    def __init__(self, model: nn.Module):
+        super().__init__(display=False)
+        self.names = {id(m): n for n, m in model.named_modules()}
+        self.stack: list[str] = []
+        self.own: dict[str, int] = {}
 
-        def __init__(self, model: nn.Module):
-            super().__init__(display=False)
-            self.names = {id(m): n for n, m in model.named_modules()}
-            self.stack: list[str] = []
-            self.own: dict[str, int] = {}
+    def __enter__(self):
+        from torch.nn.modules import module as M
 
-        def __enter__(self):
-            from torch.nn.modules import module as M
+        def pre(mod, args):
+            self.stack.append(self.names.get(id(mod), self.stack[-1] if self.stack else ""))
 
-            def pre(mod, args):
-                self.stack.append(self.names.get(id(mod), self.stack[-1] if self.stack else ""))
+        def post(mod, args, out):
+            if self.stack:
+                self.stack.pop()
 
-            def post(mod, args, out):
-                if self.stack:
-                    self.stack.pop()
+        self.hooks = (M.register_module_forward_pre_hook(pre), M.register_module_forward_hook(post))
+        return super().__enter__()
 
-            self.hooks = (M.register_module_forward_pre_hook(pre), M.register_module_forward_hook(post))
-            return super().__enter__()
+    def __exit__(self, *exc):
+        for h in self.hooks:
+            h.remove()
+        return super().__exit__(*exc)
 
-        def __exit__(self, *exc):
-            for h in self.hooks:
-                h.remove()
-            return super().__exit__(*exc)
-
-        def _count_flops(self, func_packet, out, args, kwargs):
-            if func_packet in self.flop_registry:
-                flops = self.flop_registry[func_packet](*args, **kwargs, out_val=out)
-                where = self.stack[-1] if self.stack else ""
-                self.own[where] = self.own.get(where, 0) + flops
-            return super()._count_flops(func_packet, out, args, kwargs)
-
-    return ByModule
-
-
-def _ByModule(model: nn.Module):
-    return _by_module_mode()(model)
+    def _count_flops(self, func_packet, out, args, kwargs):
+        if func_packet in self.flop_registry:
+            flops = self.flop_registry[func_packet](*args, **kwargs, out_val=out)
+            where = self.stack[-1] if self.stack else ""
+            self.own[where] = self.own.get(where, 0) + flops
+        return super()._count_flops(func_packet, out, args, kwargs)
 
 
 def saved_for_backward(model: nn.Module, input_size, batch: int, device, fake: bool = True) -> int:

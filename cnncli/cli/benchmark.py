@@ -87,7 +87,7 @@ def benchmark_cmd(
     T.apply(plan)
     log_device(device, dev)
     log(f"threads: {plan.describe()} (every runtime)")
-    cal = Calibration(ds, calib_images, 1.0, data_dir) if ds is not None else None
+    cal = Calibration(ds, calib_images, 1.0) if ds is not None else None
     run = {"device": dev, "request": req, "threads": plan.intra, "data": ds, "calibration": cal, "seconds": seconds}
     rows = _run(model, chosen, sizes, keep, run)
     if json_out:

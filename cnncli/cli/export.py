@@ -166,7 +166,7 @@ def _calibration(precision: str, fmt: str, data, data_dir, calib_images: int, ma
         return None
     from cnncli.data import load_dataset
 
-    return Calibration(load_dataset(data, data_dir), calib_images, max_drop, data_dir)
+    return Calibration(load_dataset(data, data_dir), calib_images, max_drop)
 
 
 def _say_smaller(res) -> None:

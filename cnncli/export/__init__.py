@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import math
 import os
-from dataclasses import replace
 
 import torch
 
@@ -109,8 +108,7 @@ def _prepare(
     shapes = check_shapes(size, dynamic_batch, dynamic_size, tuple(fcn["stride"]) if fcn else (1, 1))
     if static:
         shapes = [(static, *s[1:]) for s in shapes]
-    job = ExportJob(model, fold_batchnorm(model), example, shapes, meta, opset, dynamic_batch, dynamic_size)
-    return replace(job, preprocess=pre, static_batch=static or (None if dynamic_batch else 1))
+    return ExportJob(model, fold_batchnorm(model), example, shapes, meta, opset, dynamic_batch, dynamic_size, pre)
 
 
 def _bare_preprocess(opened):
@@ -149,8 +147,8 @@ def _write_verified(
             raise _Rejected(f"{writer} file fails the check: {type(e).__name__}: {msg}") from None
         if check and math.isnan(result["diff"]):
             raise WorkFailed("the model's outputs are NaN or infinite on the check inputs", "no file was written")
-        if check and not result["diff"] <= allowed_diff(tolerance, result["scale"]):
-            limit = allowed_diff(tolerance, result["scale"])
+        limit = allowed_diff(tolerance, result["scale"]) if check else None
+        if check and not result["diff"] <= limit:
             raise _Rejected(
                 f"{writer} graph differs from PyTorch by {result['diff']:.3g} (> {limit:.3g}: {tolerance:g} x "
                 f"max(1, the largest |logit| {result['scale']:.3g}))"

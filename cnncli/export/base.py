@@ -23,7 +23,11 @@ class ExportJob:
     dynamic_batch: bool = True
     dynamic_size: bool = False
     preprocess: object = None  # cnncli.preprocess.Preprocess: how images become inputs (calibration uses it)
-    static_batch: int | None = None  # the one batch size the file takes, when it is fixed
+
+    @property
+    def static_batch(self) -> int | None:
+        """The one batch size the file takes (the example's), or None for a dynamic batch."""
+        return None if self.dynamic_batch else int(self.example.shape[0])
 
 
 @dataclass(frozen=True)

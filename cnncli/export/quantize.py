@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 
 from cnncli.errors import UsageError, WorkFailed, raise_if_interrupted
 
-PRECISIONS = ("fp32", "int8", "fp16")
 FP16_TOLERANCE = 1e-2  # fp16 logits against PyTorch's fp32: max |diff| / max |logit|
 CALIBRATION_SEED = 0
 CALIBRATION_BATCH = 32
@@ -32,7 +31,6 @@ class Calibration:
     data: object  # a loaded dataset (cnncli.data)
     images: int  # --calib-images
     max_drop: float  # --max-drop: largest allowed loss of top-1 (0.01 = one point)
-    data_dir: str | None = None
 
 
 def held_out_split(ds) -> str:
