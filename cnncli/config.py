@@ -20,6 +20,7 @@ from cnncli.errors import UsageError
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "none")
 PRECISIONS = ("auto", "32", "bf16", "16")
+CAM_METHODS = ("gradcam", "gradcam++", "layercam", "scorecam")  # cnn inspect cam --method
 PRECISION_ALIASES = {"fp32": "32", "float32": "32", "bfloat16": "bf16", "fp16": "16", "float16": "16"}
 
 SGD_LR = 0.1  # peak learning rate for SGD at the reference batch size

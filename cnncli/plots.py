@@ -259,3 +259,42 @@ def render_overlay(
     ax.set_ylim(h - 0.5, -0.5)
     fig.tight_layout()
     _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------- class activation maps
+
+CAM_PANEL_SIDE = 640  # pixels: a camera photo is shown (not stored) at most this large per panel
+
+
+def plot_cam(img: torch.Tensor, maps: list[torch.Tensor], labels: list[str], path: str, title: str = "") -> None:
+    """The image with one class activation map per panel over it (jet, half transparent, as pytorch-grad-cam's
+    `show_cam_on_image`), each panel titled with its class and probability."""
+    import torch.nn.functional as F
+
+    from cnncli.data.images import resize
+
+    plt = _pyplot()
+    h, w = img.shape[1:]
+    f = min(1.0, CAM_PANEL_SIDE / max(h, w))
+    if f < 1.0:  # drawn smaller; the .npy keeps the full size
+        h, w = max(1, round(h * f)), max(1, round(w * f))
+        img = resize(img, (h, w))
+    maps = [
+        m
+        if tuple(m.shape) == (h, w)
+        else F.interpolate(m[None, None], size=(h, w), mode="bilinear", antialias=True)[0, 0]
+        for m in maps
+    ]
+    base = img.float().div(255).permute(1, 2, 0).expand(h, w, 3).numpy()
+    panel = 3.6
+    fig, axes = plt.subplots(1, len(maps), figsize=(panel * len(maps), panel * h / w + 0.5), squeeze=False)
+    jet = plt.get_cmap("jet")
+    for ax, cam, label in zip(axes[0], maps, labels):
+        heat = jet(cam.clamp(0, 1).numpy())[..., :3]
+        ax.imshow(0.5 * heat + 0.5 * base)
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)

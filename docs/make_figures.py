@@ -123,9 +123,71 @@ def inspect_pictures() -> None:
         os.replace(os.path.join(out, src), os.path.join(IMG, dst))
 
 
+def cam_pictures() -> None:
+    """The class activation maps of docs/inspect.md: the line detector on lines in a box and on modulated lines, and
+    a small CNN trained on a folder of coloured shapes (the images tests/test_cam.py measures)."""
+    import numpy as np
+    from PIL import Image
+
+    from cnncli.data import lines
+
+    sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+    from test_cam import _shape_image
+
+    tmp = tempfile.mkdtemp()
+    env = {**os.environ, "CI": "1"}
+
+    def cnn(*args):
+        subprocess.run([sys.executable, "-m", "cnncli", *map(str, args)], check=True, env=env, capture_output=True)
+
+    cnn("train", "linenet", "--data", "lines", "--project", tmp, "--name", "l")
+    img = 0.15 * np.random.default_rng(1).random((32, 32))
+    img[12:14, 14:26] = img[17:19, 14:26] = 0.9  # two horizontal lines in a 12x12 box at (10, 14)
+    Image.fromarray((img * 255).astype(np.uint8)).save(os.path.join(tmp, "box.png"))
+    x, _ = lines.modulated(1, seed=2)
+    Image.fromarray(x[0, 0].numpy()).save(os.path.join(tmp, "dashed.png"))
+    out = os.path.join(tmp, "out")
+    cnn(
+        "inspect",
+        "cam",
+        os.path.join(tmp, "l", "best.pt"),
+        os.path.join(tmp, "box.png"),
+        os.path.join(tmp, "dashed.png"),
+        "-o",
+        out,
+    )
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 32), ("test", 8)):
+        for k in ("red", "green", "blue"):
+            os.makedirs(os.path.join(tmp, "shapes", split, k))
+            for i in range(n):
+                Image.fromarray(_shape_image(k, 48, rng)[0]).save(os.path.join(tmp, "shapes", split, k, f"{i}.png"))
+    cnn(
+        "train",
+        "smallcnn",
+        "--data",
+        "folder:" + os.path.join(tmp, "shapes"),
+        "--epochs",
+        "4",
+        "--project",
+        tmp,
+        "--name",
+        "s",
+    )
+    Image.fromarray(_shape_image("blue", 48, np.random.default_rng(7))[0]).save(os.path.join(tmp, "cross.png"))
+    cnn("inspect", "cam", os.path.join(tmp, "s", "best.pt"), os.path.join(tmp, "cross.png"), "-o", out)
+    for src, dst in (
+        ("box-cam.png", "inspect-cam-linenet.png"),
+        ("dashed-cam.png", "inspect-cam-modulated.png"),
+        ("cross-cam.png", "inspect-cam-shapes.png"),
+    ):
+        os.replace(os.path.join(out, src), os.path.join(IMG, dst))
+
+
 if __name__ == "__main__":
     os.makedirs(IMG, exist_ok=True)
     lenet_sliding()
     lines_scoremap()
     lines_experiments()
     inspect_pictures()
+    cam_pictures()

@@ -161,3 +161,18 @@ def test_training_memory_figure_against_the_allocator(name, size, batch):
         f"peak in backward {torch.cuda.max_memory_allocated() / 2**20:.1f} MiB"
     )
     assert held == pytest.approx(saved, rel=0.05)
+
+
+def test_cam_on_cuda_matches_cpu(tmp_path):
+    """cnn inspect cam --device cuda gives the CPU's maps (float32 both; no autocast in the gradients)."""
+    import numpy as np
+    from conftest import make_checkpoint
+    from PIL import Image
+
+    ckpt = make_checkpoint(tmp_path / "m.pt", "resnet20", size=(3, 32, 32), num_classes=10)
+    Image.effect_noise((80, 64), 70).convert("RGB").save(tmp_path / "x.png")
+    maps = {}
+    for dev in ("cpu", "cuda"):
+        p = run_cnn("inspect", "cam", ckpt, tmp_path / "x.png", "--device", dev, "-o", tmp_path / dev, "--json")
+        maps[dev] = np.load(_json(p)["images"][0]["npy"])
+    assert maps["cpu"].max() > 0 and np.abs(maps["cpu"] - maps["cuda"]).max() < 1e-3

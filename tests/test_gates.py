@@ -87,6 +87,7 @@ FOLDER_OUTPUTS = {
     "inspect kernels -o": lambda w, out: ["inspect", "kernels", w / "m.pt", "-o", out],
     "inspect features -o": lambda w, out: ["inspect", "features", w / "m.pt", w / "img.png", "-o", out],
     "inspect rf -o": lambda w, out: ["inspect", "rf", w / "m.pt", w / "img.png", "-o", out],
+    "inspect cam -o": lambda w, out: ["inspect", "cam", w / "m.pt", w / "img.png", "-o", out],
     "train --project": lambda w, out: ["train", "lenet5", "--data", "fake", "--epochs", "1", "--project", out],
 }
 BAD_FILE_TARGETS = {
@@ -231,6 +232,7 @@ READERS = {
     "predict IMAGE": lambda w, f: ["predict", w / "m.pt", f],
     "scoremap IMAGE": lambda w, f: ["scoremap", w / "m.pt", f, "-o", w / "never"],
     "inspect IMAGE": lambda w, f: ["inspect", "features", w / "m.pt", f, "-o", w / "never"],
+    "inspect cam IMAGE": lambda w, f: ["inspect", "cam", w / "m.pt", w / "img.png", f, "-o", w / "never"],
     "--classes": lambda w, f: ["export", w / "m.pt", "--onnx", "--classes", f, "-o", w / "never.onnx"],
     "user .py": lambda w, f: ["summary", f"{f}:Net"],
 }
@@ -373,6 +375,10 @@ def test_the_same_image_reaches_the_model_as_the_same_tensor_everywhere(ws, tmp_
 
     assert torch.equal(images_from([path], 3)[0][1], read_image(path, 3))
     assert torch.equal(pre.normalize(resize(read_image(path, 3), pre.input_size[1:])), inspected)
+    from cnncli.engine.cam import CamJob
+
+    job = CamJob.prepare(opened, [path], str(tmp_path / "cams"), "cpu", class_name=None, method="gradcam", layer=None)
+    assert torch.equal(job._batch(job.images)[0], inspected)
 
 
 # ---------------------------------------------------------------------------------------------------- text

@@ -1,4 +1,4 @@
-"""`cnn inspect kernels|features|rf`: pictures of what is inside a network."""
+"""`cnn inspect kernels|features|rf|cam`: pictures of what is inside a network."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from cnncli.cli._common import (
     DEFAULT_DEVICE,
     DeviceOpt,
     JsonOpt,
+    check_file,
+    choice,
     emit_json,
     epilog,
     log,
@@ -21,11 +23,12 @@ from cnncli.cli._common import (
     pick_device,
     say,
 )
+from cnncli.config import CAM_METHODS
 
 inspect_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
-    help="Pictures of what is inside a network: kernels, feature maps, receptive fields.",
+    help="Pictures of what is inside a network: kernels, feature maps, receptive fields, class activation maps.",
 )
 app.add_typer(inspect_app, name="inspect")
 
@@ -251,3 +254,69 @@ def _prepared(model: str, image: str, output: str, device: str, opts):
     img, x = _image(opened, image)
     opened.model.to(dev)
     return dev, opened, img, x.to(dev)
+
+
+CAM_EPILOG = (
+    "Examples:\n\n  cnn inspect cam runs/train/best.pt photo.jpg               # the top 3 classes side by side\n\n"
+    "  cnn inspect cam tv:resnet18 --weights DEFAULT cat.jpg --class tabby --method gradcam++\n\n"
+    "  cnn inspect cam runs/lines/best.pt a.png b.png --layer features -o cams --json\n\n"
+    "Writes per image NAME-cam.npy (the map of the shown class, or the top class, at the image's size, in 0..1) and "
+    "NAME-cam.png (the image with the maps over it)."
+)
+CAM_BATCH = 16  # images per forward/backward pass
+CAM_TOP = 3  # classes shown per image without --class
+
+
+@inspect_app.command("cam", epilog=epilog(CAM_EPILOG))
+@model_options(skip=("classes",))
+def cam_cmd(
+    model: ModelArg,
+    images: Annotated[list[str], typer.Argument(help="Image files (any size: each is resized to the model's input).")],
+    class_name: Annotated[
+        Optional[str], typer.Option("--class", help="Explain this class (default: the top 3 of each image).")
+    ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            click_type=choice("method", CAM_METHODS),
+            help="gradcam (default), gradcam++, layercam (a weight per position) or scorecam (no gradients; one "
+            "forward pass per channel: slow).",
+        ),
+    ] = "gradcam",
+    layer: Annotated[
+        Optional[str],
+        typer.Option(
+            "--layer",
+            help="Target layer (default: found from the model, the last spatial map before "
+            "global pooling or attention; printed).",
+        ),
+    ] = None,
+    output: Annotated[
+        str, typer.Option("-o", "--output", help="Folder for the .npy maps and PNG overlays.")
+    ] = "inspect",
+    device: DeviceOpt = DEFAULT_DEVICE,
+    json_out: JsonOpt = False,
+    opts=None,
+) -> None:
+    """Class activation maps: where in each image the evidence for a class lies (Grad-CAM and its kin)."""
+    from cnncli.fileio import check_output_folder
+
+    for path in images:
+        check_file(path, "image")
+    check_output_folder(output, "-o folder")
+    dev = pick_device(device)
+    opened = _open(model, opts)
+    from cnncli.engine.cam import CamJob
+
+    job = CamJob.prepare(opened, images, output, dev, class_name=class_name, method=method, layer=layer)
+    log_notes(opened)
+    if not json_out:
+        log_device(device, dev)
+    log(f"target layer: {job.layer} ({job.layout.describe()}){'' if layer else ', found from the model'}")
+    results = job.run(batch=CAM_BATCH, top=CAM_TOP, on_blank=log)
+    if json_out:
+        emit_json({"images": [r.as_json() for r in results]})
+        return
+    for r in results:
+        say(f"{r.image}: {r.cls} ({r.probability:.1%}) {r.method} at {r.layer} -> {r.png}, {r.npy}")
