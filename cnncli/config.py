@@ -21,6 +21,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "none")
 PRECISIONS = ("auto", "32", "bf16", "16")
 CAM_METHODS = ("gradcam", "gradcam++", "layercam", "scorecam")  # cnn inspect cam --method
+CACHE_MODES = ("auto", "none", "ram", "disk")  # cnn train --cache (folder datasets; data/cache.py)
 PRECISION_ALIASES = {"fp32": "32", "float32": "32", "bfloat16": "bf16", "fp16": "16", "float16": "16"}
 
 SGD_LR = 0.1  # peak learning rate for SGD at the reference batch size
@@ -66,6 +67,7 @@ class TrainConfig:
     name: str = "train"  # run folder name; an existing one gets a numbered sibling
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     img_size: list[int] | None = None  # folder datasets: resize to [H, W] (default: the images' own size)
+    cache: str = "auto"  # folder datasets: auto | none | ram | disk (data/cache.py); auto: RAM when it fits
     num_classes: int | None = None  # default: the dataset's
     weights: str | None = None  # start from any model file's weights (fitting tensors load, the head is re-made)
     trust_pickle: bool = False  # --weights may be a whole pickled model (unpickling runs its code)
@@ -149,6 +151,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UsageError(f"unknown optimizer {cfg.optimizer!r}", "use " + " or ".join(OPTIMIZERS))
     if cfg.schedule not in SCHEDULES:
         raise UsageError(f"unknown schedule {cfg.schedule!r}", "use " + ", ".join(SCHEDULES))
+    if cfg.cache not in CACHE_MODES:
+        raise UsageError(f"unknown cache {cfg.cache!r}", "use " + ", ".join(CACHE_MODES))
     precision = PRECISION_ALIASES.get(str(cfg.precision).lower(), str(cfg.precision).lower())
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {cfg.precision!r}", "use " + ", ".join(PRECISIONS))

@@ -139,7 +139,7 @@ def test_the_data_workers_do_not_change_what_a_run_learns(tmp_path):
     weights = []
     for w in ("0", "2"):
         run_cnn(
-            "train", "smallcnn", "--data", f"folder:{root}", "--epochs", "2", "--workers", w, "--threads", "2",
+            "train", "smallcnn", "--data", f"folder:{root}", "--epochs", "2", "--workers", w, "--threads", "2", "--cache", "none",
             "--device", "cpu", "--project", tmp_path / "runs", "--name", f"w{w}", check=0,
         )  # fmt: skip
         weights.append(torch.load(tmp_path / "runs" / f"w{w}" / "last.pt", weights_only=True)["state_dict"])

@@ -58,9 +58,9 @@ def _image(opened, path: str):
 
     check_file(path, "image")
     c, h, w = opened.input_size
-    from cnncli.data.images import read_image, resize
+    from cnncli.data.images import load_resized
 
-    img = resize(read_image(path, c), (h, w))
+    img = load_resized(path, c, (h, w))
     pre = opened.preprocess or resolve_preprocess(opened.spec, ModelRequest(), {})[0]
     return img, pre.normalize(img)
 

@@ -10,7 +10,7 @@ import typer
 
 from cnncli.cli import app
 from cnncli.cli._common import DeviceOpt, JsonOpt, choice, emit_json, epilog, is_terminal, log, say
-from cnncli.config import OPTIMIZERS, PRECISION_ALIASES, PRECISIONS, SCHEDULES, TrainConfig
+from cnncli.config import CACHE_MODES, OPTIMIZERS, PRECISION_ALIASES, PRECISIONS, SCHEDULES, TrainConfig
 from cnncli.data import list_datasets
 from cnncli.errors import shown_lines
 
@@ -99,6 +99,16 @@ def train_cmd(
     img_size: Annotated[
         Optional[str], typer.Option("--img-size", help="Folder datasets: resize images to HxW or N.")
     ] = None,
+    cache: Annotated[
+        str,
+        typer.Option(
+            "--cache",
+            click_type=choice("cache", CACHE_MODES),
+            help="Folder datasets: decode each image once, before the first epoch, into RAM or into files under "
+            "--data-dir (auto: RAM when the decoded images fit in a quarter of the free memory; none: decode "
+            "every epoch).",
+        ),
+    ] = D.cache,
     num_classes: Annotated[
         Optional[int], typer.Option("--num-classes", help="Override the number of classes.")
     ] = D.num_classes,

@@ -8,7 +8,7 @@ registry's business (`cnncli/data/_registry.py`, definitions in `cnncli/data/set
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -71,10 +71,15 @@ class FolderData(_Dataset):
     channels: int = 3
     folders: tuple[str, ...] = ()  # the split folders present (train/ val/ test/); () for one folder of classes
     notes: tuple[str, ...] = ()  # what reading the folder left out (hidden files), for the log
+    cache: dict = field(default_factory=dict)  # split -> its pixels at image_size (data/cache.py), when cached
 
     @property
     def input_size(self) -> tuple[int, int, int]:
         return (self.channels, *self.image_size)
+
+    def cached(self, split: str):
+        """The split's cached pixels (indexable by sample: uint8 [C, H, W] at image_size), or None."""
+        return self.cache.get(split)
 
 
 def tensor_dataset(

@@ -4,8 +4,9 @@
 (random crop with zero padding per sample, horizontal flip), like airbench's CifarLoader: no PIL, no worker
 processes. Its randomness is a pure function of (seed, epoch, batch index), so a run resumed mid-epoch sees
 exactly the batches an uninterrupted run would. Under DDP each rank takes its own shard of every epoch.
-`FolderLoader` streams image files through a DataLoader with workers and PIL transforms; workers send uint8
-pixels and the batch is normalized on the device, the same way as the tensor loader's.
+`FolderLoader` streams image files through a DataLoader with workers (JPEGs decoded at the smallest scale that
+covers the working size), or reads them from the folder's cache (data/cache.py); workers send uint8 pixels and the
+batch is normalized on the device, the same way as the tensor loader's.
 """
 
 from __future__ import annotations
@@ -152,27 +153,29 @@ class TensorLoader:
 
 
 class _FileDataset(torch.utils.data.Dataset):
-    """Images from files, keyed by (index, augmentation seed): a sample's random crop and flip are drawn from its own
-    seed, so they are the same whichever process decodes it (0, 1 or 8 workers give the same batches)."""
+    """Images keyed by (index, augmentation seed): each is read at the working size (decoded from its file, or
+    taken from the cache, which holds exactly those pixels), then randomly cropped and flipped when training. A
+    sample's crop and flip are drawn from its own seed, so they are the same whichever process reads it (0, 1 or 8
+    workers give the same batches), and a cached run sees the batches an uncached run would."""
 
-    def __init__(self, samples, transform, channels: int, random: bool):
-        self.samples, self.transform, self.mode = samples, transform, "L" if channels == 1 else "RGB"
-        self.random = random
+    def __init__(self, samples, size, channels: int, augment, random: bool, cached=None):
+        self.samples, self.size, self.channels, self.augment = samples, tuple(size), channels, augment
+        self.random, self.cached = random, cached
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, key):
-        from cnncli.data.images import read_image
+        from cnncli.data.images import load_resized
 
         i, draw = key
         path, label = self.samples[i]
-        img = read_image(path, 1 if self.mode == "L" else 3)
+        img = self.cached[i] if self.cached is not None else load_resized(path, self.channels, self.size)
         if not self.random:
-            return self.transform(img), label
+            return img, label
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(draw)
-            return self.transform(img), label
+            return self.augment(img), label
 
 
 class _Keyed(torch.utils.data.Sampler):
@@ -190,20 +193,15 @@ class _Keyed(torch.utils.data.Sampler):
         return len(self.inner)
 
 
-def folder_transform(image_size, train: bool, flip: bool = True):
-    """uint8 tensor [C, H, W] (the one image reader's) -> uint8 [C, H, W] at `image_size` with the one resize policy
-    (data/images.py:resize), then random resized crops and flips when training."""
+def folder_augment(image_size, flip: bool = True):
+    """Training's augmentation of a uint8 image [C, H, W] already at `image_size`: a random resized crop (70-100% of
+    it) and a horizontal flip."""
     import torchvision.transforms as T
 
-    from cnncli.data.images import resize
-
-    size = tuple(image_size)
-    ops = [lambda t: resize(t, size)]
-    if train:
-        ops += [T.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True)] + (
-            [T.RandomHorizontalFlip()] if flip else []
-        )
-    return T.Compose(ops)
+    return T.Compose(
+        [T.RandomResizedCrop(tuple(image_size), scale=(0.7, 1.0), antialias=True)]
+        + ([T.RandomHorizontalFlip()] if flip else [])
+    )
 
 
 class FolderLoader:
@@ -226,11 +224,15 @@ class FolderLoader:
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        cached=None,
+        persistent: bool = False,
     ):
+        """`cached`: the split's pixels at `image_size` (data/cache.py), read instead of the files. `persistent`:
+        the workers stay between passes (a training run's splits, read every epoch; `close` ends them)."""
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.scale, self.shift = affine(mean, std, self.device)
-        ds = _FileDataset(samples, folder_transform(image_size, train, flip), channels, random=train)
+        ds = _FileDataset(samples, image_size, channels, folder_augment(image_size, flip), train, cached)
         self.sampler = None
         self.generator = torch.Generator().manual_seed(seed)
         if world_size > 1:
@@ -250,7 +252,7 @@ class FolderLoader:
             num_workers=workers,
             drop_last=train and len(ds) >= batch_size,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=workers > 0,
+            persistent_workers=persistent and workers > 0,
         )
         self.num_samples = len(self.sampler) if self.sampler is not None else len(ds)
 
@@ -262,6 +264,13 @@ class FolderLoader:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+    def close(self) -> None:
+        """Stop the persistent worker processes now (the end of a run), not whenever the loader is collected."""
+        it = getattr(self.loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self.loader._iterator = None
 
     def __iter__(self):
         return self.batches(0)
@@ -359,4 +368,6 @@ def make_loader(
         channels_last=channels_last,
         rank=rank,
         world_size=world_size,
+        cached=data.cached(split),
+        persistent=split in ("train", "val"),  # read every epoch; the test split once
     )

@@ -36,13 +36,15 @@ def training_data(cfg: TrainConfig, device: torch.device, dist, report: Callable
         )
     for note in getattr(data, "notes", ()) if report else ():
         report(Note(note))
-    if cfg.img_size is None and getattr(data, "folders", None) is not None:
-        data = _capped_size(data, cfg.model, report)
+    if folder := getattr(data, "folders", None) is not None:
+        data = _folder_ready(data, cfg, report)
+    elif cfg.cache in ("ram", "disk") and report:
+        report(Note(f"--cache {cfg.cache}: {cfg.data} is held in memory already (--cache is for image folders)"))
     plan = None
     if device.type == "cpu":
-        # the decoding cost only decides the workers: none is measured when --workers is given
-        folder = getattr(data, "folders", None) is not None
-        streams = folder and cfg.workers is None and threads.decoding_is_costly(data)
+        # the decoding cost only decides the workers: none is measured when --workers is given, and a cached
+        # training split has nothing left to decode
+        streams = folder and cfg.workers is None and data.cached("train") is None and threads.decoding_is_costly(data)
         plan = threads.plan(cfg.threads, cfg.workers, streams_files=streams, deterministic=cfg.deterministic)
         if resumed and cfg.threads is not None:  # the count the run chose, from its args.json
             plan = replace(plan, chosen_by="as saved")
@@ -63,6 +65,18 @@ def training_data(cfg: TrainConfig, device: torch.device, dist, report: Callable
         per_rank = cfg.batch_size // dist.world_size
         report(Note(f"global batch {cfg.batch_size} split across {dist.world_size} ranks: {per_rank} per rank"))
     return data, cfg, plan
+
+
+def _folder_ready(data, cfg: TrainConfig, report: Callable | None):
+    """A folder dataset at its training size (the median, capped, unless --img-size), its images decoded once into
+    the cache --cache asks for (data/cache.py)."""
+    from cnncli.data._registry import default_data_dir
+    from cnncli.data.cache import attach
+
+    if cfg.img_size is None:
+        data = _capped_size(data, cfg.model, report)
+    say = (lambda m: report(Note(m))) if report else None
+    return attach(data, cfg.cache, cfg.data_dir or default_data_dir(), say)
 
 
 IMAGE_SIDE_CAP = 224  # a folder's images are trained at most this large (or the model's own size, when larger)

@@ -84,7 +84,7 @@ class CamJob:
     ) -> CamJob:
         """Everything checked before any work: the class, the images (read), the outputs (none replaces an input)
         and the target layer (named or found)."""
-        from cnncli.data.images import read_image, resize
+        from cnncli.data.images import load_resized, read_image, resize, upright_size
         from cnncli.engine.scoremap import output_stems
         from cnncli.plots import CAM_PANEL_SIDE
 
@@ -98,11 +98,12 @@ class CamJob:
         images = []
         inputs = {os.path.realpath(p) for p in paths}
         for path, stem in zip(paths, output_stems(paths)):
-            img = read_image(path, c)
-            ih, iw = img.shape[1:]
+            pixels = load_resized(path, c, (h, w))  # as cnn predict sees it
+            ih, iw = upright_size(path) or read_image(path, c).shape[1:]
             f = min(1.0, CAM_PANEL_SIDE / max(ih, iw))
-            small = resize(img, (max(1, round(ih * f)), max(1, round(iw * f))))
-            images.append(_Image(path, stem, (ih, iw), resize(img, (h, w)), small))
+            shown_size = (max(1, round(ih * f)), max(1, round(iw * f)))
+            small = resize(read_image(path, c, draft=shown_size), shown_size)
+            images.append(_Image(path, stem, (ih, iw), pixels, small))
             for out in _outputs(output, stem):
                 if os.path.realpath(out) in inputs:
                     raise UsageError(

@@ -145,7 +145,7 @@ def evaluate_file(
     data_dir: str | None = None,
     batch_size: int = 256,
     device=None,
-    workers: int = 2,
+    workers: int | None = None,
     request=None,
     log=lambda msg: None,
 ) -> EvalResult:
@@ -169,6 +169,11 @@ def evaluate_file(
     ds = ds or load_dataset(name, data_dir)
     split, split_note = pick_split(ds, split)
     notes = [*runner.notes, *getattr(ds, "notes", ()), *([split_note] if split_note else [])]
+    if workers is None:  # a folder's files: the thread policy's workers (engine/threads.py), else none needed
+        from cnncli.engine.threads import for_reading
+
+        files = [p for p, _ in ds.split(split)] if getattr(ds, "folders", None) is not None else []
+        workers = for_reading(files, runner.preprocess.channels, runner.preprocess.input_size[1:], runner.device)
     return measure(
         runner, ds, split, path=path, batch_size=batch_size, workers=workers, name=name, log=log, notes=notes
     )

@@ -98,6 +98,7 @@ def predict(
     from cnncli.config import check_count
     from cnncli.data.loader import FolderLoader
     from cnncli.engine.runner import open_runner
+    from cnncli.engine.threads import for_reading
     from cnncli.models.open import ModelRequest
 
     if topk < 1:
@@ -109,8 +110,8 @@ def predict(
     c, h, w = pre.input_size
     classes = pre.class_names(runner.num_classes)
     k = min(topk, runner.num_classes)
-    if workers is None:  # worker processes pay off once there is more than a batch or two to decode
-        workers = 0 if len(paths) <= 2 * batch_size else min(4, os.cpu_count() or 1)
+    if workers is None:  # the thread policy's: workers where decoding costs, the other cores for the model
+        workers = for_reading(paths, c, (h, w), runner.device)
     loader = FolderLoader(
         [(p, 0) for p in paths],
         image_size=(h, w),

@@ -187,22 +187,41 @@ DECODE_MS = 2.0  # an image that decodes faster than this is read in the trainin
 
 
 def decoding_is_costly(data, sample: int = 8) -> bool:
-    """Whether a folder's images take long enough to decode and resize that a worker process pays for itself
-    (camera photos do; small PNGs decode in a fraction of the cost of passing them between processes): the mean
-    time of the first `sample` training images (it stops as soon as their total says so: camera photos are slow)."""
-    from cnncli.data.images import read_image, resize
+    """Whether a folder's training images take long enough to decode and resize that a worker process pays for
+    itself (see `files_are_costly`)."""
+    return files_are_costly([path for path, _ in data.split("train")[:sample]], data.channels, data.image_size)
 
-    files = [path for path, _ in data.split("train")[:sample]]
+
+def files_are_costly(files: list[str], channels: int, size) -> bool:
+    """Whether images take long enough to decode and resize that a worker process pays for itself (camera photos
+    do; small PNGs decode in a fraction of the cost of passing them between processes): the mean time of `files`
+    (it stops as soon as their total says so: camera photos are slow)."""
+    from cnncli.data.images import load_resized, read_image
+
     if not files:
         return False
-    read_image(files[0], data.channels)  # the decoders' first use (imports, tables) is not what every image costs
+    read_image(files[0], channels)  # the decoders' first use (imports, tables) is not what every image costs
     budget = DECODE_MS * len(files) / 1000
     t0 = time.perf_counter()
     for path in files:
-        resize(read_image(path, data.channels), data.image_size)
+        load_resized(path, channels, size)
         if time.perf_counter() - t0 >= budget:
             return True
     return False
+
+
+def for_reading(files: list[str], channels: int, size, device: str, sample: int = 8) -> int:
+    """DataLoader workers for a command that reads image files once (cnn eval, cnn predict), with torch's threads
+    set on a CPU so that the two never take more cores than there are: on a GPU the cores this process may use (at
+    most 8); on a CPU the thread policy's share when decoding is costly (camera photos), else none (small images
+    decode faster than a worker passes them on); none for a handful of images (starting a worker costs more)."""
+    if len(files) <= sample:
+        return 0
+    if str(device).startswith("cuda"):
+        return min(8, max(1, usable_cores() // processes_per_node()))
+    p = plan(streams_files=files_are_costly(files[:sample], channels, size))
+    apply(p)
+    return p.workers
 
 
 def apply(p: ThreadPlan) -> None:

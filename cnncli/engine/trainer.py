@@ -79,6 +79,7 @@ class Trainer:
         try:
             yield
         finally:
+            close_loaders(getattr(self, "train_loader", None), getattr(self, "val_loader", None))
             if self.folder is not None:
                 self.folder.release()
 
@@ -290,9 +291,8 @@ class Trainer:
         if self.is_main:
             self.model.load_state_dict(Checkpoint.load(self.best_path).state_dict)
         dist_utils.broadcast_model(self.model)
-        if "test" not in self.data.splits:
-            return None
-        return self.evaluate(self._loader("test", train=False))["accuracy"]
+        # a folder without test/ has no test figure (its workers end with the pass)
+        return self.evaluate(self._loader("test", train=False))["accuracy"] if "test" in self.data.splits else None
 
 
 def train(cfg: TrainConfig, reporter=None, resume: str | None = None) -> TrainResult:
@@ -305,3 +305,11 @@ def train(cfg: TrainConfig, reporter=None, resume: str | None = None) -> TrainRe
         raise
     dist_utils.teardown(finished=True)
     return result
+
+
+def close_loaders(*loaders) -> None:
+    """Folder loaders' worker processes end with the run (not whenever the loader is collected, which may be in the
+    middle of a later command in the same process)."""
+    for loader in loaders:
+        if hasattr(loader, "close"):
+            loader.close()
