@@ -58,7 +58,14 @@ def eval_cmd(
             help="Which split to measure (default: test; a folder of class sub-folders is measured whole; a folder without test/ gives val/).",
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size.", min=1)] = 256,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--batch-size",
+            help="Batch size (default 256; 64 for image files, so that decoding the next batch overlaps the model).",
+            min=1,
+        ),
+    ] = None,
     confusion: Annotated[
         Optional[str], typer.Option("--confusion", help="Write the confusion matrix as a PNG.")
     ] = None,
