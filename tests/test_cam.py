@@ -26,7 +26,7 @@ def _model(name, size):
 # ------------------------------------------------------------------------------------- equal to pytorch-grad-cam
 
 LIBRARY_CASES = [
-    ("tv:resnet18", 96, "layer4", ("gradcam", "gradcam++", "layercam")),
+    ("tv:resnet18", 96, "layer4", ("gradcam", "gradcam++")),
     ("resnet20", 32, "layer3", ("gradcam", "scorecam")),  # scorecam: a forward pass per channel, 64 here
     ("tv:mobilenet_v3_small", 96, "features", ("gradcam", "gradcam++")),
     ("tv:convnext_tiny", 96, "features", ("gradcam", "gradcam++")),
@@ -73,13 +73,15 @@ def test_maps_equal_pytorch_grad_cams(name, size, layer, methods):
 ZOO = {
     "resnet18": "layer4",
     "mobilenet_v3_small": "features",
-    "efficientnet_b0": "features",
     "regnet_y_400mf": "trunk_output",
     "shufflenet_v2_x0_5": "conv5",
     "squeezenet1_1": "classifier.2",  # fully convolutional: its class maps, after the last conv's ReLU
     "swin_t": "permute",  # channels-last stages, made NCHW before the pool
 }
-FULL_ZOO_ONLY = {"vit_b_32": "encoder.layers.encoder_layer_11.ln_1"}  # (timm's ViT is in the library test above)
+FULL_ZOO_ONLY = {
+    "vit_b_32": "encoder.layers.encoder_layer_11.ln_1",
+    "efficientnet_b0": "features",
+}  # (timm's ViT is in the library test above)
 
 
 def _zoo():
@@ -151,13 +153,13 @@ def _maps(run, probes, out, *extra):
 def test_the_heat_lies_on_the_object_for_a_trained_shapes_model(tmp_path):
     rng = np.random.default_rng(0)
     kinds = ("red", "green", "blue")
-    for split, n in (("train", 32), ("test", 8)):
+    for split, n in (("train", 24), ("test", 6)):
         for k in kinds:
             os.makedirs(tmp_path / "shapes" / split / k)
             for i in range(n):
                 Image.fromarray(_shape_image(k, 48, rng)[0]).save(tmp_path / "shapes" / split / k / f"{i}.png")
     run_cnn(
-        "train", "smallcnn", "--data", f"folder:{tmp_path / 'shapes'}", "--epochs", "4",
+        "train", "smallcnn", "--data", f"folder:{tmp_path / 'shapes'}", "--epochs", "3",
         "--project", tmp_path, "--name", "s", check=0,
     )  # fmt: skip
     probes, boxes = [], []
@@ -173,7 +175,8 @@ def test_the_heat_lies_on_the_object_for_a_trained_shapes_model(tmp_path):
             y0, x0, y1, x1 = boxes[i]
             area = (y1 - y0) * (x1 - x0) / 48**2
             assert cls == kinds[i % 3]
-            assert mass_inside(torch.from_numpy(cam), boxes[i]) > max(0.6, 2.5 * area), (method, i, area)
+            share = mass_inside(torch.from_numpy(cam), boxes[i])
+            assert share > max(0.6, 2.5 * area), (method, i, area)
 
 
 def test_the_heat_lies_on_the_lines_for_the_default_line_detector(lines_run, tmp_path):

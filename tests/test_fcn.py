@@ -54,7 +54,7 @@ def test_lenet_64x64_gives_10x9x9(tmp_path):
         ("resnet18", (3, 32, 32)),
         ("resnet18", (3, 224, 224)),
         ("vgg11_bn", (3, 32, 32)),
-        ("vgg16", (3, 224, 224)),
+        ("vgg11", (3, 224, 224)),  # the classic head: fc6 on 512x7x7 becomes a 7x7 conv
         ("mobilenet_v2", (3, 64, 64)),
         ("resnet20", (3, 32, 32)),
         ("smallcnn", (3, 32, 32)),
