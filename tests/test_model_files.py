@@ -311,6 +311,8 @@ def test_ambiguous_layout_is_exit_2_naming_the_candidates(files, tmp_path):
     path = files["mobilenet_v2", "plain"]
     p = run_cnn("summary", path, "--in", "3x32x32")
     assert p.returncode == 2 and "tv:mobilenet_v2" in p.stderr and "--model" in p.stderr
+    # and says how they differ: the strides the tensors cannot show
+    assert "where they differ: tv:mobilenet_v2 has 2 more Conv2d stride 2" in p.stderr, p.stderr
     p = run_cnn("summary", path, "--in", "3x32x32", "--model", "tv:mobilenet_v2", "--json", check=0)
     assert json.loads(p.stdout)["output"] == [10]
 
@@ -554,3 +556,17 @@ def test_a_module_pickled_from_a_script_gets_a_hint_that_works(tmp_path):
         p = run_cnn("summary", tmp_path / "whole.pt", *extra)
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
         assert "pickled from a script's __main__ (Net)" in p.stderr and "--model your_script.py:Net" in p.stderr
+
+
+def test_architectures_with_the_same_tensors_are_told_apart_in_words():
+    """timm's resnet50d and resnetaa50d have identical tensors; the anti-aliased one strides with average pools
+    where the other strides its convolutions and max-pools (#29: the refusal says how they differ)."""
+    timm = pytest.importorskip("timm")
+    from cnncli.models.detect import how_they_differ
+
+    with torch.device("meta"):
+        a, b = timm.create_model("resnet50d"), timm.create_model("resnetaa50d")
+    assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
+    said = how_they_differ([("resnet50d", a), ("resnetaa50d", b)])
+    assert "resnet50d has 3 more Conv2d stride 2" in said and "resnetaa50d has 4 more AvgPool2d stride 2" in said
+    assert how_they_differ([("resnet50d", a), ("again", a)]).startswith("their layers are the same kinds")

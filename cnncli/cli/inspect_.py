@@ -258,7 +258,7 @@ def _prepared(model: str, image: str, output: str, device: str, opts):
 
 CAM_EPILOG = (
     "Examples:\n\n  cnn inspect cam runs/train/best.pt photo.jpg               # the top 3 classes side by side\n\n"
-    "  cnn inspect cam tv:resnet18 --weights DEFAULT cat.jpg --class tabby --method gradcam++\n\n"
+    "  cnn inspect cam tv:resnet18 --weights resnet18.pth cat.jpg --class 281 --method gradcam++\n\n"
     "  cnn inspect cam runs/lines/best.pt a.png b.png --layer features -o cams --json\n\n"
     "Writes per image NAME-cam.npy (the map of the shown class, or the top class, at the image's size, in 0..1) and "
     "NAME-cam.png (the image with the maps over it)."

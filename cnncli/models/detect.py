@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -381,8 +382,9 @@ def _sizes_for(cand: Candidate, sets: dict, keys: frozenset) -> list:
 # ----------------------------------------------------------------------------------------------- choosing
 
 
-def same_function(fits: list[Fit], state: dict, input_size) -> list[list[Fit]]:
-    """Group the fits by what they compute: each built with the file's weights and run on the same input."""
+def same_function(fits: list[Fit], state: dict, input_size, models: dict | None = None) -> list[list[Fit]]:
+    """Group the fits by what they compute: each built with the file's weights and run on the same input (`models`,
+    when given, receives each built model by name)."""
     from cnncli.models._factory import get_model
 
     g = torch.Generator().manual_seed(0)
@@ -394,6 +396,8 @@ def same_function(fits: list[Fit], state: dict, input_size) -> list[list[Fit]]:
                 fit.name, num_classes=fit.num_classes, in_channels=fit.in_channels, image_size=fit.build_size
             )
             model.load_state_dict(align_keys(state, model.state_dict())[0])
+            if models is not None:
+                models[fit.name] = model
             with torch.no_grad():
                 out = model.eval()(x)
         except Exception:
@@ -405,6 +409,36 @@ def same_function(fits: list[Fit], state: dict, input_size) -> list[list[Fit]]:
         else:
             groups.append((out, [fit]))
     return [members for out, members in groups if out is not None] or [fits[:1]]
+
+
+def _layer_kinds(model) -> Counter:
+    """A model's parameter-free structure, which the tensors of a state dict cannot show: its leaf layers by kind,
+    with the stride of those that stride (`Conv2d stride 2`, `AvgPool2d`, `BlurPool2d`)."""
+    kinds: Counter = Counter()
+    for m in model.modules():
+        if list(m.children()):
+            continue
+        stride = getattr(m, "stride", None)
+        stride = stride if isinstance(stride, tuple) else (stride,) if isinstance(stride, int) else ()
+        kinds[type(m).__name__ + (f" stride {stride[0]}" if stride and max(stride) > 1 else "")] += 1
+    return kinds
+
+
+def how_they_differ(models: list) -> str:
+    """What sets architectures with the same tensors apart, in words: the layer kinds each has that the others
+    lack (`tv:mobilenet_v2 has 1 more Conv2d stride 2`: a stride the weights cannot show)."""
+    built = [(name, _layer_kinds(m)) for name, m in models if m is not None]
+    if len(built) < 2:
+        return ""
+    common = built[0][1].copy()
+    for _, kinds in built[1:]:
+        common &= kinds
+    parts = []
+    for name, kinds in built:
+        extra = kinds - common
+        if extra:
+            parts.append(f"{name} has " + ", ".join(f"{n} more {k}" for k, n in sorted(extra.items())[:4]))
+    return "; ".join(parts) or "their layers are the same kinds, used differently (see cnn summary --model NAME)"
 
 
 def same_outputs(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -426,12 +460,14 @@ def detect(state: dict, input_size=None, *, what: str = "the state dict") -> Fit
     if len(fits) > 1:
         hw = tuple(input_size[-2:]) if input_size else fits[0].build_size
         size = (fits[0].in_channels, *hw)  # the tensors fix the channels; every fit has the same
-        groups = same_function(fits, state, size)
+        models: dict = {}
+        groups = same_function(fits, state, size, models)
         if len(groups) > 1:
             names = ", ".join(g[0].name for g in groups)
+            differ = how_they_differ([(g[0].name, models.get(g[0].name)) for g in groups])
             raise UsageError(
                 f"{what} fits several architectures that compute different things at "
-                f"{'x'.join(map(str, size))}: {names}",
+                f"{'x'.join(map(str, size))}: {names}" + (f"; where they differ: {differ}" if differ else ""),
                 "choose one with --model NAME",
             )
         fits = groups[0]
