@@ -120,6 +120,14 @@ class Recorded:
         self.grads.clear()
         self.input_grads.clear()
 
+    def release(self) -> None:
+        """Drop every kept tensor: the hooks on them refer back to this record, a cycle that would keep a whole
+        model's activations and graph alive until the garbage collector runs."""
+        self.clear_grads()
+        self.outputs.clear()
+        self.inputs.clear()
+        self.logits = torch.empty(0)
+
 
 def record(model: nn.Module, x: torch.Tensor, names: list[str] | None = None, inputs: bool = False) -> Recorded:
     """Run `model` on x [N, C, H, W] keeping the outputs of `names` (default: every named layer), with gradient
@@ -201,7 +209,9 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, Layout]:
     # the same tensor may leave several nested layers (layer4.1, layer4): the outermost name, as people write it
     same = [n for n in found if rec.outputs.get(n) is out]
     name = min(same, key=lambda n: (_depth(n), rec.order.index(n)))
-    return name, layout_of(out, size)
+    layout = layout_of(out, size)
+    rec.release()
+    return name, layout
 
 
 def check_layer(model: nn.Module, x: torch.Tensor, name: str) -> Layout:
@@ -218,6 +228,7 @@ def check_layer(model: nn.Module, x: torch.Tensor, name: str) -> Layout:
         )
     out = rec.outputs.get(name)
     layout = layout_of(out, tuple(x.shape[-2:]))
+    rec.release()
     if layout is None:
         shape = "x".join(map(str, out.shape[1:])) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UsageError(
@@ -294,6 +305,7 @@ def cam_maps(
                 cam = (_weights(method, acts, grads)[..., None, None] * acts).sum(1)
         cam = scale(cam.clamp(min=0), tuple(x.shape[-2:]))
         out.append(scale(cam.clamp(min=0)))  # the library's multi-layer mean over one layer, scaled again
+    rec.release()
     return out, probs
 
 
