@@ -283,9 +283,7 @@ def attach(data, mode: str, data_dir: str, report: Callable[[str], None] | None 
     cache = {}
     for s in splits:
         pixels = _fill(data.split(s), data.channels, data.image_size, store, plan.in_ram, stats, progress)
-        cache[s] = (
-            _RamPixels(pixels) if pixels is not None else _FilePixels(store, data.split(s), *shape[:1], shape[1:])
-        )
+        cache[s] = _RamPixels(pixels) if pixels is not None else _FilePixels(store, data.split(s), shape[0], shape[1:])
     stats.seconds = time.perf_counter() - t0
     if report:
         for line in _summary(data.name, plan, store, stats):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -36,18 +36,9 @@ class CamResult:
     blank: bool = False  # no positive evidence for the class at the layer: the map is zero everywhere
 
     def as_json(self) -> dict:
-        return {
-            "image": self.image,
-            "class": self.cls,
-            "probability": self.probability,
-            "layer": self.layer,
-            "method": self.method,
-            "npy": self.npy,
-            "png": self.png,
-            "size": self.size,
-            "shown": self.shown,
-            "blank": self.blank,
-        }
+        d = asdict(self)
+        d["class"] = d.pop("cls")  # `class` is a keyword in Python, a key in the JSON
+        return d
 
 
 @dataclass
@@ -136,9 +127,10 @@ class CamJob:
             ranked = self._classes(x, top) if self.only is None else [[self.only] for _ in chunk]
             maps, probs = cam_maps(self.opened.model, x, self.layer, self.layout, ranked, self.method)
             for j, im in enumerate(chunk):
-                panels = [at_image_size(maps[r][j].cpu(), im.size) for r in range(len(ranked[j]))]
+                full = at_image_size(maps[0][j].cpu(), im.size)  # the .npy's map; the panels at the picture's size
+                panels = [at_image_size(maps[r][j].cpu(), tuple(im.shown.shape[1:])) for r in range(len(ranked[j]))]
                 shown_ = [{"class": self.opened.classes[k], "probability": float(probs[j, k])} for k in ranked[j]]
-                results.append(self._write(im, panels, shown_))
+                results.append(self._write(im, full, panels, shown_))
                 if results[-1].blank and on_blank:
                     on_blank(
                         f"{im.path}: nothing at {self.layer} raises the score of {results[-1].cls} "
@@ -154,20 +146,20 @@ class CamJob:
             logits = class_scores(self.opened.model(x))
         return logits.topk(min(top, logits.shape[1]), dim=1).indices.tolist()
 
-    def _write(self, im: _Image, panels: list[torch.Tensor], shown_: list[dict]) -> CamResult:
-        """One image's .npy (the first panel's map) and PNG (every panel)."""
+    def _write(self, im: _Image, full: torch.Tensor, panels: list[torch.Tensor], shown_: list[dict]) -> CamResult:
+        """One image's .npy (the first class's map at the image's size) and PNG (every panel)."""
         from cnncli.engine.scoremap import write_npy
         from cnncli.plots import plot_cam
 
         npy, png = _outputs(self.output, im.stem)
-        write_npy(npy, panels[0].numpy().astype(np.float32))
+        write_npy(npy, full.numpy().astype(np.float32))
         labels = [
             f"{s['class']} ({s['probability']:.1%})" + (": no evidence here" if float(m.max()) == 0 else "")
             for s, m in zip(shown_, panels)
         ]
         title = f"{self.opened.name}: {self.method} at {self.layer} on {os.path.basename(im.path)}"
         plot_cam(im.shown, panels, labels, png, title=title)
-        blank = float(panels[0].max()) == 0.0
+        blank = float(full.max()) == 0.0
         return CamResult(
             im.path, shown_[0]["class"], shown_[0]["probability"], self.layer, self.method, npy, png,
             list(im.size), shown_, blank,
