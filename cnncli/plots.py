@@ -86,6 +86,28 @@ def plot_confusion(confusion: list, classes: list[str], path: str, title: str) -
     _save(fig, path)
 
 
+def plot_gallery(images: list[torch.Tensor], titles: list[str], path: str, title: str, per_row: int = 8) -> None:
+    """Images (uint8 [C, H, W], any sizes) in a grid, each with its title: `cnn eval --gallery`'s mistakes."""
+    plt = _pyplot()
+    n = max(len(images), 1)
+    cols = min(per_row, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 1.95 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, label in zip(axes.flat, images, titles):
+        if img.shape[0] == 1:
+            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=255)
+        else:
+            ax.imshow(img.permute(1, 2, 0).numpy())
+        ax.set_title(label, fontsize=7)
+    if not images:
+        axes.flat[0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 # ------------------------------------------------------------------------------------------ inside a network
 
 

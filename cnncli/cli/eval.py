@@ -29,6 +29,7 @@ SPLITS = ("test", "val", "train")
 EPILOG = (
     "Examples:\n\n  cnn eval runs/train/best.pt --data digits\n\n"
     "  cnn eval runs/train/best.pt --data cifar10 --confusion confusion.png --min-accuracy 0.9\n\n"
+    "  cnn eval runs/train/best.pt --data folder:~/photos --gallery mistakes/   # the misclassified, as a grid\n\n"
     "  cnn eval model.onnx --data digits --json     # ONNX Runtime, preprocessing from the file's metadata\n\n"
     "  cnn eval resnet18_cifar.pt --data cifar10     # a state dict: architecture detected, preprocessing "
     "assumed (logged)\n\n"
@@ -72,12 +73,23 @@ def eval_cmd(
     min_accuracy: Annotated[
         Optional[float], typer.Option("--min-accuracy", help="CI gate: exit 1 when top-1 is below (0..1).")
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --confusion file.")] = False,
+    gallery: Annotated[
+        Optional[str],
+        typer.Option(
+            "--gallery",
+            help="Write the misclassified images into this folder: misclassified.png (a labelled grid: true, "
+            "predicted, confidence) and misclassified.csv (every one).",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing --confusion file or --gallery files.")
+    ] = False,
     device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
     opts=None,
 ) -> None:
-    """Top-1, top-5, loss, per-class accuracy and confusion matrix; --min-accuracy gates CI."""
+    """Top-1, top-5, loss, macro precision/recall/F1, balanced accuracy, per-class metrics and the confusion
+    matrix; --min-accuracy gates CI."""
     from cnncli.errors import UsageError, WorkFailed
 
     if not opts.weights:  # a trained model is a file; a registry name is one only with --weights
@@ -87,13 +99,23 @@ def eval_cmd(
         from cnncli.fileio import check_output
 
         check_output(confusion, [model], force, flag="--confusion")
+    if gallery:
+        import os
+
+        from cnncli.engine.evaluate import GALLERY_FILES
+        from cnncli.fileio import check_output, check_output_folder
+
+        check_output_folder(gallery, "--gallery folder")
+        for name in GALLERY_FILES:
+            check_output(os.path.join(gallery, name), [model], force, flag="--gallery")
     if min_accuracy is not None and not 0 <= min_accuracy <= 1:
         raise UsageError(f"--min-accuracy must be between 0 and 1, got {min_accuracy}", "0.9 means 90%")
     from cnncli.engine.evaluate import evaluate_file
     from cnncli.engine.runner import is_onnx
 
     dev = None if is_onnx(model) else pick_device(device)
-    res = evaluate_file(model, data, split, data_dir=data_dir, batch_size=batch_size, request=req, device=dev, log=log)
+    res = evaluate_file(model, data, split, data_dir=data_dir, batch_size=batch_size, request=req, device=dev, log=log,
+                        gallery=gallery)
     if dev is not None and not json_out:
         log_device(device, dev)
     if confusion:
@@ -115,10 +137,23 @@ def _render(res) -> None:
         f"{res.model} on {res.data} ({res.split}, {res.samples:,} images at {dims(res.input)}): "
         f"top-1 {res.accuracy:.2%}{top5}  loss {res.loss:.4f}  {res.images_per_second:,.0f} img/s"
     )
+    say(
+        f"macro precision {res.precision:.2%}  recall {res.recall:.2%}  F1 {res.f1:.2%}  "
+        f"balanced accuracy {res.balanced_accuracy:.2%}"
+    )
     names, per_class = res.classes, res.per_class
     pct = {n: "-" if per_class[n] is None else f"{per_class[n]:.2%}" for n in names}
-    if len(names) > 20:  # too wide for a matrix: per-class accuracy only
-        render_table([Column("class"), Column("accuracy", right=True)], [[n, pct[n]] for n in names])
+    report = res.per_class_metrics
+    metric_columns = [Column(c, right=True) for c in ("precision", "recall", "f1", "support")]
+
+    def metrics(n: str) -> list[str]:
+        m = report.get(n)
+        if m is None:  # neither in the labels nor in the predictions
+            return ["-", "-", "-", "0"]
+        return [f"{m['precision']:.2%}", f"{m['recall']:.2%}", f"{m['f1']:.2%}", str(m["support"])]
+
+    render_table([Column("class"), *metric_columns], [[n, *metrics(n)] for n in names], title="per class")
+    if len(names) > 20:  # too wide for a matrix
         return
     columns = [Column("true \\ predicted"), *(Column(n, right=True) for n in names), Column("accuracy", right=True)]
     rows = [[n, *map(str, row), pct[n]] for n, row in zip(names, res.confusion)]

@@ -32,9 +32,25 @@ class EvalResult:
     data: str = ""
     split: str = ""
     input: list = field(default_factory=list)
+    precision: float = 0.0  # macro averages over the classes in the labels or the predictions (scikit-learn's)
+    recall: float = 0.0
+    f1: float = 0.0
+    balanced_accuracy: float = 0.0  # the mean recall of the classes that have images
+    per_class_metrics: dict = field(default_factory=dict)  # class -> precision, recall, f1, support
+    predicted: list = field(default_factory=list, repr=False)  # per image, in the split's order: the top class...
+    confidence: list = field(default_factory=list, repr=False)  # ...and its softmax probability (not in the JSON)
+    labels: list = field(default_factory=list, repr=False)  # the true class index of each image
 
     def as_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for key in ("predicted", "confidence", "labels"):
+            d.pop(key)
+        return d
+
+    def mistakes(self) -> list[int]:
+        """The images (indices in the split's order) the model got wrong, the most confident mistakes first."""
+        wrong = [i for i, (p, t) in enumerate(zip(self.predicted, self.labels)) if p != t]
+        return sorted(wrong, key=lambda i: -self.confidence[i])
 
 
 EVAL_BATCH = 256  # cnn eval's batch for in-memory datasets
@@ -93,7 +109,51 @@ def metrics_from_logits(
     for i, name in enumerate(names):
         total = int(conf[i].sum())
         per_class[name] = (int(conf[i, i]) / total) if total else None
-    return EvalResult(acc, top5, loss, per_class, conf.tolist(), names, int(n), n / max(seconds, 1e-9))
+    probs = all_logits.float().softmax(1).max(1).values if n else torch.zeros(0)
+    res = EvalResult(acc, top5, loss, per_class, conf.tolist(), names, int(n), n / max(seconds, 1e-9))
+    return replace(
+        res,
+        **class_report(conf, names),
+        predicted=pred.tolist(),
+        confidence=probs.tolist(),
+        labels=labels.tolist(),
+    )
+
+
+def class_report(conf: torch.Tensor, names: list[str]) -> dict:
+    """Precision, recall, F1 and support per class and their macro averages from a confusion matrix (rows: true,
+    columns: predicted), as scikit-learn's `classification_report(y_true, y_pred)` gives them: the classes that
+    occur in the labels or the predictions, 0 where a ratio has nothing to divide; the balanced accuracy as
+    `balanced_accuracy_score` (the mean recall over the classes that have images)."""
+    conf = conf.double()
+    tp = conf.diag()
+    support, predicted = conf.sum(1), conf.sum(0)
+    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
+    recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
+    total = precision + recall
+    f1 = torch.where(total > 0, 2 * precision * recall / total.clamp(min=1e-300), torch.zeros_like(tp))
+    present = (support > 0) | (predicted > 0)
+    per_class = {
+        names[i]: {
+            "precision": precision[i].item(),
+            "recall": recall[i].item(),
+            "f1": f1[i].item(),
+            "support": int(support[i].item()),
+        }
+        for i in range(len(names))
+        if present[i]
+    }
+
+    def macro(v: torch.Tensor, where: torch.Tensor) -> float:
+        return v[where].mean().item() if bool(where.any()) else 0.0
+
+    return {
+        "precision": macro(precision, present),
+        "recall": macro(recall, present),
+        "f1": macro(f1, present),
+        "balanced_accuracy": macro(recall, support > 0),
+        "per_class_metrics": per_class,
+    }
 
 
 def evaluate_runner(runner, loader, classes: list[str]) -> EvalResult:
@@ -152,6 +212,7 @@ def evaluate_file(
     workers: int | None = None,
     request=None,
     log=lambda msg: None,
+    gallery: str | None = None,
 ) -> EvalResult:
     """`cnn eval`: any model file in PyTorch on `device`, or an `.onnx` file in ONNX Runtime, on a dataset split,
     each with its own recorded preprocessing (or, for files that carry none, the command line's or the
@@ -181,9 +242,56 @@ def evaluate_file(
         workers = for_reading(files, runner.preprocess.channels, runner.preprocess.input_size[1:], runner.device)
     if batch_size is None:  # image files: batches small enough that decoding the next one overlaps the model
         batch_size = FILE_BATCH if files else EVAL_BATCH
-    return measure(
+    res = measure(
         runner, ds, split, path=path, batch_size=batch_size, workers=workers, name=name, log=log, notes=notes
     )
+    if gallery:
+        png, csv = write_gallery(res, ds, split, gallery)
+        log(f"misclassified: {len(res.mistakes()):,} images, {png} and {csv}")
+    return res
+
+
+GALLERY_MAX = 64  # the grid shows the most confident mistakes; the CSV lists every one
+GALLERY_FILES = ("misclassified.png", "misclassified.csv")
+
+
+def write_gallery(res: EvalResult, ds, split: str, folder: str) -> tuple[str, str]:
+    """`cnn eval --gallery DIR`: the misclassified images as a labelled grid (true, predicted, confidence; the most
+    confident mistakes first) and every one of them in a CSV (image, true, predicted, confidence)."""
+    import os
+
+    from cnncli.data.images import read_image
+    from cnncli.fileio import write_csv
+    from cnncli.plots import plot_gallery
+
+    os.makedirs(folder, exist_ok=True)
+    png, csv = (os.path.join(folder, f) for f in GALLERY_FILES)
+    wrong = res.mistakes()
+    files = [p for p, _ in ds.split(split)] if getattr(ds, "folders", None) is not None else None
+    names = res.classes
+
+    def image_name(i: int) -> str:
+        return files[i] if files is not None else f"{ds.name}/{split}[{i}]"
+
+    rows = [[image_name(i), names[res.labels[i]], names[res.predicted[i]], f"{res.confidence[i]:.4f}"] for i in wrong]
+    write_csv(csv, ["image", "true", "predicted", "confidence"], rows)
+    shown = wrong[:GALLERY_MAX]
+    if files is not None:
+        side = 160  # a thumbnail: camera photos are decoded at a reduced JPEG scale
+        pictures = [read_image(files[i], ds.channels, draft=(side, side)) for i in shown]
+    else:
+        x = ds.split(split)[0]
+        pictures = [x[i] for i in shown]
+    titles = [f"{names[res.labels[i]]} -> {names[res.predicted[i]]}\n{res.confidence[i]:.0%}" for i in shown]
+    plot_gallery(
+        pictures,
+        titles,
+        png,
+        f"{res.model} on {res.data} {split}: {len(wrong):,} of {res.samples:,} misclassified"
+        + (f" (the {len(shown)} most confident shown)" if len(wrong) > len(shown) else "")
+        + "; true -> predicted, confidence",
+    )
+    return png, csv
 
 
 def measure(
