@@ -34,6 +34,7 @@ TRAINING_KEYS = (
     "history",
     "running",
 )
+OPTIONAL_TRAINING_KEYS = ("ema",)  # the weights' moving average of a --ema run
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ class Checkpoint:
             if missing:
                 raise ValueError(f"training state lacks {sorted(missing)}")
             d.update({k: self.training[k] for k in TRAINING_KEYS})
+            d.update({k: self.training[k] for k in OPTIONAL_TRAINING_KEYS if k in self.training})
         return d
 
     @classmethod
@@ -158,7 +160,8 @@ class Checkpoint:
             f"{shown(path)} is not a cnncli checkpoint: a malformed field",
             "expected a file written by cnn train or cnn fcn",
         ):
-            training = {k: d[k] for k in TRAINING_KEYS if k in d} if "optimizer" in d else None
+            keys = (*TRAINING_KEYS, *OPTIONAL_TRAINING_KEYS)
+            training = {k: d[k] for k in keys if k in d} if "optimizer" in d else None
             dataset, args, metrics = d.get("dataset") or "", d.get("args") or {}, d.get("metrics") or {}
             kinds = [("dataset", str), ("args", dict), ("metrics", dict)]
             for (name, kind), value in zip(kinds, (dataset, args, metrics)):

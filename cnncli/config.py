@@ -22,6 +22,11 @@ SCHEDULES = ("onecycle", "cosine", "none")
 PRECISIONS = ("auto", "32", "bf16", "16")
 CAM_METHODS = ("gradcam", "gradcam++", "layercam", "scorecam")  # cnn inspect cam --method
 CACHE_MODES = ("auto", "none", "ram", "disk")  # cnn train --cache (folder datasets; data/cache.py)
+AUGMENTS = ("none", "basic", "trivial", "randaugment", "autoaugment", "augmix")  # --augment (engine/recipe.py)
+CLASS_WEIGHTS = ("none", "balanced")  # --class-weights
+SAMPLERS = ("random", "balanced")  # --sampler
+LOGGERS = ("csv", "tensorboard", "mlflow")  # --logger (engine/loggers.py); csv is metrics.csv, always written
+EMA_DECAY = 0.999  # --ema-decay: the EMA's decay, reached after a warm-up (min(decay, (1 + t) / (10 + t)) at step t)
 PRECISION_ALIASES = {"fp32": "32", "float32": "32", "bfloat16": "bf16", "fp16": "16", "float16": "16"}
 
 SGD_LR = 0.1  # peak learning rate for SGD at the reference batch size
@@ -69,8 +74,21 @@ class TrainConfig:
     img_size: list[int] | None = None  # folder datasets: resize to [H, W] (default: the images' own size)
     cache: str = "auto"  # folder datasets: auto | none | ram | disk (data/cache.py); auto: RAM when it fits
     num_classes: int | None = None  # default: the dataset's
-    weights: str | None = None  # start from any model file's weights (fitting tensors load, the head is re-made)
+    weights: str | None = None  # a model file or a published weights name (IMAGENET1K_V1): fitting tensors load
     trust_pickle: bool = False  # --weights may be a whole pickled model (unpickling runs its code)
+    pretrained: bool = False  # start from the architecture's published weights (torchvision DEFAULT, timm's tag)
+    freeze: str | None = None  # backbone (train the head only) | N (the first N top-level children stay as loaded)
+    augment: str = "basic"  # none | basic (crop + flip) | trivial | randaugment | autoaugment | augmix (+ basic)
+    mixup: float = 0.0  # MixUp's Beta(alpha, alpha); 0: off
+    cutmix: float = 0.0  # CutMix's Beta(alpha, alpha); 0: off (both: one of the two per batch)
+    ema: bool = False  # evaluate and save an exponential moving average of the weights
+    ema_decay: float = EMA_DECAY
+    class_weights: str = "none"  # none | balanced: the loss weighted by inverse class frequency
+    sampler: str = "random"  # random | balanced: each class drawn equally often (with replacement)
+    accumulate: int = 1  # micro-batches per optimizer batch (the batch is split; the step is the same)
+    clip_grad: float | None = None  # clip the gradients' global norm
+    warmup_epochs: float | None = None  # linear warm-up over this many epochs (default: the schedule's own)
+    logger: str = "csv"  # csv | tensorboard | mlflow, comma-separated (metrics.csv is always written)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -151,6 +169,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UsageError(f"unknown optimizer {cfg.optimizer!r}", "use " + " or ".join(OPTIMIZERS))
     if cfg.schedule not in SCHEDULES:
         raise UsageError(f"unknown schedule {cfg.schedule!r}", "use " + ", ".join(SCHEDULES))
+    for flag, value, allowed in (
+        ("--augment", cfg.augment, AUGMENTS),
+        ("--class-weights", cfg.class_weights, CLASS_WEIGHTS),
+        ("--sampler", cfg.sampler, SAMPLERS),
+    ):
+        if value not in allowed:
+            raise UsageError(f"unknown {flag} {value!r}", "use " + ", ".join(allowed))
+    parse_loggers(cfg.logger)
+    parse_freeze(cfg.freeze)
+    if cfg.pretrained and cfg.weights:
+        raise UsageError("--pretrained and --weights both say where to start", "give one of them")
     if cfg.cache not in CACHE_MODES:
         raise UsageError(f"unknown cache {cfg.cache!r}", "use " + ", ".join(CACHE_MODES))
     precision = PRECISION_ALIASES.get(str(cfg.precision).lower(), str(cfg.precision).lower())
@@ -191,6 +220,17 @@ def _check_numbers(cfg: TrainConfig) -> None:
             raise UsageError(f"{flag} must be {what} (at most {MAX_RATE:g}, float32's range), got {rate}")
     if not 0 <= cfg.seed <= MAX_SEED:
         raise UsageError(f"--seed must be in 0..{MAX_SEED}, got {cfg.seed}", "torch seeds are 64-bit")
+    for flag, alpha in (("--mixup", cfg.mixup), ("--cutmix", cfg.cutmix)):
+        if not (math.isfinite(alpha) and 0 <= alpha <= 100):
+            raise UsageError(f"{flag} must be an alpha in [0, 100] (0: off; 0.2 and 1.0 are usual), got {alpha}")
+    if not (math.isfinite(cfg.ema_decay) and 0 < cfg.ema_decay < 1):
+        raise UsageError(f"--ema-decay must be in (0, 1), got {cfg.ema_decay}", "0.999 is usual")
+    if not 1 <= cfg.accumulate <= 4096:
+        raise UsageError(f"--accumulate must be in 1..4096, got {cfg.accumulate}")
+    if cfg.clip_grad is not None and not (math.isfinite(cfg.clip_grad) and cfg.clip_grad > 0):
+        raise UsageError(f"--clip-grad must be a positive norm, got {cfg.clip_grad}", "1.0 is usual")
+    if cfg.warmup_epochs is not None and not (math.isfinite(cfg.warmup_epochs) and 0 <= cfg.warmup_epochs <= 1e6):
+        raise UsageError(f"--warmup-epochs must be a number of epochs >= 0, got {cfg.warmup_epochs}")
     if not 0 <= cfg.label_smoothing < 1:
         raise UsageError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if cfg.img_size is not None and (len(cfg.img_size) != 2 or min(cfg.img_size) < 1):
@@ -200,12 +240,36 @@ def _check_numbers(cfg: TrainConfig) -> None:
         raise UsageError(f"--img-size {size} is too large", f"at most {MAX_IMG_SIDE} pixels a side for training")
 
 
+def parse_loggers(text: str) -> list[str]:
+    """`--logger csv,tensorboard` -> the loggers asked for, each known (metrics.csv is always written)."""
+    names = [n.strip() for n in str(text or "csv").split(",") if n.strip()]
+    for n in names:
+        if n not in LOGGERS:
+            raise UsageError(f"unknown --logger {n!r}", "use " + ", ".join(LOGGERS) + " (several: comma-separated)")
+    return names or ["csv"]
+
+
+def parse_freeze(value) -> str | int | None:
+    """`--freeze backbone` or `--freeze N` (the first N top-level children): "backbone", N or None."""
+    if value in (None, "", "none", "0", 0):
+        return None
+    if value == "backbone":
+        return "backbone"
+    try:
+        n = int(str(value))
+    except ValueError:
+        raise UsageError(f"--freeze takes backbone or a number of top-level layers, got {value!r}") from None
+    if not 0 <= n <= 10_000:
+        raise UsageError(f"--freeze N must be a count of top-level layers >= 0, got {n}")
+    return n or None
+
+
 def _check_places(cfg: TrainConfig) -> None:
     """The run's name, the --weights file and the --project folder."""
     name = cfg.name
     if not name or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name) or not name.isprintable():
         raise UsageError(f"--name must be a folder name, not a path: {name!r}", "use --project for the parent folder")
-    if cfg.weights is not None:
+    if cfg.weights is not None and not is_weights_name(cfg.weights):
         from cnncli.fileio import check_input
 
         if not os.path.lexists(cfg.weights):
@@ -215,6 +279,14 @@ def _check_places(cfg: TrainConfig) -> None:
         check_input(cfg.weights, "--weights file", kind="model")
     if os.path.exists(cfg.project) and not os.path.isdir(cfg.project):
         raise UsageError(f"--project {cfg.project} is a file", "give a folder for the runs")
+
+
+def is_weights_name(text: str) -> bool:
+    """A published weights name (IMAGENET1K_V1, DEFAULT, timm's tag like in1k) rather than a file: no path separator,
+    no file suffix, and no such file here."""
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", text or "")) and not os.path.lexists(text)
 
 
 def resolve_precision(precision: str, device_type: str, bf16: bool) -> str:
@@ -235,6 +307,11 @@ def resolve(cfg: TrainConfig, facts: RunFacts) -> TrainConfig:
     batch = cfg.batch_size or small_data_batch(facts.batch_size, facts.train_samples, facts.world_size)
     if batch < facts.world_size:
         raise UsageError(f"batch size {batch} is smaller than the {facts.world_size} processes")
+    if batch // facts.world_size < cfg.accumulate:
+        raise UsageError(
+            f"--accumulate {cfg.accumulate} splits a batch of {batch // facts.world_size} into more parts than images",
+            "give a larger --batch-size or a smaller --accumulate",
+        )
     if cfg.optimizer == "sgd":
         lr = cfg.lr or SGD_LR * max(1.0, batch / SGD_LR_REFERENCE_BATCH)
         wd = SGD_WEIGHT_DECAY if cfg.weight_decay is None else cfg.weight_decay
@@ -281,8 +358,18 @@ def small_data_batch(default: int, train_samples: int | None, world_size: int = 
     return batch
 
 
-def lr_at(step: int, total: int, base_lr: float, schedule: str) -> float:
-    """Learning rate as a pure function of the step, so resuming needs only the step count."""
+def lr_at(step: int, total: int, base_lr: float, schedule: str, warmup: int | None = None) -> float:
+    """Learning rate as a pure function of the step, so resuming needs only the step count. `warmup` (steps, from
+    --warmup-epochs) replaces the schedule's own warm-up: linear up to `base_lr`, then the schedule's decay over
+    the steps left (cosine to 0, onecycle's cosine to lr/1e4, none: constant)."""
+    if warmup is not None:
+        if step < warmup:
+            return base_lr * (step + 1) / (warmup + 1)
+        if schedule == "none" or total <= warmup:
+            return base_lr
+        t = min((step - warmup) / (total - warmup), 1.0)
+        end = 0.0 if schedule == "cosine" else base_lr / ONECYCLE_END_DIV
+        return end + (base_lr - end) * 0.5 * (1 + math.cos(math.pi * t))
     if schedule == "none" or total <= 0:
         return base_lr
     t = min(step / total, 1.0)

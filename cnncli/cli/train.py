@@ -10,7 +10,17 @@ import typer
 
 from cnncli.cli import app
 from cnncli.cli._common import DeviceOpt, JsonOpt, choice, emit_json, epilog, is_terminal, log, say
-from cnncli.config import CACHE_MODES, OPTIMIZERS, PRECISION_ALIASES, PRECISIONS, SCHEDULES, TrainConfig
+from cnncli.config import (
+    AUGMENTS,
+    CACHE_MODES,
+    CLASS_WEIGHTS,
+    OPTIMIZERS,
+    PRECISION_ALIASES,
+    PRECISIONS,
+    SAMPLERS,
+    SCHEDULES,
+    TrainConfig,
+)
 from cnncli.data import list_datasets
 from cnncli.errors import shown_lines
 
@@ -22,6 +32,9 @@ EPILOG = (
     "  cnn train lenet --data digits --epochs 40\n\n"
     "  cnn train resnet --data cifar10 --epochs 30     # downloads CIFAR-10 into --data-dir on first use\n\n"
     "  cnn train resnet18 --data folder:~/pets --img-size 128\n\n"
+    "  cnn train resnet18 --data folder:~/pets --pretrained --freeze backbone   # fine-tune published weights\n\n"
+    "  cnn train resnet18 --data folder:~/pets --augment trivial --mixup 0.2 --ema\n\n"
+    "  cnn train --config runs/train/args.json --name again   # repeat a run (its args.json is a config)\n\n"
     "  cnn train --resume runs/train                   # continue an interrupted run\n\n"
     "  torchrun --nproc-per-node 4 -m cnncli train resnet --data cifar10   # DDP (see docs/distributed.md)\n\n"
     "Datasets (--data):\n\n" + "\n\n".join(f"  {d.usage:<14} {d.description}" for d in list_datasets())
@@ -134,17 +147,109 @@ def train_cmd(
             help="CPU threads for the model (default: CNN_THREADS, else the cores this process may use less the data workers).",
         ),
     ] = D.threads,
+    pretrained: Annotated[
+        bool,
+        typer.Option(
+            "--pretrained",
+            help="Start from the architecture's published weights (torchvision's DEFAULT, timm's pretrained tag), "
+            "downloaded once into the torch.hub cache ($TORCH_HOME) with their hash checked.",
+        ),
+    ] = D.pretrained,
+    freeze: Annotated[
+        Optional[str],
+        typer.Option(
+            "--freeze",
+            help="backbone: train only the (re-made) head; N: the first N top-level layers stay as loaded "
+            "(their BatchNorm statistics too).",
+        ),
+    ] = D.freeze,
+    augment: Annotated[
+        str,
+        typer.Option(
+            "--augment",
+            click_type=choice("augment", AUGMENTS),
+            help="basic: random crop + flip; trivial/randaugment/autoaugment/augmix: that torchvision policy per "
+            "image on top; none: no augmentation.",
+        ),
+    ] = D.augment,
+    mixup: Annotated[float, typer.Option("--mixup", help="MixUp alpha (0.2 is usual; 0: off).")] = D.mixup,
+    cutmix: Annotated[float, typer.Option("--cutmix", help="CutMix alpha (1.0 is usual; 0: off).")] = D.cutmix,
+    ema: Annotated[
+        bool,
+        typer.Option("--ema/--no-ema", help="Evaluate and save a moving average of the weights (best.pt holds it)."),
+    ] = D.ema,
+    ema_decay: Annotated[float, typer.Option("--ema-decay", help="The moving average's decay.")] = D.ema_decay,
+    class_weights: Annotated[
+        str,
+        typer.Option(
+            "--class-weights",
+            click_type=choice("class weights", CLASS_WEIGHTS),
+            help="balanced: weight the loss by inverse class frequency (for imbalanced folders).",
+        ),
+    ] = D.class_weights,
+    sampler: Annotated[
+        str,
+        typer.Option(
+            "--sampler",
+            click_type=choice("sampler", SAMPLERS),
+            help="balanced: draw every class equally often (with replacement).",
+        ),
+    ] = D.sampler,
+    accumulate: Annotated[
+        int,
+        typer.Option("--accumulate", help="Split each batch into N micro-batches (less memory, the same step)."),
+    ] = D.accumulate,
+    clip_grad: Annotated[
+        Optional[float], typer.Option("--clip-grad", help="Clip the gradients' global norm (1.0 is usual).")
+    ] = D.clip_grad,
+    warmup_epochs: Annotated[
+        Optional[float],
+        typer.Option("--warmup-epochs", help="Linear warm-up over E epochs, then the schedule's decay."),
+    ] = D.warmup_epochs,
+    logger: Annotated[
+        str,
+        typer.Option(
+            "--logger",
+            help="csv (metrics.csv, always), tensorboard (event files in the run folder), mlflow "
+            "($MLFLOW_TRACKING_URI, default ./mlruns); several: comma-separated.",
+        ),
+    ] = D.logger,
+    config: Annotated[
+        Optional[str],
+        typer.Option(
+            "--config",
+            help="Options from a JSON, TOML or YAML file (keys as in args.json); the command line wins. A run's "
+            "args.json repeats the run.",
+        ),
+    ] = None,
+    print_config: Annotated[
+        bool,
+        typer.Option("--print-config", help="Print the configuration these options make and exit (nothing runs)."),
+    ] = False,
     nproc_per_node: Annotated[
         Optional[int], typer.Option("--nproc-per-node", help="Launch N DDP processes with torchrun.")
     ] = None,
     device: DeviceOpt = D.device,
     json_out: JsonOpt = False,
+    ctx: typer.Context = None,
 ) -> None:
     """Train a model on a dataset; writes PROJECT/NAME with checkpoints, metrics and curves."""
     if nproc_per_node is not None:
         _launch_torchrun(nproc_per_node)
         return
-    cfg = _config(dict(locals()))
+    given = dict(locals())
+    cfg = _config(given)
+    if config:
+        from cnncli.engine.configfile import merge_config
+
+        cfg = merge_config(config, cfg, _from_command_line(ctx))
+    if print_config:
+        from cnncli.engine.configfile import config_text
+
+        from cnncli.config import validate
+
+        sys.stdout.write(config_text(validate(cfg), config))
+        return
     from cnncli.engine.runs import RunComplete
 
     try:
@@ -190,6 +295,17 @@ def _config(given: dict) -> TrainConfig:
         _, h, w = parse_size(values["img_size"])
         values["img_size"] = [h, w]
     return TrainConfig(**values)
+
+
+def _from_command_line(ctx) -> set[str]:
+    """The config fields whose options were typed on the command line (they win over --config)."""
+    from click.core import ParameterSource
+
+    out = set()
+    for name in ctx.params:
+        if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            out.add("compile" if name == "compile_" else name)
+    return out
 
 
 def _run(cfg, resume):

@@ -45,7 +45,12 @@ class TensorLoader:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool | None = None,
+        policy=None,
+        sample_weights: torch.Tensor | None = None,
     ):
+        """`policy`: an --augment policy applied to each training image after the crop and flip
+        (engine/recipe.py); `sample_weights`: draw each epoch's images with replacement by these weights
+        (--sampler balanced) instead of a permutation."""
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
@@ -58,6 +63,8 @@ class TensorLoader:
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
         self.drop_last = train if drop_last is None else drop_last
+        self.policy = policy if train else None
+        self.sample_weights = sample_weights if train else None
         # (x - mean) / std as x * scale + shift, done in place: one pass over the batch, no temporaries
         self.scale, self.shift = affine(mean, std, self.device)
 
@@ -66,7 +73,9 @@ class TensorLoader:
 
     def _indices(self) -> torch.Tensor:
         n = len(self.images)
-        if self.train:
+        if self.train and self.sample_weights is not None:
+            idx = torch.multinomial(self.sample_weights.double(), n, replacement=True, generator=_gen(self.seed, self.epoch))
+        elif self.train:
             idx = torch.randperm(n, generator=_gen(self.seed, self.epoch))
         else:
             idx = torch.arange(n)
@@ -98,6 +107,11 @@ class TensorLoader:
             x = self.images.index_select(0, sel)  # much faster than advanced indexing for whole rows
             if augment:
                 x = self._augment(x, draws[:, (b - start) * self.batch_size :][:, : len(sel)])
+            if self.policy is not None:
+                from cnncli.engine.recipe import apply_per_sample
+
+                seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + b
+                x = apply_per_sample(self.policy, x, (seed * self.world_size + self.rank) % (1 << 62))
             x = x.float().mul_(self.scale).add_(self.shift)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -171,7 +185,7 @@ class _FileDataset(torch.utils.data.Dataset):
         i, draw = key
         path, label = self.samples[i]
         img = self.cached[i] if self.cached is not None else load_resized(path, self.channels, self.size)
-        if not self.random:
+        if not self.random or self.augment is None:
             return img, label
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(draw)
@@ -193,15 +207,40 @@ class _Keyed(torch.utils.data.Sampler):
         return len(self.inner)
 
 
-def folder_augment(image_size, flip: bool = True):
+def folder_augment(image_size, flip: bool = True, augment: str = "basic", channels: int = 3):
     """Training's augmentation of a uint8 image [C, H, W] already at `image_size`: a random resized crop (70-100% of
-    it) and a horizontal flip."""
+    it) and a horizontal flip, then the --augment policy (none: nothing at all)."""
     import torchvision.transforms as T
 
+    from cnncli.engine.recipe import policy
+
+    if augment == "none":
+        return None
+    extra = policy(augment, channels)
     return T.Compose(
         [T.RandomResizedCrop(tuple(image_size), scale=(0.7, 1.0), antialias=True)]
         + ([T.RandomHorizontalFlip()] if flip else [])
+        + ([extra] if extra is not None else [])
     )
+
+
+class _Weighted(torch.utils.data.Sampler):
+    """--sampler balanced for files: each epoch draws len(weights) images with replacement by the weights, from a
+    generator seeded by (seed, epoch); under DDP every rank draws the same list and takes its shard."""
+
+    def __init__(self, weights: torch.Tensor, seed: int, rank: int = 0, world_size: int = 1):
+        self.weights, self.seed, self.rank, self.world_size, self.epoch = weights.double(), seed, rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        n = len(self.weights)
+        idx = torch.multinomial(self.weights, n, replacement=True, generator=_gen(self.seed, self.epoch)).tolist()
+        return iter(idx[self.rank :: self.world_size])
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.weights), self.world_size))
 
 
 class FolderLoader:
@@ -226,16 +265,22 @@ class FolderLoader:
         world_size: int = 1,
         cached=None,
         persistent: bool = False,
+        augment: str = "basic",
+        sample_weights: torch.Tensor | None = None,
     ):
         """`cached`: the split's pixels at `image_size` (data/cache.py), read instead of the files. `persistent`:
         the workers stay between passes (a training run's splits, read every epoch; `close` ends them)."""
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.scale, self.shift = affine(mean, std, self.device)
-        ds = _FileDataset(samples, image_size, channels, folder_augment(image_size, flip), train, cached)
+        aug = folder_augment(image_size, flip, augment, channels) if train else None
+        ds = _FileDataset(samples, image_size, channels, aug, train, cached)
         self.sampler = None
         self.generator = torch.Generator().manual_seed(seed)
-        if world_size > 1:
+        if train and sample_weights is not None:
+            self.sampler = _Weighted(sample_weights, seed, rank, world_size)
+            inner = self.sampler
+        elif world_size > 1:
             self.sampler = torch.utils.data.distributed.DistributedSampler(
                 ds, world_size, rank, shuffle=train, seed=seed
             )
@@ -332,12 +377,18 @@ def make_loader(
     workers: int = 2,
     rank: int = 0,
     world_size: int = 1,
+    augment: str = "basic",
+    sample_weights=None,
 ):
-    """The right loader for a TensorData or FolderData split."""
+    """The right loader for a TensorData or FolderData split; `augment` and `sample_weights` (training only) are
+    the recipe's --augment and --sampler balanced."""
     from cnncli.data.datasets import TensorData
 
     if isinstance(data, TensorData):
         x, y = data.split(split)
+        from cnncli.engine.recipe import policy
+
+        basic = augment != "none"
         return TensorLoader(
             x,
             y,
@@ -345,13 +396,15 @@ def make_loader(
             mean=data.mean,
             std=data.std,
             train=train,
-            crop_padding=data.crop_padding,
-            flip=data.flip,
+            crop_padding=data.crop_padding if basic else 0,
+            flip=data.flip and basic,
             seed=seed,
             device=device,
             channels_last=channels_last,
             rank=rank,
             world_size=world_size,
+            policy=policy(augment, x.shape[1]) if train else None,
+            sample_weights=sample_weights,
         )
     return FolderLoader(
         data.split(split),
@@ -370,4 +423,6 @@ def make_loader(
         world_size=world_size,
         cached=data.cached(split),
         persistent=split in ("train", "val"),  # read every epoch; the test split once
+        augment=augment,
+        sample_weights=sample_weights,
     )

@@ -157,8 +157,9 @@ def build_for_training(
 
 def optimizer_for(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD (Nesterov) or AdamW; no weight decay on biases and normalization scales."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen layers (--freeze) are not stepped
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=SGD_MOMENTUM, nesterov=True)

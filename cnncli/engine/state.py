@@ -91,7 +91,9 @@ def training_state(state: TrainState, optimizer, scaler, device: torch.device) -
     }
 
 
-def restore(ckpt: Checkpoint, model: nn.Module, optimizer, scaler, device: torch.device, run_dir: str) -> TrainState:
+def restore(
+    ckpt: Checkpoint, model: nn.Module, optimizer, scaler, device: torch.device, run_dir: str, ema=None
+) -> TrainState:
     """Load last.pt's weights and training state into the run. The boundary: the training state is read and checked
     here, whole, so a malformed field is exit 2 naming the file, not a TypeError epochs later."""
     t = ckpt.training
@@ -103,6 +105,8 @@ def restore(ckpt: Checkpoint, model: nn.Module, optimizer, scaler, device: torch
         optimizer.load_state_dict(t["optimizer"])
         scaler.load_state_dict(t["scaler"])
         _set_rng_state(t["rng"], device)
+        if ema is not None:
+            ema.load_state_dict(t["ema"])
         return TrainState(
             ckpt.epoch,
             ckpt.step_in_epoch,

@@ -11,6 +11,7 @@ signals), `state` (what last.pt carries).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from cnncli.config import EVAL_BATCH_MIN, TrainConfig, lr_at, validate
 from cnncli.engine import distributed as dist_utils
 from cnncli.engine.build import build_for_training, optimizer_for, seed_everything, training_data
 from cnncli.engine.device import pick_device, training_kernels
-from cnncli.engine.events import Epoch, Event, Start, Step
+from cnncli.engine.events import Epoch, Event, Note, Start, Step
 from cnncli.engine.runs import (  # noqa: F401  (Interrupted and the signal handling are the loop's API)
     Interrupted,
     RunFolder,
@@ -95,9 +96,9 @@ class Trainer:
             self.cfg, self.data.input_size, self.device, self.dist, self.resume_from, self.report
         )
         self.spec, self.model, self.forward_model, self.channels_last = built
+        self.setup_recipe()
         self.optimizer = optimizer_for(self.model, self.cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.precision == "16")
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
         self.train_loader = self._loader("train", train=True)
         self.val_loader = self._loader("val", train=False)
         if len(self.train_loader) == 0:
@@ -107,12 +108,45 @@ class Trainer:
         self.total_steps = self.cfg.epochs * len(self.train_loader)
         if self.cfg.max_steps:
             self.total_steps = min(self.total_steps, self.cfg.max_steps)
+        we = self.cfg.warmup_epochs
+        self.warmup_steps = None if we is None else min(round(we * len(self.train_loader)), self.total_steps)
 
+    def setup_recipe(self) -> None:
+        """The recipe's parts (engine/recipe.py): frozen layers, the weights' average, MixUp/CutMix, the loss with
+        its class weights."""
+        from cnncli.engine.recipe import Frozen, Mixing, ModelEMA, balanced_class_weights
+
+        cfg = self.cfg
+        self.frozen = Frozen(self.model, cfg.freeze, cfg.num_classes)
+        if self.frozen and self.is_main:
+            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            self.report(
+                Note(
+                    f"--freeze {cfg.freeze}: {self.frozen.count:,} parameters frozen ({', '.join(self.frozen.names)}),"
+                    f" {trainable:,} train"
+                )
+            )
+        self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema else None
+        self.mixing = Mixing(cfg.mixup, cfg.cutmix, cfg.num_classes, cfg.seed)
+        weight = None
+        if cfg.class_weights == "balanced":
+            weight = balanced_class_weights(train_labels(self.data), cfg.num_classes).to(self.device)
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is evaluated and saved as best.pt: the weights' moving average with --ema, else the model."""
+        return self.ema.module if self.ema is not None else self.model
     def _loader(self, split: str, *, train: bool):
         """A split's batches on the device; evaluation batches are at least EVAL_BATCH_MIN."""
         from cnncli.data import make_loader
 
+        from cnncli.engine.recipe import balanced_sample_weights
+
         batch = self.local_batch if train else max(self.local_batch, EVAL_BATCH_MIN)
+        weights = None
+        if train and self.cfg.sampler == "balanced":
+            weights = balanced_sample_weights(train_labels(self.data), self.cfg.num_classes)
         return make_loader(
             self.data,
             split,
@@ -124,6 +158,8 @@ class Trainer:
             workers=self.cfg.workers,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
+            augment=self.cfg.augment if train else "none",
+            sample_weights=weights,
         )
 
     # --------------------------------------------------------------------------------------- start or resume
@@ -132,7 +168,9 @@ class Trainer:
         if self.resume_from is not None:
             if self.resume_from.model != self.spec:
                 raise UsageError("the checkpoint's model does not match its own arguments", "was the dataset changed?")
-            state = restore(self.resume_from, self.model, self.optimizer, self.scaler, self.device, self.run_dir)
+            state = restore(
+                self.resume_from, self.model, self.optimizer, self.scaler, self.device, self.run_dir, self.ema
+            )
         else:
             state = TrainState()
             self.run_dir = dist_utils.broadcast_str(
@@ -163,8 +201,12 @@ class Trainer:
     def checkpoint(self, state: TrainState, metrics: dict, *, training_state: bool) -> Checkpoint:
         """best.pt (weights, preprocessing, config) or, with the training state, last.pt."""
         training = training_state_of(state, self.optimizer, self.scaler, self.device) if training_state else None
+        if training is not None and self.ema is not None:
+            training["ema"] = self.ema.state_dict()
+        # last.pt holds the weights training goes on from; best.pt the evaluated ones (the EMA's with --ema)
+        weights = (self.model if training_state else self.eval_model).state_dict()
         return Checkpoint(
-            *(self.spec, self.model.state_dict(), self.data.preprocess, self.cfg.data, self.cfg.to_dict(), metrics),
+            *(self.spec, weights, self.data.preprocess, self.cfg.data, self.cfg.to_dict(), metrics),
             *(state.epoch, state.step_in_epoch, state.global_step, None, training),
         )
 
@@ -180,6 +222,7 @@ class Trainer:
         self.train_loader.set_epoch(state.epoch)
         self.model.train()
         self.forward_model.train()
+        self.frozen.hold()  # frozen BatchNorm layers keep their statistics
         steps, first = len(self.train_loader), state.step_in_epoch
         running = RunningSums(state.running, self.device, first)
         state.running = running.sums
@@ -218,31 +261,50 @@ class Trainer:
         }
 
     def _train_step(self, x, y, running: RunningSums, state: TrainState) -> float:
-        """One optimizer step at the schedule's learning rate. Nothing here reads a value back from the device:
+        """One optimizer step at the schedule's learning rate: MixUp/CutMix on the batch, its --accumulate
+        micro-batches' gradients summed (each loss weighted by its share of the batch, so the sum is the whole
+        batch's mean), clipped, stepped, then the moving average. Nothing here reads a value back from the device:
         the step's loss, correct count and finiteness are added to the running sums."""
-        lr = lr_at(state.global_step, self.total_steps, self.cfg.lr, self.cfg.schedule)
+        lr = self.lr_at(state.global_step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        with autocast(self.device, self.cfg.precision):
-            logits = self.forward_model(x)
-            loss = self.criterion(logits, y)
+        target = y
+        if self.mixing:
+            x, target = self.mixing(x, y, state.global_step)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        parts = self.cfg.accumulate
+        bounds = [len(y) * i // parts for i in range(parts + 1)]
+        for i in range(parts):
+            a, b = bounds[i], bounds[i + 1]
+            sync = i == parts - 1 or not self.dist.enabled
+            with (contextlib.nullcontext() if sync else self.forward_model.no_sync()):
+                with autocast(self.device, self.cfg.precision):
+                    logits = self.forward_model(x[a:b])
+                    loss = self.criterion(logits, target[a:b])
+                self.scaler.scale(loss * ((b - a) / len(y)) if parts > 1 else loss).backward()
+            running.add(loss, logits, y[a:b])
+        if self.cfg.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         state.global_step += 1
-        running.add(loss, logits, y)
+        if self.ema is not None:
+            self.ema.update(self.model, state.global_step)
         return lr
+
+    def lr_at(self, step: int) -> float:
+        return lr_at(step, self.total_steps, self.cfg.lr, self.cfg.schedule, self.warmup_steps)
 
     # ---------------------------------------------------------------------------------------------- evaluate
     def evaluate(self, loader) -> dict:
         """Loss and top-1 over a loader, as `cnn eval` measures them (`steps.evaluate_loader`)."""
-        return evaluate_loader(self.model, loader, self.device)
+        return evaluate_loader(self.eval_model, loader, self.device)
 
     # --------------------------------------------------------------------------------------------- end epoch
     def end_epoch(self, state: TrainState, train: dict, val: dict) -> bool:
         """Best tracking, last.pt (and best.pt when better), metrics.csv, the epoch's report. True if improved."""
-        lr = lr_at(state.global_step, self.total_steps, self.cfg.lr, self.cfg.schedule)
+        lr = self.lr_at(state.global_step)
         result, improved = state.close_epoch(train, val, lr)
         if self.is_main:
             metrics = {
@@ -289,8 +351,8 @@ class Trainer:
         if not (os.path.exists(self.best_path) or not self.is_main):
             return None
         if self.is_main:
-            self.model.load_state_dict(Checkpoint.load(self.best_path).state_dict)
-        dist_utils.broadcast_model(self.model)
+            self.eval_model.load_state_dict(Checkpoint.load(self.best_path).state_dict)
+        dist_utils.broadcast_model(self.eval_model)
         # a folder without test/ has no test figure (its workers end with the pass)
         return self.evaluate(self._loader("test", train=False))["accuracy"] if "test" in self.data.splits else None
 
@@ -305,6 +367,14 @@ def train(cfg: TrainConfig, reporter=None, resume: str | None = None) -> TrainRe
         raise
     dist_utils.teardown(finished=True)
     return result
+
+
+def train_labels(data) -> torch.Tensor:
+    """The training split's labels (for class weights and the balanced sampler)."""
+    split = data.split("train")
+    if isinstance(split, tuple):
+        return split[1]
+    return torch.tensor([label for _, label in split], dtype=torch.long)
 
 
 def close_loaders(*loaders) -> None:
