@@ -59,9 +59,7 @@ def test_gallery_lists_what_predict_gets_wrong(folder_and_model, tmp_path):
         assert key in res
     pred = json.loads(run_cnn("predict", ck, data, "--json", check=0).stdout)["predictions"]
     wrong = {
-        p["image"]: p["topk"][0]
-        for p in pred
-        if p["topk"][0]["class"] != os.path.basename(os.path.dirname(p["image"]))
+        p["image"]: p["topk"][0] for p in pred if p["topk"][0]["class"] != os.path.basename(os.path.dirname(p["image"]))
     }
     with open(out / "misclassified.csv") as f:
         rows = list(csv.DictReader(f))

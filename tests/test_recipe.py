@@ -15,21 +15,21 @@ from cnncli.engine import trainer as trainer_mod
 from cnncli.engine.runs import StopRequest
 from cnncli.engine.trainer import Interrupted, train
 
-RECIPE = dict(
-    augment="trivial",
-    mixup=0.2,
-    cutmix=1.0,
-    ema=True,
-    accumulate=2,
-    clip_grad=1.0,
-    warmup_epochs=0.5,
-    class_weights="balanced",
-    sampler="balanced",
-)
+RECIPE = {
+    "augment": "trivial",
+    "mixup": 0.2,
+    "cutmix": 1.0,
+    "ema": True,
+    "accumulate": 2,
+    "clip_grad": 1.0,
+    "warmup_epochs": 0.5,
+    "class_weights": "balanced",
+    "sampler": "balanced",
+}
 
 
 def _cfg(tmp_path, name, **kw):
-    base = dict(model="lenet", data="digits", epochs=2, batch_size=64, project=str(tmp_path), name=name)
+    base = {"model": "lenet", "data": "digits", "epochs": 2, "batch_size": 64, "project": str(tmp_path), "name": name}
     base.update(device="cpu", precision="32", deterministic=True, threads=2)
     return TrainConfig(**{**base, **kw})
 
@@ -78,7 +78,7 @@ def test_best_pt_holds_the_moving_average_not_the_raw_weights(tmp_path):
 
 def test_accumulated_micro_batches_equal_the_unsplit_batch(tmp_path):
     # lenet has no BatchNorm: the summed micro-batch gradients are the batch's, up to float rounding
-    kw = dict(augment="none", epochs=1, max_steps=6, label_smoothing=0.0)
+    kw = {"augment": "none", "epochs": 1, "max_steps": 6, "label_smoothing": 0.0}
     train(_cfg(tmp_path, "one", **kw))
     train(_cfg(tmp_path, "four", accumulate=4, **kw))
     a = Checkpoint.load(str(tmp_path / "one" / "last.pt")).state_dict

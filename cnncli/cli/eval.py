@@ -114,8 +114,9 @@ def eval_cmd(
     from cnncli.engine.runner import is_onnx
 
     dev = None if is_onnx(model) else pick_device(device)
-    res = evaluate_file(model, data, split, data_dir=data_dir, batch_size=batch_size, request=req, device=dev, log=log,
-                        gallery=gallery)
+    res = evaluate_file(
+        model, data, split, data_dir=data_dir, batch_size=batch_size, request=req, device=dev, log=log, gallery=gallery
+    )
     if dev is not None and not json_out:
         log_device(device, dev)
     if confusion:

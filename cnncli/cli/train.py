@@ -196,8 +196,7 @@ def train_cmd(
         ),
     ] = D.sampler,
     accumulate: Annotated[
-        int,
-        typer.Option("--accumulate", help="Split each batch into N micro-batches (less memory, the same step)."),
+        int, typer.Option("--accumulate", help="Split each batch into N micro-batches (less memory, the same step).")
     ] = D.accumulate,
     clip_grad: Annotated[
         Optional[float], typer.Option("--clip-grad", help="Clip the gradients' global norm (1.0 is usual).")
@@ -223,8 +222,7 @@ def train_cmd(
         ),
     ] = None,
     print_config: Annotated[
-        bool,
-        typer.Option("--print-config", help="Print the configuration these options make and exit (nothing runs)."),
+        bool, typer.Option("--print-config", help="Print the configuration these options make and exit (nothing runs).")
     ] = False,
     nproc_per_node: Annotated[
         Optional[int], typer.Option("--nproc-per-node", help="Launch N DDP processes with torchrun.")
@@ -239,16 +237,9 @@ def train_cmd(
         return
     given = dict(locals())
     cfg = _config(given)
-    if config:
-        from cnncli.engine.configfile import merge_config
-
-        cfg = merge_config(config, cfg, _from_command_line(ctx))
+    cfg = _with_config_file(cfg, config, ctx)
     if print_config:
-        from cnncli.engine.configfile import config_text
-
-        from cnncli.config import validate
-
-        sys.stdout.write(config_text(validate(cfg), config))
+        _print_config(cfg, config)
         return
     from cnncli.engine.runs import RunComplete
 
@@ -262,6 +253,11 @@ def train_cmd(
         return
     if result is None:  # not rank 0 of a torchrun job: rank 0 reports
         return
+    _report(result, cfg, resume, json_out)
+
+
+def _report(result, cfg, resume, json_out) -> None:
+    """The result (JSON, or the done line) and the commands to run next."""
     if json_out:
         emit_json(result.as_json())
     else:
@@ -295,6 +291,23 @@ def _config(given: dict) -> TrainConfig:
         _, h, w = parse_size(values["img_size"])
         values["img_size"] = [h, w]
     return TrainConfig(**values)
+
+
+def _with_config_file(cfg, path, ctx):
+    """--config FILE's options under the ones typed on the command line."""
+    if not path:
+        return cfg
+    from cnncli.engine.configfile import merge_config
+
+    return merge_config(path, cfg, _from_command_line(ctx))
+
+
+def _print_config(cfg, path) -> None:
+    """--print-config: the configuration, checked, in the --config file's format (JSON without one)."""
+    from cnncli.config import validate
+    from cnncli.engine.configfile import config_text
+
+    sys.stdout.write(config_text(validate(cfg), path))
 
 
 def _from_command_line(ctx) -> set[str]:

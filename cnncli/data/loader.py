@@ -74,7 +74,9 @@ class TensorLoader:
     def _indices(self) -> torch.Tensor:
         n = len(self.images)
         if self.train and self.sample_weights is not None:
-            idx = torch.multinomial(self.sample_weights.double(), n, replacement=True, generator=_gen(self.seed, self.epoch))
+            idx = torch.multinomial(
+                self.sample_weights.double(), n, replacement=True, generator=_gen(self.seed, self.epoch)
+            )
         elif self.train:
             idx = torch.randperm(n, generator=_gen(self.seed, self.epoch))
         else:
@@ -380,22 +382,19 @@ def make_loader(
     augment: str = "basic",
     sample_weights=None,
 ):
-    """The right loader for a TensorData or FolderData split; `augment` and `sample_weights` (training only) are
-    the recipe's --augment and --sampler balanced."""
+    """The right loader for a TensorData or FolderData split (`augment`, `sample_weights`: the recipe's)."""
     from cnncli.data.datasets import TensorData
 
     if isinstance(data, TensorData):
-        x, y = data.split(split)
         from cnncli.engine.recipe import policy
 
+        x, y = data.split(split)
         basic = augment != "none"
         return TensorLoader(
             x,
             y,
             batch_size=batch_size,
-            mean=data.mean,
-            std=data.std,
-            train=train,
+            **{"mean": data.mean, "std": data.std, "train": train},
             crop_padding=data.crop_padding if basic else 0,
             flip=data.flip and basic,
             seed=seed,

@@ -155,6 +155,33 @@ def build_for_training(
     return Built(spec, model, forward_model, channels_last)
 
 
+def loader_for(data, split: str, cfg: TrainConfig, device, dist, channels_last: bool, *, train: bool):
+    """A split's batches on the device, with the recipe's augmentation and sampler when training; evaluation
+    batches are at least EVAL_BATCH_MIN."""
+    from cnncli.config import EVAL_BATCH_MIN
+    from cnncli.data import make_loader
+    from cnncli.engine.recipe import balanced_sample_weights, train_labels
+
+    local = cfg.batch_size // dist.world_size
+    weights = None
+    if train and cfg.sampler == "balanced":
+        weights = balanced_sample_weights(train_labels(data), cfg.num_classes)
+    return make_loader(
+        data,
+        split,
+        batch_size=local if train else max(local, EVAL_BATCH_MIN),
+        train=train,
+        seed=cfg.seed,
+        device=device,
+        channels_last=channels_last,
+        workers=cfg.workers,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        augment=cfg.augment if train else "none",
+        sample_weights=weights,
+    )
+
+
 def optimizer_for(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD (Nesterov) or AdamW; no weight decay on biases and normalization scales."""
     params = [p for p in model.parameters() if p.requires_grad]  # frozen layers (--freeze) are not stepped

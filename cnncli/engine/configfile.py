@@ -50,7 +50,7 @@ def read_config(path: str) -> dict:
                 import yaml
             except ImportError:
                 raise UsageError(
-                    "--config: reading YAML needs PyYAML", 'pip install pyyaml, or give a .json or .toml file'
+                    "--config: reading YAML needs PyYAML", 'pip install "cnncli[yaml]", or give a .json or .toml file'
                 ) from None
             data = yaml.safe_load(text)
     except UsageError:

@@ -112,11 +112,7 @@ def metrics_from_logits(
     probs = all_logits.float().softmax(1).max(1).values if n else torch.zeros(0)
     res = EvalResult(acc, top5, loss, per_class, conf.tolist(), names, int(n), n / max(seconds, 1e-9))
     return replace(
-        res,
-        **class_report(conf, names),
-        predicted=pred.tolist(),
-        confidence=probs.tolist(),
-        labels=labels.tolist(),
+        res, **class_report(conf, names), predicted=pred.tolist(), confidence=probs.tolist(), labels=labels.tolist()
     )
 
 
@@ -242,9 +238,7 @@ def evaluate_file(
         workers = for_reading(files, runner.preprocess.channels, runner.preprocess.input_size[1:], runner.device)
     if batch_size is None:  # image files: batches small enough that decoding the next one overlaps the model
         batch_size = FILE_BATCH if files else EVAL_BATCH
-    res = measure(
-        runner, ds, split, path=path, batch_size=batch_size, workers=workers, name=name, log=log, notes=notes
-    )
+    res = measure(runner, ds, split, path=path, batch_size=batch_size, workers=workers, name=name, log=log, notes=notes)
     if gallery:
         png, csv = write_gallery(res, ds, split, gallery)
         log(f"misclassified: {len(res.mistakes()):,} images, {png} and {csv}")

@@ -204,3 +204,29 @@ def balanced_sample_weights(labels: torch.Tensor, num_classes: int) -> torch.Ten
     """Each image's draw weight so that every class is drawn equally often: 1 / its class's count."""
     counts = class_counts(labels, num_classes)
     return (1.0 / counts.clamp(min=1))[labels.long().cpu()]
+
+
+def train_labels(data) -> torch.Tensor:
+    """The training split's labels (for class weights and the balanced sampler)."""
+    split = data.split("train")
+    if isinstance(split, tuple):
+        return split[1]
+    return torch.tensor([label for _, label in split], dtype=torch.long)
+
+
+def build_recipe(model: nn.Module, cfg, data, device: torch.device, report=None):
+    """(frozen layers, the moving average or None, MixUp/CutMix, the loss with its class weights) of a run;
+    `report` hears what was frozen."""
+    from cnncli.engine.events import Note
+
+    frozen = Frozen(model, cfg.freeze, cfg.num_classes)
+    if frozen and report is not None:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        what = ", ".join(frozen.names)
+        report(Note(f"--freeze {cfg.freeze}: {frozen.count:,} parameters frozen ({what}), {trainable:,} train"))
+    ema = ModelEMA(model, cfg.ema_decay) if cfg.ema else None
+    mixing = Mixing(cfg.mixup, cfg.cutmix, cfg.num_classes, cfg.seed)
+    weight = None
+    if cfg.class_weights == "balanced":
+        weight = balanced_class_weights(train_labels(data), cfg.num_classes).to(device)
+    return frozen, ema, mixing, nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)

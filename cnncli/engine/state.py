@@ -34,6 +34,26 @@ class TrainResult:
         d.pop("history")
         return d
 
+    @classmethod
+    def of(cls, state: TrainState, run_dir: str, best: str, device: str, precision: str) -> TrainResult:
+        """A finished run's figures from its state."""
+        last = state.history[-1].val_accuracy if state.history else 0.0
+        speed = state.train_images / max(state.train_seconds, 1e-9)
+        best_acc = max(state.best_accuracy, 0.0)
+        return cls(
+            run_dir,
+            best,
+            len(state.history),
+            best_acc,
+            last,
+            speed,
+            device,
+            precision,
+            None,
+            "completed",
+            list(state.history),
+        )
+
 
 @dataclass
 class TrainState:

@@ -20,6 +20,38 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+def backward_in_parts(forward_model, criterion, x, target, y, cfg, scaler, running, dist) -> None:
+    """The gradients of one optimizer batch, computed in --accumulate micro-batches: each part's loss is weighted by
+    its share of the batch, so the summed gradient is the whole batch's mean (equal to the unsplit batch for a model
+    without BatchNorm, up to rounding). Under DDP only the last part synchronises the gradients."""
+    import contextlib
+
+    parts = cfg.accumulate
+    bounds = [len(y) * i // parts for i in range(parts + 1)]
+    for i in range(parts):
+        a, b = bounds[i], bounds[i + 1]
+        sync = i == parts - 1 or not dist.enabled
+        with contextlib.nullcontext() if sync else forward_model.no_sync():
+            with autocast(x.device, cfg.precision):
+                logits = forward_model(x[a:b])
+                loss = criterion(logits, target[a:b])
+            scaler.scale(loss * ((b - a) / len(y)) if parts > 1 else loss).backward()
+        running.add(loss, logits, y[a:b])
+
+
+def epoch_figures(state, sums: dict, seen: int, seconds: float, world_size: int, device) -> dict:
+    """An epoch's training loss, accuracy and speed, reduced across ranks; the throughput counters advanced."""
+    state.train_images += seen * world_size
+    state.train_seconds += seconds
+    loss, correct, n = dist_utils.all_reduce_sums([sums["loss"], sums["correct"], sums["n"]], device)
+    return {
+        "loss": loss / max(n, 1),
+        "accuracy": correct / max(n, 1),
+        "seconds": seconds,
+        "images_per_second": seen * world_size / max(seconds, 1e-9),
+    }
+
+
 class RunningSums:
     """An epoch's loss, correct count and non-finite-loss count: added to on the device at every step, moved to the
     host (`sums`, saved in last.pt) only when read."""

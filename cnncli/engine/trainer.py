@@ -11,22 +11,21 @@ signals), `state` (what last.pt carries).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 import torch.nn as nn
 
 from cnncli.checkpoint import Checkpoint
-from cnncli.config import EVAL_BATCH_MIN, TrainConfig, lr_at, validate
+from cnncli.config import TrainConfig, lr_at, validate
 from cnncli.engine import distributed as dist_utils
-from cnncli.engine.build import build_for_training, optimizer_for, seed_everything, training_data
+from cnncli.engine.build import build_for_training, loader_for, optimizer_for, seed_everything, training_data
 from cnncli.engine.device import pick_device, training_kernels
-from cnncli.engine.events import Epoch, Event, Note, Start, Step
+from cnncli.engine.events import Epoch, Event, Start, Step
 from cnncli.engine.runs import (  # noqa: F401  (Interrupted and the signal handling are the loop's API)
     Interrupted,
     RunFolder,
@@ -38,7 +37,7 @@ from cnncli.engine.runs import (  # noqa: F401  (Interrupted and the signal hand
 )
 from cnncli.engine.state import TrainResult, TrainState, restore
 from cnncli.engine.state import training_state as training_state_of
-from cnncli.engine.steps import RunningSums, autocast, evaluate_loader
+from cnncli.engine.steps import RunningSums, backward_in_parts, epoch_figures, evaluate_loader
 from cnncli.errors import UsageError
 
 SYNC_EVERY = 32  # training steps between the host's reads of the running loss and accuracy
@@ -53,6 +52,10 @@ class Trainer:
         if resume:
             cfg, self.resume_from, self.run_dir = resume_config(cfg, resume)
         self.cfg = validate(cfg)  # bad usage fails in a moment, before any data is loaded
+        from cnncli.engine.loggers import check_installed
+
+        self.logger_names = check_installed(self.cfg.logger)
+        self.loggers = None
         self.dist = dist_utils.setup(self.cfg.device)
         self.device = self.dist.device if self.dist.enabled else pick_device(self.cfg.device)
         self.is_main = self.dist.rank == 0
@@ -81,6 +84,8 @@ class Trainer:
             yield
         finally:
             close_loaders(getattr(self, "train_loader", None), getattr(self, "val_loader", None))
+            if self.loggers is not None:
+                self.loggers.close()
             if self.folder is not None:
                 self.folder.release()
 
@@ -112,55 +117,21 @@ class Trainer:
         self.warmup_steps = None if we is None else min(round(we * len(self.train_loader)), self.total_steps)
 
     def setup_recipe(self) -> None:
-        """The recipe's parts (engine/recipe.py): frozen layers, the weights' average, MixUp/CutMix, the loss with
-        its class weights."""
-        from cnncli.engine.recipe import Frozen, Mixing, ModelEMA, balanced_class_weights
+        """The recipe's parts (engine/recipe.py): frozen layers, the weights' average, MixUp/CutMix, the loss."""
+        from cnncli.engine.recipe import build_recipe
 
-        cfg = self.cfg
-        self.frozen = Frozen(self.model, cfg.freeze, cfg.num_classes)
-        if self.frozen and self.is_main:
-            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-            self.report(
-                Note(
-                    f"--freeze {cfg.freeze}: {self.frozen.count:,} parameters frozen ({', '.join(self.frozen.names)}),"
-                    f" {trainable:,} train"
-                )
-            )
-        self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema else None
-        self.mixing = Mixing(cfg.mixup, cfg.cutmix, cfg.num_classes, cfg.seed)
-        weight = None
-        if cfg.class_weights == "balanced":
-            weight = balanced_class_weights(train_labels(self.data), cfg.num_classes).to(self.device)
-        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+        self.frozen, self.ema, self.mixing, self.criterion = build_recipe(
+            self.model, self.cfg, self.data, self.device, self.report if self.is_main else None
+        )
 
     @property
     def eval_model(self) -> nn.Module:
         """What is evaluated and saved as best.pt: the weights' moving average with --ema, else the model."""
         return self.ema.module if self.ema is not None else self.model
+
     def _loader(self, split: str, *, train: bool):
-        """A split's batches on the device; evaluation batches are at least EVAL_BATCH_MIN."""
-        from cnncli.data import make_loader
-
-        from cnncli.engine.recipe import balanced_sample_weights
-
-        batch = self.local_batch if train else max(self.local_batch, EVAL_BATCH_MIN)
-        weights = None
-        if train and self.cfg.sampler == "balanced":
-            weights = balanced_sample_weights(train_labels(self.data), self.cfg.num_classes)
-        return make_loader(
-            self.data,
-            split,
-            batch_size=batch,
-            train=train,
-            seed=self.cfg.seed,
-            device=self.device,
-            channels_last=self.channels_last,
-            workers=self.cfg.workers,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            augment=self.cfg.augment if train else "none",
-            sample_weights=weights,
-        )
+        """A split's batches on the device (build.loader_for)."""
+        return loader_for(self.data, split, self.cfg, self.device, self.dist, self.channels_last, train=train)
 
     # --------------------------------------------------------------------------------------- start or resume
     def start_or_resume(self) -> TrainState:
@@ -179,24 +150,22 @@ class Trainer:
         self.folder = RunFolder(self.run_dir)
         self.last_path, self.best_path = self.folder.last, self.folder.best
         if self.is_main:
+            from cnncli.engine.loggers import Loggers
+
+            self.loggers = Loggers(self.logger_names, self.run_dir, self.cfg)  # connected before the folder is made
             self.folder.open(self.cfg)
-        self.report(
-            Start(
-                run_dir=self.run_dir,
-                device=str(self.device),
-                precision=self.cfg.precision,
-                model=self.spec.name,
-                data=self.cfg.data,
-                epochs=self.cfg.epochs,
-                batch_size=self.cfg.batch_size,
-                steps_per_epoch=len(self.train_loader),
-                input=list(self.data.input_size),
-                resumed_at=(state.epoch, state.step_in_epoch) if self.resume_from is not None else None,
-                threads=self.threads.describe() if self.threads else "",
-                train_samples=self.train_loader.num_samples * self.dist.world_size,
-            )
-        )
+        self.report(self._start_event(state))
         return state
+
+    def _start_event(self, state: TrainState) -> Start:
+        resumed = (state.epoch, state.step_in_epoch) if self.resume_from is not None else None
+        c = self.cfg
+        return Start(
+            *(self.run_dir, str(self.device), c.precision, self.spec.name, c.data, c.epochs, c.batch_size),
+            *(len(self.train_loader), list(self.data.input_size), resumed),
+            threads=self.threads.describe() if self.threads else "",
+            train_samples=self.train_loader.num_samples * self.dist.world_size,
+        )
 
     def checkpoint(self, state: TrainState, metrics: dict, *, training_state: bool) -> Checkpoint:
         """best.pt (weights, preprocessing, config) or, with the training state, last.pt."""
@@ -250,15 +219,7 @@ class Trainer:
         return self._epoch_figures(state, running.sums, seen, time.perf_counter() - t0)
 
     def _epoch_figures(self, state: TrainState, sums: dict, seen: int, seconds: float) -> dict:
-        state.train_images += seen * self.dist.world_size
-        state.train_seconds += seconds
-        loss, correct, n = dist_utils.all_reduce_sums([sums["loss"], sums["correct"], sums["n"]], self.device)
-        return {
-            "loss": loss / max(n, 1),
-            "accuracy": correct / max(n, 1),
-            "seconds": seconds,
-            "images_per_second": seen * self.dist.world_size / max(seconds, 1e-9),
-        }
+        return epoch_figures(state, sums, seen, seconds, self.dist.world_size, self.device)
 
     def _train_step(self, x, y, running: RunningSums, state: TrainState) -> float:
         """One optimizer step at the schedule's learning rate: MixUp/CutMix on the batch, its --accumulate
@@ -272,17 +233,7 @@ class Trainer:
         if self.mixing:
             x, target = self.mixing(x, y, state.global_step)
         self.optimizer.zero_grad(set_to_none=True)
-        parts = self.cfg.accumulate
-        bounds = [len(y) * i // parts for i in range(parts + 1)]
-        for i in range(parts):
-            a, b = bounds[i], bounds[i + 1]
-            sync = i == parts - 1 or not self.dist.enabled
-            with (contextlib.nullcontext() if sync else self.forward_model.no_sync()):
-                with autocast(self.device, self.cfg.precision):
-                    logits = self.forward_model(x[a:b])
-                    loss = self.criterion(logits, target[a:b])
-                self.scaler.scale(loss * ((b - a) / len(y)) if parts > 1 else loss).backward()
-            running.add(loss, logits, y[a:b])
+        backward_in_parts(self.forward_model, self.criterion, x, target, y, self.cfg, self.scaler, running, self.dist)
         if self.cfg.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.clip_grad)
@@ -307,17 +258,14 @@ class Trainer:
         lr = self.lr_at(state.global_step)
         result, improved = state.close_epoch(train, val, lr)
         if self.is_main:
-            metrics = {
-                "val_accuracy": val["accuracy"],
-                "val_loss": val["loss"],
-                "train_loss": train["loss"],
-                "train_accuracy": train["accuracy"],
-            }
+            metrics = {"val_accuracy": val["accuracy"], "val_loss": val["loss"]}
+            metrics.update(train_loss=train["loss"], train_accuracy=train["accuracy"])
             # checkpoints first: metrics.csv is rebuilt from last.pt's history on resume
             self.checkpoint(state, metrics, training_state=True).save(self.last_path)
             if improved:
                 self.checkpoint(state, metrics, training_state=False).save(self.best_path)
             self.folder.write_metrics(state.history)
+            self.loggers.epoch(state.history[-1])
         self.report(Epoch(**asdict(result), best=improved, epochs=self.cfg.epochs))
         return improved
 
@@ -329,22 +277,12 @@ class Trainer:
     def finish(self, state: TrainState, stopped: str) -> TrainResult:
         """The test split with the best weights, summary.json and curves.png."""
         test_acc = self._test_accuracy()
-        result = TrainResult(
-            self.run_dir,
-            self.best_path,
-            len(state.history),
-            max(state.best_accuracy, 0.0),
-            state.history[-1].val_accuracy if state.history else 0.0,
-            state.train_images / max(state.train_seconds, 1e-9),
-            str(self.device),
-            self.cfg.precision,
-            test_acc,
-            stopped,
-            list(state.history),
-        )
+        result = TrainResult.of(state, self.run_dir, self.best_path, str(self.device), self.cfg.precision)
+        result = replace(result, test_accuracy=test_acc, stopped=stopped)
         if self.is_main:
             summary = {**result.as_json(), "model": self.spec.name, "data": self.cfg.data}
             self.folder.write_summary(summary, state.history, f"{self.spec.name} on {self.cfg.data}")
+            self.loggers.finish(self.run_dir)
         return result
 
     def _test_accuracy(self) -> float | None:
@@ -367,14 +305,6 @@ def train(cfg: TrainConfig, reporter=None, resume: str | None = None) -> TrainRe
         raise
     dist_utils.teardown(finished=True)
     return result
-
-
-def train_labels(data) -> torch.Tensor:
-    """The training split's labels (for class weights and the balanced sampler)."""
-    split = data.split("train")
-    if isinstance(split, tuple):
-        return split[1]
-    return torch.tensor([label for _, label in split], dtype=torch.long)
 
 
 def close_loaders(*loaders) -> None:
