@@ -105,6 +105,7 @@ class Checkpoint:
     fcn: dict | None = None  # the fully-convolutional conversion's facts (stride, RF, offset)
     training: dict | None = None  # last.pt only: TRAINING_KEYS
     versions: dict = field(default_factory=dict)
+    pretrained: dict | None = None  # the published weights the run started from (models/published.py: record)
 
     @property
     def fully_convolutional(self) -> bool:
@@ -131,6 +132,8 @@ class Checkpoint:
             "global_step": self.global_step,
             "fcn": self.fcn,
         }
+        if self.pretrained is not None:
+            d["pretrained"] = dict(self.pretrained)
         if self.training is not None:
             missing = set(TRAINING_KEYS) - set(self.training)
             if missing:
@@ -163,12 +166,7 @@ class Checkpoint:
             keys = (*TRAINING_KEYS, *OPTIONAL_TRAINING_KEYS)
             training = {k: d[k] for k in keys if k in d} if "optimizer" in d else None
             dataset, args, metrics = d.get("dataset") or "", d.get("args") or {}, d.get("metrics") or {}
-            kinds = [("dataset", str), ("args", dict), ("metrics", dict)]
-            for (name, kind), value in zip(kinds, (dataset, args, metrics)):
-                if not isinstance(value, kind):
-                    raise TypeError(f"{name!r} is a {type(value).__name__}, not a {kind.__name__}")
-            if d.get("fcn") is not None and not isinstance(d.get("fcn"), dict):
-                raise TypeError(f"'fcn' is a {type(d.get('fcn')).__name__}, not a dict")
+            _check_kinds(d, dataset, args, metrics)
             if training is not None and not isinstance(training.get("optimizer"), dict):
                 raise TypeError("'optimizer' is not an optimizer state dict")
             return cls(
@@ -184,6 +182,7 @@ class Checkpoint:
                 d.get("fcn"),
                 training,
                 versions if isinstance(versions := d.get("versions"), dict) else {},
+                d.get("pretrained"),
             )
 
     def save(self, path: str) -> None:
@@ -194,6 +193,17 @@ class Checkpoint:
     @classmethod
     def load(cls, path: str, map_location="cpu") -> Checkpoint:
         return cls.from_dict(load_dict(path, map_location), path)
+
+
+def _check_kinds(d: dict, dataset, args, metrics) -> None:
+    """The optional fields' types (TypeError names the first that is wrong)."""
+    kinds = [("dataset", str), ("args", dict), ("metrics", dict)]
+    for (name, kind), value in zip(kinds, (dataset, args, metrics)):
+        if not isinstance(value, kind):
+            raise TypeError(f"{name!r} is a {type(value).__name__}, not a {kind.__name__}")
+    for name in ("fcn", "pretrained"):
+        if d.get(name) is not None and not isinstance(d.get(name), dict):
+            raise TypeError(f"{name!r} is a {type(d.get(name)).__name__}, not a dict")
 
 
 def _spec_and_preprocess(d: dict) -> tuple[ModelSpec, Preprocess]:

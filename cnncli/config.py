@@ -282,11 +282,12 @@ def _check_places(cfg: TrainConfig) -> None:
 
 
 def is_weights_name(text: str) -> bool:
-    """A published weights name (IMAGENET1K_V1, DEFAULT, timm's tag like in1k) rather than a file: no path separator,
-    no file suffix, and no such file here."""
+    """A published weights name (DEFAULT, IMAGENET1K_V1, ResNet18_Weights.IMAGENET1K_V1, timm's tag like a1_in1k)
+    rather than a file: no path separator, no file suffix, and no such file here."""
     import re
 
-    return bool(re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", text or "")) and not os.path.lexists(text)
+    name = r"(?:[A-Za-z][A-Za-z0-9]*_Weights\.)?[A-Za-z][A-Za-z0-9_]*"
+    return bool(re.fullmatch(name, text or "")) and not os.path.lexists(text)
 
 
 def resolve_precision(precision: str, device_type: str, bf16: bool) -> str:

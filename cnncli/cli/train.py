@@ -129,7 +129,8 @@ def train_cmd(
         Optional[str],
         typer.Option(
             "--weights",
-            help="Start from a model file's weights (state dict, checkpoint, TorchScript...): fitting tensors load, a head for other classes is re-made.",
+            help="Start from a model file's weights (state dict, checkpoint, TorchScript...) or a published weights name "
+            "(IMAGENET1K_V1, DEFAULT, a timm tag like a1_in1k): fitting tensors load, a head for other classes is re-made.",
         ),
     ] = D.weights,
     trust_pickle: Annotated[
@@ -152,7 +153,8 @@ def train_cmd(
         typer.Option(
             "--pretrained",
             help="Start from the architecture's published weights (torchvision's DEFAULT, timm's pretrained tag), "
-            "downloaded once into the torch.hub cache ($TORCH_HOME) with their hash checked.",
+            "downloaded once into the torch.hub cache ($TORCH_HOME; timm's: the Hugging Face cache) with their hash "
+            "checked; their mean/std and input size are used. CNN_WEIGHTS_MIRROR=URL replaces the download host.",
         ),
     ] = D.pretrained,
     freeze: Annotated[

@@ -14,18 +14,19 @@ import torch
 import torch.nn as nn
 
 from cnncli.checkpoint import Checkpoint, ModelSpec
-from cnncli.config import SGD_MOMENTUM, RunFacts, TrainConfig, resolve
+from cnncli.config import SGD_MOMENTUM, RunFacts, TrainConfig, is_weights_name, resolve
 from cnncli.engine.events import Note
 from cnncli.errors import UsageError
 
 
-def training_data(cfg: TrainConfig, device: torch.device, dist, report: Callable | None, resumed: bool = False):
-    """(the dataset, the config made concrete from what the data and the device are, the CPU thread plan). The
-    dataset is the whole small-image set as one uint8 tensor on the device, or a folder streamed from disk. On a
-    CPU the thread policy (engine/threads.py) shares the cores between torch's threads and the data workers, and is
-    applied here. `report` (rank 0's) hears the data's notes."""
+def training_data(
+    cfg: TrainConfig, device: torch.device, dist, report: Callable | None, resumed: bool = False, published=None
+):
+    """(the dataset, the config made concrete from what the data and the device are, the CPU thread plan): the
+    whole small-image set as one uint8 tensor on the device, or a folder streamed from disk; published weights'
+    mean/std and size (_as_published); on a CPU the thread policy (engine/threads.py), applied here. `report`
+    (rank 0's) hears the data's notes."""
     from cnncli.data import load_dataset
-    from cnncli.engine import threads
     from cnncli.engine.device import bf16_supported
 
     data = load_dataset(cfg.data, cfg.data_dir, image_size=tuple(cfg.img_size) if cfg.img_size else None)
@@ -36,19 +37,13 @@ def training_data(cfg: TrainConfig, device: torch.device, dist, report: Callable
         )
     for note in getattr(data, "notes", ()) if report else ():
         report(Note(note))
+    if published is not None:
+        data = _as_published(data, published, cfg, report)
     if folder := getattr(data, "folders", None) is not None:
         data = _folder_ready(data, cfg, report)
     elif cfg.cache in ("ram", "disk") and report:
         report(Note(f"--cache {cfg.cache}: {cfg.data} is held in memory already (--cache is for image folders)"))
-    plan = None
-    if device.type == "cpu":
-        # the decoding cost only decides the workers: none is measured when --workers is given, and a cached
-        # training split has nothing left to decode
-        streams = folder and cfg.workers is None and data.cached("train") is None and threads.decoding_is_costly(data)
-        plan = threads.plan(cfg.threads, cfg.workers, streams_files=streams, deterministic=cfg.deterministic)
-        if resumed and cfg.threads is not None:  # the count the run chose, from its args.json
-            plan = replace(plan, chosen_by="as saved")
-        threads.apply(plan)
+    plan = _thread_plan(cfg, data, folder, resumed) if device.type == "cpu" else None
     facts = RunFacts(
         data.epochs,
         data.batch_size,
@@ -67,13 +62,84 @@ def training_data(cfg: TrainConfig, device: torch.device, dist, report: Callable
     return data, cfg, plan
 
 
+def published_weights(cfg: TrainConfig, resume_from: Checkpoint | None):
+    """The published weights a run starts from, named by --pretrained or --weights NAME, or a resumed run's record;
+    None when it starts from a file or from scratch."""
+    from cnncli.models.published import Published, published_for
+
+    if resume_from is not None:
+        return Published.from_record(resume_from.pretrained) if resume_from.pretrained else None
+    if not (cfg.pretrained or (cfg.weights and is_weights_name(cfg.weights))):
+        return None
+    from cnncli.models import resolve as resolve_model
+
+    return published_for(resolve_model(cfg.model), None if cfg.pretrained else cfg.weights)
+
+
+def _thread_plan(cfg: TrainConfig, data, folder: bool, resumed: bool):
+    """The CPU thread plan, applied. The decoding cost only decides the workers: none is measured when --workers is
+    given, and a cached training split has nothing left to decode."""
+    from cnncli.engine import threads
+
+    streams = folder and cfg.workers is None and data.cached("train") is None and threads.decoding_is_costly(data)
+    plan = threads.plan(cfg.threads, cfg.workers, streams_files=streams, deterministic=cfg.deterministic)
+    if resumed and cfg.threads is not None:  # the count the run chose, from its args.json
+        plan = replace(plan, chosen_by="as saved")
+    threads.apply(plan)
+    return plan
+
+
+def step_counts(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int | None]:
+    """(the run's optimizer steps, its warm-up steps or None); UsageError when an epoch has no batch at all."""
+    if batches_per_epoch == 0:
+        raise UsageError(f"batch size {cfg.batch_size} is larger than the training set", "use a smaller --batch-size")
+    total = cfg.epochs * batches_per_epoch
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    we = cfg.warmup_epochs
+    return total, (None if we is None else min(round(we * batches_per_epoch), total))
+
+
+def starting_file(cfg: TrainConfig, published, resumed: bool, report: Callable, progress: bool) -> str | None:
+    """The file a new run's tensors come from: --weights FILE, or the published weights' file, fetched (or found in
+    the cache) before any data is read; a progress bar on a terminal. None for a resumed run (last.pt has them)."""
+    if resumed or published is None:
+        return None if resumed else cfg.weights
+    import sys
+
+    from cnncli.models.published import fetch
+
+    return fetch(published, lambda m: report(Note(m)), progress=progress and sys.stderr.isatty())
+
+
+def _as_published(data, published, cfg: TrainConfig, report: Callable | None):
+    """The data normalized as the published weights were trained (their mean/std; averaged for grey images), and a
+    folder's images at the weights' own input size unless --img-size gives one."""
+    mean, std = published.mean, published.std
+    c = data.input_size[0]
+    if c != len(mean):
+        mean, std = (sum(mean) / len(mean),) * c, (sum(std) / len(std),) * c
+    data = replace(data, mean=tuple(mean), std=tuple(std))
+    if getattr(data, "folders", None) is not None and cfg.img_size is None:
+        side = published.crop_size
+        data = replace(data, image_size=(side, side))
+        if report:
+            report(
+                Note(
+                    f"{data.name}: images resized to {side}x{side}, the size {published.name} was made at; "
+                    "--img-size HxW sets another"
+                )
+            )
+    return data
+
+
 def _folder_ready(data, cfg: TrainConfig, report: Callable | None):
     """A folder dataset at its training size (the median, capped, unless --img-size), its images decoded once into
     the cache --cache asks for (data/cache.py)."""
     from cnncli.data._registry import default_data_dir
     from cnncli.data.cache import attach
 
-    if cfg.img_size is None:
+    if cfg.img_size is None and not cfg.pretrained and not (cfg.weights and is_weights_name(cfg.weights)):
         data = _capped_size(data, cfg.model, report)
     say = (lambda m: report(Note(m))) if report else None
     return attach(data, cfg.cache, cfg.data_dir or default_data_dir(), say)
@@ -115,8 +181,16 @@ class Built(NamedTuple):
 
 
 def build_for_training(
-    cfg: TrainConfig, input_size, device: torch.device, dist, resume_from: Checkpoint | None, report: Callable
+    cfg: TrainConfig,
+    input_size,
+    device: torch.device,
+    dist,
+    resume_from: Checkpoint | None,
+    report: Callable,
+    start: str | None = None,
 ) -> Built:
+    """The model to train: a resumed run's layout, or fresh, its tensors from `start` (a --weights file or the
+    published weights' cached file) where they fit."""
     from cnncli.models import build_model
     from cnncli.models import resolve as resolve_model
     from cnncli.models.open import probe
@@ -128,13 +202,13 @@ def build_for_training(
     name = info.qualified if info.source != "file" else cfg.model
     spec = ModelSpec(name, cfg.num_classes, c, (h, w), resume_from.model.build_size if resume_from else None)
     weights = None
-    if cfg.weights and resume_from is None:  # a resumed run has its weights in last.pt
-        weights = read_weights(cfg.weights, spec.name, spec.input_size, trust_pickle=cfg.trust_pickle, exact=False)
+    if start and resume_from is None:  # a resumed run has its weights in last.pt
+        weights = read_weights(start, spec.name, spec.input_size, trust_pickle=cfg.trust_pickle, exact=False)
         spec = replace(spec, build_size=weights.build_size(info.source, spec.image_size))
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(spec)
     if weights is not None:
-        done = transfer_weights(model, weights.state, cfg.weights)
+        done = transfer_weights(model, weights.state, start)
         report(Note(message=f"weights from {weights.describe(spec.build_size)}: {done.summary()}"))
     out = probe(model.eval(), spec.input_size)
     if out.dim() != 2 or out.shape[1] != spec.num_classes:  # fails here, before any file is written

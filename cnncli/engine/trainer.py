@@ -23,7 +23,16 @@ import torch.nn as nn
 from cnncli.checkpoint import Checkpoint
 from cnncli.config import TrainConfig, lr_at, validate
 from cnncli.engine import distributed as dist_utils
-from cnncli.engine.build import build_for_training, loader_for, optimizer_for, seed_everything, training_data
+from cnncli.engine.build import (
+    build_for_training,
+    loader_for,
+    optimizer_for,
+    published_weights,
+    seed_everything,
+    starting_file,
+    step_counts,
+    training_data,
+)
 from cnncli.engine.device import pick_device, training_kernels
 from cnncli.engine.events import Epoch, Event, Start, Step
 from cnncli.engine.runs import (  # noqa: F401  (Interrupted and the signal handling are the loop's API)
@@ -55,6 +64,7 @@ class Trainer:
         from cnncli.engine.loggers import check_installed
 
         self.logger_names = check_installed(self.cfg.logger)
+        self.published = published_weights(self.cfg, self.resume_from)  # a name that is not published fails here
         self.loggers = None
         self.dist = dist_utils.setup(self.cfg.device)
         self.device = self.dist.device if self.dist.enabled else pick_device(self.cfg.device)
@@ -95,10 +105,13 @@ class Trainer:
         seed_everything(self.cfg.seed, self.cfg.deterministic)
         training_kernels(self.device, self.cfg.deterministic)  # TF32, cuDNN autotuning (CUDA only)
         report, resumed = (self.report if self.is_main else None), self.resume_from is not None
-        self.data, self.cfg, self.threads = training_data(self.cfg, self.device, self.dist, report, resumed)
+        start = starting_file(self.cfg, self.published, resumed, self.report, progress=self.is_main)
+        self.data, self.cfg, self.threads = training_data(
+            self.cfg, self.device, self.dist, report, resumed, self.published
+        )
         self.local_batch = self.cfg.batch_size // self.dist.world_size
         built = build_for_training(
-            self.cfg, self.data.input_size, self.device, self.dist, self.resume_from, self.report
+            self.cfg, self.data.input_size, self.device, self.dist, self.resume_from, self.report, start
         )
         self.spec, self.model, self.forward_model, self.channels_last = built
         self.setup_recipe()
@@ -106,15 +119,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.precision == "16")
         self.train_loader = self._loader("train", train=True)
         self.val_loader = self._loader("val", train=False)
-        if len(self.train_loader) == 0:
-            raise UsageError(
-                f"batch size {self.cfg.batch_size} is larger than the training set", "use a smaller --batch-size"
-            )
-        self.total_steps = self.cfg.epochs * len(self.train_loader)
-        if self.cfg.max_steps:
-            self.total_steps = min(self.total_steps, self.cfg.max_steps)
-        we = self.cfg.warmup_epochs
-        self.warmup_steps = None if we is None else min(round(we * len(self.train_loader)), self.total_steps)
+        self.total_steps, self.warmup_steps = step_counts(self.cfg, len(self.train_loader))
 
     def setup_recipe(self) -> None:
         """The recipe's parts (engine/recipe.py): frozen layers, the weights' average, MixUp/CutMix, the loss."""
@@ -177,6 +182,7 @@ class Trainer:
         return Checkpoint(
             *(self.spec, weights, self.data.preprocess, self.cfg.data, self.cfg.to_dict(), metrics),
             *(state.epoch, state.step_in_epoch, state.global_step, None, training),
+            pretrained=self.published.record() if self.published is not None else None,
         )
 
     # ------------------------------------------------------------------------------------------------- train

@@ -44,6 +44,10 @@ def read_weights(path: str, name: str, input_size, *, trust_pickle: bool, exact:
     from cnncli.models.detect import fit_named
     from cnncli.models.files import read_model_file, weights_of
 
+    if path.endswith(".safetensors"):  # timm's published weights, from the Hugging Face cache
+        from safetensors.torch import load_file
+
+        return Weights(path, load_file(path), " (safetensors)", None, {})
     mf = read_model_file(path, trust_pickle=trust_pickle)
     state, where = weights_of(mf)
     fit = None
