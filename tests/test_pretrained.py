@@ -151,11 +151,17 @@ def test_weights_that_are_not_published_exit_2_before_anything_is_fetched(tmp_pa
     assert len(server.requests) == asked and _cached(tmp_path) == []
 
 
-def test_timm_weights_offline_exit_2_naming_the_hugging_face_cache(tmp_path, pets):
-    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}  # read when huggingface_hub is imported
-    r = run_cnn("train", "timm:resnet18", "--pretrained", "--data", f"folder:{pets}", env=env, sub=True)
+def test_timm_weights_offline_exit_2_naming_the_hugging_face_cache(tmp_path, pets, monkeypatch):
+    from huggingface_hub import constants  # HF_HOME and HF_HUB_OFFLINE are read once, when it is imported
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    r = run_cnn("train", "timm:resnet18", "--pretrained", "--data", f"folder:{pets}", "--project", tmp_path / "runs")
     assert r.returncode == 2 and r.stderr.count("error:") == 1, r.stderr
-    assert "resnet18.a1_in1k" in r.stderr and "models--timm--resnet18.a1_in1k" in r.stderr
+    assert (
+        "resnet18.a1_in1k" in r.stderr and str(tmp_path / "hf" / "hub" / "models--timm--resnet18.a1_in1k") in r.stderr
+    )
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_mirror_that_is_not_a_url_exits_2(tmp_path, pets):
