@@ -137,6 +137,29 @@ def test_attention_is_counted():
     assert attn["macs"] == 4 * 197 * 768 * 768 + 2 * 197 * 197 * 768
 
 
+@pytest.mark.parametrize(
+    "name,row,jump",
+    [
+        ("tv:vit_b_16", "encoder", [16, 16]),  # a class token ahead of the 14x14 grid of the 16-pixel patches
+        ("timm:deit_tiny_distilled_patch16_224", "blocks", [16, 16]),  # class and distillation tokens
+        ("timm:mixer_s16_224", "blocks", [16, 16]),  # no extra token
+        ("timm:levit_128s", "stages.2", None),  # a 4x4 grid made by attention: unknown, not 224/4 = 56 (it is 64)
+    ],
+)
+def test_a_global_row_of_tokens_steps_by_its_grids_stride(name, row, jump):
+    """#29: tokens mixed by attention still sit on the grid they were cut from; its stride comes from the exact row
+    upstream with as many tokens, never from dividing the image by a token count."""
+    from cnncli.models.detect import build_on_meta
+
+    if name.startswith("timm:"):
+        pytest.importorskip("timm")  # in the [dev] extra: CI runs these
+    res = summarize(build_on_meta(name, 1000, 3, (224, 224)), (3, 224, 224), depth=2, measure=False).as_json()
+    rows = {r["name"]: r for r in res["layers"]}
+    assert rows[row]["jump"] == jump, rows[row]
+    if jump is not None:
+        assert rows[row]["receptive_field"] == "global"
+
+
 def _saved_by_graph(out, model) -> int:
     """Bytes of the tensors the autograd graph of `out` holds for backward, found by walking the graph's nodes and
     their `_saved_*` attributes (no hooks): each storage once, parameters and buffers excluded."""

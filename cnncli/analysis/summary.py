@@ -231,14 +231,17 @@ def _summarize(work: nn.Module, dev, model: nn.Module, input_size, depth, device
         unknown = [quals[i] for i in shown if infos[i].depth <= 2]
     measured = _measure(model, real, unknown, input_size, device, traced) if unknown and measure else {}
 
-    rows, seen = [], {}
+    rows, seen, grids = [], {}, {}
     for i, info in enumerate(infos):  # the k-th row of a module is its k-th call: its field is that call's
         qual = quals[i]
         k = seen[qual] = seen.get(qual, -1) + 1
+        f = (traced.of_call(qual, k) if traced else None) if qual else (traced.output if traced else None)
+        token_jump = _token_jump(f, info.output_size, traced, qual, grids)
         if i not in shown:
             continue
-        f = (traced.of_call(qual, k) if traced else None) if qual else (traced.output if traced else None)
         values = _field_values(f, measured.get(qual), input_size, info.output_size, traced, qual)
+        if values[1] is None and values[2] is not None and token_jump:
+            values = (values[0], token_jump, values[2])
         rows.append(_row(info, qual, depth, own[i], inclusive.get(qual, 0) if qual else total_macs, values))
     rf, jump, kind = _field_values(traced.output if traced else None, measured.get(""), input_size, None, traced, "")
     return Summary(
@@ -358,6 +361,25 @@ def _field_values(f, measured: dict | None, input_size, output_size, traced, qua
         kind = "at least" if any(measured["clipped"]) else "measured"
         return measured["receptive_field"], jump, kind
     return None, None, None
+
+
+def _token_jump(f, output_size, traced, qual: str, grids: dict) -> list | None:
+    """A global or measured row of tokens steps by the stride of the grid its tokens came from: the exact rows upstream with
+    as many tokens or map positions (less a class and a distillation token ahead of them) say which; None when no
+    such row ran (a grid made by attention itself, as LeViT's later stages: the jump stays unknown rather than
+    guessed). Exact rows are recorded in `grids` as the walk passes them (shown or not)."""
+    lay = traced.layouts.get(qual) if traced and qual else None
+    if not lay or not output_size or len(lay) != len(output_size):
+        return None
+    if isinstance(f, Field) and "h" in lay and "w" in lay:  # a map, flattened into tokens further on (LeViT)
+        grids.setdefault(output_size[lay.index("h")] * output_size[lay.index("w")], list(f.jump_value))
+    if "s" not in lay:
+        return None
+    n = output_size[lay.index("s")]
+    if isinstance(f, Field):
+        grids.setdefault(n, list(f.jump_value))
+        return None
+    return next((grids[n - extra] for extra in (0, 1, 2) if n - extra in grids), None)
 
 
 def _map_size(output_size, layout) -> tuple[int, int] | None:
