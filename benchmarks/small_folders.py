@@ -1,7 +1,7 @@
 """Small image folders with the defaults against the best of a learning-rate sweep, from scratch and from --weights.
 
-Usage: python benchmarks/small_folders.py [MODEL] [LRS] [FOLDERS]
-       (default resnet18, 0.01,0.03,0.1, colours,shapes,digits)
+Usage: python benchmarks/small_folders.py [MODEL] [LRS] [FOLDERS] [SEEDS]
+       (default resnet18, 0.01,0.03,0.1, colours,shapes,digits, 1)
 
 Writes three small folders of its own making (train/ and test/, PNGs): `colours` (3 classes: the colour of a blob
 on noise, 32x32), `shapes` (squares, discs and triangles in random colours, 40x40) and `digits` (scikit-learn's
@@ -9,7 +9,9 @@ on noise, 32x32), `shapes` (squares, discs and triangles in random colours, 40x4
 folder's default epochs) with no flags and with each `--lr` of the sweep; and again from `--weights`: the best.pt
 of the same model trained with no flags on another folder (shapes <- colours, colours <- shapes, digits <-
 shapes), as a user fine-tunes a saved model. Prints test top-1 (the test/ folder, `cnn eval`) per run, and per
-folder whether the defaults reach the best of the sweep.
+folder whether the defaults reach the best of the sweep. With SEEDS > 1 every run is repeated with --seed
+0..SEEDS-1 (the --weights are seed 0's) and the cells are the mean test top-1 over the seeds (one test image is
+0.8-1.1 points on these test/ folders: a single seed cannot tell such a gap from noise).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 MODEL = sys.argv[1] if len(sys.argv) > 1 else "resnet18"
 LRS = (sys.argv[2] if len(sys.argv) > 2 else "0.01,0.03,0.1").split(",")
 FOLDERS = (sys.argv[3] if len(sys.argv) > 3 else "colours,shapes,digits").split(",")
+SEEDS = int(sys.argv[4]) if len(sys.argv) > 4 else 1
 SOURCE = {"shapes": "colours", "colours": "shapes", "digits": "shapes"}
 CNN = [sys.executable, "-m", "cnncli"]
 
@@ -54,7 +57,11 @@ def colours(root: str, n: int, seed: int, size: int = 32) -> None:
 def shapes(root: str, n: int, seed: int, size: int = 40) -> None:
     """benchmarks/deploy.py's shapes (squares, discs, triangles in random colours on noise), at 40x40."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from deploy import shapes as deploy_shapes
+    argv, sys.argv = sys.argv, sys.argv[:1]  # deploy.py reads its own arguments when it is imported
+    try:
+        from deploy import shapes as deploy_shapes
+    finally:
+        sys.argv = argv
 
     deploy_shapes(root, n, seed, size)
 
@@ -121,26 +128,37 @@ def train(folder: str, project: str, name: str, *extra: str) -> dict:
     return {"accuracy": acc, "seconds": time.perf_counter() - t0, "best": out["best_checkpoint"], "log": log}
 
 
+def seeded(folder: str, project: str, name: str, *extra: str) -> dict:
+    """`train` once per seed: the mean accuracy, seed 0's checkpoint and log."""
+    runs = [train(folder, project, f"{name}-s{s}", "--seed", str(s), *extra) for s in range(SEEDS)]
+    if any("error" in r for r in runs):
+        return next(r for r in runs if "error" in r)
+    accs = [r["accuracy"] for r in runs]
+    return {**runs[0], "accuracy": sum(accs) / len(accs), "accuracies": accs}
+
+
 def main() -> None:
     tmp = tempfile.mkdtemp(prefix="cnn-small-")
     folders = {n: write(n, tmp) for n in dict.fromkeys([*FOLDERS, *(SOURCE[f] for f in FOLDERS)])}
     results: dict[tuple[str, str, str], dict] = {}
     defaults: dict[str, dict] = {}
     for name in folders:  # the defaults first: their best.pt are the --weights of the fine-tuning runs
-        defaults[name] = train(folders[name], tmp, f"{name}-default")
+        run = seeded if name in FOLDERS else train  # a source only for --weights: seed 0
+        defaults[name] = run(folders[name], tmp, f"{name}-default")
     for name in FOLDERS:
         results[(name, "scratch", "default")] = defaults[name]
         for lr in LRS:
-            results[(name, "scratch", lr)] = train(folders[name], tmp, f"{name}-lr{lr}", "--lr", lr)
+            results[(name, "scratch", lr)] = seeded(folders[name], tmp, f"{name}-lr{lr}", "--lr", lr)
         weights = defaults[SOURCE[name]].get("best")
         if weights is None:
             continue
-        results[(name, "weights", "default")] = train(folders[name], tmp, f"{name}-w-default", "--weights", weights)
+        results[(name, "weights", "default")] = seeded(folders[name], tmp, f"{name}-w-default", "--weights", weights)
         for lr in LRS:
-            results[(name, "weights", lr)] = train(
+            results[(name, "weights", lr)] = seeded(
                 folders[name], tmp, f"{name}-w-lr{lr}", "--weights", weights, "--lr", lr
             )
-    print(f"\n{MODEL}, test top-1 (cnn eval on test/), folder default epochs")
+    seeds = f", mean of seeds 0-{SEEDS - 1}" if SEEDS > 1 else ""
+    print(f"\n{MODEL}, test top-1 (cnn eval on test/), folder default epochs{seeds}; load {os.getloadavg()[0]:.1f}")
     print(
         f"{'folder':8} {'start':8} "
         + " ".join(f"{c:>9}" for c in ["default", *(f"lr {lr}" for lr in LRS)])
@@ -156,6 +174,11 @@ def main() -> None:
             verdict = "reach the best" if accs[0] >= best - 1e-9 else f"{(best - accs[0]) * 100:.1f} points below"
             cells = " ".join(f"{a:9.2%}" if a == a else f"{'error':>9}" for a in accs)
             print(f"{name:8} {start:8} {cells}  {verdict}")
+            if SEEDS > 1:
+                per = "  ".join(
+                    f"{k}: {[f'{a:.2%}' for a in r.get('accuracies', [])]}" for k, r in zip(["default", *LRS], runs)
+                )
+                print(f"{'':17} per seed {per}")
     chosen = {n: [line for line in r.get("log", "").splitlines() if "lr" in line][:2] for n, r in defaults.items()}
     print("\nwhat the defaults chose (train's log):")
     for n, lines in chosen.items():
