@@ -173,7 +173,9 @@ def check_zoo_model(name: str, base: int) -> dict:
         return kept[0]
 
     # vision transformers take the square image they were built for (any multiple of their patch: built small)
-    square = name.startswith("vit_") or any("patch_embed" in n for n, _ in model.named_modules())
+    square = name.startswith("vit_") or any(
+        "patch_embed" in n or type(m).__name__ == "PatchEmbed" for n, m in model.named_modules()
+    )  # mixer and resmlp cut their patches in a `stem` that is timm's PatchEmbed
     step = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).stride[0] if square else 32
     short = -(-64 // step) * step if square else max(64, base // 2 if base >= 128 else base)
 
@@ -183,6 +185,9 @@ def check_zoo_model(name: str, base: int) -> dict:
         return max(-(-n // step) * step, short)
 
     per_pixel = _prefix_macs(name, model, (base, base), list(finite) + ([first_global] if first_global else []))
+    # a container the model loops over itself (fastvit's `stages`) never runs as a module: nothing to hook
+    finite = {s: f for s, f in finite.items() if s in per_pixel}
+    first_global = first_global if first_global in per_pixel else None
 
     def first_global_fits(stage) -> bool:
         s = short if square else base
