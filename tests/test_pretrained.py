@@ -139,6 +139,7 @@ def test_offline_names_the_url_and_the_cache_path_where_the_file_can_be_put(tmp_
     "model,args,needle",
     [
         ("resnet18", ["--weights", "NOPE"], "published for it: DEFAULT, IMAGENET1K_V1"),
+        ("resnet18", ["--weights", "ResNet50_Weights.IMAGENET1K_V1"], "no published weights named"),
         ("lenet", ["--pretrained"], "has no published weights"),
         ("resnet18", ["--pretrained", "--weights", "DEFAULT"], "give one of them"),
         ("timm:resnet18", ["--weights", "zz_in1k"], "published tags for resnet18: DEFAULT, a1_in1k"),

@@ -88,8 +88,8 @@ def published_for(info, tag: str | None) -> Published:
             "torchvision's and timm's models do (`cnn models --source torchvision`); or give --weights FILE",
         ) from None
     names = [n for n in enum.__members__ if n != "DEFAULT"]
-    wanted = (tag or "DEFAULT").split(".")[-1]
-    if wanted not in enum.__members__:
+    prefix, _, wanted = (tag or "DEFAULT").rpartition(".")
+    if wanted not in enum.__members__ or prefix not in ("", enum.__name__):  # ResNet50_Weights.X is not resnet18's
         raise UsageError(
             f"{info.name} has no published weights named {shown(tag)}",
             f"published for it: DEFAULT, {', '.join(names)}; or give --weights FILE (a model file)",
