@@ -40,7 +40,7 @@ def training_data(
     if published is not None:
         data = _as_published(data, published, cfg, report)
     if folder := getattr(data, "folders", None) is not None:
-        data = _folder_ready(data, cfg, report)
+        data = _folder_ready(data, cfg, report, sized=published is not None)
     elif cfg.cache in ("ram", "disk") and report:
         report(Note(f"--cache {cfg.cache}: {cfg.data} is held in memory already (--cache is for image folders)"))
     plan = _thread_plan(cfg, data, folder, resumed) if device.type == "cpu" else None
@@ -133,13 +133,13 @@ def _as_published(data, published, cfg: TrainConfig, report: Callable | None):
     return data
 
 
-def _folder_ready(data, cfg: TrainConfig, report: Callable | None):
+def _folder_ready(data, cfg: TrainConfig, report: Callable | None, sized: bool = False):
     """A folder dataset at its training size (the median, capped, unless --img-size), its images decoded once into
-    the cache --cache asks for (data/cache.py)."""
+    the cache --cache asks for (data/cache.py). `sized`: published weights chose the size already."""
     from cnncli.data._registry import default_data_dir
     from cnncli.data.cache import attach
 
-    if cfg.img_size is None and not cfg.pretrained and not (cfg.weights and is_weights_name(cfg.weights)):
+    if cfg.img_size is None and not sized:
         data = _capped_size(data, cfg.model, report)
     say = (lambda m: report(Note(m))) if report else None
     return attach(data, cfg.cache, cfg.data_dir or default_data_dir(), say)

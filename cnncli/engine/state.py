@@ -35,7 +35,7 @@ class TrainResult:
         return d
 
     @classmethod
-    def of(cls, state: TrainState, run_dir: str, best: str, device: str, precision: str) -> TrainResult:
+    def of(cls, state: TrainState, run_dir: str, best: str, device: str, precision: str, test_accuracy, stopped: str):
         """A finished run's figures from its state."""
         last = state.history[-1].val_accuracy if state.history else 0.0
         speed = state.train_images / max(state.train_seconds, 1e-9)
@@ -49,8 +49,8 @@ class TrainResult:
             speed,
             device,
             precision,
-            None,
-            "completed",
+            test_accuracy,
+            stopped,
             list(state.history),
         )
 

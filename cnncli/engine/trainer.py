@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import torch
 import torch.nn as nn
@@ -283,8 +283,8 @@ class Trainer:
     def finish(self, state: TrainState, stopped: str) -> TrainResult:
         """The test split with the best weights, summary.json and curves.png."""
         test_acc = self._test_accuracy()
-        result = TrainResult.of(state, self.run_dir, self.best_path, str(self.device), self.cfg.precision)
-        result = replace(result, test_accuracy=test_acc, stopped=stopped)
+        device, precision = str(self.device), self.cfg.precision
+        result = TrainResult.of(state, self.run_dir, self.best_path, device, precision, test_acc, stopped)
         if self.is_main:
             summary = {**result.as_json(), "model": self.spec.name, "data": self.cfg.data}
             self.folder.write_summary(summary, state.history, f"{self.spec.name} on {self.cfg.data}")

@@ -129,7 +129,7 @@ def fetch(pub: Published, say: Callable[[str], None] | None = None, progress: bo
     """The local path of `pub`'s file: from the cache when it is there and its hash is right, else downloaded (a
     progress bar on stderr when `progress`). UsageError when it cannot be had: offline, a bad mirror, a hash
     mismatch (nothing is kept), a full disk."""
-    if pub.source == "timm":
+    if pub.hf_hub_id:  # timm's, on the Hugging Face Hub (timm weights published as a plain URL go on below)
         return _fetch_timm(pub, say)
     path, url = cache_path(pub), mirrored(pub.url)
     want = expected_hash(pub.url)
@@ -212,8 +212,7 @@ def _timm_weights(name: str, tag: str | None) -> Published:
         raise UsageError(
             f"timm has no weights {shown(full)}", f"published tags for {name}: DEFAULT, {', '.join(tags[:12])}"
         )
-    c, h, _ = cfg.input_size
-    crop = int(h)
+    crop = int(cfg.input_size[1])
     return Published(
         "timm",
         name,
@@ -231,8 +230,6 @@ def _timm_weights(name: str, tag: str | None) -> Published:
 
 def _fetch_timm(pub: Published, say: Callable[[str], None] | None) -> str:
     """timm's weights from the Hugging Face Hub (its cache under $HF_HOME; the mirror as the Hub's endpoint)."""
-    if not pub.hf_hub_id:
-        return _fetch_url(pub, say)
     from huggingface_hub import constants, hf_hub_download
 
     mirror = os.environ.get(MIRROR_ENV, "").strip().rstrip("/") or None
@@ -256,8 +253,3 @@ def _fetch_timm(pub: Published, say: Callable[[str], None] | None) -> str:
         ) from None
     finally:
         hub_log.level = level
-
-
-def _fetch_url(pub: Published, say) -> str:
-    """timm weights published as a plain URL: through torch.hub's cache like torchvision's."""
-    return fetch(Published(**{**asdict(pub), "source": "url"}), say)
