@@ -64,13 +64,18 @@ class TrainState:
     global_step: int = 0  # optimizer steps
     best_accuracy: float = -1.0
     stale: int = 0  # epochs without a better validation accuracy
+    best_loss: float = math.inf  # the validation loss of best.pt's epoch: a tie in accuracy goes to the lower loss
     history: list[EpochResult] = field(default_factory=list)
     running: dict = field(default_factory=dict)  # the current epoch's sums: loss, correct, n
     train_images: int = 0  # this process's throughput figures (not saved)
     train_seconds: float = 0.0
 
     def close_epoch(self, train: dict, val: dict, lr: float) -> tuple[EpochResult, bool]:
-        """The epoch is done: its record in the history, best and patience tracking. (record, improved)."""
+        """The epoch is done: its record in the history, best and patience tracking. (record, improved): improved =
+        a better validation accuracy, or the same with a lower validation loss (best.pt is written). On a small
+        validation split the accuracy saturates while the learning rate is still high; without the tie-break best.pt
+        would be the first epoch to reach it, not the annealed one (measured: docs/train.md, small folders).
+        Patience counts epochs without a better accuracy only."""
         self.epoch, self.step_in_epoch, self.running = self.epoch + 1, 0, {}
         result = EpochResult(
             self.epoch,
@@ -83,9 +88,11 @@ class TrainState:
             train["seconds"],
         )
         self.history.append(result)
-        improved = val["accuracy"] > self.best_accuracy
-        self.best_accuracy = max(self.best_accuracy, val["accuracy"])
-        self.stale = 0 if improved else self.stale + 1
+        better = val["accuracy"] > self.best_accuracy
+        improved = better or (val["accuracy"] == self.best_accuracy and val["loss"] < self.best_loss)
+        if improved:
+            self.best_accuracy, self.best_loss = val["accuracy"], val["loss"]
+        self.stale = 0 if better else self.stale + 1
         return result, improved
 
     def stop_reason(self, max_steps: int | None, patience: int | None) -> str:
@@ -127,13 +134,15 @@ def restore(
         _set_rng_state(t["rng"], device)
         if ema is not None:
             ema.load_state_dict(t["ema"])
+        best, history = _number(t, "best_accuracy"), _history(t["history"])
         return TrainState(
             ckpt.epoch,
             ckpt.step_in_epoch,
             ckpt.global_step,
-            _number(t, "best_accuracy"),
+            best,
             _number(t, "epochs_without_improvement", int),
-            _history(t["history"]),
+            _best_loss(history, best),
+            history,
             _running(t["running"]),
         )
 
@@ -155,6 +164,12 @@ def _history(rows) -> list[EpochResult]:
         for name, value in asdict(h).items():
             _number({name: value}, name)
     return out
+
+
+def _best_loss(history: list[EpochResult], best_accuracy: float) -> float:
+    """best.pt's validation loss, from the history (last.pt needs no field of its own): the lowest among the epochs
+    at the best accuracy."""
+    return min((h.val_loss for h in history if h.val_accuracy == best_accuracy), default=math.inf)
 
 
 def _running(sums) -> dict:
