@@ -282,18 +282,16 @@ def test_divergence_is_caught_at_the_next_read_and_nothing_is_written(tmp_path):
     assert not os.path.exists(os.path.join(trainer.run_dir, "last.pt"))
 
 
-def test_best_is_the_higher_accuracy_and_on_a_tie_the_lower_loss_and_a_resume_knows_which():
-    from cnncli.engine.state import TrainState, _best_loss
+def test_best_is_the_higher_accuracy_and_a_tie_goes_to_the_later_epoch():
+    from cnncli.engine.state import TrainState
 
     state = TrainState()
     seen = []
-    for acc, loss in [(0.5, 2.0), (0.875, 0.9), (0.875, 0.6), (0.875, 0.7), (0.8, 0.1), (0.875, 0.6)]:
+    for acc in [0.5, 0.875, 0.875, 0.8, 0.875, 0.75]:
         train = {"loss": 1.0, "accuracy": 0.5, "images_per_second": 1.0, "seconds": 1.0}
-        _, improved = state.close_epoch(train, {"accuracy": acc, "loss": loss}, 0.1)
+        _, improved = state.close_epoch(train, {"accuracy": acc, "loss": 1.0}, 0.1)
         seen.append(improved)
-    # a lower loss breaks a tie in accuracy (epoch 3); an equal loss does not (epoch 6), nor a lower accuracy (5)
-    assert seen == [True, True, True, False, False, False]
-    assert (state.best_accuracy, state.best_loss) == (0.875, 0.6)
-    assert state.stale == 4  # patience counts epochs without a better accuracy: ties with a lower loss are not
-    assert _best_loss(state.history, state.best_accuracy) == 0.6  # what restore() rebuilds from last.pt's history
-    assert _best_loss([], -1.0) == float("inf")
+    # a tie in accuracy goes to the later epoch (3 and 5: annealed further); a lower accuracy does not (4, 6)
+    assert seen == [True, True, True, False, True, False]
+    assert state.best_accuracy == 0.875
+    assert state.stale == 4  # patience counts epochs without a better accuracy: ties are not
