@@ -125,6 +125,7 @@ def train(folder: str, project: str, name: str, *extra: str) -> dict:
     )
     acc = json.loads(ev.stdout)["accuracy"] if ev.returncode == 0 else float("nan")
     log = p.stderr
+    print(f"  {name}: {acc:.2%} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return {"accuracy": acc, "seconds": time.perf_counter() - t0, "best": out["best_checkpoint"], "log": log}
 
 

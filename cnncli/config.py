@@ -29,8 +29,10 @@ LOGGERS = ("csv", "tensorboard", "mlflow")  # --logger (engine/loggers.py); csv 
 EMA_DECAY = 0.999  # --ema-decay: the EMA's decay, reached after a warm-up (min(decay, (1 + t) / (10 + t)) at step t)
 PRECISION_ALIASES = {"fp32": "32", "float32": "32", "bfloat16": "bf16", "fp16": "16", "float16": "16"}
 
-SGD_LR = 0.1  # peak learning rate for SGD at the reference batch size
+SGD_LR = 0.1  # peak learning rate for SGD at batches from SGD_LR_SMALL_BATCH to SGD_LR_REFERENCE_BATCH
 SGD_LR_REFERENCE_BATCH = 256  # above it the SGD learning rate grows linearly with the batch (Goyal et al. 2017)
+SGD_LR_SMALL_BATCH = 64  # below it the rate falls with the square root of the batch (Krizhevsky 2014; Hoffer et
+# al. 2017): 0.05 at 16, 0.035 at 8 (small folders: benchmarks/small_folders.py, docs/train.md)
 SGD_MOMENTUM = 0.9  # Nesterov momentum
 SGD_WEIGHT_DECAY = 5e-4  # the classic CIFAR/ResNet value
 ADAMW_LR = 2e-3
@@ -54,7 +56,7 @@ class TrainConfig:
     data_dir: str | None = None  # default: $CNN_DATA_DIR or ~/.cache/cnncli/data
     epochs: int | None = None  # default: the dataset's (lines 4, digits 40, cifar10 30, ...)
     batch_size: int | None = None  # global batch size (split across ranks under torchrun); default: the dataset's
-    lr: float | None = None  # peak learning rate; default SGD_LR (scaled above batch 256) or ADAMW_LR
+    lr: float | None = None  # peak learning rate; default sgd_lr(batch) (0.1 at batches of 64-256) or ADAMW_LR
     optimizer: str = "sgd"  # sgd (Nesterov momentum) | adamw
     schedule: str = "onecycle"  # onecycle | cosine | none
     weight_decay: float | None = None  # default SGD_WEIGHT_DECAY or ADAMW_WEIGHT_DECAY (never on biases and norms)
@@ -314,7 +316,7 @@ def resolve(cfg: TrainConfig, facts: RunFacts) -> TrainConfig:
             "give a larger --batch-size or a smaller --accumulate",
         )
     if cfg.optimizer == "sgd":
-        lr = cfg.lr or SGD_LR * max(1.0, batch / SGD_LR_REFERENCE_BATCH)
+        lr = cfg.lr or sgd_lr(batch)
         wd = SGD_WEIGHT_DECAY if cfg.weight_decay is None else cfg.weight_decay
     else:
         lr = cfg.lr or ADAMW_LR
@@ -337,6 +339,16 @@ def resolve(cfg: TrainConfig, facts: RunFacts) -> TrainConfig:
         num_classes=cfg.num_classes or facts.num_classes,
         precision=resolve_precision(cfg.precision, facts.device_type, facts.bf16),
     )
+
+
+def sgd_lr(batch: int) -> float:
+    """The default SGD peak rate for a (global) batch: SGD_LR from batch 64 to 256, linear above 256, the square
+    root below 64 (a batch of 16 at 0.1 trains small folders worse than at 0.05, measured in docs/train.md)."""
+    if batch > SGD_LR_REFERENCE_BATCH:
+        return SGD_LR * batch / SGD_LR_REFERENCE_BATCH
+    if batch < SGD_LR_SMALL_BATCH:
+        return SGD_LR * math.sqrt(batch / SGD_LR_SMALL_BATCH)
+    return SGD_LR
 
 
 def default_workers(world_size: int = 1) -> int:

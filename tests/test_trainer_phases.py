@@ -35,6 +35,24 @@ def test_resolve_is_pure_and_decides_every_default():
 
 
 @pytest.mark.parametrize(
+    "batch, lr",
+    [(4, 0.025), (8, 0.1 * 0.125**0.5), (16, 0.05), (63, 0.1 * (63 / 64) ** 0.5), (64, 0.1), (256, 0.1), (512, 0.2)],
+)
+def test_the_default_sgd_rate_follows_the_batch_given_or_chosen_for_small_data(batch, lr):
+    facts = RunFacts(epochs=20, batch_size=64, num_classes=3, device_type="cpu", bf16=False)
+    given = resolve(TrainConfig(model="resnet18", data="folder:x", batch_size=batch), facts)
+    assert given.lr == pytest.approx(lr)
+    # a folder small enough that the default batch halves to `batch` gets the same rate as asking for it
+    if batch in (4, 8, 16):
+        small = RunFacts(epochs=20, batch_size=64, num_classes=3, device_type="cpu", bf16=False, train_samples=batch * 8)
+        chosen = resolve(TrainConfig(model="resnet18", data="folder:x"), small)
+        assert (chosen.batch_size, chosen.lr) == (batch, pytest.approx(lr))
+    assert resolve(TrainConfig(model="resnet18", data="folder:x", batch_size=batch, lr=0.3), facts).lr == 0.3
+    adamw = resolve(TrainConfig(model="resnet18", data="folder:x", batch_size=batch, optimizer="adamw"), facts)
+    assert adamw.lr == 2e-3  # AdamW's default does not follow the batch
+
+
+@pytest.mark.parametrize(
     "change,needle",
     [
         ({"optimizer": "adam"}, "unknown optimizer"),

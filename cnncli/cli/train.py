@@ -58,7 +58,7 @@ def train_cmd(
     ] = D.batch_size,
     lr: Annotated[
         Optional[float],
-        typer.Option("--lr", help="Peak learning rate (default 0.1 SGD, scaled above batch 256; 2e-3 AdamW)."),
+        typer.Option("--lr", help="Peak learning rate (default SGD 0.1 at batches of 64-256, x batch/256 above, x sqrt(batch/64) below; AdamW 2e-3)."),
     ] = D.lr,
     optimizer: Annotated[
         str,
@@ -417,7 +417,8 @@ class _Reporter:
         resumed = f", resumed at epoch {e.resumed_at[0] + 1} step {e.resumed_at[1]}" if e.resumed_at else ""
         log(
             f"train {e.model} on {e.data}: {e.train_samples:,} images {'x'.join(map(str, e.input))}, "
-            f"{e.epochs} epochs x {e.steps_per_epoch} steps, batch {e.batch_size}, device {e.device}"
+            f"{e.epochs} epochs x {e.steps_per_epoch} steps, batch {e.batch_size}, {e.optimizer} lr {e.lr:.3g}, "
+            f"device {e.device}"
             f"{' (' + e.threads + ')' if e.threads else ''}, {_prec(e.precision)}{resumed}"
         )
         log(f"run folder: {e.run_dir}")

@@ -30,6 +30,8 @@ class Start:
     resumed_at: tuple[int, int] | None  # (epoch, step in epoch) of a resumed run
     train_samples: int
     threads: str = ""  # the CPU thread plan, e.g. "1 thread, 1 data worker on 2 core(s)" (empty on a GPU)
+    lr: float = 0.0  # the peak learning rate (the schedule's top)
+    optimizer: str = ""
 
 
 @dataclass(frozen=True)

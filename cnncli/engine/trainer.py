@@ -170,6 +170,8 @@ class Trainer:
             *(len(self.train_loader), list(self.data.input_size), resumed),
             threads=self.threads.describe() if self.threads else "",
             train_samples=self.train_loader.num_samples * self.dist.world_size,
+            lr=c.lr,
+            optimizer=c.optimizer,
         )
 
     def checkpoint(self, state: TrainState, metrics: dict, *, training_state: bool) -> Checkpoint:
