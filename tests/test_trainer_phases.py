@@ -44,7 +44,9 @@ def test_the_default_sgd_rate_follows_the_batch_given_or_chosen_for_small_data(b
     assert given.lr == pytest.approx(lr)
     # a folder small enough that the default batch halves to `batch` gets the same rate as asking for it
     if batch in (4, 8, 16):
-        small = RunFacts(epochs=20, batch_size=64, num_classes=3, device_type="cpu", bf16=False, train_samples=batch * 8)
+        small = RunFacts(
+            epochs=20, batch_size=64, num_classes=3, device_type="cpu", bf16=False, train_samples=batch * 8
+        )
         chosen = resolve(TrainConfig(model="resnet18", data="folder:x"), small)
         assert (chosen.batch_size, chosen.lr) == (batch, pytest.approx(lr))
     assert resolve(TrainConfig(model="resnet18", data="folder:x", batch_size=batch, lr=0.3), facts).lr == 0.3

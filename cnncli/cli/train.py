@@ -58,7 +58,10 @@ def train_cmd(
     ] = D.batch_size,
     lr: Annotated[
         Optional[float],
-        typer.Option("--lr", help="Peak learning rate (default SGD 0.1 at batches of 64-256, x batch/256 above, x sqrt(batch/64) below; AdamW 2e-3)."),
+        typer.Option(
+            "--lr",
+            help="Peak learning rate (default SGD 0.1 at batches of 64-256, x batch/256 above, x sqrt(batch/64) below; AdamW 2e-3).",
+        ),
     ] = D.lr,
     optimizer: Annotated[
         str,
