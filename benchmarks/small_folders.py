@@ -8,10 +8,11 @@ on noise, 32x32), `shapes` (squares, discs and triangles in random colours, 40x4
 8x8 digits upscaled to 32x32, 10 classes). For each folder it trains MODEL with `cnn train` (a real process, the
 folder's default epochs) with no flags and with each `--lr` of the sweep; and again from `--weights`: the best.pt
 of the same model trained with no flags on another folder (shapes <- colours, colours <- shapes, digits <-
-shapes), as a user fine-tunes a saved model. Prints test top-1 (the test/ folder, `cnn eval`) per run, and per
+shapes), as a user fine-tunes a saved model. Prints test top-1 (the test/ folder, `cnn eval`) of best.pt per run, and per
 folder whether the defaults reach the best of the sweep. With SEEDS > 1 every run is repeated with --seed
 0..SEEDS-1 (the --weights are seed 0's) and the cells are the mean test top-1 over the seeds (one test image is
-0.8-1.1 points on these test/ folders: a single seed cannot tell such a gap from noise).
+0.8-1.1 points on these test/ folders: a single seed cannot tell such a gap from noise). A second table has
+the same runs' last.pt: best.pt is chosen on 36-48 validation images, and the two can differ by several points.
 """
 
 from __future__ import annotations
@@ -120,13 +121,25 @@ def train(folder: str, project: str, name: str, *extra: str) -> dict:
     if p.returncode != 0:
         return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"}
     out = json.loads(p.stdout)
-    ev = subprocess.run(
-        [*CNN, "eval", out["best_checkpoint"], "--data", f"folder:{folder}", "--json"], capture_output=True, text=True
-    )
-    acc = json.loads(ev.stdout)["accuracy"] if ev.returncode == 0 else float("nan")
+    acc = test_accuracy(out["best_checkpoint"], folder)
+    last = test_accuracy(os.path.join(out["run_dir"], "last.pt"), folder)  # the annealed last epoch, for comparison
     log = p.stderr
-    print(f"  {name}: {acc:.2%} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    return {"accuracy": acc, "seconds": time.perf_counter() - t0, "best": out["best_checkpoint"], "log": log}
+    print(f"  {name}: {acc:.2%} (last.pt {last:.2%}) in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return {
+        "accuracy": acc,
+        "last": last,
+        "seconds": time.perf_counter() - t0,
+        "best": out["best_checkpoint"],
+        "log": log,
+    }
+
+
+def test_accuracy(checkpoint: str, folder: str) -> float:
+    """Top-1 on the folder's test/ split, by `cnn eval` (nan when it fails)."""
+    ev = subprocess.run(
+        [*CNN, "eval", checkpoint, "--data", f"folder:{folder}", "--json"], capture_output=True, text=True
+    )
+    return json.loads(ev.stdout)["accuracy"] if ev.returncode == 0 else float("nan")
 
 
 def seeded(folder: str, project: str, name: str, *extra: str) -> dict:
@@ -135,7 +148,8 @@ def seeded(folder: str, project: str, name: str, *extra: str) -> dict:
     if any("error" in r for r in runs):
         return next(r for r in runs if "error" in r)
     accs = [r["accuracy"] for r in runs]
-    return {**runs[0], "accuracy": sum(accs) / len(accs), "accuracies": accs}
+    lasts = [r["last"] for r in runs]
+    return {**runs[0], "accuracy": sum(accs) / len(accs), "accuracies": accs, "last": sum(lasts) / len(lasts)}
 
 
 def main() -> None:
@@ -180,6 +194,12 @@ def main() -> None:
                     f"{k}: {[f'{a:.2%}' for a in r.get('accuracies', [])]}" for k, r in zip(["default", *LRS], runs)
                 )
                 print(f"{'':17} per seed {per}")
+    print(f"\nthe same runs' last.pt (the last epoch), test top-1{seeds}:")
+    for name in FOLDERS:
+        for start in ("scratch", "weights"):
+            runs = [results.get((name, start, k), {}) for k in ["default", *LRS]]
+            if runs[0]:
+                print(f"{name:8} {start:8} " + " ".join(f"{r.get('last', float('nan')):9.2%}" for r in runs))
     chosen = {n: [line for line in r.get("log", "").splitlines() if "lr" in line][:2] for n, r in defaults.items()}
     print("\nwhat the defaults chose (train's log):")
     for n, lines in chosen.items():
