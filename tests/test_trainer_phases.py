@@ -132,8 +132,14 @@ def test_phases_one_by_one_on_fake(tmp_path):
     assert tr.stop_reason(state) == "completed"
     state.stale = 1  # an epoch without improvement: patience 1 stops
     assert tr.stop_reason(state) == "patience"
+    # a second epoch a little below the best on ~1,000 validation images: the run says validation cannot choose
+    assert tr.end_epoch(state, train, {"loss": val["loss"], "accuracy": val["accuracy"] - 0.002}) is False
+    notes = []
+    tr.report = lambda event: notes.append(getattr(event, "message", ""))
     result = tr.finish(state, "patience")
     assert result.stopped == "patience" and result.test_accuracy is not None
+    (said,) = [m for m in notes if m.startswith("best.pt is epoch 1 ")]
+    assert "the last epoch 2" in said and f"cnn eval {run / 'last.pt'} --data fake" in said
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG" and (run / "summary.json").exists()
 
 
@@ -315,3 +321,21 @@ def test_best_is_the_higher_accuracy_and_a_tie_goes_to_the_later_epoch():
     assert seen == [True, True, True, False, True, False]
     assert state.best_accuracy == 0.875
     assert state.stale == 4  # patience counts epochs without a better accuracy: ties are not
+
+
+def test_the_run_says_when_validation_cannot_tell_best_from_last():
+    from cnncli.engine.events import EpochResult
+    from cnncli.engine.state import indistinct_best
+
+    def history(*accs):
+        return [EpochResult(i + 1, 1.0, 0.5, 1.0, a, 0.1, 1.0, 1.0) for i, a in enumerate(accs)]
+
+    # digits, seed 3: best.pt epoch 2 at 46/48, the last epoch 45/48; one standard error of the difference 4.5 points
+    best, last, se = indistinct_best(history(0.5, 46 / 48, 0.9, 45 / 48), 48)
+    assert (best.epoch, last.epoch, se) == (2, 4, pytest.approx(0.0453, abs=1e-4))
+    assert indistinct_best(history(0.5, 46 / 48, 0.9, 45 / 48), 5000) is None  # 2 points on 5,000 images is a gap
+    assert indistinct_best(history(0.5, 47 / 48, 40 / 48), 48) is None  # 6 images below: validation can tell
+    assert indistinct_best(history(0.5, 0.9, 0.9), 48) is None  # a tie: best.pt is the last epoch already
+    assert indistinct_best(history(0.9), 48) is None and indistinct_best(history(0.9, 0.8), 0) is None
+    # both at 100% but best.pt earlier cannot happen (a tie goes to the later epoch); 100% then 6/7 is a gap
+    assert indistinct_best(history(1.0, 6 / 7), 7) is None

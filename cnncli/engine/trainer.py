@@ -34,7 +34,7 @@ from cnncli.engine.build import (
     training_data,
 )
 from cnncli.engine.device import pick_device, training_kernels
-from cnncli.engine.events import Epoch, Event, Start, Step
+from cnncli.engine.events import Epoch, Event, Note, Start, Step
 from cnncli.engine.runs import (  # noqa: F401  (Interrupted and the signal handling are the loop's API)
     Interrupted,
     RunFolder,
@@ -44,7 +44,7 @@ from cnncli.engine.runs import (  # noqa: F401  (Interrupted and the signal hand
     resume_config,
     stop_on_signals,
 )
-from cnncli.engine.state import TrainResult, TrainState, restore
+from cnncli.engine.state import TrainResult, TrainState, indistinct_note, restore
 from cnncli.engine.state import training_state as training_state_of
 from cnncli.engine.steps import RunningSums, backward_in_parts, epoch_figures, evaluate_loader
 from cnncli.errors import UsageError
@@ -168,10 +168,8 @@ class Trainer:
         return Start(
             *(self.run_dir, str(self.device), c.precision, self.spec.name, c.data, c.epochs, c.batch_size),
             *(len(self.train_loader), list(self.data.input_size), resumed),
-            threads=self.threads.describe() if self.threads else "",
-            train_samples=self.train_loader.num_samples * self.dist.world_size,
-            lr=c.lr,
-            optimizer=c.optimizer,
+            *(self.train_loader.num_samples * self.dist.world_size, self.threads.describe() if self.threads else ""),
+            *(c.lr, c.optimizer),
         )
 
     def checkpoint(self, state: TrainState, metrics: dict, *, training_state: bool) -> Checkpoint:
@@ -284,6 +282,9 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ finish
     def finish(self, state: TrainState, stopped: str) -> TrainResult:
         """The test split with the best weights, summary.json and curves.png."""
+        said = indistinct_note(state.history, self.data.num_samples("val"), self.best_path, self.cfg.data)
+        if said and self.is_main:
+            self.report(Note(said))
         test_acc = self._test_accuracy()
         device, precision = str(self.device), self.cfg.precision
         result = TrainResult.of(state, self.run_dir, self.best_path, device, precision, test_acc, stopped)
