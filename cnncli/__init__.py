@@ -1,3 +1,3 @@
 """cnncli: the `cnn` command for convolutional neural networks."""
 
-__version__ = "0.8.1"
+__version__ = "0.8.2"
