@@ -4,7 +4,6 @@ of a checkpoint, saved whole and restored through one checked boundary."""
 from __future__ import annotations
 
 import math
-import os
 import random
 from dataclasses import asdict, dataclass, field
 
@@ -123,13 +122,12 @@ def indistinct_best(history: list[EpochResult], n_val: int) -> tuple[EpochResult
     return (best, last, se) if top - last.val_accuracy <= se else None
 
 
-def indistinct_note(history: list[EpochResult], n_val: int, best_path: str, data: str) -> str | None:
+def indistinct_note(history: list[EpochResult], n_val: int, last_pt: str, data: str) -> str | None:
     """What a run says at its end when validation cannot tell best.pt from the last epoch (`indistinct_best`)."""
     close = indistinct_best(history, n_val)
     if close is None:
         return None
     best, last, se = close
-    last_pt = os.path.join(os.path.dirname(best_path), "last.pt")
     return (
         f"best.pt is epoch {best.epoch} (val {best.val_accuracy:.2%}), the last epoch {last.epoch} has "
         f"{last.val_accuracy:.2%}: on {n_val:,} validation images that is within one standard error "

@@ -282,7 +282,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ finish
     def finish(self, state: TrainState, stopped: str) -> TrainResult:
         """The test split with the best weights, summary.json and curves.png."""
-        said = indistinct_note(state.history, self.data.num_samples("val"), self.best_path, self.cfg.data)
+        said = indistinct_note(state.history, self.data.num_samples("val"), self.last_path, self.cfg.data)
         if said and self.is_main:
             self.report(Note(said))
         test_acc = self._test_accuracy()
